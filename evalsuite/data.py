@@ -1,0 +1,128 @@
+"""Where benchmark rows come from: a local folder in Hub layout, or the Hugging Face Hub.
+
+A local folder mirrors the Hub: ``<hub id with / as __>/<config>/<split>.jsonl`` (or
+``.parquet``). Offline users point ``--data-dir`` / ``EVALSUITE_DATA_DIR`` at such a folder;
+everyone else gets the Hub through ``datasets.load_dataset``, exactly as lm-eval loads it.
+Every file read is hashed so the run manifest says precisely which bytes were evaluated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import DataFormatError, MissingDataError
+
+DATA_DIR_ENV = "EVALSUITE_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A Hub dataset and config, plus the folder names it may have in a local copy."""
+
+    hub_id: str
+    config: str | None = None
+    local_names: tuple[str, ...] = ()
+
+    def local_dirs(self, root: Path) -> list[Path]:
+        names = [self.hub_id.replace("/", "__"), *self.local_names]
+        return [root / name / (self.config or "default") for name in dict.fromkeys(names)]
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """The rows of one split and where they came from (path or Hub id, and a content hash)."""
+
+    rows: list[dict[str, Any]]
+    source: str
+    sha256: str
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The local data folder to use: the argument, else ``$EVALSUITE_DATA_DIR``, else None (Hub)."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise MissingDataError(
+            f"data folder {path} does not exist; pass --data-dir with a folder laid out as "
+            f"<hub id with / as __>/<config>/<split>.jsonl, or unset {DATA_DIR_ENV} to use the Hub"
+        )
+    return path.resolve()
+
+
+def expected_files(ref: DatasetRef, split: str, root: Path) -> list[Path]:
+    return [d / f"{split}{ext}" for d in ref.local_dirs(root) for ext in (".jsonl", ".parquet")]
+
+
+def load_split(ref: DatasetRef, split: str, data_dir: Path | None) -> SplitData:
+    """Rows of ``split`` in the order stored, from ``data_dir`` if given, else from the Hub."""
+    if data_dir is not None:
+        for path in expected_files(ref, split, data_dir):
+            if path.is_file():
+                return _load_local(str(path))
+        wanted = expected_files(ref, split, data_dir)[0]
+        raise MissingDataError(
+            f"no data for {ref.hub_id} ({ref.config}) split '{split}': expected {wanted} "
+            f"(or .parquet); put the file there or pass --data-dir to a folder that has it"
+        )
+    return _load_hub(ref, split)
+
+
+@lru_cache(maxsize=64)
+def _load_local(path_str: str) -> SplitData:
+    path = Path(path_str)
+    digest = file_sha256(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for broken files
+            raise DataFormatError(f"{path} is not a readable parquet file ({exc}); replace it with an intact copy") from None
+        return SplitData(rows, str(path), digest)
+    rows = []
+    with path.open("r", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(
+                    f"{path} line {line_no} is not valid JSON ({exc.msg}); replace the file with an intact copy"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path} line {line_no} is not a JSON object; replace the file with an intact copy")
+            rows.append(row)
+    if not rows:
+        raise DataFormatError(f"{path} holds no rows; replace it with an intact copy")
+    return SplitData(rows, str(path), digest)
+
+
+def _load_hub(ref: DatasetRef, split: str) -> SplitData:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(ref.hub_id, ref.config, split=split)
+    except Exception as exc:  # offline, gated, renamed: all end the same way for the user
+        raise MissingDataError(
+            f"could not load {ref.hub_id} ({ref.config}) split '{split}' from the Hugging Face Hub "
+            f"({type(exc).__name__}); pass --data-dir DIR (or set {DATA_DIR_ENV}) to a local copy "
+            f"laid out as {ref.hub_id.replace('/', '__')}/{ref.config}/{split}.jsonl"
+        ) from None
+    fingerprint = getattr(ds, "_fingerprint", "") or ""
+    return SplitData(list(ds), f"hub:{ref.hub_id}/{ref.config}/{split}", f"hub-fingerprint:{fingerprint}")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

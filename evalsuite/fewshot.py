@@ -1,0 +1,80 @@
+"""The leaderboard v1 few-shot stream, and an lm-eval sampler that serves it.
+
+At the commit the leaderboard ran (lm-eval b281b09), each task owned ONE ``random.Random``
+seeded 42: it first shuffled the evaluation documents, then each document, walking the
+shuffled order, drew its own ``rnd.sample(train_docs, k)``. So the shots a document gets
+depend on the whole order, and a ``--limit N`` run is the first N documents of that order with
+exactly the shots of the full run. lm-eval 0.4 draws with ``Random(1234)`` in dataset order,
+which gives different prompts; this module reproduces v1.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from lm_eval.api.samplers import ContextSampler
+
+V1_SEED = 42
+
+
+@dataclass(frozen=True)
+class FewShotSchedule:
+    """Evaluation order and, per evaluated row index, the training row indices of its shots."""
+
+    order: tuple[int, ...]
+    shots: dict[int, tuple[int, ...]]
+
+    def position(self) -> dict[int, int]:
+        return {doc: pos for pos, doc in enumerate(self.order)}
+
+
+def v1_schedule(n_eval: int, n_train: int, k: int, *, random_shots: bool = True) -> FewShotSchedule:
+    """The v1 evaluation order and shot draws for a task with ``n_eval`` docs and ``n_train`` shots.
+
+    ``random_shots=False`` (MMLU: the first k dev rows) and ``k == 0`` (TruthfulQA) still
+    shuffle the order with seed 42, exactly as the v1 evaluator did for every task.
+    """
+    rnd = random.Random()
+    rnd.seed(V1_SEED)
+    order = list(range(n_eval))
+    rnd.shuffle(order)
+    if k == 0:
+        shots = {i: () for i in order}
+    elif not random_shots:
+        fixed = tuple(range(k))
+        shots = {i: fixed for i in order}
+    else:
+        shots = {i: tuple(rnd.sample(range(n_train), k)) for i in order}
+    return FewShotSchedule(tuple(order), shots)
+
+
+class ScheduledSampler(ContextSampler):
+    """An lm-eval sampler that returns the shots named by a schedule instead of drawing them.
+
+    lm-eval's ``ConfigurableTask.fewshot_context`` asks its sampler for ``n`` documents without
+    saying for which evaluation document; :meth:`serving` tells it. Formatting, delimiters and
+    templates stay lm-eval's.
+    """
+
+    def __init__(self, df: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(df, **kwargs)
+        self._next: tuple[int, ...] | None = None
+
+    @contextmanager
+    def serving(self, indices: Sequence[int]) -> Iterator[None]:
+        self._next = tuple(indices)
+        try:
+            yield
+        finally:
+            self._next = None
+
+    def sample(self, n: int, eval_doc: Any = None, df: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        if self._next is None:
+            raise RuntimeError("ScheduledSampler.sample called outside serving(); the shots would be unscheduled")
+        if len(self._next) != n:
+            raise RuntimeError(f"schedule holds {len(self._next)} shots but {n} were asked for")
+        pool = self.fewshot_docs()
+        return [pool[i] for i in self._next]

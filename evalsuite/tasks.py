@@ -1,0 +1,392 @@
+"""Leaderboard v1 tasks: definitions from ``tasks/*.yaml`` built on lm-eval 0.4.13's task configs.
+
+A task YAML names the lm-eval config whose templates it uses (they are byte-identical to v1)
+and states where v1 differs: the split shots come from, the few-shot stream, the generation
+stops, the metric and its aggregation. lm-eval's ``ConfigurableTask`` renders every prompt and
+builds every request (so delimiters and Winogrande's partial evaluation are lm-eval's), our
+:class:`~evalsuite.fewshot.ScheduledSampler` hands it the v1 shots, and lm-eval's
+``process_results`` scores each document, except GSM8K, whose v1 strict match is not lm-eval's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .data import DatasetRef, SplitData, load_split
+from .errors import UnknownTaskError
+from .fewshot import FewShotSchedule, ScheduledSampler, v1_schedule
+
+LEADERBOARD = "leaderboard"
+#: Column order of the leaderboard and of the SOLAR paper's Table 2.
+LEADERBOARD_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
+
+
+def tasks_dir() -> Path:
+    """The ``tasks/`` folder: ``$EVALSUITE_TASKS_DIR``, else the one beside the package."""
+    import os
+
+    env = os.environ.get("EVALSUITE_TASKS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "tasks"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as ``tasks/<name>.yaml`` defines it."""
+
+    name: str
+    title: str
+    lm_eval_config: str
+    dataset: DatasetRef
+    eval_split: str
+    fewshot_split: str | None
+    num_fewshot: int
+    shots: str  # "v1_random" | "first_n" | "none"
+    metric: str
+    result_key: str
+    scorer: str = "lm_eval"
+    group_by: str | None = None
+    aggregate: str = "mean"
+    description: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+
+    @property
+    def is_generation(self) -> bool:
+        return self.scorer == "gsm8k_v1_strict"
+
+
+def _lm_eval_tasks_root() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).resolve().parent
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml") if "suite" not in _read_yaml(p))
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml") if "suite" in _read_yaml(p))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def expand_tasks(names: Sequence[str] | str | None) -> list[str]:
+    """Task names with suites expanded, in leaderboard order where it applies; None means the suite."""
+    if names is None:
+        names = [LEADERBOARD]
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    tasks: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        path = tasks_dir() / f"{name}.yaml"
+        if not path.is_file():
+            known = available_tasks() + available_suites()
+            close = get_close_matches(name, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UnknownTaskError(f"unknown task '{name}'{hint}; known tasks: {', '.join(known)}")
+        doc = _read_yaml(path)
+        for task in doc.get("tasks", [name]) if "suite" in doc else [name]:
+            if task not in tasks:
+                tasks.append(task)
+    return tasks
+
+
+def load_spec(name: str) -> TaskSpec:
+    path = tasks_dir() / f"{name}.yaml"
+    if not path.is_file():
+        expand_tasks([name])  # raises the helpful error
+    raw = path.read_bytes()
+    doc = yaml.safe_load(raw)
+    base = _lm_eval_tasks_root() / doc["lm_eval_config"]
+    digest = hashlib.sha256(raw + b"\0" + base.read_bytes()).hexdigest()[:16]
+    ds = doc["dataset"]
+    return TaskSpec(
+        name=doc["name"],
+        title=doc.get("title", doc["name"]),
+        lm_eval_config=doc["lm_eval_config"],
+        dataset=DatasetRef(ds["hub_id"], ds.get("config"), tuple(ds.get("local_names", ()))),
+        eval_split=doc["eval_split"],
+        fewshot_split=doc.get("fewshot_split"),
+        num_fewshot=int(doc.get("num_fewshot", 0)),
+        shots=doc.get("shots", "none"),
+        metric=doc["metric"],
+        result_key=doc.get("result_key", doc["metric"]),
+        scorer=doc.get("scorer", "lm_eval"),
+        group_by=doc.get("group_by"),
+        aggregate=doc.get("aggregate", "mean"),
+        description=doc.get("description"),
+        overrides=doc.get("overrides") or {},
+        config_hash=digest,
+    )
+
+
+@dataclass(frozen=True)
+class DocPrompt:
+    """Everything a model is asked about one document, in lm-eval ``Instance`` form.
+
+    ``instances`` are what a backend receives; the other fields describe them for people,
+    for parquet rows and for parity checks.
+    """
+
+    task: str
+    subtask: str | None
+    doc_index: int
+    eval_position: int
+    request_type: str  # "loglikelihood" | "generate_until"
+    contexts: tuple[str, ...]
+    continuations: tuple[str, ...]
+    until: tuple[str, ...] | None
+    gold: str
+    doc: dict[str, Any]
+    instances: tuple[Any, ...]
+
+    @cached_property
+    def prompt_hash(self) -> str:
+        payload = json.dumps([self.contexts, self.continuations, self.until], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``evalsuite prompts`` line: one document's exact requests."""
+        row: dict[str, Any] = {"task": self.task}
+        if self.subtask is not None:
+            row["subtask"] = self.subtask
+        row.update(doc_index=self.doc_index, eval_position=self.eval_position)
+        if self.request_type == "generate_until":
+            row.update(context=self.contexts[0], until=list(self.until or ()))
+        elif len(self.contexts) > 1:
+            row.update(contexts=list(self.contexts), continuation=self.continuations[0])
+        else:
+            row.update(context=self.contexts[0], continuations=list(self.continuations))
+        return row
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """The outcome of one document: what was predicted and the metric value."""
+
+    value: float
+    prediction: str
+    loglikelihoods: tuple[float, ...] | None = None
+    generation: str | None = None
+    extracted: str | None = None
+
+
+@dataclass
+class TaskUnit:
+    """One lm-eval task object with its documents: the whole task, or one MMLU subject."""
+
+    subtask: str | None
+    lm_task: Any
+    docs: list[dict[str, Any]]
+    row_indices: list[int]
+    schedule: FewShotSchedule
+
+
+class LoadedTask:
+    """A task with its data loaded: renders v1 prompts in evaluation order and scores results."""
+
+    def __init__(self, spec: TaskSpec, data_dir: Path | None):
+        self.spec = spec
+        self.data_files: dict[str, str] = {}
+        eval_data = self._load(spec.eval_split, data_dir)
+        shot_data = self._load(spec.fewshot_split, data_dir) if spec.fewshot_split else None
+        self.units = self._build_units(eval_data, shot_data)
+
+    def _load(self, split: str, data_dir: Path | None) -> SplitData:
+        data = load_split(self.spec.dataset, split, data_dir)
+        self.data_files[data.source] = data.sha256
+        return data
+
+    @property
+    def n_docs(self) -> int:
+        return sum(len(u.docs) for u in self.units)
+
+    def n_docs_limited(self, limit: int | None) -> int:
+        return sum(len(u.docs) if limit is None else min(limit, len(u.docs)) for u in self.units)
+
+    def _build_units(self, eval_data: SplitData, shot_data: SplitData | None) -> list[TaskUnit]:
+        spec = self.spec
+        if spec.group_by is None:
+            groups = {None: list(range(len(eval_data.rows)))}
+            shot_groups = {None: list(range(len(shot_data.rows)))} if shot_data else {}
+        else:
+            groups = _group_rows(eval_data.rows, spec.group_by)
+            shot_groups = _group_rows(shot_data.rows, spec.group_by) if shot_data else {}
+        units = []
+        for group, rows in sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+            eval_rows = [eval_data.rows[i] for i in rows]
+            shot_rows = [shot_data.rows[i] for i in shot_groups.get(group, [])] if shot_data else []
+            lm_task = _make_lm_task(spec, group, eval_rows, shot_rows)
+            docs = list(_eval_docs(lm_task, spec))
+            schedule = v1_schedule(
+                len(docs), len(shot_rows), spec.num_fewshot, random_shots=spec.shots == "v1_random"
+            )
+            units.append(TaskUnit(group, lm_task, docs, rows, schedule))
+        return units
+
+    def prompts(self, limit: int | None = None) -> list[DocPrompt]:
+        """Every document's requests, in v1 evaluation order (per subject for MMLU)."""
+        out: list[DocPrompt] = []
+        for unit in self.units:
+            order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
+            for position, local in enumerate(order):
+                out.append(self._prompt(unit, local, position))
+        return out
+
+    def _prompt(self, unit: TaskUnit, local: int, position: int) -> DocPrompt:
+        spec, task, doc = self.spec, unit.lm_task, unit.docs[local]
+        if spec.num_fewshot > 0:
+            with task.sampler.serving(unit.schedule.shots[local]):
+                ctx = task.fewshot_context(doc, spec.num_fewshot)
+        else:
+            ctx = task.fewshot_context(doc, 0)
+        doc_index = unit.row_indices[local]
+        made = task.construct_requests(doc, ctx, metadata=(spec.name, doc_index, 1))
+        instances = tuple(made) if isinstance(made, list) else (made,)
+        if spec.is_generation:
+            context, gen_kwargs = instances[0].args
+            return DocPrompt(
+                spec.name, unit.subtask, doc_index, position, "generate_until", (context,), (),
+                tuple(gen_kwargs["until"]), _gsm8k_extract(doc["answer"]), doc, instances,
+            )
+        pairs = [inst.args for inst in instances]
+        contexts = tuple(dict.fromkeys(p[0] for p in pairs))
+        continuations = tuple(dict.fromkeys(p[1] for p in pairs)) if len(contexts) > 1 else tuple(p[1] for p in pairs)
+        return DocPrompt(
+            spec.name, unit.subtask, doc_index, position, "loglikelihood", contexts, continuations,
+            None, str(self._gold(unit, doc)), doc, instances,
+        )
+
+    def _gold(self, unit: TaskUnit, doc: dict[str, Any]) -> int | str:
+        task = unit.lm_task
+        if self.spec.metric == "mc2":
+            return sum(doc["mc2_targets"]["labels"])  # the first n choices are the true ones
+        gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+        if isinstance(gold, str) and not gold.isdigit():
+            gold = task.doc_to_choice(doc).index(gold)
+        return int(gold)
+
+    def score(self, prompt: DocPrompt, responses: Sequence[Any]) -> SampleScore:
+        """Score one document from the backend's responses to its instances (in order)."""
+        if self.spec.is_generation:
+            text = responses[0]
+            extracted = _gsm8k_extract(text)
+            return SampleScore(float(extracted == prompt.gold), extracted, generation=text, extracted=extracted)
+        unit = self._unit(prompt.subtask)
+        results = [(float(ll), bool(greedy)) for ll, greedy in responses]
+        metrics = unit.lm_task.process_results(prompt.doc, results)
+        lls = np.array([r[0] for r in results])
+        if self.spec.metric == "acc_norm":
+            lengths = np.array([float(len(c)) for c in unit.lm_task.doc_to_choice(prompt.doc)])
+            pred = int(np.argmax(lls / lengths))
+        else:
+            pred = int(np.argmax(lls))
+        return SampleScore(float(metrics[self.spec.result_key]), str(pred), tuple(float(x) for x in lls))
+
+    def _unit(self, subtask: str | None) -> TaskUnit:
+        for unit in self.units:
+            if unit.subtask == subtask:
+                return unit
+        raise KeyError(subtask)
+
+
+def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:
+    """The task score and its standard error from per-document values.
+
+    Plain tasks: the mean and the sample standard error. MMLU (``mean_of_groups``): the plain
+    mean of per-subject means, with the standard error of that mean of independent subjects.
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    if spec.aggregate != "mean_of_groups":
+        return float(arr.mean()), _stderr(arr)
+    by_group: dict[str | None, list[float]] = {}
+    for value, group in zip(arr, groups, strict=True):
+        by_group.setdefault(group, []).append(value)
+    means = [float(np.mean(v)) for v in by_group.values()]
+    errors = [_stderr(np.asarray(v)) for v in by_group.values()]
+    stderr = math.sqrt(sum(e * e for e in errors if not math.isnan(e))) / len(means)
+    return float(np.mean(means)), stderr
+
+
+def _stderr(arr: np.ndarray) -> float:
+    return float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else math.nan
+
+
+_GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")
+GSM8K_INVALID = "[invalid]"
+
+
+def _gsm8k_extract(text: str) -> str:
+    """v1's strict GSM8K extraction: the first ``#### <number>``, commas removed."""
+    match = _GSM8K_ANSWER.search(text)
+    return match.group(1).strip().replace(",", "") if match else GSM8K_INVALID
+
+
+def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row[key], []).append(i)
+    return groups
+
+
+def _eval_docs(lm_task: Any, spec: TaskSpec) -> Any:
+    split_docs = {
+        "test": lm_task.test_docs,
+        "validation": lm_task.validation_docs,
+        "train": lm_task.training_docs,
+    }[spec.eval_split]
+    return split_docs()
+
+
+def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot_rows: list[dict]) -> Any:
+    """An lm-eval ``ConfigurableTask`` from lm-eval's own config, fed our rows and v1 shots."""
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    config = load_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
+    for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
+        config.pop(key, None)
+    config.update(spec.overrides)
+    splits = {spec.eval_split: datasets.Dataset.from_list(eval_rows)}
+    if spec.fewshot_split:
+        splits[spec.fewshot_split] = datasets.Dataset.from_list(shot_rows)
+    dataset = datasets.DatasetDict(splits)
+    split_keys = ("training_split", "validation_split", "test_split")
+    for key in split_keys:
+        config[key] = None
+    config[{"train": "training_split", "validation": "validation_split", "test": "test_split"}.get(spec.eval_split, "test_split")] = spec.eval_split
+    if spec.fewshot_split == "train":
+        config["training_split"] = "train"
+    config.update(
+        task=f"evalsuite_{spec.name}" + (f"_{group}" if group else ""),
+        custom_dataset=lambda **_: dataset,
+        num_fewshot=spec.num_fewshot,
+        fewshot_split=spec.fewshot_split,
+        fewshot_config={"sampler": ScheduledSampler} if spec.num_fewshot > 0 else None,
+    )
+    if spec.description is not None:
+        config["description"] = spec.description.format(group=(group or "").replace("_", " "))
+    return ConfigurableTask(config=config)
