@@ -249,7 +249,7 @@ def build(
     model, tokenizer = load_transformers(source, dtype, "cpu")
     new = upscale(model, overlap)
     report = _report(
-        base_name_or_path, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir)), dtype=dtype,
+        base_name_or_path, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir).absolute()), dtype=dtype,
         base_identity=source.identity,
     )
     del model
