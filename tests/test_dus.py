@@ -1,0 +1,302 @@
+"""Depth up-scaling: tiny real Llama/Mistral/Qwen2 models on CPU, the shipped Mistral config, SmolLM2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalsuite import dus
+from evalsuite.errors import EvalsuiteError
+
+N = 6
+
+
+def tiny_config(family: str, layers: int = N):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=False)
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(sliding_window=64, **common)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, layers: int = N, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, layers))
+    # Random init gives near-identical layers' outputs; perturb so a wrong layer shows.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 1000)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private evalsuite cache; the converted SmolLM2 folder is shared in to skip its 20 s conversion."""
+    real = Path(os.environ.get("EVALSUITE_CACHE") or Path.home() / ".cache" / "evalsuite")
+    root = tmp_path / "cache"
+    root.mkdir()
+    if (real / "models").is_dir():
+        (root / "models").symlink_to(real / "models", target_is_directory=True)
+    monkeypatch.setenv("EVALSUITE_CACHE", str(root))
+    return root
+
+
+IDS = torch.tensor([[5, 17, 300, 42, 999, 7, 123, 8]])
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+# --- the map ------------------------------------------------------------------------------
+
+
+def test_layer_map_follows_the_paper():
+    assert dus.layer_map(6, 2) == [0, 1, 2, 3, 2, 3, 4, 5]
+    solar = dus.layer_map(32, 8)
+    assert len(solar) == 48 and solar[:24] == list(range(24)) and solar[24:] == list(range(8, 32))
+    assert dus.describe_map(30, 8) == "new 0-21 <- A 0-21; new 22-43 <- B 8-29"
+    assert dus.layer_map(4, 0) == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert dus.layer_map(1, 0) == [0, 0]
+
+
+@pytest.mark.parametrize("overlap", [-1, N, N + 3])
+def test_overlap_out_of_range_is_a_clear_error(overlap):
+    with pytest.raises(EvalsuiteError, match=r"give an --overlap from 0 to 5") as err:
+        dus.upscale(tiny_model("llama"), overlap)
+    assert "\n" not in str(err.value)
+
+
+# --- upscale on tiny real models --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_every_layer_has_the_weights_its_map_names(family):
+    base = tiny_model(family)
+    before = logits(base)
+    new = dus.upscale(base, 2)
+    mapping = dus.layer_map(N, 2)
+    assert len(new.model.layers) == new.config.num_hidden_layers == 8
+    assert base.config.num_hidden_layers == N and len(base.model.layers) == N  # base untouched
+    assert torch.equal(logits(base), before)
+    for i, j in enumerate(mapping):
+        got, want = new.model.layers[i].state_dict(), base.model.layers[j].state_dict()
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), (i, j, key)
+            assert got[key].data_ptr() != want[key].data_ptr()  # deep copies, not shared
+        assert new.model.layers[i].self_attn.layer_idx == i
+    # The two copies of a duplicated base layer are independent tensors.
+    assert new.model.layers[2].mlp.up_proj.weight.data_ptr() != new.model.layers[4].mlp.up_proj.weight.data_ptr()
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        assert torch.equal(new.state_dict()[name], base.state_dict()[name])
+    if getattr(base.config, "layer_types", None) is not None:
+        assert new.config.layer_types == [base.config.layer_types[j] for j in mapping]
+    # Every layer's config is the new one (48 layers), not a stale copy of the base's.
+    assert all(layer.self_attn.config is new.config for layer in new.model.layers)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_generation_with_kv_cache_equals_without(family):
+    """A stale layer_idx makes duplicated layers share a cache slot: cached decoding then diverges."""
+    new = dus.upscale(tiny_model(family), 2)
+    kwargs = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    with torch.no_grad():
+        cached = new.generate(IDS, use_cache=True, **kwargs)
+        plain = new.generate(IDS, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, plain.sequences)
+    for a, b in zip(cached.logits, plain.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # And a full forward pass over the generated text agrees with the last cached step.
+    full = logits(new, cached.sequences[:, :-1])[:, -1]
+    torch.testing.assert_close(full, cached.logits[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_overlap_zero_duplicates_every_layer():
+    base = tiny_model("llama")
+    new = dus.upscale(base, 0)
+    assert new.config.num_hidden_layers == 2 * N
+    for i in range(2 * N):
+        assert torch.equal(new.model.layers[i].self_attn.q_proj.weight, base.model.layers[i % N].self_attn.q_proj.weight)
+    assert [layer.self_attn.layer_idx for layer in new.model.layers] == list(range(2 * N))
+
+
+def test_overlap_half_rebuilds_the_base():
+    """m = n/2 keeps A[0:n/2] ++ B[n/2:n]: the base itself, so the logits must not move."""
+    base = tiny_model("mistral")
+    new = dus.upscale(base, N // 2)
+    assert new.config.num_hidden_layers == N
+    torch.testing.assert_close(logits(new), logits(base), atol=0, rtol=0)
+    # ...while a wrong map (here m = 1) does change them: the comparison can fail.
+    assert not torch.allclose(logits(dus.upscale(base, 1)), logits(base))
+
+
+def test_non_decoder_model_is_refused():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64))
+    with pytest.raises(EvalsuiteError, match=r"not model_type 'bert'; pick a Llama/Mistral-family base"):
+        dus.upscale(bert, 1)
+
+
+def test_bad_spec_is_a_clear_error():
+    with pytest.raises(EvalsuiteError, match=r"write dus:BASE:M"):
+        dus.parse_spec("dus:smollm2")
+    assert dus.parse_spec("dus:smollm2:8") == ("smollm2", 8)
+    assert dus.parse_spec("dus:org/name:0") == ("org/name", 0)
+
+
+# --- dry run ------------------------------------------------------------------------------
+
+
+def test_dry_run_of_shipped_mistral_config_is_solar_sized():
+    report = dus.build("mistral", 8, None, dry_run=True)
+    assert (report.layers_before, report.layers_after) == (32, 48)
+    assert report.params_before == 7_241_732_096  # the registry's Mistral 7B
+    assert report.params_after == 10_731_524_096  # SOLAR 10.7B, leaderboard-v1.md §7
+    assert report.model_type == "mistral" and report.out_dir is None
+    assert report.layer_map_text == "new 0-23 <- A 0-23; new 24-47 <- B 8-31"
+
+
+def test_shipped_config_is_mistral_7b_v01():
+    config = json.loads((dus.CONFIGS_DIR / "mistral-7b-v0.1.json").read_text())
+    assert config["architectures"] == ["MistralForCausalLM"] and config["model_type"] == "mistral"
+    assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (32, 4096, 14336)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["vocab_size"]) == (32, 8, 32000)
+    assert config["tie_word_embeddings"] is False and config["sliding_window"] == 4096
+
+
+def test_dry_run_of_a_config_json_and_of_a_non_decoder(tmp_path):
+    from transformers import BertConfig
+
+    path = tmp_path / "config.json"
+    path.write_text(tiny_config("llama").to_json_string())
+    report = dus.build(str(path), 2, None, dry_run=True)
+    assert report.layers_after == 8 and report.params_after > report.params_before
+    BertConfig(vocab_size=100).to_json_file(path)
+    with pytest.raises(EvalsuiteError, match="pick a Llama/Mistral-family base"):
+        dus.build(str(path), 2, None, dry_run=True)
+
+
+# --- build, save, reload ------------------------------------------------------------------------
+
+
+def test_build_from_local_folder_round_trips(tmp_path, cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tiny_model("llama")
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    report = dus.build(str(tmp_path / "base"), 2, out, dtype="float32")
+    assert report.layers_after == 8 and report.out_dir == str(out.absolute())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]  # temp folder moved into place
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 8
+    assert [layer.self_attn.layer_idx for layer in reloaded.model.layers] == list(range(8))
+    torch.testing.assert_close(logits(reloaded), logits(dus.upscale(base, 2)), atol=0, rtol=0)
+    assert AutoTokenizer.from_pretrained(out)("w5 w17")["input_ids"] == [5, 17]
+    saved = json.loads((out / "dus.json").read_text())
+    assert saved["layer_map"] == dus.layer_map(N, 2) and saved["params_after"] == report.params_after
+    assert saved["base_identity"].startswith("sha256:")
+
+
+def test_build_without_out_dir_is_an_error():
+    with pytest.raises(EvalsuiteError, match="pass --out DIR"):
+        dus.build("smollm2", 8, None)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from evalsuite.commands import dus as command
+
+    parser = argparse.ArgumentParser(prog="evalsuite")
+    command.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_dry_run_prints_map_and_counts(capsys):
+    args = _parser().parse_args(["dus", "mistral", "--overlap", "8", "--dry-run"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "new 0-23 <- A 0-23; new 24-47 <- B 8-31" in out
+    assert "7,241,732,096 -> 10,731,524,096" in out and "32 -> 48" in out
+    assert "dry run" in out
+
+
+def test_cli_builds_into_the_default_folder(tmp_path, cache, monkeypatch, capsys):
+    base = tmp_path / "tinybase"
+    tiny_model("mistral").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["dus", str(base), "-m", "3"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "dus-tinybase-m3" / "config.json").is_file()
+    assert "new 0-2 <- A 0-2; new 3-5 <- B 3-5" in out and f"wrote {tmp_path / 'dus-tinybase-m3'}" in out
+
+
+def test_main_cli_reports_errors_in_one_line(capsys):
+    cli = pytest.importorskip("evalsuite.cli")
+    assert cli.main(["dus", "mistral", "--overlap", "32", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: overlap 32 is out of range for a 32-layer base; give an --overlap from 0 to 31"
+
+
+# --- the registry's smollm2-dus ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_build_cached_smollm2_gives_a_loadable_44_layer_checkpoint(cache):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from evalsuite.loading import resolve_and_materialize
+
+    folder = dus.build_cached("dus:smollm2:8")
+    assert folder.parent == cache / "dus" and folder.name.startswith("smollm2-m8-")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "dus.json"} <= {p.name for p in folder.iterdir()}
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert dus.build_cached("dus:smollm2:8") == folder  # cached: not rebuilt
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    source = resolve_and_materialize("smollm2-dus")
+    assert Path(source.path) == folder and source.weights_hash.startswith("sha256:")
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert model.config.num_hidden_layers == len(model.model.layers) == 44
+    base_dir = Path(resolve_and_materialize("smollm2").path)
+    key = "model.layers.{}.self_attn.k_proj.weight"
+    with safe_open(base_dir / "model.safetensors", "pt") as f:
+        for new_i, base_i in ((0, 0), (21, 21), (22, 8), (43, 29)):
+            assert torch.equal(model.model.layers[new_i].self_attn.k_proj.weight, f.get_tensor(key.format(base_i)))
+    with torch.no_grad():
+        out = model.generate(IDS, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, IDS.shape[1] + 3)
