@@ -61,6 +61,7 @@ class DusReport:
     dtype: str | None = None
     base_identity: str | None = None
     notes: list[str] = field(default_factory=list)
+    recovery: dict[str, Any] | None = None
 
     @property
     def layer_map_text(self) -> str:
@@ -75,7 +76,7 @@ class DusReport:
             f"layers      {self.layers_before} -> {self.layers_after}",
             f"parameters  {self.params_before:,} -> {self.params_after:,}",
             f"output      {where}",
-        ]
+        ] + [f"recovery    {note}" for note in self.notes]
 
 
 def layer_map(n: int, overlap: int) -> list[int]:
@@ -224,13 +225,20 @@ def _report(base: str, model: Any, new: Any, overlap: int, **extra: Any) -> DusR
 
 
 def build(
-    base_name_or_path: str, overlap: int, out_dir: str | Path | None, dry_run: bool = False, dtype: str | None = None
+    base_name_or_path: str,
+    overlap: int,
+    out_dir: str | Path | None,
+    dry_run: bool = False,
+    dtype: str | None = None,
+    recover_text: str | Path | None = None,
+    recover_steps: int = 0,
 ) -> DusReport:
     """Up-scale a base (alias, Hub id, local folder or .gguf) and save it as an HF checkpoint.
 
     ``dtype`` defaults to the registry's dtype for the base (what the leaderboard ran). The
     checkpoint is written to a temporary folder and moved into place, so a crash never leaves
-    a half-written model that a later run would take for a finished one.
+    a half-written model that a later run would take for a finished one. ``recover_steps`` > 0
+    runs a few continued-pretraining steps on ``recover_text`` (see :func:`recover`) first.
     """
     if dry_run:
         return dry_run_report(base_name_or_path, overlap)
@@ -253,6 +261,13 @@ def build(
         base_identity=source.identity,
     )
     del model
+    if recover_steps:
+        if recover_text is None:
+            raise DusError("recovery needs text: pass --recover-text FILE (plain text that is not benchmark data)")
+        result = recover(new, tokenizer, Path(recover_text).read_text(), steps=recover_steps)
+        report.recovery = {"text": str(Path(recover_text).absolute()), "text_sha256": file_sha(Path(recover_text)),
+                           **asdict(result)}
+        report.notes.append(result.summary())
     save_atomically(new, tokenizer, Path(out_dir), report)
     return report
 
@@ -280,6 +295,85 @@ def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- optional recovery -------------------------------------------------------------------------
+
+
+@dataclass
+class RecoveryResult:
+    """Held-out loss before and after: the honest measure of whether the steps helped."""
+
+    steps: int
+    lr: float
+    seq_len: int
+    batch_size: int
+    train_blocks: int
+    heldout_blocks: int
+    heldout_loss_before: float
+    heldout_loss_after: float
+    train_losses: list[float]
+
+    def summary(self) -> str:
+        return (f"{self.steps} steps on {self.train_blocks} blocks of {self.seq_len} tokens: held-out loss "
+                f"{self.heldout_loss_before:.3f} -> {self.heldout_loss_after:.3f}")
+
+
+def recover(
+    model: Any, tokenizer: Any, text: str, steps: int, lr: float = 1e-4, seq_len: int = 128, batch_size: int = 4,
+    seed: int = 0,
+) -> RecoveryResult:
+    """A few continued-pretraining steps (AdamW, next-token loss) on CPU, in place.
+
+    SOLAR's recipe (data, tokens, schedule) is unconfirmed, so this is no reproduction of it:
+    it only smooths the seam between the two copies a little. The text must not be benchmark
+    data (that would leak into the scores); every tenth block is held out, and the held-out
+    loss before and after is reported so that a run that did not help shows it.
+    """
+    import torch
+
+    if steps < 1:
+        raise DusError(f"recovery steps must be at least 1, got {steps}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    blocks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    heldout = blocks[9::10] or blocks[-1:]
+    train = [b for i, b in enumerate(blocks) if i % 10 != 9] if len(blocks) >= 10 else blocks[:-1]
+    if not train:
+        raise DusError(
+            f"recovery text has {len(ids)} tokens, too few for two blocks of {seq_len}; give a longer --recover-text file"
+        )
+    dtype = next(model.parameters()).dtype
+    model.float()
+
+    def heldout_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            losses = [model(torch.tensor([b]), labels=torch.tensor([b]), use_cache=False).loss.item() for b in heldout]
+        return sum(losses) / len(losses)
+
+    before = heldout_loss()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    train_losses = []
+    for _ in range(steps):
+        pick = torch.randint(len(train), (min(batch_size, len(train)),), generator=generator)
+        batch = torch.tensor([train[i] for i in pick.tolist()])
+        loss = model(batch, labels=batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_losses.append(round(loss.item(), 4))
+    after = heldout_loss()
+    model.to(dtype)
+    return RecoveryResult(steps, lr, seq_len, batch_size, len(train), len(heldout), before, after, train_losses)
+
+
+def file_sha(path: Path) -> str:
+    from .data import file_sha256
+
+    return file_sha256(path)
 
 
 # --- the loader's entry point ---------------------------------------------------------------

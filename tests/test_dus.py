@@ -15,6 +15,16 @@ from evalsuite.errors import EvalsuiteError
 N = 6
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
+    threads make a 10 ms step take seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(family: str, layers: int = N):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
@@ -300,3 +310,41 @@ def test_build_cached_smollm2_gives_a_loadable_44_layer_checkpoint(cache):
     with torch.no_grad():
         out = model.generate(IDS, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, IDS.shape[1] + 3)
+
+
+# --- optional recovery ------------------------------------------------------------------------
+
+
+def _pattern_text(words: int = 4000) -> str:
+    return " ".join(f"w{3 + (i * 7) % 50}" for i in range(words))
+
+
+def test_recovery_lowers_heldout_loss():
+    model = dus.upscale(tiny_model("llama"), 2)
+    result = dus.recover(model, tiny_tokenizer(), _pattern_text(1200), steps=10, lr=3e-3, seq_len=32, batch_size=2)
+    assert (result.train_blocks, result.heldout_blocks) == (34, 3)
+    assert result.heldout_loss_after < result.heldout_loss_before - 0.5
+    assert not model.training
+
+
+def test_cli_recovery_is_recorded(tmp_path, cache, capsys):
+    base = tmp_path / "base"
+    tiny_model("llama").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    text = tmp_path / "text.txt"
+    text.write_text(_pattern_text(1000))
+    args = _parser().parse_args(["dus", str(base), "-m", "2", "--out", str(tmp_path / "out"),
+                                 "--recover-steps", "2", "--recover-text", str(text)])
+    assert args.func(args) == 0
+    assert "2 steps on 6 blocks of 128 tokens: held-out loss" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "dus.json").read_text())["recovery"]
+    assert saved["steps"] == 2 and len(saved["train_losses"]) == 2 and saved["heldout_blocks"] == 1
+    assert len(saved["text_sha256"]) == 64
+
+
+def test_recovery_refuses_too_little_text_and_dry_run():
+    with pytest.raises(EvalsuiteError, match="give a longer --recover-text file"):
+        dus.recover(tiny_model("llama"), tiny_tokenizer(), "w5 w6 w7", steps=2)
+    args = _parser().parse_args(["dus", "mistral", "-m", "8", "--dry-run", "--recover-steps", "3"])
+    with pytest.raises(EvalsuiteError, match="drop --dry-run"):
+        args.func(args)

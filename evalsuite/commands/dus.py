@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="count layers and parameters from the config alone on the meta device; load no weights")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="dtype to load and save in (default: the base's registry dtype)")
+    parser.add_argument("--recover-steps", type=_overlap, default=0, metavar="N",
+                        help="optional: N continued-pretraining steps on CPU before saving (default 0: none); "
+                             "prints held-out loss before and after")
+    parser.add_argument("--recover-text", metavar="FILE",
+                        help="plain text for --recover-steps; must not be benchmark data")
     parser.set_defaults(func=handle)
 
 
@@ -38,10 +43,15 @@ def default_out(base: str, overlap: int) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..dus import build
+    from ..dus import DusError, build
 
+    if args.dry_run and args.recover_steps:
+        raise DusError("--recover-steps needs weights; drop --dry-run")
+    if args.recover_text and not args.recover_steps:
+        raise DusError("--recover-text is used only with --recover-steps N; add it or drop --recover-text")
     out = None if args.dry_run else (args.out or default_out(args.base, args.overlap))
-    report = build(args.base, args.overlap, out, dry_run=args.dry_run, dtype=args.dtype)
+    report = build(args.base, args.overlap, out, dry_run=args.dry_run, dtype=args.dtype,
+                   recover_text=args.recover_text, recover_steps=args.recover_steps)
     for line in report.lines():
         print(line)
     if not args.dry_run:
