@@ -244,6 +244,8 @@ def build(
         return dry_run_report(base_name_or_path, overlap)
     if out_dir is None:
         raise DusError("no output folder; pass --out DIR (or use --dry-run)")
+    if recover_steps and (recover_text is None or not Path(recover_text).is_file()):
+        raise DusError(f"recovery needs text: pass --recover-text FILE, an existing plain-text file that is not benchmark data (got {recover_text})")
     from .loading import check_fits, load_transformers, resolve_and_materialize
 
     source = resolve_and_materialize(base_name_or_path)
@@ -262,8 +264,7 @@ def build(
     )
     del model
     if recover_steps:
-        if recover_text is None:
-            raise DusError("recovery needs text: pass --recover-text FILE (plain text that is not benchmark data)")
+        assert recover_text is not None
         result = recover(new, tokenizer, Path(recover_text).read_text(), steps=recover_steps)
         report.recovery = {"text": str(Path(recover_text).absolute()), "text_sha256": file_sha(Path(recover_text)),
                            **asdict(result)}

@@ -348,3 +348,8 @@ def test_recovery_refuses_too_little_text_and_dry_run():
     args = _parser().parse_args(["dus", "mistral", "-m", "8", "--dry-run", "--recover-steps", "3"])
     with pytest.raises(EvalsuiteError, match="drop --dry-run"):
         args.func(args)
+
+
+def test_recovery_without_text_fails_before_loading_weights(tmp_path):
+    with pytest.raises(EvalsuiteError, match="pass --recover-text FILE"):
+        dus.build("no/such-model", 2, tmp_path / "out", recover_steps=3)
