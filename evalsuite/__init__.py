@@ -1,0 +1,13 @@
+"""evalsuite: the Open LLM Leaderboard (v1) six-task evaluation, exact and fast.
+
+The Python API is what the CLI calls::
+
+    import evalsuite
+    result = evalsuite.evaluate(models=["smollm2"], tasks=["arc"], limit=5, data_dir="../shared/data")
+    print(result.table())
+"""
+__version__ = "0.1.0"
+
+from .runner import EvalResult, evaluate  # noqa: E402
+
+__all__ = ["EvalResult", "evaluate", "__version__"]

@@ -29,8 +29,10 @@ class DatasetRef:
     local_names: tuple[str, ...] = ()
 
     def local_dirs(self, root: Path) -> list[Path]:
-        names = [self.hub_id.replace("/", "__"), *self.local_names]
-        return [root / name / (self.config or "default") for name in dict.fromkeys(names)]
+        names = dict.fromkeys([self.hub_id.replace("/", "__"), *self.local_names])
+        if self.config is None:  # config-less datasets may sit directly in the dataset folder
+            return [folder for name in names for folder in (root / name / "default", root / name)]
+        return [root / name / self.config for name in names]
 
 
 @dataclass(frozen=True)

@@ -314,11 +314,11 @@ def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | No
     Plain tasks: the mean and the sample standard error. MMLU (``mean_of_groups``): the plain
     mean of per-subject means, with the standard error of that mean of independent subjects.
     """
+    if spec.aggregate != "mean_of_groups":
+        return mean_stderr(values)
     arr = np.asarray(values, dtype=float)
     if arr.size == 0:
         return math.nan, math.nan
-    if spec.aggregate != "mean_of_groups":
-        return float(arr.mean()), _stderr(arr)
     by_group: dict[str | None, list[float]] = {}
     for value, group in zip(arr, groups, strict=True):
         by_group.setdefault(group, []).append(value)
@@ -326,6 +326,14 @@ def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | No
     errors = [_stderr(np.asarray(v)) for v in by_group.values()]
     stderr = math.sqrt(sum(e * e for e in errors if not math.isnan(e))) / len(means)
     return float(np.mean(means)), stderr
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its sample standard error (NaN for the error of a single value)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), _stderr(arr)
 
 
 def _stderr(arr: np.ndarray) -> float:

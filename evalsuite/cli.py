@@ -1,0 +1,54 @@
+"""The ``evalsuite`` command: a thin layer over the Python API.
+
+Each subcommand lives in ``evalsuite/commands/<name>.py`` and exposes ``register(subparsers)``;
+this module discovers them, so adding a command touches no shared file. Errors a user can
+fix (:class:`~evalsuite.errors.EvalsuiteError`) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from . import __version__, commands
+from .errors import EvalsuiteError
+
+#: Order of the subcommands in ``--help``; discovered ones not listed here follow.
+ORDER = ["run", "results", "prompts", "models", "tasks", "report", "table", "compare", "baseline",
+         "nightly", "cache", "dus"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalsuite",
+        description="Open LLM Leaderboard (v1) evaluations: exact to the protocol, fast, stored as parquet.",
+        epilog="Run `evalsuite COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"evalsuite {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        importlib.import_module(f"{commands.__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EvalsuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: results of tasks that finished are in the results store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Options shared by several subcommands, defined once."""
+from __future__ import annotations
+
+import argparse
+
+from ..store import DEFAULT_RESULTS_DIR
+
+
+def add_results_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
+                        help=f"parquet results store (default: {DEFAULT_RESULTS_DIR}/)")
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
+                             "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
+    return value

@@ -1,0 +1,53 @@
+"""``evalsuite run``: evaluate models on tasks and store the results."""
+from __future__ import annotations
+
+import argparse
+
+from ..backends import BACKENDS, DEFAULT_BACKEND
+from ._common import add_data_dir, add_results_dir, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="evaluate models on the leaderboard tasks",
+        description="Evaluate models on tasks exactly as the Open LLM Leaderboard (v1) did, print the "
+                    "leaderboard table and store every score and per-sample result as parquet.",
+    )
+    parser.add_argument("--models", default="smollm2",
+                        help="comma-separated aliases (see `evalsuite models`), Hub ids, model folders, "
+                             ".gguf files or dus:BASE:M (default: smollm2)")
+    parser.add_argument("--tasks", default="leaderboard",
+                        help="comma-separated tasks or suites: arc, hellaswag, mmlu, truthfulqa, winogrande, "
+                             "gsm8k, leaderboard (default: leaderboard, all six with H6)")
+    parser.add_argument("--limit", type=positive_int, metavar="N",
+                        help="evaluate the first N documents of the v1 evaluation order (per subject for MMLU)")
+    add_data_dir(parser)
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS),
+                        help=f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights dtype (default: float32 on CPU, the registry's dtype on GPU)")
+    parser.add_argument("--batch-size", default="auto", help="requests per batch, or auto (default)")
+    add_results_dir(parser)
+    parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
+    parser.add_argument("--run-id", help="run id to use (default: a new one)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model's own Python code (registry models that need it are allowed already)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ..runner import evaluate
+
+    batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    result = evaluate(
+        models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
+        device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
+        run_id=args.run_id, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+    )
+    print()
+    print(result.table())
+    print(f"\nrun {result.run_id}: scores and per-sample results in {result.results_dir}/ "
+          f"(runs, scores, samples parquet tables)")
+    return 0
