@@ -48,7 +48,9 @@ class EvalResult:
         return ResultsStore(self.results_dir)
 
     def scores(self) -> Any:
-        return self.store.scores(run_id=self.run_id)
+        from .sharding import run_scores  # shards of a run are merged at read time
+
+        return run_scores(self.store, self.run_id)
 
     def samples(self, task: str | None = None) -> Any:
         return self.store.samples(run_id=self.run_id, task=task)
@@ -79,10 +81,27 @@ def evaluate(
     run_id: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    use_cache: bool = True,
+    shard: tuple[int, int] | None = None,
+    tensor_parallel: int | None = None,
+    data_parallel: int = 1,
 ) -> EvalResult:
-    """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite)."""
+    """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
+
+    ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
+    :mod:`evalsuite.sharding`); the N shards must share ``run_id`` to form one run.
+    ``tensor_parallel`` (default: from the registry) and ``data_parallel`` apply to ``vllm``.
+    """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
+    if shard is not None:
+        from .sharding import check_shard
+
+        check_shard(shard)
+        if run_id is None:
+            raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
+    if backend == "vllm" and device == "cpu":
+        device = "cuda"  # vLLM runs on GPUs only; this also picks the registry's GPU dtype
     model_names = _split(models) or ["smollm2"]
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
@@ -102,7 +121,8 @@ def evaluate(
         raise next(iter(_errors(unavailable)))
 
     for spec in specs:
-        _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag, progress)
+        _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag, progress,
+                        shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel, use_cache=use_cache)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names, unavailable)
 
 
@@ -123,44 +143,86 @@ def _evaluate_model(
     batch_size: int | str,
     tag: str | None,
     progress: bool,
+    *,
+    shard: tuple[int, int] | None = None,
+    tensor_parallel: int | None = None,
+    data_parallel: int = 1,
+    use_cache: bool = True,
 ) -> None:
     dtype = dtype or (spec.dtype if device.startswith("cuda") else "float32")
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
+    tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
+    part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     if spec.params:
         check_fits(spec, dtype, device)  # before anything is downloaded or built
     source = materialize(spec)
     if not spec.params:
         check_fits(spec, dtype, device, params=param_count(source))
-    options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size)
+    options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
+                             tensor_parallel=tensor_parallel, data_parallel=data_parallel)
     run_row = _run_row(run_id, spec, source, options, backend, loaded, limit, started, tag)
-    store.write_run({**run_row, "status": "running"})
+    _write_run(store, {**run_row, "status": "running"}, part)
     lm = build_backend(backend, source, options)
+    if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
+        from .cache import wrap
+
+        lm = wrap(lm, source, options, backend)
 
     for name in unavailable:
         store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, None, "missing", unavailable[name])])
     status = "ok"
     for name, task in loaded.items():
         try:
-            _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress)
+            _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
         except EvalsuiteError:
             raise
         except Exception as exc:  # keep what other tasks computed, record the failure, go on
             status = "partial"
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, task, "failed", message)])
+            store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, task, "failed", message)],
+                               part=part)
             _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
-    store.write_run(
+    _write_run(
+        store,
         {**run_row, "status": status, "finished_at": datetime.now(timezone.utc),
-         "wall_time_s": time.perf_counter() - clock}
+         "wall_time_s": time.perf_counter() - clock},
+        part,
     )
 
 
+def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
+                 data_parallel: int) -> tuple[int, int]:
+    """(tensor, data) parallel sizes: vLLM's from the registry and the GPUs; 1 elsewhere."""
+    if backend == "vllm":
+        from .backends.vllm import plan_parallel
+
+        return plan_parallel(spec, dtype, tensor_parallel, data_parallel)
+    if (tensor_parallel or 1) > 1 or data_parallel > 1:
+        raise EvalsuiteError(
+            "--tensor-parallel and --data-parallel need --backend vllm; other backends spread a large model "
+            "over all visible GPUs (--device cuda), and --shard I/N splits the documents across machines"
+        )
+    return 1, 1
+
+
+def _write_run(store: ResultsStore, row: dict[str, Any], part: str) -> None:
+    """A shard's run row goes to its own file, so concurrent shards never overwrite each other's."""
+    if not part:
+        store.write_run(row)
+        return
+    from .sharding import write_shard_run
+
+    write_shard_run(store, {**row, "notes": "; ".join(x for x in (row.get("notes"), part) if x)}, part)
+
+
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
-                   limit: int | None, progress: bool) -> None:
+                   limit: int | None, progress: bool, shard: tuple[int, int] | None = None) -> None:
     from tqdm.auto import tqdm
 
-    prompts = task.prompts(limit)
+    from .sharding import select
+
+    prompts = select(task.prompts(limit), shard)
     spec = task.spec
     samples: list[dict[str, Any]] = []
     bar = tqdm(total=len(prompts), desc=f"{model} {spec.name}", unit="doc", disable=not progress,
@@ -172,8 +234,16 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
             samples.append(_sample_row(run_id, model, task, prompt, task.score(prompt, response)))
         bar.update(len(chunk))
     bar.close()
-    store.write_samples(run_id, model, spec.name, samples)
-    store.write_scores(run_id, model, spec.name, score_rows(run_id, model, task, samples))
+    if shard is None:
+        store.write_samples(run_id, model, spec.name, samples)
+        store.write_scores(run_id, model, spec.name, score_rows(run_id, model, task, samples))
+        return
+    from .sharding import shard_score_rows, shard_part
+
+    # A shard's scores are partial: stored as merge metadata and scored at read time (merge_run).
+    store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
+    store.write_scores(run_id, model, spec.name, shard_score_rows(score_rows(run_id, model, task, samples)),
+                       part=shard_part(shard))
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:

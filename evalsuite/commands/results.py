@@ -20,11 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from ..errors import EvalsuiteError
     from ..leaderboard import format_table, rows_from_scores
+    from ..sharding import all_scores, merge_run
     from ..store import ResultsStore
 
     store = ResultsStore(args.results_dir)
+    notes: list[str] = []
     if args.run:
-        scores = store.scores(run_id=args.run)
+        merged = merge_run(store, args.run)  # a sharded run's shards merged into one
+        scores, notes = merged.scores, merged.notes()
         if scores.empty:
             raise EvalsuiteError(f"no scores for run '{args.run}' in {args.results_dir}/; list runs with pandas.read_parquet('{args.results_dir}/runs')")
         rows = rows_from_scores(scores)
@@ -32,6 +35,6 @@ def handle(args: argparse.Namespace) -> int:
         latest = store.latest_run_ids()
         if not latest:
             raise EvalsuiteError(f"no results in {args.results_dir}/ yet; run `evalsuite run` first")
-        rows = rows_from_scores(store.scores(), run_ids=latest)
-    print(format_table(rows))
+        rows = rows_from_scores(all_scores(store), run_ids=latest)
+    print("\n".join([format_table(rows), *notes]))
     return 0

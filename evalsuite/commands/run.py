@@ -31,6 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
+    scale = parser.add_argument_group("running at scale (docs/running-at-scale.md)")
+    scale.add_argument("--tensor-parallel", type=positive_int, metavar="N",
+                       help="vllm: GPUs one model is split over (default: from the registry and GPU memory)")
+    scale.add_argument("--data-parallel", type=positive_int, default=1, metavar="M",
+                       help="vllm: model replicas on this machine, through Ray (default: 1)")
+    scale.add_argument("--shard", metavar="I/N",
+                       help="evaluate documents p %% N == I of each task; N machines with one --run-id form one run")
+    scale.add_argument("--ray", metavar="ADDRESS",
+                       help="fan --shards shards out over a Ray cluster (ADDRESS, or 'local' to start one here)")
+    scale.add_argument("--shards", type=positive_int, metavar="N", help="with --ray: number of shards")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code (registry models that need it are allowed already)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -41,13 +51,54 @@ def handle(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
     batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    scale = _scale_kwargs(args)
+    if args.ray or args.shards:
+        return _handle_ray(args, batch, scale)
     result = evaluate(
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
         run_id=args.run_id, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        **scale,
     )
     print()
     print(result.table())
     print(f"\nrun {result.run_id}: scores and per-sample results in {result.results_dir}/ "
           f"(runs, scores, samples parquet tables)")
+    if scale["shard"]:
+        index, count = scale["shard"]
+        print(f"shard {index}/{count} done; once all {count} shards are in {result.results_dir}/, "
+              f"`evalsuite results --run {result.run_id}` shows the merged run")
+    return 0
+
+
+def _scale_kwargs(args: argparse.Namespace) -> dict:
+    """--tensor-parallel, --data-parallel and --shard as ``evaluate`` keyword arguments."""
+    from ..errors import EvalsuiteError
+    from ..sharding import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard and (args.ray or args.shards):
+        raise EvalsuiteError("--shard runs one shard here; --ray with --shards N runs all N: give one or the other")
+    if shard and not args.run_id:
+        raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
+    return {"shard": shard, "tensor_parallel": args.tensor_parallel, "data_parallel": args.data_parallel}
+
+
+def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
+    """``--ray ADDRESS --shards N``: every shard as a Ray task, then the merged table."""
+    from ..distributed import run_on_ray
+    from ..errors import EvalsuiteError
+
+    if not (args.ray and args.shards):
+        raise EvalsuiteError("--ray and --shards go together: --ray ADDRESS|local --shards N")
+    scale.pop("shard")
+    merged = run_on_ray(
+        args.ray, args.shards, run_id=args.run_id,
+        models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
+        device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
+        trust_remote_code=args.trust_remote_code, **scale,
+    )
+    print()
+    print(merged.table())
+    print(f"\nrun {merged.run_id} ({args.shards} shards merged): results in {args.results_dir}/")
     return 0

@@ -1,0 +1,141 @@
+"""``--ray ADDRESS --shards N``: one evaluation split into N shards that run as Ray tasks.
+
+Each shard is an ordinary ``evaluate(..., shard=(i, N), run_id=ID)`` in a Ray worker process
+writing to the same results folder, so a Ray run and N hand-started ``--shard i/N`` runs
+(SLURM array, several machines) leave identical files and merge the same way
+(:func:`evalsuite.sharding.merge_run`). Across machines the results folder, the data folder
+and the model files must be at the same paths on every node (a shared file system); with
+``local`` everything is on this machine.
+
+Ray is optional and imported only here, when a Ray run is asked for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import EvalsuiteError
+from .models import resolve_model
+from .sharding import MergedRun, merge_run
+from .store import DEFAULT_RESULTS_DIR, ResultsStore
+
+INSTALL_HINT = "pip install 'evalsuite[ray]'"
+
+
+def run_on_ray(
+    address: str,
+    shards: int,
+    *,
+    run_id: str | None = None,
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    data_dir: str | Path | None = None,
+    num_cpus: int | None = None,
+    **evaluate_kwargs: Any,
+) -> MergedRun:
+    """Run ``shards`` shards of one evaluation on the Ray cluster at ``address``; the merged run.
+
+    ``address`` is a Ray address (``auto``, ``HOST:6379``, ``ray://HOST:10001``) or ``local`` to
+    start a cluster on this machine (``num_cpus`` caps it). The other keyword arguments are
+    ``runner.evaluate``'s. A failed shard does not stop the others; the error names the
+    shards to rerun by hand with ``--shard I/N --run-id ID``.
+    """
+    from .runner import new_run_id
+
+    if shards < 1:
+        raise EvalsuiteError("--shards must be at least 1")
+    ray = _import_ray()
+    run_id = run_id or new_run_id()
+    # Workers may start in another folder: give them absolute paths.
+    kwargs = {**evaluate_kwargs, "results_dir": str(Path(results_dir).resolve()), "progress": False,
+              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "run_id": run_id}
+    resources = shard_resources(evaluate_kwargs.get("models"), evaluate_kwargs.get("backend", "evalsuite"),
+                                evaluate_kwargs.get("device", "cpu"), evaluate_kwargs.get("tensor_parallel"),
+                                evaluate_kwargs.get("data_parallel", 1))
+    started_here = _connect(ray, address, num_cpus)
+    try:
+        task = ray.remote(_run_shard).options(**resources, max_retries=0)
+        pending = {task.remote(i, shards, kwargs): i for i in range(shards)}
+        failures = _wait_all(ray, pending, shards)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if failures:
+        listed = "; ".join(f"shard {i}/{shards}: {why}" for i, why in sorted(failures.items()))
+        raise EvalsuiteError(f"{listed}; rerun those with evalsuite run ... --shard I/{shards} --run-id {run_id}")
+    return merge_run(ResultsStore(kwargs["results_dir"]), run_id)
+
+
+def shard_resources(models: Sequence[str] | str | None, backend: str, device: str,
+                    tensor_parallel: int | None, data_parallel: int = 1) -> dict[str, float]:
+    """What one shard reserves on the cluster: a CPU, plus the GPUs its largest model needs.
+
+    vLLM uses ``tensor_parallel x data_parallel`` GPUs (``tensor_parallel`` defaulting to the
+    registry's ``min_gpus_80gb``); the other backends on ``cuda`` spread a model over every GPU
+    Ray gives them, as many as the registry says the largest model needs.
+    """
+    if backend != "vllm" and not device.startswith("cuda"):
+        return {"num_cpus": 1, "num_gpus": 0}
+    names = [models] if isinstance(models, str) else list(models or ["smollm2"])
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    biggest = max(resolve_model(n).min_gpus_80gb for n in names)
+    gpus = (tensor_parallel or biggest) * (data_parallel if backend == "vllm" else 1)
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+def _run_shard(index: int, count: int, kwargs: dict[str, Any]) -> str:
+    """Body of one Ray task: evaluate one shard in this worker; its files are its result."""
+    from .runner import evaluate
+
+    evaluate(**kwargs, shard=(index, count))
+    return os.uname().nodename
+
+
+def _wait_all(ray: Any, pending: dict[Any, int], count: int) -> dict[int, str]:
+    """Wait for every shard, reporting each as it ends; shard index -> error of the failed ones."""
+    failures: dict[int, str] = {}
+    done = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            index = pending.pop(ref)
+            done += 1
+            try:
+                where = ray.get(ref)
+                _say(f"shard {index}/{count} finished on {where} ({done}/{count})")
+            except Exception as exc:  # RayTaskError wraps the worker's exception
+                cause = getattr(exc, "cause", None) or exc
+                failures[index] = (f"{type(cause).__name__}: {cause}".splitlines() or ["failed"])[0]
+                _say(f"shard {index}/{count} failed: {failures[index]} ({done}/{count})")
+    return failures
+
+
+def _connect(ray: Any, address: str, num_cpus: int | None) -> bool:
+    """Join the cluster at ``address`` or start a local one; True when we started it."""
+    if ray.is_initialized():
+        return False
+    common = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if address == "local":
+            ray.init(address="local", num_cpus=num_cpus, **common)
+            return True
+        ray.init(address=address, **common)
+    except ConnectionError as exc:
+        raise EvalsuiteError(f"cannot reach a Ray cluster at '{address}' ({exc}); start one with `ray start --head` "
+                             f"or use --ray local") from None
+    return False
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise EvalsuiteError(f"--ray needs the ray package, which is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+def _say(message: str) -> None:
+    print(f"evalsuite: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,155 @@
+"""Sharding without Ray: two shards run one after the other in this process merge into exactly
+the unsharded run (same samples, same task and subject scores), and broken shard sets are named."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalsuite.cli import main
+from evalsuite.errors import EvalsuiteError
+from evalsuite.runner import evaluate
+from evalsuite.sharding import SHARD_STATUS, all_scores, merge_run, parse_shard, select
+from evalsuite.store import ResultsStore
+
+#: MMLU exercises subjects and the mean of subject means; GSM8K a generation task.
+TASKS = "arc,mmlu,gsm8k"
+LIMITS = 3
+BACKEND = "evalsuite"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_llama_dir, data_dir) -> Path:
+    """One store holding run ``full`` (unsharded) and run ``sh`` (shards 0/2 and 1/2)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sharded") / "results"
+    common = dict(models=str(tiny_llama_dir), tasks=TASKS, limit=LIMITS, data_dir=data_dir, backend=BACKEND,
+                  results_dir=root, progress=False)
+    evaluate(**common, run_id="full")
+    for index in range(2):
+        evaluate(**common, run_id="sh", shard=(index, 2))
+    return root
+
+
+def same(a, b) -> bool:
+    """Equal, with None and NaN (how pandas reads a missing value) equal to each other."""
+    missing = lambda x: x is None or (isinstance(x, float) and math.isnan(x))  # noqa: E731
+    return (missing(a) and missing(b)) or a == b
+
+
+def keyed(samples) -> dict:
+    return {(r["task"], r["subtask"] if isinstance(r["subtask"], str) else None, r["doc_index"]): r
+            for r in samples.to_dict("records")}
+
+
+def test_parse_and_select():
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ["4/4", "x", "-1/2", "1/0"]:
+        with pytest.raises(EvalsuiteError):
+            parse_shard(bad)
+    items = list(range(11))
+    parts = [select(items, (i, 3)) for i in range(3)]
+    assert sorted(x for p in parts for x in p) == items
+    assert parts[1] == [1, 4, 7, 10]
+    assert select(items, None) == items
+
+
+def test_shard_needs_run_id(tiny_llama_dir, data_dir, tmp_path):
+    with pytest.raises(EvalsuiteError, match="--run-id"):
+        evaluate(str(tiny_llama_dir), "arc", limit=1, data_dir=data_dir, results_dir=tmp_path, shard=(0, 2))
+
+
+def test_merged_shards_equal_unsharded(runs):
+    store = ResultsStore(runs)
+    full, merged = store.samples(run_id="full"), store.samples(run_id="sh")
+    assert len(full) == len(merged) and len(full) > 0
+    full_rows, merged_rows = keyed(full), keyed(merged)
+    assert full_rows.keys() == merged_rows.keys()
+    for key, row in full_rows.items():
+        other = merged_rows[key]
+        assert other["value"] == row["value"], key
+        assert other["prediction"] == row["prediction"], key
+        assert other["prompt_hash"] == row["prompt_hash"], key
+        if row["loglikelihoods"] is not None:
+            assert other["loglikelihoods"] == pytest.approx(row["loglikelihoods"], abs=1e-4), key
+
+    result = merge_run(store, "sh")
+    assert result.complete and result.shard_count == 2
+    expected = store.scores(run_id="full").sort_values(["task", "subtask"], na_position="first")
+    got = result.scores.sort_values(["task", "subtask"], na_position="first")
+    assert len(got) == len(expected)
+    for want, have in zip(expected.to_dict("records"), got.to_dict("records"), strict=True):
+        for column in ("task", "subtask", "metric", "n", "n_total", "status", "value", "stderr"):
+            assert same(have[column], want[column]), (column, want, have)
+
+
+def test_raw_shard_rows_are_never_shown_as_scores(runs):
+    store = ResultsStore(runs)
+    raw = store.scores(run_id="sh")
+    assert set(raw.loc[raw["subtask"].isna(), "status"]) == {SHARD_STATUS}
+    merged = all_scores(store)
+    assert SHARD_STATUS not in set(merged["status"])
+    assert set(merged["run_id"]) == {"full", "sh"}
+
+
+def test_results_command_shows_the_merged_run(runs, capsys):
+    assert main(["results", "--results-dir", str(runs), "--run", "full"]) == 0
+    full_table = capsys.readouterr().out
+    assert main(["results", "--results-dir", str(runs), "--run", "sh"]) == 0
+    assert capsys.readouterr().out == full_table
+
+
+def test_missing_shard_is_reported_not_scored(runs, tmp_path):
+    partial = tmp_path / "results"
+    shutil.copytree(runs, partial, ignore=shutil.ignore_patterns("*shard1of2*"))
+    result = merge_run(ResultsStore(partial), "sh")
+    assert not result.complete
+    assert sorted(result.missing_shards) == [(model, t) for model in {m for m, _ in result.missing_shards}
+                                             for t in sorted(TASKS.split(","))]
+    assert all(v == [1] for v in result.missing_shards.values())
+    task_rows = result.scores[result.scores["subtask"].isna()]
+    assert set(task_rows["status"]) == {"incomplete"}
+    assert "1/2" in result.table() and "--run-id sh" in result.table()
+
+
+def test_mixed_counts_and_duplicates_are_errors(runs, tmp_path):
+    for table in ("samples", "scores"):
+        folder = tmp_path / "mixed" / table
+        folder.mkdir(parents=True)
+        for path in (runs / table).glob("sh__*arc__shard0of2.parquet"):
+            shutil.copy(path, folder / path.name)
+            shutil.copy(path, folder / path.name.replace("shard0of2", "shard1of3"))
+    with pytest.raises(EvalsuiteError, match="mixes shard counts"):
+        merge_run(ResultsStore(tmp_path / "mixed"), "sh")
+
+    for table in ("samples", "scores"):
+        folder = tmp_path / "dup" / table
+        folder.mkdir(parents=True)
+        for path in (runs / table).glob("sh__*arc__shard0of2.parquet"):
+            shutil.copy(path, folder / path.name)
+            shutil.copy(path, folder / path.name.replace("shard0of2", "shard1of2"))
+    with pytest.raises(EvalsuiteError, match="scored by two shards"):
+        merge_run(ResultsStore(tmp_path / "dup"), "sh")
+
+
+def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp_path):
+    rerun = tmp_path / "results"
+    shutil.copytree(runs, rerun)
+    before = sorted(p.name for p in (rerun / "samples").iterdir())
+    evaluate(str(tiny_llama_dir), "arc", limit=LIMITS, data_dir=data_dir, backend=BACKEND, results_dir=rerun,
+             progress=False, run_id="sh", shard=(1, 2))
+    assert sorted(p.name for p in (rerun / "samples").iterdir()) == before
+    store = ResultsStore(rerun)
+    assert len(store.samples(run_id="sh")) == len(store.samples(run_id="full"))
+    assert merge_run(store, "sh").complete
