@@ -127,6 +127,11 @@ class EngineLM(LM):
         attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
         self.float_mask = attn == "eager"
         self.stats = EngineStats()
+        # transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away)
+        import inspect
+
+        params = inspect.signature(self.base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -347,8 +352,8 @@ class EngineLM(LM):
                 input_ids=ids.to(self._device),
                 attention_mask=mask,
                 position_ids=pos.to(self._device),
-                past_key_values=cache,
                 use_cache=cache is not None,
+                **{self._cache_kw: cache},
             )
             hidden = out.last_hidden_state
             self.stats.forward_calls += 1
@@ -451,7 +456,7 @@ class EngineLM(LM):
         step_input = ids
         for _ in range(max_gen):
             out = self.model(
-                input_ids=step_input, attention_mask=attn, past_key_values=cache, use_cache=True, logits_to_keep=1
+                input_ids=step_input, attention_mask=attn, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}
             )
             self.stats.forward_calls += 1
             self.stats.forwarded_tokens += step_input.numel()
