@@ -197,7 +197,7 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
             dtype=torch_dtype(dtype),
-            device_map="auto" if device == "cuda" else None,
+            device_map=gpu_device_map(source, dtype) if device == "cuda" else None,
             **kwargs,
         )
     except OSError as exc:
@@ -209,6 +209,25 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def gpu_device_map(source: ModelSource, dtype: str, gpu_memory: int | None = None,
+                   gpu_count: int | None = None) -> Any:
+    """Where ``--device cuda`` puts the weights: GPU 0 when the model fits there, else all GPUs.
+
+    accelerate's ``"auto"`` balances even a small model over every visible GPU, which costs a
+    device hop per block of layers for nothing; it is used only for a model that needs several
+    GPUs (Mixtral and 70B models on 80 GB cards), layers split in order across them.
+    """
+    if gpu_memory is None or gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
+        gpu_memory = gpu_memory or (torch.cuda.get_device_properties(0).total_memory if gpu_count else 0)
+    if gpu_count <= 1:
+        return {"": 0}
+    need = param_count(source) * DTYPE_BYTES.get(dtype, 4) * MEMORY_OVERHEAD
+    return {"": 0} if need <= gpu_memory else "auto"
 
 
 def resolve_and_materialize(name: str, **kwargs: Any) -> ModelSource:

@@ -93,3 +93,12 @@ def test_other_backends_refuse_parallel_flags(tmp_path, capsys, data_dir):
                  "--results-dir", str(tmp_path), "--data-dir", str(data_dir)])
     assert code == 2
     assert "need --backend vllm" in capsys.readouterr().err
+
+
+def test_gpu_device_map_spreads_only_models_that_need_it():
+    """The transformers backends' placement on ``--device cuda`` (fake GPU memory and count)."""
+    from evalsuite.loading import gpu_device_map
+
+    assert gpu_device_map(source("solar"), "bfloat16", gpu_memory=H100, gpu_count=4) == {"": 0}
+    assert gpu_device_map(source("mixtral"), "bfloat16", gpu_memory=H100, gpu_count=2) == "auto"
+    assert gpu_device_map(source("mixtral"), "bfloat16", gpu_memory=H100, gpu_count=1) == {"": 0}
