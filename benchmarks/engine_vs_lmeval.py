@@ -1,0 +1,263 @@
+"""Benchmark: the evalsuite prefix-tree engine against lm-eval's ``hf`` model on the same requests.
+
+Both backends answer the same lm-eval ``Instance``s in one process, so tokens, time and answers
+are compared like for like. Per task the JSON reports requests, tokens each backend ran through
+the model (counted at the decoder's ``forward``: HFLM's full padded sequences, the engine's
+packed rows), unique tokens (the prefix tree's size), wall times, speed-up, prediction
+agreement and the largest log-likelihood difference. A roofline measures the model's peak
+forward throughput on this machine (best of a few batch shapes); engine efficiency is the time
+a perfect engine would need for the unique tokens at that peak over the engine's wall time.
+
+    python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k \\
+        --limit 8 --dtype float32 --out engine_vs_lmeval.json [--scaling]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evalsuite.backends import BackendOptions  # noqa: E402
+from evalsuite.backends.engine import EngineLM, wrap_model  # noqa: E402
+from evalsuite.backends.lmeval_hf import wrap_hf_model  # noqa: E402
+from evalsuite.tasks import DocPrompt, LoadedTask, load_spec  # noqa: E402
+
+DEFAULT_DATA = Path("/work/shared/data")
+
+
+@contextmanager
+def count_tokens(base: Any) -> Iterator[dict[str, int]]:
+    """Count the tokens every call of the decoder's ``forward`` receives (padding included)."""
+    counter = {"tokens": 0, "calls": 0}
+    real = base.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            counter["tokens"] += int(ids.numel())
+            counter["calls"] += 1
+        return real(*args, **kwargs)
+
+    base.forward = counting
+    try:
+        yield counter
+    finally:
+        del base.forward  # back to the class method
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def select_prompts(task: str, limit: int, data_dir: Path, mmlu_subjects: int) -> tuple[LoadedTask, list[DocPrompt]]:
+    """``limit`` documents per task (per subject for MMLU, on its first ``mmlu_subjects`` subjects)."""
+    loaded = LoadedTask(load_spec(task), data_dir)
+    prompts = loaded.prompts(limit)
+    if task == "mmlu":
+        subjects = list(dict.fromkeys(p.subtask for p in prompts))[:mmlu_subjects]
+        prompts = [p for p in prompts if p.subtask in subjects]
+    return loaded, prompts
+
+
+def roofline(model: Any, shapes: list[tuple[int, int]], repeats: int = 2) -> dict[str, Any]:
+    """Peak decoder throughput (tokens/s) over a few (batch, length) shapes: plain causal
+    forwards without the output layer, the work a perfect engine does per unique token."""
+    base = model.get_decoder()
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    results = {}
+    with torch.inference_mode():
+        for batch, length in shapes:
+            ids = torch.randint(0, vocab, (batch, length), device=device)
+            base(input_ids=ids[:, :16])  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                base(input_ids=ids)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+            results[f"{batch}x{length}"] = batch * length / best
+    peak_shape = max(results, key=results.__getitem__)
+    return {"tokens_per_s": results, "peak_tokens_per_s": results[peak_shape], "peak_shape": peak_shape}
+
+
+def compare_loglikelihood(
+    engine: EngineLM, hf: Any, loaded: LoadedTask, prompts: list[DocPrompt], peak: float
+) -> dict[str, Any]:
+    """Run both backends on a log-likelihood task and compare answers and cost."""
+    instances = [inst for p in prompts for inst in p.instances]
+    pairs = [tuple(inst.args) for inst in instances]
+    unique = engine.build_tree(pairs).n_tokens
+    with count_tokens(engine.base) as hf_count:
+        ref, hf_time = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
+    with count_tokens(engine.base) as eng_count:
+        ours, eng_time = timed(lambda: engine.loglikelihood(instances))
+    deltas = [abs(a[0] - b[0]) for a, b in zip(ours, ref, strict=True)]
+    disagreements, at = [], 0
+    for prompt in prompts:
+        n = len(prompt.instances)
+        mine, theirs = loaded.score(prompt, ours[at:at + n]), loaded.score(prompt, ref[at:at + n])
+        if mine.prediction != theirs.prediction:
+            disagreements.append({"doc_index": prompt.doc_index, "subtask": prompt.subtask,
+                                  "engine": mine.prediction, "hf": theirs.prediction})
+        at += n
+    return {
+        "docs": len(prompts),
+        "requests": len(instances),
+        "hf_tokens": hf_count["tokens"],
+        "engine_tokens": eng_count["tokens"],
+        "unique_tokens": unique,
+        "hf_seconds": hf_time,
+        "engine_seconds": eng_time,
+        "speedup": hf_time / eng_time,
+        "agreement": 1.0 - len(disagreements) / len(prompts),
+        "max_abs_delta_loglikelihood": max(deltas),
+        "greedy_flag_mismatches": sum(a[1] != b[1] for a, b in zip(ours, ref)),
+        "engine_efficiency": (unique / peak) / eng_time,
+        "disagreements": disagreements,
+    }
+
+
+def compare_generation(engine: EngineLM, hf: Any, prompts: list[DocPrompt]) -> dict[str, Any]:
+    """Run both backends on a generation task; generations must be identical."""
+    instances = [inst for p in prompts for inst in p.instances]
+    with count_tokens(engine.base) as hf_count:
+        ref, hf_time = timed(lambda: hf.generate_until(instances, disable_tqdm=True))
+    with count_tokens(engine.base) as eng_count:
+        ours, eng_time = timed(lambda: engine.generate_until(instances))
+    differ = [{"doc_index": p.doc_index, "engine": a, "hf": b} for p, a, b in zip(prompts, ours, ref) if a != b]
+    return {
+        "docs": len(prompts),
+        "requests": len(instances),
+        "hf_tokens": hf_count["tokens"],
+        "engine_tokens": eng_count["tokens"],
+        "hf_seconds": hf_time,
+        "engine_seconds": eng_time,
+        "speedup": hf_time / eng_time,
+        "agreement": 1.0 - len(differ) / len(prompts),
+        "disagreements": differ,
+    }
+
+
+def scaling(engine: EngineLM, data_dir: Path, sizes: list[int]) -> dict[str, Any]:
+    """Engine time as the question count doubles (ARC: linear) and MMLU time per question as one
+    subject gets more questions (falls: the preamble is computed once per subject)."""
+    out: dict[str, Any] = {"arc": [], "mmlu_one_subject": []}
+    for task, key in (("arc", "arc"), ("mmlu", "mmlu_one_subject")):
+        for n in sizes:
+            _, prompts = select_prompts(task, n, data_dir, 1)
+            instances = [inst for p in prompts for inst in p.instances]
+            _, seconds = timed(lambda: engine.loglikelihood(instances))
+            out[key].append({"questions": len(prompts), "seconds": seconds, "seconds_per_question": seconds / len(prompts)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--tasks", default="arc,mmlu,truthfulqa,winogrande,gsm8k")
+    parser.add_argument("--limit", type=int, default=8, help="documents per task (per subject for MMLU)")
+    parser.add_argument("--task-limits", default="", help="per-task overrides, e.g. arc=4,gsm8k=2")
+    parser.add_argument("--mmlu-subjects", type=int, default=3)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--scaling-sizes", default="2,4,8")
+    parser.add_argument("--out", type=Path, default=Path("engine_vs_lmeval.json"))
+    args = parser.parse_args(argv)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from evalsuite.loading import load_transformers, resolve_and_materialize
+
+    model, tokenizer = load_transformers(resolve_and_materialize(args.model), args.dtype, args.device)
+    return run(model, tokenizer, args)
+
+
+def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
+    """The comparison on an already-loaded model (``gpu_solar_random.py`` reuses it)."""
+    options = BackendOptions(device=args.device, dtype=args.dtype)
+    engine = wrap_model(model, tokenizer, options, token_budget=args.token_budget)
+    hf = wrap_hf_model(model, tokenizer, options)
+    limits = {k: int(v) for k, v in (kv.split("=") for kv in args.task_limits.split(",") if kv)}
+    roof = roofline(model, [(1, 512), (4, 256), (8, 128), (2, 1024)] if args.device == "cpu"
+                    else [(8, 1024), (16, 1024), (32, 512), (4, 4096)])
+    peak = roof["peak_tokens_per_s"]
+    report: dict[str, Any] = {
+        "model": args.model, "dtype": args.dtype, "device": args.device,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch_threads": torch.get_num_threads(), "roofline": roof, "tasks": {},
+    }
+    for task in [t for t in args.tasks.split(",") if t]:
+        loaded, prompts = select_prompts(task, limits.get(task, args.limit), args.data_dir, args.mmlu_subjects)
+        if loaded.spec.is_generation:
+            report["tasks"][task] = compare_generation(engine, hf, prompts)
+        else:
+            report["tasks"][task] = compare_loglikelihood(engine, hf, loaded, prompts, peak)
+        row = report["tasks"][task]
+        print(f"  {task}: hf {row['hf_seconds']:.1f}s engine {row['engine_seconds']:.1f}s -> {row['speedup']:.2f}x", flush=True)
+    ll = {k: v for k, v in report["tasks"].items() if "unique_tokens" in v}
+    if ll:
+        hf_s = sum(v["hf_seconds"] for v in ll.values())
+        eng_s = sum(v["engine_seconds"] for v in ll.values())
+        unique = sum(v["unique_tokens"] for v in ll.values())
+        docs = sum(v["docs"] for v in ll.values())
+        report["overall_loglikelihood"] = {
+            "requests": sum(v["requests"] for v in ll.values()),
+            "hf_tokens": sum(v["hf_tokens"] for v in ll.values()),
+            "engine_tokens": sum(v["engine_tokens"] for v in ll.values()),
+            "unique_tokens": unique, "hf_seconds": hf_s, "engine_seconds": eng_s, "speedup": hf_s / eng_s,
+            "agreement": sum(v["agreement"] * v["docs"] for v in ll.values()) / docs,
+            "max_abs_delta_loglikelihood": max(v["max_abs_delta_loglikelihood"] for v in ll.values()),
+            "engine_efficiency": (unique / peak) / eng_s,
+        }
+    if args.scaling:
+        report["scaling"] = scaling(engine, args.data_dir, [int(x) for x in args.scaling_sizes.split(",")])
+    args.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = dict(report["tasks"])
+    if "overall_loglikelihood" in report:
+        rows["overall (loglik.)"] = report["overall_loglikelihood"]
+    print(f"roofline: {report['roofline']['peak_tokens_per_s']:.0f} tokens/s at {report['roofline']['peak_shape']}")
+    header = f"{'task':<18}{'reqs':>6}{'hf tok':>9}{'eng tok':>9}{'unique':>9}{'hf s':>8}{'eng s':>8}{'x':>7}{'agree':>7}{'max|d|':>10}{'eff':>6}"
+    print(header)
+    for name, r in rows.items():
+        print(
+            f"{name:<18}{r['requests']:>6}{r['hf_tokens']:>9}{r['engine_tokens']:>9}{r.get('unique_tokens', 0):>9}"
+            f"{r['hf_seconds']:>8.1f}{r['engine_seconds']:>8.1f}{r['speedup']:>7.2f}{r['agreement']:>7.3f}"
+            f"{r.get('max_abs_delta_loglikelihood', 0.0):>10.2e}{r.get('engine_efficiency', float('nan')):>6.2f}"
+        )
+    for task, r in report["tasks"].items():
+        for d in r["disagreements"]:
+            print(f"  disagreement {task}: {d}")
+    if "scaling" in report:
+        for key, points in report["scaling"].items():
+            print(f"scaling {key}: " + ", ".join(f"{p['questions']}q {p['seconds']:.1f}s ({p['seconds_per_question']:.2f}s/q)" for p in points))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
