@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
     """The comparison on an already-loaded model (``gpu_solar_random.py`` reuses it)."""
-    options = BackendOptions(device=args.device, dtype=args.dtype)
+    options = BackendOptions(device=args.device, dtype=args.dtype, batch_size=getattr(args, "hf_batch_size", "auto"))
     engine = wrap_model(model, tokenizer, options, token_budget=args.token_budget)
     hf = wrap_hf_model(model, tokenizer, options)
     limits = {k: int(v) for k, v in (kv.split("=") for kv in args.task_limits.split(",") if kv)}
@@ -205,7 +205,8 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
     peak = roof["peak_tokens_per_s"]
     report: dict[str, Any] = {
         "model": args.model, "dtype": args.dtype, "device": args.device,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": (torch.cuda.get_device_name() if args.device == "cuda"
+                    else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"),
         "torch_threads": torch.get_num_threads(), "roofline": roof, "tasks": {},
     }
     for task in [t for t in args.tasks.split(",") if t]:

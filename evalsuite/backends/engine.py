@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 16384}
 #: Positions projected onto the vocabulary at once: bounds the [positions, vocab] logits tensor.
 SCORE_CHUNK = 512
+#: Rows x (cached prefix + row) key/value slots one forward may materialize, as a multiple of the
+#: token budget: a batch of rows below a cached prefix copies that prefix once per row.
+KV_BUDGET_FACTOR = 4
 DEFAULT_MAX_LENGTH = 2048
 
 
@@ -250,10 +253,17 @@ class EngineLM(LM):
     def _run_rows(self, tree: PrefixTree, rows: list[_Row], cache: Any, tally: _Tally) -> None:
         """Batch rows longest first so each batch stays within the token budget (and row limit)."""
         rows = self._pack_small(sorted(rows, key=lambda r: -len(r.nodes)))
+        past = 0 if cache is None else cache.get_seq_length()
         batch: list[_Row] = []
         for row in rows:
             width = len(batch[0].nodes) if batch else len(row.nodes)
-            if batch and ((len(batch) + 1) * width > self.token_budget or (self.max_rows and len(batch) >= self.max_rows)):
+            grown = len(batch) + 1
+            if batch and (
+                grown * width > self.token_budget
+                # each row gets its own copy of the cached prefix while the layers concatenate
+                or grown * (past + width) > KV_BUDGET_FACTOR * self.token_budget
+                or (self.max_rows and len(batch) >= self.max_rows)
+            ):
                 self._forward_safe(batch, tree, cache, tally)
                 batch = []
             batch.append(row)
