@@ -105,6 +105,10 @@ def evaluate(
     model_names = _split(models) or ["smollm2"]
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
+    for spec in specs:  # refuse models that cannot fit before any data or weights load
+        if spec.params and backend != "vllm":
+            check_fits(spec, _dtype_for(spec, device, dtype), device)
+        _parallelism(spec, backend, _dtype_for(spec, device, dtype), tensor_parallel, data_parallel)
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
     run_id = run_id or new_run_id()
@@ -116,14 +120,20 @@ def evaluate(
             loaded[name] = LoadedTask(load_spec(name), root)
         except (MissingDataError, DataFormatError) as exc:
             unavailable[name] = str(exc)
-            _say(f"{name}: not evaluated: {exc}")
     if not loaded:
         raise next(iter(_errors(unavailable)))
+    for name, why in unavailable.items():
+        _say(f"{name}: not evaluated: {why}")
 
     for spec in specs:
         _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag, progress,
                         shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel, use_cache=use_cache)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names, unavailable)
+
+
+def _dtype_for(spec: ModelSpec, device: str, dtype: str | None) -> str:
+    """The requested dtype, else the registry's on GPU and float32 on CPU."""
+    return dtype or (spec.dtype if device.startswith("cuda") else "float32")
 
 
 def _errors(unavailable: dict[str, str]) -> list[EvalsuiteError]:
@@ -149,7 +159,7 @@ def _evaluate_model(
     data_parallel: int = 1,
     use_cache: bool = True,
 ) -> None:
-    dtype = dtype or (spec.dtype if device.startswith("cuda") else "float32")
+    dtype = _dtype_for(spec, device, dtype)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
@@ -183,6 +193,9 @@ def _evaluate_model(
             store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, task, "failed", message)],
                                part=part)
             _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
+    if use_cache:  # the run's notes say how much came from the request cache
+        _say(f"{spec.alias}: {lm.stats()}")
+        run_row["notes"] = "; ".join(x for x in (run_row.get("notes"), lm.stats()) if x)
     _write_run(
         store,
         {**run_row, "status": status, "finished_at": datetime.now(timezone.utc),

@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code (registry models that need it are allowed already)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compute every request again, bypassing the request cache (`evalsuite cache info`)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest interrupted run of the same models/tasks/limit/tag under its "
+                             "run id (cached requests are never recomputed either way)")
     parser.set_defaults(func=handle)
 
 
@@ -57,7 +62,8 @@ def handle(args: argparse.Namespace) -> int:
     result = evaluate(
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
-        run_id=args.run_id, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        run_id=_resume_id(args), trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        use_cache=not args.no_cache,
         **scale,
     )
     print()
@@ -69,6 +75,18 @@ def handle(args: argparse.Namespace) -> int:
         print(f"shard {index}/{count} done; once all {count} shards are in {result.results_dir}/, "
               f"`evalsuite results --run {result.run_id}` shows the merged run")
     return 0
+
+
+def _resume_id(args: argparse.Namespace) -> str | None:
+    """--run-id, else with --resume the interrupted run's id (announced), else None (a new run)."""
+    if args.run_id or not args.resume:
+        return args.run_id
+    from ..cache import resumable_run_id
+
+    found = resumable_run_id(args.results_dir, args.models, args.tasks, args.limit, args.backend, args.tag)
+    if found:
+        print(f"evalsuite: resuming run {found}")
+    return found
 
 
 def _scale_kwargs(args: argparse.Namespace) -> dict:
@@ -96,7 +114,7 @@ def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
         args.ray, args.shards, run_id=args.run_id,
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
-        trust_remote_code=args.trust_remote_code, **scale,
+        trust_remote_code=args.trust_remote_code, use_cache=not getattr(args, "no_cache", False), **scale,
     )
     print()
     print(merged.table())
