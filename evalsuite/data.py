@@ -69,9 +69,11 @@ def load_split(ref: DatasetRef, split: str, data_dir: Path | None) -> SplitData:
             if path.is_file():
                 return _load_local(str(path))
         wanted = expected_files(ref, split, data_dir)[0]
+        name = ref.hub_id + (f" ({ref.config})" if ref.config else "")
         raise MissingDataError(
-            f"no data for {ref.hub_id} ({ref.config}) split '{split}': expected {wanted} "
-            f"(or .parquet); put the file there or pass --data-dir to a folder that has it"
+            f"no data for {name} split '{split}': expected {wanted} (or .parquet, or the folder "
+            f"{'/'.join(wanted.parent.parts[-2:])} under another of its names: {', '.join(ref.local_names) or '-'}); "
+            f"put the file there or pass --data-dir to a folder that has it"
         )
     return _load_hub(ref, split)
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,26 @@ def _eval_docs(lm_task: Any, spec: TaskSpec) -> Any:
     return split_docs()
 
 
+def _compile_templates_once() -> None:
+    """Make lm-eval reuse compiled Jinja templates.
+
+    ``lm_eval.utils.apply_template`` compiles its template string on every call; rendering a
+    25-shot ARC context compiles ~75 templates, which dominated prompt building (minutes for
+    the full suite). Same templates, same environment, same output: only the compile is cached.
+    """
+    from lm_eval import utils
+
+    if getattr(utils.apply_template, "_evalsuite_cached", False):
+        return
+    compile_template = lru_cache(maxsize=1024)(utils.env.from_string)
+
+    def apply_template(template: str, doc: dict) -> str:
+        return compile_template(template).render(**doc)
+
+    apply_template._evalsuite_cached = True  # type: ignore[attr-defined]
+    utils.apply_template = apply_template
+
+
 def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot_rows: list[dict]) -> Any:
     """An lm-eval ``ConfigurableTask`` from lm-eval's own config, fed our rows and v1 shots."""
     import datasets
@@ -374,6 +394,7 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    _compile_templates_once()
     config = load_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)

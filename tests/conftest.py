@@ -15,6 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EVALSUITE_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_request_cache(tmp_path_factory):
+    """Tests never read results a previous session cached; converted models stay shared.
+
+    The request cache is pointed at a fresh folder per test session, while the dequantized
+    SmolLM2 keeps living in the user's cache (converting it costs ~20 s).
+    """
+    os.environ.setdefault("EVALSUITE_REQUEST_CACHE", str(tmp_path_factory.mktemp("request-cache") / "requests.sqlite"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (SHARED_DATA / "allenai__ai2_arc").is_dir():

