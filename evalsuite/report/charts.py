@@ -96,8 +96,7 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], matrix: np.ndarray, title:
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(cols), 0.6 + 0.19 * len(rows)))
         masked = np.ma.masked_invalid(matrix)
-        cmap = matplotlib.colormaps["viridis"].copy()
-        cmap.set_bad("#dddddd")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
         image = ax.imshow(masked, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
         ax.set_yticks(np.arange(len(rows)), [r.replace("_", " ") for r in rows], fontsize=7)
         ax.set_xticks(np.arange(len(cols)), [_short(c) for c in cols], fontsize=8, rotation=20, ha="right")
