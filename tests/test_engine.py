@@ -137,9 +137,10 @@ def test_left_truncation_matches_hflm(tiny: tuple[Any, Any]) -> None:
         assert abs(a[0] - b[0]) <= TOL and a[1] == b[1]
 
 
-def test_out_of_memory_splits_the_batch(tiny_pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, hf = tiny_pair
-    loaded, prompts = _prompts("arc", 3)
+def test_out_of_memory_splits_the_batch(tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget that batches several questions per forward; an OOM on any batch > 1 row splits it."""
+    engine = wrap_model(*tiny, BackendOptions(), token_budget=512)
+    _, prompts = _prompts("winogrande", 8)
     reference = engine.loglikelihood([i for p in prompts for i in p.instances])
     real_forward = engine.base.forward
     calls = {"oom": 0}
