@@ -141,6 +141,7 @@ def merge_run(store: ResultsStore, run_id: str) -> MergedRun:
             f"(or move the stray files out of {store.root}/samples and {store.root}/scores)"
         )
     count = counts.pop()
+    _check_same_settings(store, run_id)
     groups: dict[tuple[str, str], list[ShardFile]] = {}
     for shard in shards:
         groups.setdefault((shard.model, shard.task), []).append(shard)
@@ -159,6 +160,36 @@ def merge_run(store: ResultsStore, run_id: str) -> MergedRun:
     merged = pd.DataFrame(rows, columns=list(plain.columns)) if rows else plain.iloc[0:0]
     frame = pd.concat([plain, merged], ignore_index=True) if len(plain) else merged
     return MergedRun(run_id, frame.reset_index(drop=True), missing, count)
+
+
+#: Run-row fields every shard of a model must agree on, or the merge would mix two evaluations.
+SAME_ACROSS_SHARDS = ("limit", "weights_hash", "revision", "dtype")
+
+
+def _check_same_settings(store: ResultsStore, run_id: str) -> None:
+    """Shards of one model must share --limit, weights, dtype and each task's config."""
+    runs = store.runs(run_id=run_id)
+    for model, rows in runs.groupby("model"):
+        differing = {column: {_comparable(v) for v in rows[column]} for column in SAME_ACROSS_SHARDS}
+        per_task: dict[str, set[str]] = {}
+        for hashes in rows["task_config_hashes"]:
+            for task, digest in hashes or []:
+                per_task.setdefault(f"{task} config", set()).add(digest)
+        for what, seen in {**differing, **per_task}.items():
+            if len(seen) > 1:
+                raise EvalsuiteError(
+                    f"run {run_id}: the shards of {model} differ in {what} ({', '.join(sorted(seen))}); "
+                    f"rerun the odd shards with the same settings and --run-id {run_id}"
+                )
+
+
+def _comparable(value: Any) -> str:
+    """A run-row value as text, with None and NaN (a missing value read back) the same."""
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return "none"
+    return str(value)
 
 
 def _run_files(store: ResultsStore, table: str, run_id: str) -> list[Any]:
