@@ -33,9 +33,6 @@ def store_dir(tmp_path_factory, tiny_llama_dir, smollm2_tokenizer, data_dir) -> 
     the heatmap reads are written directly into the same store for the two real runs (values
     from a seeded generator, clearly not model output); everything else is real evaluation.
     """
-    import os
-    if os.environ.get("DEVSTORE"):
-        return Path(os.environ["DEVSTORE"])
     import numpy as np
 
     import evalsuite

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import EvalsuiteError
 from ..store import DEFAULT_RESULTS_DIR
 from .data import Comparison, collect, load_published
+from .stats import MIN_SHARED
 
 __all__ = ["build_report", "render", "default_out", "Comparison", "collect", "load_published"]
 
@@ -51,6 +52,7 @@ def render(comparison: Comparison, *, baseline: str | None = None, title: str | 
         deltas=sections.deltas(comparison, base),
         samples=sections.sample_browser(comparison),
         per_task=sections.SAMPLES_PER_TASK,
+        min_shared=MIN_SHARED,
         manifests=sections.manifests(comparison),
     )
 

@@ -59,7 +59,7 @@ def leaderboard(comparison: Comparison, published: list[PublishedRow]) -> dict[s
                 "title": "",
             })
         rows.append({"label": row.model, "published": False, "source": "", "cells": cells})
-    for pub in published:
+    for pub in sorted(published, key=lambda p: -p.h6):
         cells = [{"text": fmt_score(pub.h6), "sort": f"{pub.h6:.6f}", "best": False, "note": "", "title": ""}]
         for task in LEADERBOARD_TASKS:
             value = pub.scores.get(task)

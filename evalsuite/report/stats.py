@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 KEY = ["task", "subtask", "doc_index"]
+#: Below this many shared documents a bootstrap interval is degenerate (3 documents that all
+#: differ give [+100, +100]), so no difference is called significant.
+MIN_SHARED = 10
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class PairedDelta:
     @property
     def significant(self) -> bool:
         """True when the 95% interval excludes zero."""
-        return self.n_shared > 1 and not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+        return self.n_shared >= MIN_SHARED and not math.isnan(self.low) and (self.low > 0 or self.high < 0)
 
 
 def paired(baseline: Any, candidate: Any, task: str, *, grouped: bool, resamples: int = 2000,
