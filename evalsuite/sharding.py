@@ -98,10 +98,6 @@ class MergedRun:
         return out
 
 
-def is_sharded(store: ResultsStore, run_id: str) -> bool:
-    return any(_PART.search(p.stem) for p in _run_files(store, "samples", run_id))
-
-
 def run_scores(store: ResultsStore, run_id: str) -> Any:
     """The run's score rows, shards merged: what a reader should show for ``run_id``."""
     return merge_run(store, run_id).scores
@@ -148,11 +144,13 @@ def merge_run(store: ResultsStore, run_id: str) -> MergedRun:
     rows: list[dict[str, Any]] = []
     missing: dict[tuple[str, str], list[int]] = {}
     for (model, task), files in sorted(groups.items()):
-        if ((plain["model"] == model) & (plain["task"] == task)).any():
+        same = (plain["model"] == model) & (plain["task"] == task)
+        if (same & (plain["status"] != "missing")).any():
             raise EvalsuiteError(
                 f"run {run_id} has both unsharded and sharded results for {model} {task}; "
                 f"use a new --run-id for a sharded rerun"
             )
+        plain = plain[~same]  # a machine without the task's data: its shard shows as missing below
         absent = sorted(set(range(count)) - {f.index for f in files})
         if absent:
             missing[(model, task)] = absent
