@@ -229,7 +229,7 @@ def test_markdown_table_matches_scores(store_dir, models):
     assert bold[arc.index(max(arc))]
 
 
-def _strip_braces_ok(text: str) -> bool:
+def _braces_balanced(text: str) -> bool:
     depth = 0
     for i, ch in enumerate(text):
         if ch in "{}" and i and text[i - 1] == "\\":
@@ -247,7 +247,7 @@ def test_latex_table_is_well_formed(store_dir):
     lines = text.splitlines()
     assert lines[0].startswith(r"\begin{tabular}{") and r"\end{tabular}" in lines
     body = lines[: lines.index(r"\end{tabular}") + 1]
-    assert _strip_braces_ok("\n".join(body))
+    assert _braces_balanced("\n".join(body))
     spec = re.match(r"\\begin\{tabular\}\{([lcr]+)\}", lines[0]).group(1)
     assert len(spec) == 10
     rows = [ln for ln in body if ln.endswith(r"\\")]
@@ -278,3 +278,20 @@ def test_cli_errors_are_one_line(store_dir, capsys):
     assert main(["table", "--results-dir", str(store_dir / "empty")]) == 2
     assert main(["table", "--results-dir", str(store_dir / "empty"), "--published", "--format", "md"]) == 0
     assert "SOLAR 10.7B" in capsys.readouterr().out
+
+
+def test_selection_by_run_tag_and_baseline(store_dir, models, tmp_path):
+    from evalsuite.errors import EvalsuiteError
+    from evalsuite.report import build_report, collect
+    from evalsuite.store import ResultsStore
+
+    run_id = ResultsStore(store_dir).latest_run_ids()[models[0]]
+    out = build_report(runs=[run_id], baseline=models[1], results_dir=store_dir, out=tmp_path / "r.html",
+                       published=False)
+    html = out.read_text(encoding="utf-8")
+    assert f"Differences against {models[1]}" in html and 'class="published"' not in html
+    assert [e.model for e in collect(store_dir, models=[models[1]]).entries] == [models[1]]
+    with pytest.raises(EvalsuiteError, match="not among the compared models"):
+        build_report(results_dir=store_dir, baseline="nobody", out=tmp_path / "x.html")
+    with pytest.raises(EvalsuiteError, match="no run tagged"):
+        build_report(results_dir=store_dir, tag="nightly", out=tmp_path / "y.html")

@@ -64,6 +64,7 @@ def bars_with_ci(labels: Sequence[str], values: Sequence[float], stderrs: Sequen
         ax.set_xticks(x, [_short(lbl) for lbl in labels], rotation=20 if len(labels) > 3 else 0, ha="right"
                       if len(labels) > 3 else "center")
         ax.set_ylim(0, 100)
+        ax.set_xlim(-0.9, len(labels) - 0.1)  # a lone bar stays a bar, not a wall
         ax.set_ylabel("score (x100)")
         ax.set_title(title, fontsize=10, loc="left")
         if notes:
@@ -81,12 +82,16 @@ def overall(labels: Sequence[str], tasks: Sequence[str], matrix: Sequence[Sequen
         for i, label in enumerate(labels):
             vals = np.array([v if not math.isnan(v) else 0.0 for v in matrix[i]])
             errs = np.array([1.96 * e if not math.isnan(e) else 0.0 for e in errors[i]])
-            ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width * 0.92, yerr=errs, capsize=2,
+            offset = x + (i - (len(labels) - 1) / 2) * width
+            ax.bar(offset, vals, width * 0.92, yerr=errs, capsize=2,
                    color=color(i), label=_short(label), error_kw={"linewidth": 0.8, "ecolor": "#222222"})
+            for xi, v in zip(offset, matrix[i], strict=True):
+                if math.isnan(v):
+                    ax.text(xi, 1, "—", ha="center", va="bottom", fontsize=8, color="#888888")
         ax.set_xticks(x, list(tasks))
         ax.set_ylim(0, 100)
         ax.set_ylabel("score (x100)")
-        ax.set_title("All tasks (bars: score; whiskers: 95% interval; missing = no bar)", fontsize=10, loc="left")
+        ax.set_title("All tasks (bars: score; whiskers: 95% interval; —: not evaluated)", fontsize=10, loc="left")
         ax.legend(fontsize=8, frameon=False, ncol=min(4, len(labels)), loc="upper left", bbox_to_anchor=(0, -0.12))
         return to_svg(fig)
 

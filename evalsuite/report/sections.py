@@ -123,10 +123,14 @@ def task_charts(comparison: Comparison) -> dict[str, Any]:
                 notes[task].append(f"{charts._short(entry.label, 18)}: " + (rec["status"] if rec else "not run"))
     per_task = [{"task": t, "title": task_label(t),
                  "svg": charts.bars_with_ci(labels, values[t], errors[t], task_label(t), notes[t])} for t in tasks]
+    # the overall chart always shows all six leaderboard tasks, so a missing one is visibly missing
+    columns = list(LEADERBOARD_TASKS) + [t for t in tasks if t not in LEADERBOARD_TASKS]
+    nan_col = [math.nan] * len(labels)
     h6 = [r.h6 for r in comparison.rows]
-    matrix = [[values[t][i] for t in tasks] + [h6[i]] for i in range(len(labels))]
-    errs = [[errors[t][i] for t in tasks] + [math.nan] for i in range(len(labels))]
-    overall = charts.overall(labels, [task_label(t) for t in tasks] + ["H6"], matrix, errs) if tasks else ""
+    matrix = [[values.get(t, nan_col)[i] for t in columns] + [h6[i]] for i in range(len(labels))]
+    errs = [[errors.get(t, nan_col)[i] for t in columns] + [math.nan] for i in range(len(labels))]
+    h6_name = "H6" if all(r.complete for r in comparison.rows) else "H6*"
+    overall = charts.overall(labels, [task_label(t) for t in columns] + [h6_name], matrix, errs) if tasks else ""
     return {"overall": overall, "tasks": per_task}
 
 
