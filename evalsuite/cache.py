@@ -1,0 +1,275 @@
+"""A persistent request cache: why a killed run resumes without recomputing finished work.
+
+:class:`CachedLM` wraps any lm-eval ``LM``. Each ``Instance`` is looked up in a SQLite file by
+a key made of the model's identity (weights hash or ``hub-id@revision``, never its path, so a
+retrained checkpoint at the same path misses), the dtype, the backend and the exact request
+(request type and arguments). Only misses reach the inner model, in one call and in their
+original order (so a chunk that is computed again is batched exactly as before), and their
+answers are committed right after that call: a run killed with ``kill -9`` loses at most the
+chunk in flight. SQLite in WAL mode lets two processes read and write the file at once.
+
+:func:`resumable_run_id` lets a rerun of the same command reuse the interrupted run's id, so
+the store ends with one complete run instead of a stale ``running`` one next to a new run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM
+
+from .errors import EvalsuiteError
+
+CACHE_FILE = "requests.sqlite"
+#: Bumped when the key or the stored form of a response changes: old entries then miss.
+KEY_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    request_type TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
+"""
+
+
+def cache_path() -> Path:
+    """``$EVALSUITE_REQUEST_CACHE`` if set, else ``<evalsuite cache dir>/requests.sqlite``.
+
+    (The cache dir is ``$EVALSUITE_CACHE`` when set.) The separate variable lets tests and CI
+    isolate cached results without re-converting the models kept in the cache dir.
+    """
+    override = os.environ.get("EVALSUITE_REQUEST_CACHE")
+    if override:
+        return Path(override)
+    from .loading import cache_dir
+
+    return cache_dir() / CACHE_FILE
+
+
+def key_prefix(identity: str, dtype: str, backend: str, max_gen_toks: int | None = None) -> str:
+    """What, besides the request itself, decides a response: the weights, dtype and backend."""
+    parts = [KEY_VERSION, identity, dtype, backend]
+    if max_gen_toks is not None:
+        parts.append(f"max_gen_toks={max_gen_toks}")
+    return "|".join(parts)
+
+
+def request_key(prefix: str, request_type: str, args: Sequence[Any]) -> str:
+    payload = json.dumps([prefix, request_type, list(args)], sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection in WAL mode that waits (rather than fails) while another process writes."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise EvalsuiteError(
+            f"request cache {path} is unusable ({exc}); delete it with `evalsuite cache clear` or run with --no-cache"
+        ) from None
+    return conn
+
+
+class CachedLM(LM):
+    """An lm-eval ``LM`` that answers repeated requests from the SQLite cache.
+
+    ``hits`` and ``misses`` count instances answered from the cache and by the inner model.
+    """
+
+    def __init__(self, lm: Any, key_prefix: str, cache_path: str | os.PathLike, model: str | None = None):
+        super().__init__()
+        self.lm = lm
+        self.key_prefix = key_prefix
+        self.cache_path = Path(cache_path)
+        self.model = model or key_prefix
+        self.hits = 0
+        self.misses = 0
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+
+    def __getattr__(self, name: str) -> Any:  # tokenizer, batch sizes... of the inner model
+        if name == "lm":
+            raise AttributeError(name)
+        return getattr(self.lm, name)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():  # a forked child opens its own
+            self._conn = connect(self.cache_path)
+            self._pid = os.getpid()
+        return self._conn
+
+    # -- lm-eval's LM interface ------------------------------------------------------
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return self._answer("loglikelihood", requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        return self._answer("generate_until", requests, disable_tqdm)
+
+    # -- the cache -------------------------------------------------------------------
+    def _answer(self, kind: str, requests: list[Any], disable_tqdm: bool) -> list[Any]:
+        keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
+        found = self._lookup(set(keys))
+        answers: list[Any] = [found.get(k) for k in keys]
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        self.hits += len(requests) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            import inspect
+
+            method = getattr(self.lm, kind)
+            kwargs = {"disable_tqdm": disable_tqdm} if "disable_tqdm" in inspect.signature(method).parameters else {}
+            computed = method([requests[i] for i in missing], **kwargs)
+            if len(computed) != len(missing):
+                raise RuntimeError(f"backend answered {len(computed)} of {len(missing)} {kind} requests")
+            for i, value in zip(missing, computed, strict=True):
+                answers[i] = value
+            self._store(kind, [(keys[i], value) for i, value in zip(missing, computed, strict=True)])
+        return [_decode(kind, a) if isinstance(a, str) and k in found else a for a, k in zip(answers, keys, strict=True)]
+
+    def _lookup(self, keys: set[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), 500):  # SQLite's bound-parameter limit
+            batch = ordered[start:start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = self.conn.execute(f"SELECT key, response FROM requests WHERE key IN ({marks})", batch)
+            out.update(rows.fetchall())
+        return out
+
+    def _store(self, kind: str, items: list[tuple[str, Any]]) -> None:
+        now = time.time()
+        rows = [(key, self.model, kind, json.dumps(_encode(value)), now) for key, value in items]
+        try:
+            with self.conn:  # one transaction, committed before the next chunk starts
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.OperationalError as exc:
+            raise EvalsuiteError(
+                f"could not write the request cache {self.cache_path} ({exc}); free disk space or run with --no-cache"
+            ) from None
+
+    def stats(self) -> str:
+        return f"request cache: {self.hits} answered from cache, {self.misses} computed"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _decode(kind: str, text: str) -> Any:
+    value = json.loads(text)
+    if kind == "loglikelihood":
+        return (float(value[0]), bool(value[1]))
+    return value
+
+
+def wrap(lm: Any, source: Any, options: Any, backend: str, path: str | os.PathLike | None = None) -> CachedLM:
+    """``lm`` behind the cache, keyed on ``source.identity``, the dtype and the backend."""
+    prefix = key_prefix(source.identity, options.dtype, backend, getattr(options, "max_gen_toks", None))
+    return CachedLM(lm, prefix, path or cache_path(), model=source.identity)
+
+
+# -- ``evalsuite cache info|clear`` -------------------------------------------------------
+@dataclass
+class CacheInfo:
+    path: Path
+    entries: int
+    size_bytes: int
+    per_model: dict[str, int]
+
+
+def info(path: str | os.PathLike | None = None) -> CacheInfo:
+    path = Path(path or cache_path())
+    if not path.exists():
+        return CacheInfo(path, 0, 0, {})
+    conn = connect(path)
+    try:
+        per_model = dict(conn.execute("SELECT model, COUNT(*) FROM requests GROUP BY model ORDER BY 2 DESC").fetchall())
+    finally:
+        conn.close()
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    return CacheInfo(path, sum(per_model.values()), size, per_model)
+
+
+def clear(path: str | os.PathLike | None = None, model: str | None = None) -> int:
+    """Delete every entry (or one model identity's); returns how many were deleted."""
+    path = Path(path or cache_path())
+    if not path.exists():
+        return 0
+    conn = connect(path)
+    try:
+        if model:
+            deleted = conn.execute("DELETE FROM requests WHERE model = ?", (model,)).rowcount
+        else:
+            deleted = conn.execute("DELETE FROM requests").rowcount
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+    return deleted
+
+
+# -- resuming a run's id ------------------------------------------------------------------
+def resumable_run_id(results_dir: str | os.PathLike, models: Sequence[str] | str, tasks: Sequence[str] | str | None,
+                     limit: int | None, backend: str, tag: str | None) -> str | None:
+    """The most recent unfinished run of the same models, tasks, limit, backend and tag, if any.
+
+    A run killed mid-way keeps ``status == "running"`` (or lacks a row for a later model).
+    Reusing its id makes the rerun overwrite its partial files, so the store ends with one
+    complete run; the request cache makes the finished part free.
+    """
+    from .models import resolve_model
+    from .store import ResultsStore
+    from .tasks import expand_tasks
+
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    tasks = expand_tasks(tasks)
+    runs = ResultsStore(results_dir).runs()
+    if runs.empty:
+        return None
+    wanted = {resolve_model(m).alias for m in models}
+    runs = runs.sort_values("started_at", ascending=False)
+    for run_id, group in runs.groupby("run_id", sort=False):
+        same = (
+            set(group["model"]) <= wanted
+            and all(list(t) == list(tasks) for t in group["tasks"])
+            and all(_same(v, limit) for v in group["limit"])
+            and all(b == backend for b in group["backend"])
+            and all(_same(t, tag) for t in group["tag"])
+        )
+        unfinished = (group["status"] == "running").any() or set(group["model"]) != wanted
+        if same and unfinished:
+            return str(run_id)
+    return None
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    import pandas as pd
+
+    if wanted is None:
+        return stored is None or pd.isna(stored)
+    return stored is not None and not pd.isna(stored) and stored == wanted

@@ -1,0 +1,37 @@
+"""``evalsuite cache info|clear``: the request cache that makes interrupted runs resumable."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="show or clear the request cache",
+        description="Every computed request is cached (keyed on the model's weights hash or Hub revision, "
+                    "dtype, backend and the exact request), so a rerun of an interrupted `evalsuite run` "
+                    "computes only what is missing. The cache is $EVALSUITE_CACHE/requests.sqlite "
+                    "(default ~/.cache/evalsuite/requests.sqlite).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("info", help="entries, size on disk and entries per model identity").set_defaults(func=handle_info)
+    clear = actions.add_parser("clear", help="delete cached responses (all, or one model identity's)")
+    clear.add_argument("--model", metavar="IDENTITY", help="only this model identity (as `evalsuite cache info` lists it)")
+    clear.set_defaults(func=handle_clear)
+
+
+def handle_info(args: argparse.Namespace) -> int:
+    from ..cache import info
+
+    found = info()
+    print(f"request cache {found.path}: {found.entries} entries, {found.size_bytes / 2**20:.1f} MiB")
+    for model, count in found.per_model.items():
+        print(f"  {count:>9}  {model}")
+    return 0
+
+
+def handle_clear(args: argparse.Namespace) -> int:
+    from ..cache import cache_path, clear
+
+    deleted = clear(model=args.model)
+    print(f"deleted {deleted} cached responses from {cache_path()}")
+    return 0
