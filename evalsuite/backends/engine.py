@@ -46,6 +46,10 @@ SCORE_CHUNK = 512
 #: Rows x (cached prefix + row) key/value slots one forward may materialize, as a multiple of the
 #: token budget: a batch of rows below a cached prefix copies that prefix once per row.
 KV_BUDGET_FACTOR = 4
+#: A subtree this small is always packed as one row; a larger one only if its trunk (the part
+#: shared by all its branches) is at least this share of it.
+SMALL_ROW = 256
+ROW_TRUNK_SHARE = 0.75
 DEFAULT_MAX_LENGTH = 2048
 
 
@@ -225,7 +229,7 @@ class EngineLM(LM):
         small: list[int] = []
         big: list[int] = []
         for child in tree.children[node].values():
-            (small if tree.size[child] <= self.token_budget else big).append(child)
+            (small if self._fits_row(tree, child) else big).append(child)
         if small:
             rows = [self._row(tree, child) for child in small]
             self._run_rows(tree, rows, cache, tally)
@@ -244,6 +248,18 @@ class EngineLM(LM):
                 cache = None
             else:
                 self._restore(cache, saved)
+
+    def _fits_row(self, tree: PrefixTree, child: int) -> bool:
+        """Whether ``child``'s subtree should be one packed row rather than a trunk in the cache.
+
+        A packed row's attention is computed over the whole row (masked pairs included), so a
+        subtree that is mostly separate branches (several questions below a shared preamble)
+        wastes quadratic work as a row; it is cheaper to cache its trunk and batch the branches.
+        """
+        size = tree.size[child]
+        if size > self.token_budget:
+            return False
+        return size <= SMALL_ROW or len(tree.chain(child)) >= ROW_TRUNK_SHARE * size
 
     @staticmethod
     def _row(tree: PrefixTree, child: int) -> _Row:
@@ -350,7 +366,9 @@ class EngineLM(LM):
         local = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, :, None] < ends[:, None, :])
         mask = torch.cat([torch.ones(batch, width, past, dtype=torch.bool), local], dim=2)[:, None]
         mask = mask.to(self._device)
-        if self.float_mask:
+        if batch == 1 and rows[0].ends == [width] * width:
+            mask = None  # a plain chain: the model's own causal masking (fast causal kernels when nothing is cached)
+        elif self.float_mask:
             dtype = next(self.model.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=self._device).masked_fill(~mask, torch.finfo(dtype).min)
         if cache is not None and batch > 1:
