@@ -1,0 +1,118 @@
+"""``evalsuite nightly`` end to end on real tiny models: a real drop fails, no drop passes.
+
+A random tiny model is at chance everywhere, so a degraded copy of it would not be worse. The
+"good" model here is a tiny Llama trained for a few steps (contrastively, on the exact
+Winogrande requests of the run) until it answers all of them right; the "degraded" model is
+that checkpoint with Gaussian noise added to every weight matrix, saved as a new folder. The
+drop is real (about 100% -> chance) and McNemar-significant, and nothing is mocked: the
+runs go through the default backend and the comparison reads the parquet store.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny_llama
+from evalsuite.cli import main
+from evalsuite.compare import read_baseline
+
+TASK, LIMIT = "winogrande", 40
+
+
+def train_good(tokenizer, folder: Path, data_dir: Path, steps: int = 3) -> Path:
+    """A tiny Llama that prefers the gold option of the first LIMIT Winogrande documents."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    build_tiny_llama(tokenizer, folder, seed=1)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    prompts = LoadedTask(load_spec(TASK), data_dir).prompts(LIMIT)
+    seqs, starts = [], []
+    for prompt in prompts:
+        for inst in prompt.instances:
+            ctx, cont = inst.args
+            c = tokenizer(ctx, add_special_tokens=False).input_ids
+            w = tokenizer(cont, add_special_tokens=False).input_ids
+            seqs.append(c + w)
+            starts.append(len(c))
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    targets = torch.full_like(ids, -100)
+    for row, (s, n) in enumerate(zip(seqs, starts)):
+        targets[row, n - 1:len(s) - 1] = torch.tensor(s[n:])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    gold = torch.tensor([int(p.gold) for p in prompts])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        token_ll = -F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        per_option = token_ll.sum(dim=1).view(len(prompts), -1)  # [docs, options]
+        F.cross_entropy(per_option, gold).backward()
+        opt.step()
+    model.save_pretrained(folder)
+    return folder
+
+
+def noised_copy(folder: Path, target: Path, std: float = 0.5, seed: int = 7) -> Path:
+    """``folder``'s model with N(0, std) added to every weight matrix: a real degradation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.add_(torch.randn(param.shape, generator=gen) * std)
+    model.save_pretrained(target)
+    for name in folder.iterdir():
+        if name.name.startswith("tokenizer") or name.name == "special_tokens_map.json":
+            shutil.copy(name, target / name.name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, smollm2_tokenizer, data_dir) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("nightly-models")
+    good = train_good(smollm2_tokenizer, root / "good", data_dir)
+    return good, noised_copy(good, root / "degraded")
+
+
+def test_nightly_passes_on_itself_and_fails_on_a_degraded_copy(models, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "cache"))
+    good, degraded = models
+    results = tmp_path / "results"
+    common = ["--tasks", TASK, "--limit", str(LIMIT), "--data-dir", str(data_dir), "--results-dir", str(results)]
+
+    # first night: no baseline yet, so this run becomes it
+    assert main(["nightly", "--model", str(good), "--tag", "night-1", *common]) == 0
+    assert read_baseline(results)["tag"] == "night-1"
+    assert "first night" in capsys.readouterr().out
+
+    # the same model again: no regression (and every request comes from the cache)
+    assert main(["nightly", "--model", str(good), "--tag", "night-2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "no regression" in out and "winogrande" in out
+
+    # a noised copy of it: a real, significant drop -> exit 1, naming the task
+    md = tmp_path / "summary.md"
+    assert main(["nightly", "--model", str(degraded), "--tag", "night-3", "--markdown", str(md), *common]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION in winogrande" in out
+    summary = md.read_text()
+    assert "REGRESSION in winogrande" in summary and "| winogrande | acc |" in summary
+    (report,) = [json.loads(p.read_text()) for p in (results / "nightly").glob("*.json")
+                 if json.loads(p.read_text()).get("regressed")]
+    (task,) = report["tasks"]
+    assert task["baseline"] >= 90 and task["delta"] < -25 and task["p_value"] < 0.001
+
+    # comparing against an explicit ref works too, and the baseline did not move
+    assert main(["compare", "tag:night-1", "tag:night-2", "--results-dir", str(results)]) == 0
+    assert read_baseline(results)["tag"] == "night-1"
