@@ -86,7 +86,7 @@ def models(tmp_path_factory, smollm2_tokenizer, data_dir) -> tuple[Path, Path]:
 
 
 def test_nightly_passes_on_itself_and_fails_on_a_degraded_copy(models, data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(tmp_path / "requests.sqlite"))
     good, degraded = models
     results = tmp_path / "results"
     common = ["--tasks", TASK, "--limit", str(LIMIT), "--data-dir", str(data_dir), "--results-dir", str(results)]

@@ -1,0 +1,73 @@
+"""A run killed with ``kill -9`` and started again with the same command finishes the work
+without recomputing what was cached, under the same run id, with results identical to an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from evalsuite.runner import evaluate
+from evalsuite.store import ResultsStore
+
+TASKS, LIMIT = "arc,winogrande", 64
+COLUMNS = ["task", "subtask", "doc_index", "prompt_hash", "loglikelihoods", "prediction", "value"]
+
+
+def cached_entries(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def samples(results: Path, run_id: str) -> pd.DataFrame:
+    df = ResultsStore(results).samples(run_id=run_id)[COLUMNS]
+    df["loglikelihoods"] = df["loglikelihoods"].map(list)
+    return df.sort_values(["task", "doc_index"]).reset_index(drop=True)
+
+
+def test_kill_9_then_same_command_resumes(tiny_llama_dir, data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    results = tmp_path / "results"
+    env = {**os.environ, "EVALSUITE_REQUEST_CACHE": str(cache / "requests.sqlite")}
+    command = [sys.executable, "-m", "evalsuite.cli", "run", "--models", str(tiny_llama_dir), "--tasks", TASKS,
+               "--limit", str(LIMIT), "--data-dir", str(data_dir), "--results-dir", str(results), "--resume",
+               "--no-progress"]
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while cached_entries(cache / "requests.sqlite") == 0 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = cached_entries(cache / "requests.sqlite")
+    assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()[-2000:]
+    assert killed_at > 0
+    (killed_run,) = ResultsStore(results).runs()["run_id"]
+    assert set(ResultsStore(results).runs()["status"]) == {"running"}
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resuming run {killed_run}" in second.stdout
+    runs = ResultsStore(results).runs()
+    assert list(runs["run_id"]) == [killed_run] and list(runs["status"]) == ["ok"]  # one complete run
+    notes = runs["notes"][0]
+    hits = int(notes.split("request cache: ")[1].split(" answered")[0])
+    computed = int(notes.split("from cache, ")[1].split(" computed")[0])
+    assert hits >= killed_at and computed > 0  # cached work was reused, the rest was computed once
+    assert cached_entries(cache / "requests.sqlite") == hits + computed
+
+    reference = evaluate(models=str(tiny_llama_dir), tasks=TASKS, limit=LIMIT, data_dir=data_dir,
+                         results_dir=tmp_path / "reference", progress=False, use_cache=False)
+    pd.testing.assert_frame_equal(samples(results, killed_run), samples(tmp_path / "reference", reference.run_id))
