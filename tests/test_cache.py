@@ -1,0 +1,100 @@
+"""The request cache: hits skip the model, keys follow the weights (not the path), CLI works."""
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from conftest import build_tiny_llama
+from evalsuite.backends import BackendOptions, build_backend
+from evalsuite.cache import CachedLM, info, key_prefix, wrap
+from evalsuite.cli import main
+from evalsuite.loading import materialize
+from evalsuite.models import resolve_model
+
+
+def requests(texts: list[tuple[str, str]]) -> list[Instance]:
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(texts)]
+
+
+PAIRS = [("The cat sat on the", " mat"), ("The cat sat on the", " moon"), ("One, two,", " three")]
+
+
+def engine(folder: Path):
+    source = materialize(resolve_model(str(folder)))
+    options = BackendOptions(device="cpu", dtype="float32", batch_size="auto")
+    return source, options, build_backend("evalsuite", source, options)
+
+
+def test_hits_skip_the_model_and_give_identical_answers(tiny_llama_dir, tmp_path):
+    source, options, lm = engine(tiny_llama_dir)
+    cached = wrap(lm, source, options, "evalsuite", tmp_path / "c.sqlite")
+    first = cached.loglikelihood(requests(PAIRS[:2]))
+    assert (cached.hits, cached.misses) == (0, 2)
+    both = cached.loglikelihood(requests(PAIRS))  # two hits, one new request
+    assert (cached.hits, cached.misses) == (2, 3)
+    assert both[:2] == first and isinstance(both[0], tuple) and isinstance(both[0][1], bool)
+    # what the uncached model answers to the same batch (the engine's last float bits depend on the batch)
+    assert first == lm.loglikelihood(requests(PAIRS[:2]))
+    again = wrap(lm, source, options, "evalsuite", tmp_path / "c.sqlite")  # a new process would see the same
+    assert again.loglikelihood(requests(PAIRS)) == both and again.misses == 0
+    gen = [Instance("generate_until", {}, ("Q: 1+1?\nA:", {"until": ["\n"], "max_gen_toks": 4}), 0)]
+    text = again.generate_until(gen)
+    assert again.generate_until(gen) == text and again.misses == 1
+
+
+def test_a_retrained_checkpoint_at_the_same_path_never_reuses_results(smollm2_tokenizer, tmp_path):
+    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "ckpt", seed=1)
+    source, options, lm = engine(folder)
+    old = wrap(lm, source, options, "evalsuite", tmp_path / "c.sqlite")
+    old.loglikelihood(requests(PAIRS))
+    build_tiny_llama(smollm2_tokenizer, folder, seed=2)  # "retrained", same path
+    source2, _, lm2 = engine(folder)
+    assert source2.identity != source.identity and source2.path == source.path
+    new = wrap(lm2, source2, options, "evalsuite", tmp_path / "c.sqlite")
+    answers = new.loglikelihood(requests(PAIRS))
+    assert new.hits == 0 and new.misses == 3 and answers == lm2.loglikelihood(requests(PAIRS))
+    # dtype and backend are part of the key as well
+    assert len({key_prefix("w", "float32", "evalsuite"), key_prefix("w", "bfloat16", "evalsuite"),
+                key_prefix("w", "float32", "lm-eval-hf")}) == 3
+    assert set(info(tmp_path / "c.sqlite").per_model) == {source.identity, source2.identity}
+
+
+class Echo:
+    """A deterministic stand-in backend for the two-process write test (no model needed)."""
+
+    def loglikelihood(self, reqs, disable_tqdm=False):
+        return [(-float(len(r.args[0]) + len(r.args[1])), True) for r in reqs]
+
+
+def _writer(path: str, offset: int) -> None:
+    lm = CachedLM(Echo(), "p", path, model=f"writer-{offset}")
+    for i in range(40):
+        lm.loglikelihood(requests([(f"ctx {offset}-{i}-{j}", " x") for j in range(5)]))
+
+
+def test_two_processes_write_the_cache_at_once(tmp_path):
+    path = str(tmp_path / "c.sqlite")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, k)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    found = info(path)
+    assert found.entries == 400 and found.per_model == {"writer-0": 200, "writer-1": 200}
+
+
+def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "c.sqlite"
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(path))
+    CachedLM(Echo(), "p", path, model="sha256:abc").loglikelihood(requests(PAIRS))
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries" in out and "sha256:abc" in out
+    assert main(["cache", "clear", "--model", "nope"]) == 0 and info(path).entries == 3
+    assert main(["cache", "clear"]) == 0 and info(path).entries == 0
+    assert "deleted 3" in capsys.readouterr().out
