@@ -79,7 +79,7 @@ def test_stored_loglikelihoods_equal_manual_and_lm_eval(backend, tiny_llama_dir,
             np.testing.assert_allclose(ref_lls, manual, atol=1e-3, rtol=0)
             ref_score = task.score(prompt, response)
             assert row["prediction"] == ref_score.prediction
-            assert row["value"] == pytest.approx(ref_score.value)
+            assert row["value"] == pytest.approx(ref_score.value, abs=1e-3)  # mc2 moves with 1e-3 log-likelihood noise
             assert row["prompt_hash"] == prompt.prompt_hash
 
 
