@@ -167,6 +167,7 @@ def test_generation_identical_to_hflm_tiny(tiny_pair: tuple[Any, Any]) -> None:
                 for p in prompts]
     requests += [_Req(prompts[0].contexts[0], {"until": ["the"], "max_gen_toks": 40})]
     requests += list(prompts[1].instances)  # the task's own stops
+    requests += [_Req(requests[0].args[0], dict(requests[0].args[1]))]  # equal length: decoded in one batch
     ours = engine.generate_until(requests)
     ref = hf.generate_until(requests, disable_tqdm=True)
     assert ours == ref

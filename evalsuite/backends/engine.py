@@ -22,10 +22,9 @@ cache that reproduces ``HFLM``'s ``generate_until`` token for token (see :meth:`
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,7 +102,6 @@ class _Tally:
 
     logprob: list[float]
     greedy: list[bool]
-    done: list[int] = field(default_factory=list)
 
 
 class EngineLM(LM):
@@ -119,7 +117,7 @@ class EngineLM(LM):
         max_rows: int | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # a transformers causal LM (Llama/Mistral/Qwen2-like) in eval mode
         self.tokenizer = tokenizer
         self.options = options
         self._device = next(model.parameters()).device
@@ -295,7 +293,7 @@ class EngineLM(LM):
         packed: list[_Row] = [rows[0]]
         for row in rows[1:]:
             last = packed[-1]
-            if len(last.nodes) + len(row.nodes) <= width and last is not rows[0]:
+            if len(last.nodes) + len(row.nodes) <= width:
                 offset = len(last.nodes)
                 packed[-1] = _Row(last.nodes + row.nodes, last.ends + [e + offset for e in row.ends])
             else:
@@ -314,6 +312,7 @@ class EngineLM(LM):
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
             self.stats.oom_splits += 1
+            log.warning("out of memory on a batch of %d rows; splitting it in two", len(rows))
             half = len(rows) // 2
             self._forward_safe(rows[:half], tree, cache, tally)
             self._forward_safe(rows[half:], tree, cache, tally)
