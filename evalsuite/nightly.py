@@ -67,7 +67,9 @@ def nightly(
         run = set_baseline(store, candidate)
         md_path.write_text(f"### :white_check_mark: Nightly eval: first night\n\nNo baseline existed; "
                            f"`{run.label()}` is now the baseline (`evalsuite baseline show`).\n\n{result.table()}\n")
-        json_path.write_text(_json({"baseline_set": True, "candidate": candidate, "exit_code": 0}))
+        side = {"run_id": result.run_id, "model": result.models[0]}
+        json_path.write_text(_json({"baseline_set": True, "baseline": side, "candidate": side, "regressed": [],
+                                    "exit_code": 0}))
         return NightlyResult(result.run_id, result.models[0], None, True, md_path, json_path)
     comparison = compare_runs(store, baseline or "baseline", candidate, max_drop=max_drop, alpha=alpha, force=force)
     md_path.write_text(comparison.markdown())
