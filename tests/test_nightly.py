@@ -51,9 +51,11 @@ def train_good(tokenizer, folder: Path, data_dir: Path, steps: int = 3) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        token_ll = -F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-        per_option = token_ll.sum(dim=1).view(len(prompts), -1)  # [docs, options]
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        scored = targets != -100  # project only the continuation positions onto the vocabulary
+        token_ll = -F.cross_entropy(model.lm_head(hidden[scored]), targets[scored], reduction="none")
+        rows = scored.nonzero()[:, 0]
+        per_option = torch.zeros(len(seqs)).index_add(0, rows, token_ll).view(len(prompts), -1)  # [docs, options]
         F.cross_entropy(per_option, gold).backward()
         opt.step()
     model.save_pretrained(folder)
