@@ -221,12 +221,9 @@ def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int
 
 def _write_run(store: ResultsStore, row: dict[str, Any], part: str) -> None:
     """A shard's run row goes to its own file, so concurrent shards never overwrite each other's."""
-    if not part:
-        store.write_run(row)
-        return
-    from .sharding import write_shard_run
-
-    write_shard_run(store, {**row, "notes": "; ".join(x for x in (row.get("notes"), part) if x)}, part)
+    if part:
+        row = {**row, "notes": "; ".join(x for x in (row.get("notes"), part) if x)}
+    store.write_run(row, part)
 
 
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,

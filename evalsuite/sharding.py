@@ -293,11 +293,3 @@ def _v1_order(samples: Any) -> Any:
 def shard_score_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``runner.score_rows`` output marked as a shard's: readers skip it, merges read its metadata."""
     return [{**row, "status": SHARD_STATUS} if row["status"] == "ok" else row for row in rows]
-
-
-def write_shard_run(store: ResultsStore, row: dict[str, Any], part: str) -> None:
-    """The shard's run row in its own file (``ResultsStore.write_run`` has one file per run and
-    model, which concurrent shards would overwrite with each other's status and timings)."""
-    from .store import slug
-
-    store._write("runs", f"{row['run_id']}__{slug(row['model'])}__{part}", [row])

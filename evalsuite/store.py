@@ -110,8 +110,9 @@ class ResultsStore:
         return self.root / table
 
     # -- writing -----------------------------------------------------------------
-    def write_run(self, row: Mapping[str, Any]) -> Path:
-        name = f"{row['run_id']}__{slug(row['model'])}"
+    def write_run(self, row: Mapping[str, Any], part: str = "") -> Path:
+        """The run row; a shard (``part``) gets its own file so concurrent shards never collide."""
+        name = f"{row['run_id']}__{slug(row['model'])}" + (f"__{part}" if part else "")
         return self._write("runs", name, [row])
 
     def write_scores(self, run_id: str, model: str, task: str, rows: Iterable[Mapping[str, Any]], part: str = "") -> Path:

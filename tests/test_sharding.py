@@ -156,13 +156,11 @@ def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp
 
 
 def test_shards_with_different_settings_are_an_error(runs, tmp_path):
-    from evalsuite.sharding import write_shard_run
-
     odd = tmp_path / "results"
     shutil.copytree(runs, odd)
     store = ResultsStore(odd)
     row = {k: None if isinstance(v, float) and math.isnan(v) else v
            for k, v in store.runs(run_id="sh").to_dict("records")[0].items()}
-    write_shard_run(store, {**row, "limit": LIMITS + 1}, "shard1of2")
+    store.write_run({**row, "limit": LIMITS + 1}, "shard1of2")
     with pytest.raises(EvalsuiteError, match="differ in limit"):
         merge_run(store, "sh")
