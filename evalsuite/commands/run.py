@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
-    scale = parser.add_argument_group("running at scale (docs/running-at-scale.md)")
+    scale = parser.add_argument_group("running at scale (README: Running at scale)")
     scale.add_argument("--tensor-parallel", type=positive_int, metavar="N",
                        help="vllm: GPUs one model is split over (default: from the registry and GPU memory)")
     scale.add_argument("--data-parallel", type=positive_int, default=1, metavar="M",
