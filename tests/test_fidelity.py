@@ -131,7 +131,7 @@ def test_smollm2_matches_manual_on_real_prompts(smollm2_source, data_dir, tmp_pa
         if row["task"] == "truthfulqa":
             p = np.exp(np.array(manual))
             n_true = int(row["gold"])
-            assert row["value"] == pytest.approx(p[:n_true].sum() / p.sum(), abs=1e-6)
+            assert row["value"] == pytest.approx(p[:n_true].sum() / p.sum(), abs=1e-3)
     runs = result.store.runs(run_id=result.run_id)
     assert "Q4_1" in runs["notes"].item()
     assert runs["weights_hash"].item().startswith("gguf-sha256:")
