@@ -78,7 +78,7 @@ class Comparison:
 def load_published(path: str | Path | None = None) -> list[PublishedRow]:
     """The published leaderboard rows shipped with evalsuite (or read from ``path``)."""
     if path is None:
-        text = resources.files("evalsuite").joinpath("data/published_h6.csv").read_text(encoding="utf-8")
+        text = resources.files("evalsuite.report").joinpath("published_h6.csv").read_text(encoding="utf-8")
     else:
         text = Path(path).read_text(encoding="utf-8")
     rows = []
