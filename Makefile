@@ -34,7 +34,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k --limit 10 $(DATA_ARG) --out benchmarks/results-cpu.json
+	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k \
+		--limit 10 --task-limits arc=4,gsm8k=2 --mmlu-subjects 3 --scaling $(DATA_ARG) --out benchmarks/results/cpu-smollm2-fp32.json
 
 clean-results:
 	rm -rf results/runs results/scores results/samples reports/*.html
