@@ -71,6 +71,19 @@ def build_tiny_llama(tokenizer, folder: Path, *, layers: int = 2, seed: int = 0)
     return folder
 
 
+def run_concurrently(target, arg_tuples, timeout: float = 120) -> list[int | None]:
+    """Run ``target(*args)`` for each tuple in its own spawned process, all at once; exit codes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for args in arg_tuples]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+    return [proc.exitcode for proc in procs]
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     return build_tiny_llama(smollm2_tokenizer, tmp_path_factory.mktemp("tiny-llama"))

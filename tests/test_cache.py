@@ -1,13 +1,12 @@
 """The request cache: hits skip the model, keys follow the weights (not the path), CLI works."""
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 from lm_eval.api.instance import Instance
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, run_concurrently
 from evalsuite.backends import BackendOptions, build_backend
 from evalsuite.cache import CachedLM, info, key_prefix, wrap
 from evalsuite.cli import main
@@ -77,13 +76,7 @@ def _writer(path: str, offset: int) -> None:
 
 def test_two_processes_write_the_cache_at_once(tmp_path):
     path = str(tmp_path / "c.sqlite")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, k)) for k in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_concurrently(_writer, [(path, k) for k in range(2)]) == [0, 0]
     found = info(path)
     assert found.entries == 400 and found.per_model == {"writer-0": 200, "writer-1": 200}
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import errno
-import multiprocessing as mp
 
 import pytest
 
+from conftest import run_concurrently
 from evalsuite.errors import StoreError
 from evalsuite.store import ResultsStore
 
@@ -21,13 +21,7 @@ def _write_many(root: str, writer: int) -> None:
 
 def test_two_processes_writing_one_store_lose_nothing(tmp_path):
     root = str(tmp_path / "results")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(root, k)) for k in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_concurrently(_write_many, [(root, k) for k in range(2)]) == [0, 0]
     store = ResultsStore(root)
     assert len(store.runs()) == 50 and len(store.samples()) == 50 * 30
     assert not list((tmp_path / "results").rglob(".tmp-*"))
