@@ -56,7 +56,9 @@ class EvalResult:
         return self.store.samples(run_id=self.run_id, task=task)
 
     def rows(self) -> list[LeaderboardRow]:
-        return rows_from_scores(self.scores())
+        """Leaderboard rows in the order the models were asked for."""
+        order = {model: i for i, model in enumerate(self.models)}
+        return sorted(rows_from_scores(self.scores()), key=lambda row: order.get(row.model, len(order)))
 
     def table(self) -> str:
         return format_table(self.rows())
