@@ -73,18 +73,27 @@ def request_key(prefix: str, request_type: str, args: Sequence[Any]) -> str:
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
     """A connection in WAL mode that waits (rather than fails) while another process writes."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=60000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        raise EvalsuiteError(
-            f"request cache {path} is unusable ({exc}); delete it with `evalsuite cache clear` or run with --no-cache"
-        ) from None
-    return conn
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Switching a new database to WAL needs a moment of exclusive access, and SQLite reports
+    # "database is locked" at once (without its busy handler) when another process is doing
+    # the same: retry that for a while instead of failing the run.
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            return conn
+        except sqlite3.DatabaseError as exc:
+            locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            if locked and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise EvalsuiteError(
+                f"request cache {path} is unusable ({exc}); delete it with `evalsuite cache clear` or run with --no-cache"
+            ) from None
 
 
 class CachedLM(LM):
