@@ -123,24 +123,22 @@ def test_missing_shard_is_reported_not_scored(runs, tmp_path):
     assert "1/2" in result.table() and "--run-id sh" in result.table()
 
 
-def test_mixed_counts_and_duplicates_are_errors(runs, tmp_path):
+def _copy_shard0_as(runs, target, part: str):
+    """A store holding arc's shard 0 files twice: as themselves and renamed to ``part``."""
     for table in ("samples", "scores"):
-        folder = tmp_path / "mixed" / table
+        folder = target / table
         folder.mkdir(parents=True)
         for path in (runs / table).glob("sh__*arc__shard0of2.parquet"):
             shutil.copy(path, folder / path.name)
-            shutil.copy(path, folder / path.name.replace("shard0of2", "shard1of3"))
-    with pytest.raises(EvalsuiteError, match="mixes shard counts"):
-        merge_run(ResultsStore(tmp_path / "mixed"), "sh")
+            shutil.copy(path, folder / path.name.replace("shard0of2", part))
+    return ResultsStore(target)
 
-    for table in ("samples", "scores"):
-        folder = tmp_path / "dup" / table
-        folder.mkdir(parents=True)
-        for path in (runs / table).glob("sh__*arc__shard0of2.parquet"):
-            shutil.copy(path, folder / path.name)
-            shutil.copy(path, folder / path.name.replace("shard0of2", "shard1of2"))
+
+def test_mixed_counts_and_duplicates_are_errors(runs, tmp_path):
+    with pytest.raises(EvalsuiteError, match="mixes shard counts"):
+        merge_run(_copy_shard0_as(runs, tmp_path / "mixed", "shard1of3"), "sh")
     with pytest.raises(EvalsuiteError, match="scored by two shards"):
-        merge_run(ResultsStore(tmp_path / "dup"), "sh")
+        merge_run(_copy_shard0_as(runs, tmp_path / "dup", "shard1of2"), "sh")
 
 
 def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp_path):
