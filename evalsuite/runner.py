@@ -166,10 +166,8 @@ def _evaluate_model(
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
-    if spec.params:
-        check_fits(spec, dtype, device)  # before anything is downloaded or built
     source = materialize(spec)
-    if not spec.params:
+    if not spec.params:  # registry models were checked in evaluate(), before any data loaded
         check_fits(spec, dtype, device, params=param_count(source))
     options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
                              tensor_parallel=tensor_parallel, data_parallel=data_parallel)

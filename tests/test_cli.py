@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from evalsuite.cli import main
+from evalsuite.data import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,9 @@ def test_run_writes_parquet_that_reads_back_as_printed(tiny_llama_dir, data_dir,
     runs = pd.read_parquet(results / "runs")
     assert len(runs) == 1 and runs["status"].item() == "ok" and runs["tag"].item() == "e2e"
     assert runs["limit"].item() == 3 and runs["weights_hash"].item().startswith("sha256:")
-    assert set(runs["data_hashes"].item()[0][0] for _ in [0]) or True
+    data_hashes = dict(runs["data_hashes"].item())
+    arc_test = (data_dir / "allenai__ai2_arc" / "ARC-Challenge" / "test.jsonl").resolve()
+    assert data_hashes[str(arc_test)] == file_sha256(arc_test)
     column = {"arc": "ARC", "truthfulqa": "TruthfulQA", "winogrande": "Winogrande"}
     for task, col in column.items():
         value = scores[(scores["task"] == task) & scores["subtask"].isna()]["value"].item()
