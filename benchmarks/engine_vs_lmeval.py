@@ -4,9 +4,12 @@ Both backends answer the same lm-eval ``Instance``s in one process, so tokens, t
 are compared like for like. Per task the JSON reports requests, tokens each backend ran through
 the model (counted at the decoder's ``forward``: HFLM's full padded sequences, the engine's
 packed rows), unique tokens (the prefix tree's size), wall times, speed-up, prediction
-agreement and the largest log-likelihood difference. A roofline measures the model's peak
-forward throughput on this machine (best of a few batch shapes); engine efficiency is the time
-a perfect engine would need for the unique tokens at that peak over the engine's wall time.
+agreement and the largest log-likelihood difference. The machine is shared, so each
+log-likelihood task runs ``--rounds`` times alternating between the backends and the best time
+of each counts (the engine starts cold every time). A roofline measures the model's peak
+forward throughput on this machine (best of a few batch shapes, before and after the tasks);
+engine efficiency is the time a perfect engine would need for the unique tokens at that peak
+over the engine's wall time.
 
     python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k \\
         --limit 8 --dtype float32 --out engine_vs_lmeval.json [--scaling]
@@ -72,7 +75,7 @@ def select_prompts(task: str, limit: int, data_dir: Path, mmlu_subjects: int) ->
     return loaded, prompts
 
 
-def roofline(model: Any, shapes: list[tuple[int, int]], repeats: int = 2) -> dict[str, Any]:
+def roofline(model: Any, shapes: list[tuple[int, int]], repeats: int = 3) -> dict[str, Any]:
     """Peak decoder throughput (tokens/s) over a few (batch, length) shapes: plain causal
     forwards without the output layer, the work a perfect engine does per unique token."""
     base = model.get_decoder()
@@ -98,16 +101,26 @@ def roofline(model: Any, shapes: list[tuple[int, int]], repeats: int = 2) -> dic
 
 
 def compare_loglikelihood(
-    engine: EngineLM, hf: Any, loaded: LoadedTask, prompts: list[DocPrompt], peak: float
+    engine: EngineLM, hf: Any, loaded: LoadedTask, prompts: list[DocPrompt], peak: float, rounds: int = 1
 ) -> dict[str, Any]:
-    """Run both backends on a log-likelihood task and compare answers and cost."""
+    """Run both backends on a log-likelihood task (``rounds`` times, alternating) and compare
+    answers and cost."""
     instances = [inst for p in prompts for inst in p.instances]
     pairs = [tuple(inst.args) for inst in instances]
     unique = engine.build_tree(pairs).n_tokens
-    with count_tokens(engine.base) as hf_count:
-        ref, hf_time = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
-    with count_tokens(engine.base) as eng_count:
-        ours, eng_time = timed(lambda: engine.loglikelihood(instances))
+    hf_time = eng_time = float("inf")
+    for _ in range(rounds):  # alternating; the best round of each (the machine is shared)
+        with count_tokens(engine.base) as hf_count:
+            ref, seconds = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
+        hf_time = min(hf_time, seconds)
+        engine.forget()  # from cold: no preamble kept from an earlier call
+        with count_tokens(engine.base) as eng_count:
+            ours, seconds = timed(lambda: engine.loglikelihood(instances))
+        eng_time = min(eng_time, seconds)
+    # what one plain causal forward achieves at this task's document length (no prefix sharing,
+    # no output layer): attention over long few-shot contexts costs throughput no engine recovers
+    length = sorted(max(sum(map(len, engine.encode_pair(*inst.args))) - 1 for inst in p.instances) for p in prompts)
+    context_rate = roofline(engine.model, [(1, length[len(length) // 2])], repeats=2)["peak_tokens_per_s"]
     deltas = [abs(a[0] - b[0]) for a, b in zip(ours, ref, strict=True)]
     disagreements, at = [], 0
     for prompt in prompts:
@@ -130,6 +143,8 @@ def compare_loglikelihood(
         "max_abs_delta_loglikelihood": max(deltas),
         "greedy_flag_mismatches": sum(a[1] != b[1] for a, b in zip(ours, ref)),
         "engine_efficiency": (unique / peak) / eng_time,
+        "median_doc_tokens": length[len(length) // 2],
+        "plain_forward_tokens_per_s_at_doc_length": context_rate,
         "disagreements": disagreements,
     }
 
@@ -163,6 +178,7 @@ def scaling(engine: EngineLM, data_dir: Path, sizes: list[int], linear_task: str
         for n in sizes:
             _, prompts = select_prompts(task, n, data_dir, 1)
             instances = [inst for p in prompts for inst in p.instances]
+            engine.forget()
             _, seconds = timed(lambda: engine.loglikelihood(instances))
             out[key].append({"questions": len(prompts), "seconds": seconds, "seconds_per_question": seconds / len(prompts)})
     return out
@@ -180,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per log-likelihood task; the best of each counts")
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--scaling-sizes", default="2,4,8")
     parser.add_argument("--scaling-task", default="truthfulqa", help="task whose engine time should double with the questions")
@@ -201,8 +218,8 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
     engine = wrap_model(model, tokenizer, options, token_budget=args.token_budget)
     hf = wrap_hf_model(model, tokenizer, options)
     limits = {k: int(v) for k, v in (kv.split("=") for kv in args.task_limits.split(",") if kv)}
-    roof = roofline(model, [(1, 512), (4, 256), (8, 128), (2, 1024)] if args.device == "cpu"
-                    else [(8, 1024), (16, 1024), (32, 512), (4, 4096)])
+    shapes = [(1, 512), (4, 256), (8, 128), (16, 64), (2, 1024)] if args.device == "cpu" else [(8, 1024), (16, 1024), (32, 512), (4, 4096)]
+    roof = roofline(model, shapes)
     peak = roof["peak_tokens_per_s"]
     report: dict[str, Any] = {
         "model": args.model, "dtype": args.dtype, "device": args.device,
@@ -215,10 +232,19 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         if loaded.spec.is_generation:
             report["tasks"][task] = compare_generation(engine, hf, prompts)
         else:
-            report["tasks"][task] = compare_loglikelihood(engine, hf, loaded, prompts, peak)
+            report["tasks"][task] = compare_loglikelihood(engine, hf, loaded, prompts, peak, getattr(args, "rounds", 1))
         row = report["tasks"][task]
         print(f"  {task}: hf {row['hf_seconds']:.1f}s engine {row['engine_seconds']:.1f}s -> {row['speedup']:.2f}x", flush=True)
+    # the peak again after the tasks, best of both per shape: a fair ceiling on a shared machine
+    again = roofline(model, shapes)["tokens_per_s"]
+    roof["tokens_per_s"] = {k: max(v, again[k]) for k, v in roof["tokens_per_s"].items()}
+    roof["peak_shape"] = max(roof["tokens_per_s"], key=roof["tokens_per_s"].__getitem__)
+    roof["peak_tokens_per_s"] = peak = roof["tokens_per_s"][roof["peak_shape"]]
     ll = {k: v for k, v in report["tasks"].items() if "unique_tokens" in v}
+    for row in ll.values():
+        row["engine_efficiency"] = (row["unique_tokens"] / peak) / row["engine_seconds"]
+        # the same plain forward's own share of the peak: the ceiling attention leaves at that length
+        row["plain_forward_efficiency_at_doc_length"] = row["plain_forward_tokens_per_s_at_doc_length"] / peak
     if ll:
         hf_s = sum(v["hf_seconds"] for v in ll.values())
         eng_s = sum(v["engine_seconds"] for v in ll.values())
@@ -246,14 +272,16 @@ def print_table(report: dict[str, Any]) -> None:
     rows = dict(report["tasks"])
     if "overall_loglikelihood" in report:
         rows["overall (loglik.)"] = report["overall_loglikelihood"]
-    print(f"roofline: {report['roofline']['peak_tokens_per_s']:.0f} tokens/s at {report['roofline']['peak_shape']}")
-    header = f"{'task':<18}{'reqs':>6}{'hf tok':>9}{'eng tok':>9}{'unique':>9}{'hf s':>8}{'eng s':>8}{'x':>7}{'agree':>7}{'max|d|':>10}{'eff':>6}"
+    print(f"roofline: {report['roofline']['peak_tokens_per_s']:.0f} tokens/s at {report['roofline']['peak_shape']}"
+          "  (eff: engine efficiency; ceil: a plain forward of one median document's share of the peak)")
+    header = f"{'task':<18}{'reqs':>6}{'hf tok':>9}{'eng tok':>9}{'unique':>9}{'hf s':>8}{'eng s':>8}{'x':>7}{'agree':>7}{'max|d|':>10}{'eff':>6}{'ceil':>6}"
     print(header)
     for name, r in rows.items():
         print(
             f"{name:<18}{r['requests']:>6}{r['hf_tokens']:>9}{r['engine_tokens']:>9}{r.get('unique_tokens', 0):>9}"
             f"{r['hf_seconds']:>8.1f}{r['engine_seconds']:>8.1f}{r['speedup']:>7.2f}{r['agreement']:>7.3f}"
             f"{r.get('max_abs_delta_loglikelihood', 0.0):>10.2e}{r.get('engine_efficiency', float('nan')):>6.2f}"
+            f"{r.get('plain_forward_efficiency_at_doc_length', float('nan')):>6.2f}"
         )
     for task, r in report["tasks"].items():
         for d in r["disagreements"]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from evalsuite.backends import BackendOptions
-from evalsuite.backends.engine import wrap_model
+from evalsuite.backends.engine import FOLD_TRUNK, wrap_model
 from evalsuite.backends.lmeval_hf import wrap_hf_model
 from evalsuite.tasks import LoadedTask, load_spec
 
@@ -82,17 +82,50 @@ def _compare_ll(engine: Any, hf: Any, loaded: LoadedTask, prompts: list[Any]) ->
         at += n
 
 
+@pytest.mark.parametrize("attention", ["tree", "cache"])
 @pytest.mark.parametrize(
     ("task", "limit", "keep"),
     [("arc", 3, None), ("mmlu", 3, 9), ("truthfulqa", 4, None), ("winogrande", 6, None)],
 )
-def test_loglikelihood_matches_hflm_on_real_prompts(tiny_pair: tuple[Any, Any], task: str, limit: int, keep: int | None) -> None:
+def test_loglikelihood_matches_hflm_on_real_prompts(
+    tiny_pair: tuple[Any, Any], task: str, limit: int, keep: int | None, attention: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both attention paths: the CPU tree attention and the model's own attention over a
+    ``DynamicCache`` (what CUDA and sliding-window models use)."""
     engine, hf = tiny_pair
+    assert engine.tree_attention  # a CPU Llama: the tree path is the default here
+    monkeypatch.setattr(engine, "tree_attention", attention == "tree")
     loaded, prompts = _prompts(task, limit, keep)
+    engine.forget()
     engine.stats.reset()
     _compare_ll(engine, hf, loaded, prompts)
-    # every unique token forwarded once, nothing more
-    assert engine.stats.real_tokens == engine.stats.unique_tokens
+    # every unique token forwarded once; only a short shared opening may be recomputed per document
+    assert engine.stats.reused_tokens == 0
+    recomputed = engine.stats.real_tokens - engine.stats.unique_tokens
+    assert 0 <= recomputed < FOLD_TRUNK * len(prompts)
+
+
+def test_preamble_is_reused_across_calls(tiny_pair: tuple[Any, Any]) -> None:
+    """The runner sends chunks of documents: a later chunk of the same MMLU subject reuses the
+    5-shot preamble computed by the first, with the same answers as one call over all."""
+    engine, _ = tiny_pair
+    _, prompts = _prompts("mmlu", 4, 4)
+    instances = [inst for p in prompts for inst in p.instances]
+    engine.forget()
+    whole = engine.loglikelihood(instances)
+    engine.forget()
+    engine.stats.reset()
+    first = engine.loglikelihood(instances[:8])
+    assert engine.stats.reused_tokens == 0
+    second = engine.loglikelihood(instances[8:])
+    # what the two calls' trunks share: the tokens common to all four documents (the shots)
+    contexts = [engine.encode_pair(*inst.args)[0] for inst in instances]
+    common = 0
+    while all(len(c) > common and c[common] == contexts[0][common] for c in contexts):
+        common += 1
+    assert common > 100 and engine.stats.reused_tokens == common
+    assert [r[1] for r in first + second] == [r[1] for r in whole]
+    assert [r[0] for r in first + second] == pytest.approx([r[0] for r in whole], abs=1e-5)
 
 
 def test_shared_prefixes_are_computed_once(tiny_pair: tuple[Any, Any]) -> None:
@@ -191,3 +224,26 @@ def test_smollm2_matches_hflm(smollm2: tuple[Any, Any], task: str, limit: int, k
     options = BackendOptions()
     loaded, prompts = _prompts(task, limit, keep)
     _compare_ll(wrap_model(model, tokenizer, options), wrap_hf_model(model, tokenizer, options), loaded, prompts)
+
+
+def test_batches_keep_padding_low_within_the_budget(tiny_pair: tuple[Any, Any]) -> None:
+    """Rows of very different widths are not padded to the longest: the batch cuts pay off."""
+    from evalsuite.backends.engine import FORWARD_COST, _Row
+
+    engine, _ = tiny_pair  # token budget 256
+    widths = [200, 190, 120, 60, 60, 58, 12, 10, 10, 9, 8, 8, 8, 7, 3]
+    rows = [_Row(list(range(w)), [w] * w) for w in widths]
+    batches = engine._batches(rows)
+    assert [len(r.nodes) for b in batches for r in b] == widths  # every row once, in order
+    assert all(len(b) * len(b[0].nodes) <= engine.token_budget or len(b) == 1 for b in batches)
+    padded = sum(len(b) * len(b[0].nodes) for b in batches)
+    cost = padded + FORWARD_COST["cpu"] * len(batches)
+    one_per_row = sum(widths) + FORWARD_COST["cpu"] * len(widths)
+    greedy_fill = 0  # longest-first filling up to the budget, as before
+    at = 0
+    while at < len(widths):
+        count = max(1, min(len(widths) - at, engine.token_budget // widths[at]))
+        greedy_fill += count * widths[at] + FORWARD_COST["cpu"]
+        at += count
+    assert cost <= min(one_per_row, greedy_fill)
+    assert padded - sum(widths) < 0.25 * sum(widths)

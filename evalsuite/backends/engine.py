@@ -9,14 +9,17 @@ This engine tokenizes each request exactly as ``HFLM`` does (so the numbers agre
 puts the model inputs of all requests into one :class:`~.prefix_tree.PrefixTree` and walks it:
 
 * a subtree small enough to be one row is forwarded as one packed row in depth-first order with
-  a tree attention mask (each token sees the cached prefix and its own ancestors), with positions
-  equal to the token's depth; rows are batched longest first under a token budget;
-* a larger subtree's trunk is forwarded once into a ``DynamicCache`` and its children are then
-  processed against that cache (the cache is restored afterwards; no copies are kept);
+  a tree attention mask (each token sees its past and its own ancestors), with positions equal
+  to the token's depth; rows below all the trunks computed so far are batched together, longest
+  first, under a token budget;
+* a larger subtree's trunk is forwarded once, alone, with plain causal attention, and its
+  keys and values become the past of everything below it;
+* a short trunk shared by long branches (a task's first word) is recomputed in each branch
+  instead of costing a forward pass of its own;
 * the output layer and log-softmax run only on hidden states at positions that predict a
   continuation token.
 
-So each unique token is computed exactly once. Generation is plain greedy decoding with a KV
+So each unique token is computed once (bar those few recomputed root tokens). Generation is plain greedy decoding with a KV
 cache that reproduces ``HFLM``'s ``generate_until`` token for token (see :meth:`EngineLM.generate_until`).
 """
 from __future__ import annotations
@@ -28,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import LM
 
 from ..loading import ModelSource, load_transformers
 from . import BackendOptions
+from . import tree_attention
 from .prefix_tree import PrefixTree
 
 log = logging.getLogger(__name__)
@@ -40,15 +43,23 @@ log = logging.getLogger(__name__)
 #: Default tokens per forward pass (rows x padded row length) by device type. CPU matmuls
 #: saturate early; GPUs need large batches to reach peak throughput.
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 16384}
+#: The fixed cost of one forward pass (reading every weight, the per-layer calls), in tokens'
+#: worth of compute, by device type: what a batch split must save in padding to pay off.
+FORWARD_COST = {"cpu": 48, "cuda": 512}
+#: Root trunks (few-shot preambles) kept for the next calls.
+TRUNK_MEMORY = 4
 #: Positions projected onto the vocabulary at once: bounds the [positions, vocab] logits tensor.
 SCORE_CHUNK = 512
 #: Rows x (cached prefix + row) key/value slots one forward may materialize, as a multiple of the
 #: token budget: a batch of rows below a cached prefix copies that prefix once per row.
 KV_BUDGET_FACTOR = 4
-#: A subtree this small is always packed as one row; a larger one only if its trunk (the part
-#: shared by all its branches) is at least this share of it.
+#: A subtree this small is packed as one row; a larger one is split into its trunk and branches.
 SMALL_ROW = 256
-ROW_TRUNK_SHARE = 0.75
+#: A shared trunk shorter than this, with nothing cached above it, is recomputed in each branch.
+FOLD_TRUNK = 32
+#: Keys and values of trunks held at once while their branches wait to be batched, as a
+#: multiple of the token budget (in tokens).
+LIVE_KV_FACTOR = 4
 DEFAULT_MAX_LENGTH = 2048
 
 
@@ -72,12 +83,15 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclass
 class EngineStats:
-    """What the last calls cost: tokens forwarded (padding included), unique tokens, positions scored."""
+    """What the last calls cost: tokens forwarded (padding included), real tokens (unique ones
+    plus short shared prefixes recomputed per branch, less reused ones), unique tokens,
+    positions scored, root-trunk tokens reused from an earlier call."""
 
     forwarded_tokens: int = 0
     real_tokens: int = 0
     unique_tokens: int = 0
     scored_positions: int = 0
+    reused_tokens: int = 0
     forward_calls: int = 0
     oom_splits: int = 0
     seconds: float = 0.0
@@ -87,13 +101,29 @@ class EngineStats:
             setattr(self, name, type(getattr(self, name))())
 
 
+#: Computed keys and values of one path of the tree, per layer ``(keys, values)`` shaped
+#: ``[1, kv_heads, length, head_dim]``; never modified once made, so any number of rows may
+#: attend to it. ``None`` is the empty path (the root).
+Past = list[tuple[torch.Tensor, torch.Tensor]] | None
+
+
+def _past_length(past: Past) -> int:
+    return 0 if past is None else int(past[0][0].shape[-2])
+
+
 @dataclass
 class _Row:
     """One packed row of a forward pass: trie nodes in pre-order plus, per token, the exclusive
-    end of the tokens that may attend to it (its subtree within the row)."""
+    end of the tokens that may attend to it (its subtree within the row), below ``past``."""
 
     nodes: list[int]
     ends: list[int]
+    past: Past = None
+
+    @property
+    def is_chain(self) -> bool:
+        """Every token sees all tokens before it: plain causal attention."""
+        return all(end == len(self.nodes) for end in self.ends)
 
 
 @dataclass
@@ -131,12 +161,23 @@ class EngineLM(LM):
         self.lm_head = model.get_output_embeddings()
         attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
         self.float_mask = attn == "eager"
+        # the CPU attention that reads a shared past in place (see tree_attention); models with a
+        # sliding window shorter than the context keep the model's own attention
+        window = getattr(model.config, "sliding_window", None)
+        if not getattr(model.config, "use_sliding_window", True):
+            window = None
+        self.tree_attention = tree_attention.supported(model) and (window is None or window >= self.max_length)
         self.stats = EngineStats()
+        self._trunk_memory: dict[tuple[int, ...], Past] = {}
         # transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away)
         import inspect
 
         params = inspect.signature(self.base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def forget(self) -> None:
+        """Drop the root trunks kept from earlier calls (benchmarks time each call from cold)."""
+        self._trunk_memory.clear()
 
     @property
     def device(self) -> torch.device:
@@ -169,26 +210,39 @@ class EngineLM(LM):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """HFLM's split of one request (see :meth:`encode_pairs`)."""
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """HFLM's split: trailing context spaces move to the continuation, the whole string is
-        encoded once and the continuation is what follows the context's own encoding."""
-        if context == "":
-            cont = self.tok_encode(continuation)
-            if self.prefix_token_id != cont[0]:
-                return [self.prefix_token_id], cont
-            return cont[:1], cont[1:]
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.tok_encode(context + continuation)
-        context_enc = self.tok_encode(context)
-        return context_enc, whole[len(context_enc):]
+        encoded and the continuation is what follows the context's own encoding; an empty
+        context becomes the prefix token. Each distinct string is encoded once, all in one
+        batched tokenizer call (a question's choices share their context)."""
+        moved: list[tuple[str | None, str]] = []  # None: the context was empty
+        for context, continuation in pairs:
+            if context == "":
+                moved.append((None, continuation))
+                continue
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces > 0:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            moved.append((context, continuation))
+        texts = list(dict.fromkeys(t for c, x in moved for t in ((x,) if c is None else (c, c + x))))
+        encoded = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        out: list[tuple[list[int], list[int]]] = []
+        for context, continuation in moved:
+            if context is None:
+                cont = list(encoded[continuation])
+                out.append(([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:]))
+                continue
+            context_enc = list(encoded[context]) if context else []
+            out.append((context_enc, list(encoded[context + continuation])[len(context_enc):]))
+        return out
 
     def build_tree(self, pairs: Sequence[tuple[str, str]]) -> PrefixTree:
         """All requests' model inputs in one trie; HFLM's left truncation to ``max_length`` applied."""
         tree = PrefixTree()
-        for index, (context, continuation) in enumerate(pairs):
-            context_enc, continuation_enc = self.encode_pair(context, continuation)
+        for index, ((context_enc, continuation_enc), (_, continuation)) in enumerate(zip(self.encode_pairs(pairs), pairs)):
             if not continuation_enc:
                 raise ValueError(f"empty continuation after tokenization: {continuation!r}")
             full = (context_enc + continuation_enc)[-(self.max_length + 1):]
@@ -211,82 +265,172 @@ class EngineLM(LM):
         tally = _Tally([0.0] * len(pairs), [True] * len(pairs))
         self.stats.unique_tokens += tree.n_tokens
         with torch.inference_mode():
-            self._process(tree, 0, None, tally)
+            self._walk(tree, [(0, None)], tally)
         self.stats.seconds += time.perf_counter() - start
         return [(tally.logprob[i], tally.greedy[i]) for i in range(len(pairs))]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError("the leaderboard tasks need no rolling log-likelihoods")
 
-    def _process(self, tree: PrefixTree, node: int, cache: Any, tally: _Tally) -> None:
-        """Compute every node below ``node``, whose path is already in ``cache`` (None at the root).
+    # ------------------------------------------------------------------ the walk over the tree
+    def _walk(self, tree: PrefixTree, frontier: list[tuple[int, Past]], tally: _Tally) -> None:
+        """Compute every node below the ``frontier`` nodes, each of whose path is in its ``Past``.
 
-        Children whose subtree fits a row are packed and batched; a bigger child has its trunk
-        forwarded into the cache, is recursed into, and the cache is then restored.
+        Small subtrees below *all* frontier nodes are packed into rows and batched together (so
+        the four answers of each of many ARC questions share one forward); each bigger subtree's
+        trunk is forwarded alone with causal attention, and the subtrees below the new trunks are
+        walked together, a group at a time so that the cached keys and values stay bounded.
         """
-        small: list[int] = []
-        big: list[int] = []
+        rows: list[_Row] = []
+        trunks: list[tuple[list[int], Past]] = []
+        for node, past in frontier:
+            self._split(tree, node, past, (), rows, trunks)
+        if rows:
+            self._run_rows(tree, rows, tally)
+        group: list[tuple[int, Past]] = []
+        held = 0
+        for chain, past in trunks:
+            new_past = self._root_trunk(tree, chain, tally) if past is None else self._forward_trunk(tree, chain, past, tally)
+            group.append((chain[-1], new_past))
+            held += _past_length(new_past)
+            if held >= LIVE_KV_FACTOR * self.token_budget:
+                self._walk(tree, group, tally)
+                group, held = [], 0
+        if group:
+            self._walk(tree, group, tally)
+
+    def _split(
+        self, tree: PrefixTree, node: int, past: Past, prefix: tuple[int, ...],
+        rows: list[_Row], trunks: list[tuple[list[int], Past]],
+    ) -> None:
+        """Sort the children of ``node`` into packed rows and trunks to cache.
+
+        ``prefix`` holds uncomputed nodes above ``node``: a short trunk shared by several long
+        branches, such as a task's opening word, is recomputed in each branch rather than
+        forwarded on its own: a forward pass has a fixed cost worth dozens of tokens, and at the
+        root the branches then keep the causal fast path (no past).
+        """
         for child in tree.children[node].values():
-            (small if self._fits_row(tree, child) else big).append(child)
-        if small:
-            rows = [self._row(tree, child) for child in small]
-            self._run_rows(tree, rows, cache, tally)
-        for child in big:
-            trunk = tree.chain(child)
-            saved = self._snapshot(cache)
-            if cache is None:
-                from transformers import DynamicCache
-
-                cache = DynamicCache()
-            for begin in range(0, len(trunk), self.token_budget):
-                part = trunk[begin:begin + self.token_budget]
-                self._forward([_Row(part, [len(part)] * len(part))], tree, cache, tally)
-            self._process(tree, trunk[-1], cache, tally)
-            if saved is None:
-                cache = None
+            if self._fits_row(tree, child, len(prefix)):
+                rows.append(self._row(tree, child, prefix, past))
+                continue
+            chain = tree.chain(child)
+            if self._fold(tree, chain, prefix):
+                self._split(tree, chain[-1], past, prefix + tuple(chain), rows, trunks)
             else:
-                self._restore(cache, saved)
-
-    def _fits_row(self, tree: PrefixTree, child: int) -> bool:
-        """Whether ``child``'s subtree should be one packed row rather than a trunk in the cache.
-
-        A packed row's attention is computed over the whole row (masked pairs included), so a
-        subtree that is mostly separate branches (several questions below a shared preamble)
-        wastes quadratic work as a row; it is cheaper to cache its trunk and batch the branches.
-        """
-        size = tree.size[child]
-        if size > self.token_budget:
-            return False
-        return size <= SMALL_ROW or len(tree.chain(child)) >= ROW_TRUNK_SHARE * size
+                trunks.append((list(prefix) + chain, past))
 
     @staticmethod
-    def _row(tree: PrefixTree, child: int) -> _Row:
-        nodes = tree.preorder(child)
-        return _Row(nodes, [i + tree.size[n] for i, n in enumerate(nodes)])
+    def _fold(tree: PrefixTree, trunk: list[int], prefix: tuple[int, ...]) -> bool:
+        """Whether a trunk is short enough to recompute below rather than cache: under
+        ``FOLD_TRUNK`` tokens (with the prefix), not scored (a scored node must be computed
+        exactly once) and followed by a branching."""
+        return (
+            len(prefix) + len(trunk) < FOLD_TRUNK
+            and len(tree.children[trunk[-1]]) > 1
+            and not any(n in tree.scores for n in trunk)
+        )
 
-    def _run_rows(self, tree: PrefixTree, rows: list[_Row], cache: Any, tally: _Tally) -> None:
-        """Batch rows longest first so each batch stays within the token budget (and row limit)."""
-        rows = self._pack_small(sorted(rows, key=lambda r: -len(r.nodes)))
-        past = 0 if cache is None else cache.get_seq_length()
-        batch: list[_Row] = []
+    def _fits_row(self, tree: PrefixTree, child: int, extra: int = 0) -> bool:
+        """Whether ``child``'s subtree (below ``extra`` prefix tokens) is one packed row rather
+        than a trunk in the cache followed by its branches.
+
+        A packed row's attention is computed over the whole row (masked pairs included), while
+        a trunk forwarded alone attends causally (half the work) and its branches then attend
+        to the cache: so only small subtrees are packed, where one forward beats two.
+        """
+        return tree.size[child] + extra <= SMALL_ROW
+
+    @staticmethod
+    def _row(tree: PrefixTree, child: int, prefix: tuple[int, ...] = (), past: Past = None) -> _Row:
+        nodes = tree.preorder(child)
+        width = len(prefix) + len(nodes)
+        ends = [width] * len(prefix) + [len(prefix) + i + tree.size[n] for i, n in enumerate(nodes)]
+        return _Row(list(prefix) + nodes, ends, past)
+
+    def _root_trunk(self, tree: PrefixTree, chain: list[int], tally: _Tally) -> Past:
+        """A trunk starting at the root, starting from an earlier call's trunk where they agree.
+
+        The runner sends a task's documents a chunk at a time, so an MMLU subject's 5-shot
+        preamble or TruthfulQA's fixed one would otherwise be recomputed for every chunk; the
+        last few root trunks are kept (their keys and values are never modified, and the keys
+        and values of a prefix are the prefix of them). Scored positions are always computed
+        (their scores belong to this call's requests).
+        """
+        tokens = tuple(tree.token[n] for n in chain)
+        scored = next((i for i, n in enumerate(chain) if n in tree.scores), len(chain))
+        common, past = 0, None
+        for key, kept in self._trunk_memory.items():
+            n = 0
+            limit = min(len(key), scored)
+            while n < limit and key[n] == tokens[n]:
+                n += 1
+            if n > common:
+                common, past = n, [(k[:, :, :n], v[:, :, :n]) for k, v in kept]
+        if common < FOLD_TRUNK:
+            common, past = 0, None
+        self.stats.reused_tokens += common
+        if common < len(chain):
+            past = self._forward_trunk(tree, chain[common:], past, tally)
+        self._trunk_memory.pop(tokens, None)
+        self._trunk_memory[tokens] = past  # most recent last
+        while len(self._trunk_memory) > TRUNK_MEMORY:
+            self._trunk_memory.pop(next(iter(self._trunk_memory)))
+        return past
+
+    def _forward_trunk(self, tree: PrefixTree, chain: list[int], past: Past, tally: _Tally) -> Past:
+        """Forward a chain below ``past`` (in token-budget pieces) and return the extended past."""
+        for begin in range(0, len(chain), self.token_budget):
+            part = chain[begin:begin + self.token_budget]
+            past = self._forward([_Row(part, [len(part)] * len(part), past)], tree, tally, keep=True)
+        return past
+
+    def _run_rows(self, tree: PrefixTree, rows: list[_Row], tally: _Tally) -> None:
+        """Pack the rows below each past, then forward them in batches (see :meth:`_batches`)."""
+        by_past: dict[int, list[_Row]] = {}
         for row in rows:
-            width = len(batch[0].nodes) if batch else len(row.nodes)
-            grown = len(batch) + 1
-            if batch and (
-                grown * width > self.token_budget
-                # each row gets its own copy of the cached prefix while the layers concatenate
-                or grown * (past + width) > KV_BUDGET_FACTOR * self.token_budget
-                or (self.max_rows and len(batch) >= self.max_rows)
-            ):
-                self._forward_safe(batch, tree, cache, tally)
-                batch = []
-            batch.append(row)
-        if batch:
-            self._forward_safe(batch, tree, cache, tally)
+            by_past.setdefault(id(row.past), []).append(row)
+        packed: list[_Row] = []
+        for group in by_past.values():
+            packed.extend(self._pack_small(sorted(group, key=lambda r: -len(r.nodes))))
+        for batch in self._batches(sorted(packed, key=lambda r: -len(r.nodes))):
+            self._forward_safe(batch, tree, tally)
+
+    def _batches(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Cut rows (longest first) into consecutive batches at the least cost, counted in tokens:
+        every row is padded to its batch's first (longest) row, and every forward pays a fixed
+        overhead (``FORWARD_COST``). A batch stays within the token budget, the row limit and,
+        where each row gets its own copy of its past (the model's own attention), the key/value
+        budget. A small dynamic program: rows number in the hundreds."""
+        fixed = FORWARD_COST.get(self._device.type, FORWARD_COST["cpu"])
+        kv_limit = None if self.tree_attention else KV_BUDGET_FACTOR * self.token_budget
+        best = [0.0] + [float("inf")] * len(rows)
+        cut = [0] * (len(rows) + 1)
+        for end in range(1, len(rows) + 1):
+            longest_past = 0
+            for begin in range(end - 1, -1, -1):
+                count, width = end - begin, len(rows[begin].nodes)
+                longest_past = max(longest_past, _past_length(rows[begin].past))
+                if count > 1 and (
+                    count * width > self.token_budget
+                    or (kv_limit is not None and count * (longest_past + width) > kv_limit)
+                    or (self.max_rows and count > self.max_rows)
+                ):
+                    break  # an earlier start only adds rows and width
+                cost = best[begin] + count * width + fixed
+                if cost < best[end]:
+                    best[end], cut[end] = cost, begin
+        batches: list[list[_Row]] = []
+        end = len(rows)
+        while end > 0:
+            batches.append(rows[cut[end]:end])
+            end = cut[end]
+        return batches[::-1]
 
     def _pack_small(self, rows: list[_Row]) -> list[_Row]:
-        """Merge short rows (sorted longest first) into rows no longer than the longest one, so
-        many tiny subtrees (single answers below a cached question) do not each cost a padded row."""
+        """Merge short rows below one past (sorted longest first) into rows no longer than the
+        longest one, so many tiny subtrees (single answers below a cached question) do not each
+        cost a padded row."""
         if len(rows) < 2:
             return rows
         width = len(rows[0].nodes)
@@ -295,58 +439,66 @@ class EngineLM(LM):
             last = packed[-1]
             if len(last.nodes) + len(row.nodes) <= width:
                 offset = len(last.nodes)
-                packed[-1] = _Row(last.nodes + row.nodes, last.ends + [e + offset for e in row.ends])
+                packed[-1] = _Row(last.nodes + row.nodes, last.ends + [e + offset for e in row.ends], last.past)
             else:
-                packed.append(_Row(list(row.nodes), list(row.ends)))
+                packed.append(row)
         return packed
 
-    def _forward_safe(self, rows: list[_Row], tree: PrefixTree, cache: Any, tally: _Tally) -> None:
+    def _forward_safe(self, rows: list[_Row], tree: PrefixTree, tally: _Tally) -> None:
         """Forward a batch; on out-of-memory split it in halves and retry each."""
-        saved = self._snapshot(cache)
         try:
-            self._forward(rows, tree, cache, tally, restore=saved)
+            self._forward(rows, tree, tally)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled
             if not _is_oom(exc) or len(rows) == 1:
                 raise
-            self._restore(cache, saved)
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
             self.stats.oom_splits += 1
             log.warning("out of memory on a batch of %d rows; splitting it in two", len(rows))
             half = len(rows) // 2
-            self._forward_safe(rows[:half], tree, cache, tally)
-            self._forward_safe(rows[half:], tree, cache, tally)
+            self._forward_safe(rows[:half], tree, tally)
+            self._forward_safe(rows[half:], tree, tally)
 
-    @staticmethod
-    def _snapshot(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        if cache is None:
-            return None
-        return [(layer.keys, layer.values) for layer in cache.layers]
+    def _cache(self, rows: list[_Row], batch: int) -> tuple[Any, int]:
+        """A ``DynamicCache`` holding each row's past (None if no row has one) and its length.
 
-    @staticmethod
-    def _restore(cache: Any, saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
-        """Put back the cache tensors of a snapshot (``DynamicLayer.update`` concatenates into new
-        tensors, so the snapshot's tensors are untouched by later forwards)."""
-        if cache is None or saved is None:
-            return
-        for layer, (keys, values) in zip(cache.layers, saved):
+        Rows below one past see it through broadcast views (the layers' concatenation then
+        materializes one copy per row); rows below different pasts get them stacked, right-padded
+        to the longest (the mask hides the padding).
+        """
+        pasts = [row.past for row in rows]
+        length = max(_past_length(p) for p in pasts)
+        if length == 0:
+            return None, 0
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        first = next(p for p in pasts if p is not None)
+        same = all(p is first for p in pasts)
+        cache = DynamicCache()
+        for layer_idx, (keys, values) in enumerate(first):
+            if same:
+                keys, values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
+            else:
+                shape = (batch, keys.shape[1], length, keys.shape[3])
+                keys, values = keys.new_zeros(shape), values.new_zeros(shape)
+                for b, past in enumerate(pasts):
+                    if past is not None:
+                        n = _past_length(past)
+                        keys[b, :, :n] = past[layer_idx][0][0]
+                        values[b, :, :n] = past[layer_idx][1][0]
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
+            cache.layers.append(layer)
+        return cache, length
 
-    def _forward(
-        self,
-        rows: list[_Row],
-        tree: PrefixTree,
-        cache: Any,
-        tally: _Tally,
-        restore: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> None:
-        """One forward pass of packed rows against ``cache`` and scoring of the rows' scored nodes.
+    def _forward(self, rows: list[_Row], tree: PrefixTree, tally: _Tally, keep: bool = False) -> Past:
+        """One forward pass of packed rows below their pasts; scores the rows' scored nodes.
 
-        With ``restore`` the cache is put back afterwards (rows are leaves of the walk); without
-        it (a trunk, one row) the cache keeps the new tokens for the children.
+        With ``keep`` (one row: a trunk) the row's past extended by the row is returned.
         """
         batch, width = len(rows), max(len(r.nodes) for r in rows)
-        past = 0 if cache is None else cache.get_seq_length()
         ids = torch.zeros(batch, width, dtype=torch.long)
         pos = torch.zeros(batch, width, dtype=torch.long)
         ends = torch.zeros(batch, width, dtype=torch.long)
@@ -362,34 +514,66 @@ class EngineLM(LM):
                 pos[b, n:] = pos[b, n - 1] if n else 0
         idx = torch.arange(width)
         # query i may see key j of the row iff j <= i < ends[j] (j is i or one of its ancestors)
-        local = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, :, None] < ends[:, None, :])
-        mask = torch.cat([torch.ones(batch, width, past, dtype=torch.bool), local], dim=2)[:, None]
-        mask = mask.to(self._device)
-        if batch == 1 and rows[0].ends == [width] * width:
-            mask = None  # a plain chain: the model's own causal masking (fast causal kernels when nothing is cached)
-        elif self.float_mask:
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self._device).masked_fill(~mask, torch.finfo(dtype).min)
-        if cache is not None and batch > 1:
-            for layer in cache.layers:  # views, no copy: the concatenation in update() materializes them
-                layer.keys = layer.keys.expand(batch, -1, -1, -1)
-                layer.values = layer.values.expand(batch, -1, -1, -1)
-        try:
-            out = self.base(
-                input_ids=ids.to(self._device),
-                attention_mask=mask,
-                position_ids=pos.to(self._device),
-                use_cache=cache is not None,
-                **{self._cache_kw: cache},
-            )
-            hidden = out.last_hidden_state
-            self.stats.forward_calls += 1
-            self.stats.forwarded_tokens += batch * width
-            self.stats.real_tokens += real
-            self._score(rows, tree, hidden, tally)
-        finally:
-            if restore is not None:
-                self._restore(cache, restore)
+        local = None
+        if not all(r.is_chain for r in rows):
+            local = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, :, None] < ends[:, None, :])
+        if self.tree_attention:
+            hidden, kept = self._forward_tree(rows, ids, pos, local, keep)
+        else:
+            hidden, kept = self._forward_cache(rows, ids, pos, local, keep)
+        self.stats.forward_calls += 1
+        self.stats.forwarded_tokens += batch * width
+        self.stats.real_tokens += real
+        self._score(rows, tree, hidden, tally)
+        return kept
+
+    def _forward_tree(
+        self, rows: list[_Row], ids: torch.Tensor, pos: torch.Tensor, local: torch.Tensor | None, keep: bool
+    ) -> tuple[torch.Tensor, Past]:
+        """The forward with :mod:`.tree_attention`: pasts are attended in place, never copied."""
+        by_past: dict[int, tuple[Any, list[int]]] = {}
+        for b, row in enumerate(rows):
+            if row.past is not None:
+                by_past.setdefault(id(row.past), (row.past, []))[1].append(b)
+        groups = [(torch.tensor(members), past) for past, members in by_past.values()]
+        mask = None
+        if local is not None:
+            mask = torch.zeros(local.shape, dtype=torch.float32).masked_fill_(~local, float("-inf"))[:, None]
+        ctx = tree_attention.TreeContext(groups, mask, keep)
+        with tree_attention.active(self.model):
+            out = self.base(input_ids=ids, position_ids=pos, use_cache=False, evalsuite_tree=ctx)
+        return out.last_hidden_state, (ctx.kept_past() if keep else None)
+
+    def _forward_cache(
+        self, rows: list[_Row], ids: torch.Tensor, pos: torch.Tensor, local: torch.Tensor | None, keep: bool
+    ) -> tuple[torch.Tensor, Past]:
+        """The forward with the model's own attention and a ``DynamicCache`` of the rows' pasts."""
+        batch, width = ids.shape
+        cache, past = self._cache(rows, batch)
+        mask: torch.Tensor | None = None
+        if local is not None or (past > 0 and batch > 1):
+            if local is None:
+                local = torch.ones(width, width, dtype=torch.bool).tril()[None].expand(batch, width, width)
+            seen = torch.tensor([_past_length(r.past) for r in rows])
+            visible = (torch.arange(past)[None, :] < seen[:, None])[:, None, :].expand(batch, width, past)
+            mask = torch.cat([visible, local], dim=2)[:, None].to(self._device)
+            if self.float_mask:
+                dtype = next(self.model.parameters()).dtype
+                mask = torch.zeros(mask.shape, dtype=dtype, device=self._device).masked_fill(~mask, torch.finfo(dtype).min)
+        # else: causal attention, which the model builds itself (fast kernels when nothing is
+        # cached); right padding is harmless as no real token attends to a later position
+        if keep and cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+        out = self.base(
+            input_ids=ids.to(self._device),
+            attention_mask=mask,
+            position_ids=pos.to(self._device),
+            use_cache=cache is not None,
+            **{self._cache_kw: cache},
+        )
+        return out.last_hidden_state, ([(layer.keys, layer.values) for layer in cache.layers] if keep else None)
 
     def _score(self, rows: list[_Row], tree: PrefixTree, hidden: torch.Tensor, tally: _Tally) -> None:
         """Project only the scored positions onto the vocabulary and add their log-probs to the tally."""
@@ -408,16 +592,18 @@ class EngineLM(LM):
         for begin in range(0, len(scored_nodes), SCORE_CHUNK):
             sl = slice(begin, begin + SCORE_CHUNK)
             h = hidden[torch.tensor(where_b[sl]), torch.tensor(where_t[sl])]
-            logprobs = F.log_softmax(self.lm_head(h).float(), dim=-1)
-            greedy = logprobs.argmax(dim=-1).tolist()
+            logits = self.lm_head(h).float()
+            # log-softmax read at the targets only: logit - logsumexp, no [positions, vocab] output
+            norm = torch.logsumexp(logits, dim=-1)
+            greedy = logits.argmax(dim=-1).tolist()
             targets: list[int] = []
             owners: list[tuple[int, int]] = []
             for k, node in enumerate(scored_nodes[sl]):
                 for score in tree.scores[node]:
                     targets.append(score.target)
                     owners.append((k, score.request))
-            rows_idx = torch.tensor([k for k, _ in owners], device=logprobs.device)
-            picked = logprobs[rows_idx, torch.tensor(targets, device=logprobs.device)].tolist()
+            rows_idx = torch.tensor([k for k, _ in owners], device=logits.device)
+            picked = (logits[rows_idx, torch.tensor(targets, device=logits.device)] - norm[rows_idx]).tolist()
             for (k, request), target, value in zip(owners, targets, picked):
                 tally.logprob[request] += value
                 if greedy[k] != target:

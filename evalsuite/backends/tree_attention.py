@@ -1,0 +1,134 @@
+"""Attention for the engine's packed rows on the CPU: a shared past attended without copies.
+
+Why: with transformers' own cache, every row of a batch gets its own copy of the keys and
+values it attends to (the cache concatenates past and new per row, then repeats the key/value
+heads for grouped-query attention). Below a 1,000-token ARC context or a 500-token MMLU preamble
+those copies cost more than the few answer tokens computed, and a chain with anything cached
+loses the causal kernel. Here attention is split in two and merged exactly by log-sum-exp:
+
+* the rows' own tokens attend to each other (causal kernel, or the row's tree mask);
+* all rows below one past attend to it in a single kernel call: the queries of those rows (and
+  of the query heads sharing a key/value head) are laid end to end as one long query sequence
+  against the one stored past, so nothing is copied or repeated.
+
+It plugs into transformers through its attention-function registry (models that dispatch
+attention through it: Llama, Mistral, Qwen2, Mixtral, ...). The per-forward :class:`TreeContext`
+reaches the attention function as a keyword argument of the model's forward.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+NAME = "evalsuite_tree"
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+#: Per layer ``(keys, values)`` shaped ``[1, kv_heads, length, head_dim]``.
+Past = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TreeContext:
+    """What one forward's attention needs besides the model's own tensors.
+
+    ``groups``: the rows (batch indices) below each past; rows in no group have none.
+    ``local_mask``: additive ``[batch, 1, width, width]`` mask of the rows' own tokens, or None
+    for plain causal rows. With ``keep`` (one row) each layer's past extended by the row's keys
+    and values is collected in ``kept``.
+    """
+
+    groups: list[tuple[torch.Tensor, Past]]
+    local_mask: torch.Tensor | None
+    keep: bool = False
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def kept_past(self) -> Past:
+        return [self.kept[i] for i in sorted(self.kept)]
+
+
+def supported(model: Any) -> bool:
+    """CPU models that route attention through transformers' registry (flash kernel with lse)."""
+    device = next(model.parameters()).device
+    return (
+        device.type == "cpu"
+        and bool(getattr(model, "_supports_attention_backend", False))
+        and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+@contextmanager
+def active(model: Any) -> Iterator[None]:
+    """Route ``model``'s attention here for the duration (the same model object may serve other
+    backends in between, so the original implementation is always put back)."""
+    _register()
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, tree_attention)
+
+
+def _merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Softmax attention over keys A and B together, from the attention over each and its lse."""
+    top = torch.maximum(lse_a, lse_b)
+    wa = torch.exp(lse_a - top).unsqueeze(-1)
+    wb = torch.exp(lse_b - top).unsqueeze(-1)
+    return (out_a * wa + out_b * wb) / (wa + wb)
+
+
+def tree_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    evalsuite_tree: TreeContext | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``query`` ``[batch, heads, width, dim]``; ``key``/``value`` ``[batch, kv_heads, width, dim]``
+    are the rows' own tokens only (no cache is passed to the model)."""
+    ctx = evalsuite_tree
+    if ctx is None:
+        raise RuntimeError(f"the {NAME!r} attention needs the engine's TreeContext")
+    batch, heads, width, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    dtype = query.dtype
+    if ctx.keep:
+        layer = module.layer_idx
+        if ctx.groups:
+            past_k, past_v = ctx.groups[0][1][layer]
+            ctx.kept[layer] = (torch.cat([past_k, key], dim=2), torch.cat([past_v, value], dim=2))
+        else:
+            ctx.kept[layer] = (key, value)
+    local_k = key.repeat_interleave(group, dim=1) if group > 1 else key
+    local_v = value.repeat_interleave(group, dim=1) if group > 1 else value
+    mask = None if ctx.local_mask is None else ctx.local_mask.to(dtype)
+    out, lse = _flash(query, local_k, local_v, 0.0, mask is None, attn_mask=mask, scale=scaling)[:2]
+    if ctx.groups:
+        out = out.clone()
+        for rows, past in ctx.groups:
+            past_k, past_v = past[module.layer_idx]
+            n = rows.numel()
+            # [n, heads, width, dim] -> [1, kv_heads, n * group * width, dim]: one long query sequence per key/value head
+            q = query[rows].view(n, kv_heads, group, width, dim).transpose(0, 1).reshape(1, kv_heads, n * group * width, dim)
+            past_out, past_lse = _flash(q, past_k, past_v, 0.0, False, scale=scaling)[:2]
+            past_out = past_out.view(kv_heads, n, group, width, dim).transpose(0, 1).reshape(n, heads, width, dim)
+            past_lse = past_lse.view(kv_heads, n, group, width).transpose(0, 1).reshape(n, heads, width)
+            out[rows] = _merge(out[rows], lse[rows], past_out, past_lse).to(out.dtype)
+    return out.transpose(1, 2).contiguous(), None
