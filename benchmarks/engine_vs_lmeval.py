@@ -36,7 +36,7 @@ from evalsuite.backends.engine import EngineLM, wrap_model  # noqa: E402
 from evalsuite.backends.lmeval_hf import wrap_hf_model  # noqa: E402
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the checkout's sibling, as in the Makefile
 
 
 @contextmanager

@@ -6,18 +6,18 @@ few documents with real weights. No test asserts a wall-clock time.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from evalsuite.backends import BackendOptions
 from evalsuite.backends.engine import FOLD_TRUNK, wrap_model
 from evalsuite.backends.lmeval_hf import wrap_hf_model
 from evalsuite.tasks import LoadedTask, load_spec
 
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = SHARED_DATA
 TOL = 1e-3
 
 pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="leaderboard data not available")
