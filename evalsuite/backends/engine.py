@@ -19,8 +19,9 @@ puts the model inputs of all requests into one :class:`~.prefix_tree.PrefixTree`
 * the output layer and log-softmax run only on hidden states at positions that predict a
   continuation token.
 
-So each unique token is computed once (bar those few recomputed root tokens). Generation is plain greedy decoding with a KV
-cache that reproduces ``HFLM``'s ``generate_until`` token for token (see :meth:`EngineLM.generate_until`).
+So each unique token is computed once (bar those few recomputed shared tokens). Generation is
+plain greedy decoding with a KV cache that reproduces ``HFLM``'s ``generate_until`` token for
+token (see :meth:`EngineLM.generate_until`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ SCORE_CHUNK = 512
 KV_BUDGET_FACTOR = 4
 #: A subtree this small is packed as one row; a larger one is split into its trunk and branches.
 SMALL_ROW = 256
-#: A shared trunk shorter than this, with nothing cached above it, is recomputed in each branch.
+#: A shared trunk shorter than this is recomputed in each branch below it (no forward of its own).
 FOLD_TRUNK = 32
 #: Keys and values of trunks held at once while their branches wait to be batched, as a
 #: multiple of the token budget (in tokens).
@@ -512,10 +513,10 @@ class EngineLM(LM):
             if n < width:  # padding sees only itself and is seen by nobody else
                 ends[b, n:] = torch.arange(n + 1, width + 1)
                 pos[b, n:] = pos[b, n - 1] if n else 0
-        idx = torch.arange(width)
-        # query i may see key j of the row iff j <= i < ends[j] (j is i or one of its ancestors)
-        local = None
+        local = None  # plain causal rows need no mask
         if not all(r.is_chain for r in rows):
+            idx = torch.arange(width)
+            # query i may see key j of the row iff j <= i < ends[j] (j is i or one of its ancestors)
             local = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, :, None] < ends[:, None, :])
         if self.tree_attention:
             hidden, kept = self._forward_tree(rows, ids, pos, local, keep)

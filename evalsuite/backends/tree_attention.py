@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,9 @@ def active(model: Any) -> Iterator[None]:
         config._attn_implementation = previous
 
 
+@cache
 def _register() -> None:
+    """Once per process: make ``NAME`` a transformers attention implementation."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, tree_attention)
