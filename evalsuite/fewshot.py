@@ -10,7 +10,7 @@ which gives different prompts; this module reproduces v1.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,17 +51,67 @@ def v1_schedule(n_eval: int, n_train: int, k: int, *, random_shots: bool = True)
     return FewShotSchedule(tuple(order), shots)
 
 
+class ShotDoc(dict):
+    """A processed few-shot document. What the task renders from it (text, target, choices) is
+    memoized on the object itself (``rendered``, see ``evalsuite.tasks``), so a training row
+    drawn as a shot by many documents is rendered once; the memo lives and dies with the
+    document, so it can never answer for another one."""
+
+    __slots__ = ("rendered",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rendered: dict[tuple[str, str | None], Any] = {}
+
+
+class ShotPool:
+    """The few-shot split's rows, each processed by the task's own ``process_docs`` on first use.
+
+    The v1 stream draws shots by row index, so only the rows actually drawn by the documents
+    being evaluated need processing: a 50-document HellaSwag run draws 500 of its 39,905
+    training rows. :meth:`prepare` processes the missing rows of a batch in one call.
+    """
+
+    def __init__(self, rows: Sequence[dict[str, Any]], process: Callable[[Any], Any] | None = None) -> None:
+        self._rows = rows
+        self._process = process
+        self._docs: dict[int, ShotDoc] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def n_processed(self) -> int:
+        return len(self._docs)
+
+    def prepare(self, indices: Iterable[int]) -> None:
+        missing = sorted(set(indices).difference(self._docs))
+        if not missing:
+            return
+        from .data import process_rows
+
+        docs = process_rows(self._process, [self._rows[i] for i in missing])
+        self._docs.update(zip(missing, map(ShotDoc, docs)))
+
+    def __getitem__(self, index: int) -> ShotDoc:
+        if index not in self._docs:
+            self.prepare([index])
+        return self._docs[index]
+
+
 class ScheduledSampler(ContextSampler):
     """An lm-eval sampler that returns the shots named by a schedule instead of drawing them.
 
     lm-eval's ``ConfigurableTask.fewshot_context`` asks its sampler for ``n`` documents without
-    saying for which evaluation document; :meth:`serving` tells it. Formatting, delimiters and
-    templates stay lm-eval's.
+    saying for which evaluation document; :meth:`serving` tells it. The documents come from a
+    :class:`ShotPool` (``pool``), set by the task that owns the sampler. Formatting, delimiters
+    and templates stay lm-eval's.
     """
 
     def __init__(self, df: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(df, **kwargs)
         self._next: tuple[int, ...] | None = None
+        self.pool: ShotPool | None = None
 
     @contextmanager
     def serving(self, indices: Sequence[int]) -> Iterator[None]:
@@ -76,5 +126,6 @@ class ScheduledSampler(ContextSampler):
             raise RuntimeError("ScheduledSampler.sample called outside serving(); the shots would be unscheduled")
         if len(self._next) != n:
             raise RuntimeError(f"schedule holds {len(self._next)} shots but {n} were asked for")
-        pool = self.fewshot_docs()
-        return [pool[i] for i in self._next]
+        if self.pool is None:
+            raise RuntimeError("ScheduledSampler has no shot pool; the task must set sampler.pool")
+        return [self.pool[i] for i in self._next]

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .data import DatasetRef, SplitData, load_split
+from .data import DatasetRef, SplitData, load_split, process_rows
 from .errors import UnknownTaskError
-from .fewshot import FewShotSchedule, ScheduledSampler, v1_schedule
+from .fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
 
 LEADERBOARD = "leaderboard"
 #: Column order of the leaderboard and of the SOLAR paper's Table 2.
@@ -198,6 +198,7 @@ class TaskUnit:
     docs: list[dict[str, Any]]
     row_indices: list[int]
     schedule: FewShotSchedule
+    pool: ShotPool
 
 
 class LoadedTask:
@@ -234,12 +235,11 @@ class LoadedTask:
         for group, rows in sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
             eval_rows = [eval_data.rows[i] for i in rows]
             shot_rows = [shot_data.rows[i] for i in shot_groups.get(group, [])] if shot_data else []
-            lm_task = _make_lm_task(spec, group, eval_rows, shot_rows)
-            docs = list(_eval_docs(lm_task, spec))
+            lm_task, docs, pool = _make_lm_task(spec, group, eval_rows, shot_rows)
             schedule = v1_schedule(
                 len(docs), len(shot_rows), spec.num_fewshot, random_shots=spec.shots == "v1_random"
             )
-            units.append(TaskUnit(group, lm_task, docs, rows, schedule))
+            units.append(TaskUnit(group, lm_task, docs, rows, schedule, pool))
         return units
 
     def prompts(self, limit: int | None = None) -> list[DocPrompt]:
@@ -247,6 +247,7 @@ class LoadedTask:
         out: list[DocPrompt] = []
         for unit in self.units:
             order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
+            unit.pool.prepare(i for local in order for i in unit.schedule.shots[local])
             for position, local in enumerate(order):
                 out.append(self._prompt(unit, local, position))
         return out
@@ -357,21 +358,14 @@ def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
     return groups
 
 
-def _eval_docs(lm_task: Any, spec: TaskSpec) -> Any:
-    split_docs = {
-        "test": lm_task.test_docs,
-        "validation": lm_task.validation_docs,
-        "train": lm_task.training_docs,
-    }[spec.eval_split]
-    return split_docs()
-
-
 def _compile_templates_once() -> None:
     """Make lm-eval reuse compiled Jinja templates.
 
     ``lm_eval.utils.apply_template`` compiles its template string on every call; rendering a
     25-shot ARC context compiles ~75 templates, which dominated prompt building (minutes for
     the full suite). Same templates, same environment, same output: only the compile is cached.
+    A template that is one plain field (HellaSwag's ``{{query}}``, ``{{label}}``) of a string
+    value renders to that string in Jinja; it is looked up directly.
     """
     from lm_eval import utils
 
@@ -380,16 +374,66 @@ def _compile_templates_once() -> None:
     compile_template = lru_cache(maxsize=1024)(utils.env.from_string)
 
     def apply_template(template: str, doc: dict) -> str:
+        field = _plain_field(template)
+        if field is not None and isinstance(doc.get(field), str):
+            return doc[field]
         return compile_template(template).render(**doc)
 
     apply_template._evalsuite_cached = True  # type: ignore[attr-defined]
     utils.apply_template = apply_template
 
 
-def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot_rows: list[dict]) -> Any:
-    """An lm-eval ``ConfigurableTask`` from lm-eval's own config, fed our rows and v1 shots."""
-    import datasets
+_PLAIN_FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+@lru_cache(maxsize=256)
+def _plain_field(template: str) -> str | None:
+    """``name`` if the template is exactly ``{{name}}`` (spaces allowed inside the braces)."""
+    match = _PLAIN_FIELD.fullmatch(template)
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=1)
+def _task_class() -> type:
+    """lm-eval's ``ConfigurableTask`` with a few-shot document's fields rendered once.
+
+    A training row drawn as a shot by many documents (HellaSwag: 100,420 draws from 39,905
+    rows; an MMLU subject: the same 5 dev rows for every question) is a
+    :class:`~evalsuite.fewshot.ShotDoc`, which keeps what lm-eval's ``doc_to_text`` /
+    ``doc_to_target`` / ``doc_to_choice`` returned for it. The memo lives on the document
+    itself, so it cannot outlive it or answer for another one; other documents go straight
+    to lm-eval.
+    """
     from lm_eval.api.task import ConfigurableTask
+
+    def memoized(name: str) -> Any:
+        compute = getattr(ConfigurableTask, name)
+
+        def method(self: Any, doc: Any, field: Any = None) -> Any:
+            if not isinstance(doc, ShotDoc) or not (field is None or isinstance(field, str)):
+                return compute(self, doc, field)
+            key = (name, field)
+            if key not in doc.rendered:
+                doc.rendered[key] = compute(self, doc, field)
+            return doc.rendered[key]
+
+        method.__name__ = name
+        method.__doc__ = compute.__doc__
+        return method
+
+    return type("V1Task", (ConfigurableTask,), {name: memoized(name) for name in ("doc_to_text", "doc_to_target", "doc_to_choice")})
+
+
+def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot_rows: list[dict]) -> tuple[Any, list[dict], ShotPool]:
+    """An lm-eval ``ConfigurableTask`` from lm-eval's own config, fed our rows and v1 shots.
+
+    The config's ``process_docs`` (HellaSwag's preprocessing) is lm-eval's, but evalsuite calls
+    it: on the evaluation rows once, and on few-shot rows only when the v1 stream draws them
+    (:class:`~evalsuite.fewshot.ShotPool`), instead of lm-eval processing the whole training
+    split (39,905 HellaSwag rows) for every task object. Returns the task, its processed
+    evaluation documents and its shot pool.
+    """
+    import datasets
     from lm_eval.tasks._yaml_loader import load_yaml
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
@@ -399,23 +443,27 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)
     config.update(spec.overrides)
-    splits = {spec.eval_split: datasets.Dataset.from_list(eval_rows)}
-    if spec.fewshot_split:
-        splits[spec.fewshot_split] = datasets.Dataset.from_list(shot_rows)
-    dataset = datasets.DatasetDict(splits)
-    split_keys = ("training_split", "validation_split", "test_split")
-    for key in split_keys:
+    process = config.pop("process_docs", None)
+    docs = process_rows(process, eval_rows)
+    pool = ShotPool(shot_rows, process)
+    # lm-eval reads its dataset only to check the first document's fields when the task is
+    # made; evalsuite serves every document itself (``docs``), so one row is enough (hashing
+    # 10,042 HellaSwag rows into an Arrow dataset cost half a second per load).
+    dataset = datasets.DatasetDict({spec.eval_split: datasets.Dataset.from_list(docs[:1])})
+    for key in ("training_split", "validation_split", "test_split"):
         config[key] = None
     config[{"train": "training_split", "validation": "validation_split", "test": "test_split"}.get(spec.eval_split, "test_split")] = spec.eval_split
-    if spec.fewshot_split == "train":
-        config["training_split"] = "train"
     config.update(
         task=f"evalsuite_{spec.name}" + (f"_{group}" if group else ""),
         custom_dataset=lambda **_: dataset,
         num_fewshot=spec.num_fewshot,
-        fewshot_split=spec.fewshot_split,
-        fewshot_config={"sampler": ScheduledSampler} if spec.num_fewshot > 0 else None,
+        fewshot_split=None,
+        # the shots come from the pool; lm-eval only formats them
+        fewshot_config={"sampler": ScheduledSampler, "samples": []} if spec.num_fewshot > 0 else None,
     )
     if spec.description is not None:
         config["description"] = spec.description.format(group=(group or "").replace("_", " "))
-    return ConfigurableTask(config=config)
+    task = _task_class()(config=config)
+    if spec.num_fewshot > 0:
+        task.sampler.pool = pool
+    return task, docs, pool

@@ -16,11 +16,9 @@ import torch
 import evalsuite
 from evalsuite.backends import BACKENDS, BackendOptions
 from evalsuite.backends.lmeval_hf import wrap_hf_model
+from evalsuite.data import file_sha256
 from evalsuite.runner import run_requests
 from evalsuite.tasks import LoadedTask, load_spec
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
 
 def manual_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
     """Sum of log p(continuation tokens | context), tokenized the way lm-eval splits the pair."""
@@ -58,7 +56,7 @@ def _importable(target: str) -> bool:
 
 @pytest.mark.parametrize("backend", _backends())
 def test_stored_loglikelihoods_equal_manual_and_lm_eval(backend, tiny_llama_dir, data_dir, tmp_path):
-    tasks = ["arc", "mmlu", "truthfulqa", "winogrande"]
+    tasks = ["arc", "hellaswag", "mmlu", "truthfulqa", "winogrande"]
     result = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=tasks, limit=2, data_dir=data_dir,
                                 backend=backend, results_dir=tmp_path / "results", progress=False)
     samples = result.samples()
@@ -83,20 +81,25 @@ def test_stored_loglikelihoods_equal_manual_and_lm_eval(backend, tiny_llama_dir,
             assert row["prompt_hash"] == prompt.prompt_hash
 
 
-def test_hellaswag_scoring_on_fixture(tiny_llama_dir, tmp_path):
-    result = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=["hellaswag"], limit=4, data_dir=FIXTURES,
-                                backend="lm-eval-hf", results_dir=tmp_path / "results", progress=False)
+def test_hellaswag_acc_norm_by_characters_of_the_preprocessed_ending(tiny_llama_dir, data_dir, tmp_path):
+    """v1 HellaSwag is acc_norm: log-likelihood / characters of the preprocessed ending (no leading space)."""
+    result = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=["hellaswag"], limit=3, data_dir=data_dir,
+                                results_dir=tmp_path / "results", progress=False)
     samples = result.samples("hellaswag")
     model, tokenizer = _load(tiny_llama_dir)
     for row in samples.to_dict("records"):
         manual = [manual_loglikelihood(model, tokenizer, row["contexts"][0], c) for c in row["continuations"]]
         np.testing.assert_allclose(row["loglikelihoods"], manual, atol=1e-3, rtol=0)
-        choices = [c[1:] for c in row["continuations"]]
-        norm = np.array(manual) / np.array([len(c) for c in choices])
-        assert row["prediction"] == str(int(np.argmax(norm)))  # acc_norm: per-character normalisation
+        endings = [c[1:] for c in row["continuations"]]  # the preprocessed endings, without lm-eval's " "
+        norm = np.array(manual) / np.array([len(e) for e in endings])
+        assert row["prediction"] == str(int(np.argmax(norm)))
         assert row["value"] == float(int(np.argmax(norm)) == int(row["gold"]))
     scores = result.scores()
     assert scores.loc[scores["task"] == "hellaswag", "value"].item() == pytest.approx(samples["value"].mean())
+    runs = result.store.runs(run_id=result.run_id)
+    hashes = dict(runs["data_hashes"].item())  # both files of the split the run read, with their sha256
+    folder = data_dir / "Rowan__hellaswag" / "default"
+    assert hashes == {str(folder / f): file_sha256(folder / f) for f in ("validation.parquet", "train.parquet")}
 
 
 def test_gsm8k_generation_and_strict_match(tiny_llama_dir, data_dir, tmp_path):

@@ -15,9 +15,6 @@ import pytest
 
 from evalsuite.tasks import LoadedTask, expand_tasks, load_spec
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -181,27 +178,91 @@ def test_gsm8k_requests_match_protocol(data_dir):
         assert p.gold == re.search(r"#### (\-?[0-9\.\,]+)", doc["answer"]).group(1).replace(",", "")
 
 
-def test_hellaswag_on_fixture_rows():
-    """HellaSwag is not in the shared data; its template and shots are checked on hand-made rows."""
-    root = FIXTURES / "hellaswag" / "default"
-    val, train = read_jsonl(root / "validation.jsonl"), read_jsonl(root / "train.jsonl")
+def read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
 
-    def pre(text):
-        text = text.strip().replace(" [title]", ". ")
-        text = re.sub(r"\[.*?\]", "", text)
-        return text.replace("  ", " ")
+    return pq.read_table(path).to_pylist()
 
-    def query(doc):
-        return pre(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
 
+def hellaswag_preprocess(text: str) -> str:
+    """leaderboard-v1.md: strip, " [title]" -> ". ", delete ``\\[.*?\\]``, "  " -> " "."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_query(doc: dict) -> str:
+    return hellaswag_preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+
+
+@pytest.fixture(scope="module")
+def hellaswag_rows(data_dir):
+    root = data_dir / "Rowan__hellaswag" / "default"
+    return read_parquet(root / "validation.parquet"), read_parquet(root / "train.parquet")
+
+
+def test_hellaswag_requests_match_protocol(data_dir, hellaswag_rows):
+    """HellaSwag on the real files: 10 shots per document drawn from train by the v1 stream.
+
+    The train file in shared/data is rebuilt (its README): in some WikiHow rows one "." that
+    v1 would print is missing. The expected prompts here come from the same rows, so this checks
+    the protocol on these files; prompts built from the Hub's raw train file may differ from
+    them by that "." in a WikiHow shot (which rows are drawn does not change).
+    """
+    val, train = hellaswag_rows
+    assert (len(val), len(train)) == (10042, 39905)
     order, shots = v1_stream(len(val), len(train), 10)
-    got = LoadedTask(load_spec("hellaswag"), FIXTURES).prompts(4)
+    # the first documents and the training rows the v1 stream draws for them
+    assert order[:3] == [9792, 1027, 5366]
+    assert shots[9792] == [3656, 36651, 3421, 19327, 24999, 26324, 6280, 26942, 15277, 39293]
+    assert shots[1027] == [695, 29714, 25160, 30422, 28056, 6637, 22257, 1702, 29758, 33896]
+
+    task = LoadedTask(load_spec("hellaswag"), data_dir)
+    schedule = task.units[0].schedule
+    assert list(schedule.order) == order
+    assert all(list(schedule.shots[i]) == shots[i] for i in order[:200])
+
+    limit = 6
+    got = task.prompts(limit)
+    assert [p.doc_index for p in got] == order[:limit]
     for position, p in enumerate(got):
         doc = val[order[position]]
-        shot_strs = [query(train[j]) + " " + pre(train[j]["endings"][int(train[j]["label"])]) for j in shots[order[position]]]
-        assert p.contexts == (join(shot_strs, query(doc)),)
-        assert p.continuations == tuple(" " + pre(e) for e in doc["endings"])
+        shot_strs = [hellaswag_query(train[j]) + " " + hellaswag_preprocess(train[j]["endings"][int(train[j]["label"])])
+                     for j in shots[order[position]]]
+        assert p.eval_position == position
+        assert p.contexts == (join(shot_strs, hellaswag_query(doc)),)
+        assert p.continuations == tuple(" " + hellaswag_preprocess(e) for e in doc["endings"])
         assert p.gold == doc["label"]
+    # a WikiHow document: brackets gone, " [title]" became ". "
+    first = got[0]
+    assert "[" not in first.contexts[0] and "How to increase breast size with a bra. Check your bra size." in first.contexts[0]
+    # only the training rows these documents draw were processed, not all 39,905
+    assert task.units[0].pool.n_processed == len({j for i in order[:limit] for j in shots[i]})
+    assert task.data_files == {
+        str(data_dir / "Rowan__hellaswag" / "default" / "validation.parquet"): sha256_of(data_dir / "Rowan__hellaswag" / "default" / "validation.parquet"),
+        str(data_dir / "Rowan__hellaswag" / "default" / "train.parquet"): sha256_of(data_dir / "Rowan__hellaswag" / "default" / "train.parquet"),
+    }
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hellaswag_fast_processing_equals_lm_eval_datasets_path(hellaswag_rows):
+    """evalsuite runs lm-eval's own ``process_docs`` over plain rows; it must give exactly what
+    lm-eval gets through ``datasets.Dataset.map``, on real rows of both splits."""
+    import datasets
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from evalsuite.data import process_rows
+    from evalsuite.tasks import _lm_eval_tasks_root
+
+    process = load_yaml(_lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]
+    val, train = hellaswag_rows
+    for rows in (val[:1500], train[:1000] + train[-1000:]):
+        assert process_rows(process, rows) == [dict(d) for d in process(datasets.Dataset.from_list(rows))]
 
 
 def test_limited_run_is_prefix_of_full_run(data_dir):
