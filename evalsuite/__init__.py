@@ -5,9 +5,11 @@ The Python API is what the CLI calls::
     import evalsuite
     result = evalsuite.evaluate(models=["smollm2"], tasks=["arc"], limit=5, data_dir="../shared/data")
     print(result.table())
+    print(evalsuite.plan(models=["smollm2"], data_dir="../shared/data").table())  # cost first
 """
 __version__ = "0.1.0"
 
+from .dryrun import Plan, plan  # noqa: E402
 from .runner import EvalResult, evaluate  # noqa: E402
 
-__all__ = ["EvalResult", "evaluate", "__version__"]
+__all__ = ["EvalResult", "Plan", "evaluate", "plan", "__version__"]

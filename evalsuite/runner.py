@@ -20,6 +20,7 @@ from typing import Any
 
 from .backends import DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
+from .dryrun import Plan
 from .errors import DataFormatError, EvalsuiteError, MissingDataError
 from .leaderboard import LeaderboardRow, format_table, rows_from_scores
 from .loading import ModelSource, check_fits, materialize, param_count
@@ -87,13 +88,21 @@ def evaluate(
     shard: tuple[int, int] | None = None,
     tensor_parallel: int | None = None,
     data_parallel: int = 1,
-) -> EvalResult:
+    dry_run: bool = False,
+) -> EvalResult | Plan:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
     ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
     :mod:`evalsuite.sharding`); the N shards must share ``run_id`` to form one run.
     ``tensor_parallel`` (default: from the registry) and ``data_parallel`` apply to ``vllm``.
+    ``dry_run=True`` evaluates nothing and returns the :class:`~evalsuite.dryrun.Plan`: documents,
+    requests, tokens per backend and estimated time (see :func:`evalsuite.dryrun.plan`).
     """
+    if dry_run:
+        from .dryrun import plan
+
+        return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
+                    trust_remote_code=trust_remote_code, shard=shard, progress=progress)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
     if shard is not None:

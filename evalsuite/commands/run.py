@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument("--shards", type=positive_int, metavar="N", help="with --ray: number of shards")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code (registry models that need it are allowed already)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="load no weights and evaluate nothing: print per task the documents, requests, tokens "
+                             "(lm-eval hf and the evalsuite engine), generation budget and estimated time")
+    parser.add_argument("--no-measure", action="store_true",
+                        help="with --dry-run: skip the short timed forward of the model (no time estimate)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-cache", action="store_true",
                         help="compute every request again, bypassing the request cache (`evalsuite cache info`)")
@@ -57,6 +62,13 @@ def handle(args: argparse.Namespace) -> int:
 
     batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     scale = _scale_kwargs(args)
+    if args.dry_run:
+        from ..dryrun import plan
+
+        print(plan(args.models, args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
+                   device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                   shard=scale["shard"], measure=not args.no_measure).table())
+        return 0
     if args.ray or args.shards:
         return _handle_ray(args, batch, scale)
     result = evaluate(

@@ -1,0 +1,135 @@
+"""The reference table: SmolLM2 on the six leaderboard tasks, limited, on this machine.
+
+Each task is its own run (one ``evaluate`` call, tagged ``reference-limit200``) so that its
+command and wall time are recorded exactly; MMLU takes ``--mmlu-limit`` documents per subject,
+the other tasks ``--limit`` documents (the first N of the v1 evaluation order, with the shots
+of the full run). The results store goes to ``OUT/store`` (parquet, as ``results/``), and a
+summary (commands, wall time per task, scores, the merged H6 row) to ``OUT/summary.json``.
+Tasks already stored under the tag are skipped, so an interrupted run continues where it
+stopped.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/reference_table.py --data-dir ../shared/data
+
+(One torch thread: on this shared, oversubscribed 2-core machine a greedy decoding step of
+SmolLM2 took 130 ms with one thread and 2.7 s with two, whose OpenMP threads wait for each
+other at every operation.)
+
+``--projection`` adds the dry-run plan of a full run on this machine (``evalsuite.plan``) to
+the summary without running anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import evalsuite  # noqa: E402
+from evalsuite.leaderboard import LEADERBOARD_TASKS, LeaderboardRow, format_table  # noqa: E402
+from evalsuite.store import ResultsStore  # noqa: E402
+
+TAG = "reference-limit200"
+
+
+def stored_task_scores(store_dir: Path, tag: str) -> dict[str, dict]:
+    """task -> its latest ok task-level score row among the runs tagged ``tag``.
+
+    The one place this script reads the store (switch to ``evalsuite.results`` when it lands).
+    """
+    store = ResultsStore(store_dir)
+    runs = store.runs()
+    if runs.empty:
+        return {}
+    runs = runs[(runs["tag"] == tag) & (runs["status"] == "ok")].sort_values("started_at")
+    out: dict[str, dict] = {}
+    for run in runs.to_dict("records"):
+        scores = store.scores(run_id=run["run_id"])
+        for rec in scores[scores["subtask"].isna() & (scores["status"] == "ok")].to_dict("records"):
+            out[rec["task"]] = {**rec, "wall_time_s": run["wall_time_s"], "limit": run["limit"]}
+    return out
+
+
+def merged_row(model: str, scores: dict[str, dict]) -> LeaderboardRow:
+    row = LeaderboardRow(model, "+".join(sorted({s["run_id"] for s in scores.values()})))
+    for task, rec in scores.items():
+        row.scores[task] = 100.0 * rec["value"]
+        row.n[task] = int(rec["n"])
+        row.n_total[task] = int(rec["n_total"])
+    row.missing = [t for t in LEADERBOARD_TASKS if t not in scores]
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--mmlu-limit", type=int, default=20)
+    parser.add_argument("--tasks", default=",".join(LEADERBOARD_TASKS))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reference-smollm2"))
+    parser.add_argument("--projection", action="store_true", help="only add the dry-run projection of a full run")
+    args = parser.parse_args()
+    out = Path(args.out)
+    store_dir = out / "store"
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"tasks": {}}
+
+    if args.projection:
+        plan = evalsuite.plan(models=[args.model], data_dir=args.data_dir)[0]
+        summary["full_run_projection"] = plan.to_dict()
+        print(plan.table())
+    else:
+        done = stored_task_scores(store_dir, TAG)
+        for task in args.tasks.split(","):
+            if task in done:
+                print(f"{task}: already stored, skipped", flush=True)
+                continue
+            limit = args.mmlu_limit if task == "mmlu" else args.limit
+            command = (f"evalsuite run --models {args.model} --tasks {task} --limit {limit} --data-dir {args.data_dir} "
+                       f"--results-dir {store_dir.relative_to(REPO) if store_dir.is_relative_to(REPO) else store_dir} "
+                       f"--tag {TAG} --no-cache")
+            print(f"{task}: {command}", flush=True)
+            start = time.perf_counter()
+            result = evalsuite.evaluate(models=[args.model], tasks=[task], limit=limit, data_dir=args.data_dir,
+                                        results_dir=store_dir, tag=TAG, use_cache=False, progress=True)
+            seconds = time.perf_counter() - start
+            summary["tasks"][task] = {"command": command, "run_id": result.run_id, "limit": limit,
+                                      "wall_time_s": round(seconds, 1),
+                                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            print(f"{task}: done in {seconds:.0f} s", flush=True)
+            _write(summary_path, summary)
+
+    scores = stored_task_scores(store_dir, TAG)
+    row = merged_row(args.model, scores)
+    summary["model"] = args.model
+    summary["tag"] = TAG
+    import torch
+
+    summary["machine"] = f"{platform.machine()}, {platform.processor() or platform.system()}; shared 2-core CPU"
+    summary["torch_threads"] = torch.get_num_threads()
+    summary["scores_x100"] = {t: round(v, 2) for t, v in row.scores.items()}
+    summary["n"] = row.n
+    summary["n_total"] = row.n_total
+    summary["h6"] = None if math.isnan(row.h6) else round(row.h6, 2)
+    summary["h6_complete"] = row.complete
+    _write(summary_path, summary)
+    print(format_table([row]))
+    return 0
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""``run --dry-run``: the counts are those of the real requests, and no weights are loaded.
+
+Expected numbers are computed here the slow, direct way: every request tokenized by the
+engine's own HFLM-style split, lm-eval's distinct inputs summed, and a real
+:class:`~evalsuite.backends.prefix_tree.PrefixTree` built per runner call.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evalsuite
+from evalsuite.backends import BackendOptions
+from evalsuite.backends.prefix_tree import PrefixTree
+from evalsuite.dryrun import Plan, engine_tokens
+from evalsuite.piecewise import PiecewiseEncoder
+from evalsuite.speed import fit_forward_time
+from evalsuite.tasks import LoadedTask, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch):
+    """evalsuite's cache in a tmp folder (the converted SmolLM2 is not needed by these tests)."""
+    cache = tmp_path / "evalsuite-cache"
+    monkeypatch.setenv("EVALSUITE_CACHE", str(cache))
+    return cache
+
+
+def _requests(task: LoadedTask, limit: int):
+    prompts = task.prompts(limit)
+    return prompts, [tuple(inst.args) for p in prompts for inst in p.instances]
+
+
+@pytest.mark.parametrize("name,limit", [("arc", 4), ("hellaswag", 6), ("mmlu", 1), ("truthfulqa", 4),
+                                        ("winogrande", 8), ("gsm8k", 6)])
+def test_piecewise_tokenization_equals_plain_encoding(name, limit, data_dir, smollm2_tokenizer):
+    task = LoadedTask(load_spec(name), data_dir)
+    _, pairs = _requests(task, limit)
+    texts = [c for c, _ in pairs]
+    conts = [k if isinstance(k, str) else "" for _, k in pairs]
+    encoder = PiecewiseEncoder(smollm2_tokenizer, verify=0)  # no self-check: compare everything here
+    got = encoder.encode(texts, conts)
+    plain = smollm2_tokenizer([t + k for t, k in zip(texts, conts)], add_special_tokens=False)["input_ids"]
+    assert got == [tuple(ids) for ids in plain]
+    assert not encoder.fallback
+    if name in ("arc", "mmlu", "hellaswag"):  # shots and contexts were shared, not re-encoded
+        assert encoder.pieces_encoded < len(texts) * (load_spec(name).num_fewshot + 1)
+
+
+def test_piecewise_tokenization_with_a_start_sensitive_tokenizer(data_dir):
+    """A SentencePiece-style tokenizer (Metaspace, "▁" prepended at the start of a string only),
+    trained here on real prompts: pieces at a prompt's start are encoded as starts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    task = LoadedTask(load_spec("arc"), data_dir)
+    _, pairs = _requests(task, 3)
+    texts = [c + k for c, k in pairs]
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    encoder = PiecewiseEncoder(tokenizer, verify=0)
+    got = encoder.encode([c for c, _ in pairs], [k for _, k in pairs])
+    assert encoder._start == "start"
+    assert got == [tuple(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def test_engine_token_count_equals_prefix_tree(data_dir, smollm2_tokenizer):
+    from evalsuite.backends.engine import FOLD_TRUNK
+
+    task = LoadedTask(load_spec("mmlu"), data_dir)
+    prompts, pairs = _requests(task, 3)
+    encoder = PiecewiseEncoder(smollm2_tokenizer)
+    inputs = [ids[:-1] for ids in encoder.encode([c for c, _ in pairs], [k for _, k in pairs])]
+    subject = [i for i, p in enumerate(prompts) for _ in p.instances if p.subtask == "anatomy"]
+    chunk = [inputs[i] for i in subject]
+    tree = PrefixTree()
+    for index, seq in enumerate(chunk):
+        tree.insert(index, list(seq), list(seq[-1:]))
+    single = engine_tokens([chunk])
+    assert single.tokens == single.unique == tree.n_tokens and single.reused == 0
+    # the subject sent in two calls (one question, then two): the second call's shared trunk
+    # starts with the kept one's 5-shot preamble, which is reused up to where the questions part
+    two = engine_tokens([chunk[:4], chunk[4:]])
+    preamble = len(_common_prefix(chunk))
+    assert preamble >= FOLD_TRUNK
+    assert two.reused == preamble and two.unique == single.unique + preamble
+    assert two.tokens == two.unique - two.reused == single.tokens
+
+
+def _common_prefix(seqs):
+    first = seqs[0]
+    n = min(map(len, seqs))
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs):
+            return first[:i]
+    return first[:n]
+
+
+def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir, data_dir, tmp_path,
+                                                                  isolated_cache, monkeypatch):
+    import evalsuite.loading
+    from evalsuite.backends.engine import wrap_model
+    from evalsuite.runner import CHUNK_DOCS
+
+    from evalsuite.speed import measured_speed
+
+    # the short timed forward is its own step, done once and kept in the cache
+    measured_speed(evalsuite.loading.resolve_and_materialize(str(tiny_llama_dir)), "float32", "cpu")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the dry run loaded weights")
+
+    monkeypatch.setattr(evalsuite.loading, "load_transformers", no_weights)
+    results = tmp_path / "results"
+    plan = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=["arc", "mmlu", "gsm8k"], limit=2,
+                              data_dir=data_dir, results_dir=results, dry_run=True)
+    assert isinstance(plan, Plan) and not results.exists()
+    monkeypatch.undo()
+    by_task = {t.task: t for t in plan.models[0].tasks}
+
+    # the expected numbers, the slow way: the engine's own tokenization and PrefixTree per call
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    engine = wrap_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_llama_dir),
+                        BackendOptions())
+    for name in ("arc", "mmlu"):
+        prompts, _ = _requests(LoadedTask(load_spec(name), data_dir), 2)
+        lm_eval_tokens = engine_unique = 0
+        for start in range(0, len(prompts), CHUNK_DOCS):
+            pairs = [tuple(inst.args) for p in prompts[start:start + CHUNK_DOCS] for inst in p.instances]
+            encoded = engine.encode_pairs(pairs)
+            lm_eval_tokens += sum(len(x) for x in {tuple(c + k)[:-1] for c, k in encoded})
+            engine_unique += engine.build_tree(pairs).n_tokens
+        got = by_task[name]
+        assert (got.docs, got.requests) == (len(prompts), sum(len(p.instances) for p in prompts))
+        assert got.lm_eval_tokens == lm_eval_tokens
+        assert got.engine_tokens <= engine_unique  # less what is kept across calls
+        assert got.est_seconds is not None and got.est_seconds > 0
+    assert by_task["mmlu"].engine_tokens < 0.7 * by_task["mmlu"].lm_eval_tokens  # each subject preamble once per call
+    gsm = by_task["gsm8k"]
+    prompts, _ = _requests(LoadedTask(load_spec("gsm8k"), data_dir), 2)
+    assert gsm.lm_eval_tokens == sum(len(engine.tok_encode(p.contexts[0])) for p in prompts)
+    assert gsm.new_tokens_max == 2 * 256 and 0 < gsm.new_tokens_expected <= gsm.new_tokens_max
+    assert gsm.est_seconds_max >= gsm.est_seconds > 0
+    # the speed measurement went to the isolated cache, and the table names every task
+    assert list((isolated_cache / "speed").glob("*.json"))
+    table = plan.table()
+    assert all(name in table for name in ("arc", "mmlu", "gsm8k", "total", "time: from forwards"))
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_no_results(tiny_llama_dir, data_dir, tmp_path, isolated_cache):
+    import os
+
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "evalsuite.cli", "run", "--dry-run", "--no-measure", "--models",
+                           str(tiny_llama_dir), "--tasks", "winogrande,truthfulqa", "--limit", "3", "--data-dir",
+                           str(data_dir), "--results-dir", str(results)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "EVALSUITE_CACHE": str(isolated_cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("winogrande", "truthfulqa", "total")}
+    assert set(rows) == {"winogrande", "truthfulqa", "total"}
+    assert rows["winogrande"][1] == "3/1267" and rows["truthfulqa"][1] == "3/817"
+    assert "time: not estimated" in proc.stdout
+    assert not results.exists() and not (isolated_cache / "speed").exists()
+
+
+def test_forward_time_fit_is_non_negative_and_exact_on_a_quadratic():
+    c0, c1, c2 = fit_forward_time({128: 0.01 + 128 * 1e-3 + 128**2 * 1e-7, 512: 0.01 + 512 * 1e-3 + 512**2 * 1e-7,
+                                   1024: 0.01 + 1024 * 1e-3 + 1024**2 * 1e-7})
+    assert (c0, c1, c2) == pytest.approx((0.01, 1e-3, 1e-7), rel=1e-6)
+    noisy = fit_forward_time({128: 1.4, 512: 7.6, 1024: 11.4})  # a loaded machine: concave timings
+    assert all(c >= 0 for c in noisy)
+
+
+def test_plan_to_dict_is_json(tiny_llama_dir, data_dir, isolated_cache):
+    plan = evalsuite.plan(models=[str(tiny_llama_dir)], tasks=["winogrande"], limit=2, data_dir=data_dir, measure=False)
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["models"][0]["tasks"][0]["task"] == "winogrande"
