@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dus-demo test bench clean-results
+.PHONY: setup demo dry-run dus-demo test bench clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -24,6 +24,11 @@ setup: $(BIN)/evalsuite
 demo: setup
 	$(BIN)/evalsuite run --models smollm2 --tasks leaderboard --limit $(LIMIT) $(DATA_ARG)
 	$(BIN)/evalsuite report --models smollm2 --out reports/smollm2.html
+
+# What a full six-task run of SmolLM2 costs on this machine, before running it: documents,
+# requests, tokens (lm-eval hf and the engine), generation budget and estimated time.
+dry-run: setup
+	$(BIN)/evalsuite run --dry-run --models smollm2 --tasks leaderboard $(DATA_ARG)
 
 # The DUS study: SmolLM2 against its depth up-scaled copy (30 -> 44 layers, no further training).
 dus-demo: setup

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class TaskPlan:
     est_seconds: float | None = None  # for the chosen backend; generation: expected length
     est_seconds_max: float | None = None  # generation: every document runs to 256 tokens
     tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
+    plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
 
     @property
     def saving(self) -> float:
@@ -114,6 +116,8 @@ class ModelPlan:
         lines.append("tokens: what runs through the model; lm-eval hf = every distinct request input at batch size 1, "
                      "engine = shared prefixes once per call (padding not counted); new tokens: generation budget, "
                      f"documents x {MAX_NEW_TOKENS} (~ expected: reference answer lengths + stop)")
+        lines.append("planned in " + ", ".join(f"{t.task} {t.plan_seconds:.1f} s" for t in self.tasks)
+                     + " (prompts, tokenization, counting)")
         if self.speed is not None:
             lines.append(f"time: {self.speed.describe()}")
         else:
@@ -255,7 +259,10 @@ def plan(
         model_plan = ModelPlan(spec.alias, source.path if spec.kind != "hub" else spec.source, backend, device,
                                chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed)
         for task in loaded.values():
-            model_plan.tasks.append(_plan_task(task, tokenizer, max_length, limit, shard, backend, speed, progress))
+            start = time.perf_counter()
+            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, progress)
+            task_plan.plan_seconds = time.perf_counter() - start
+            model_plan.tasks.append(task_plan)
         out.append(model_plan)
     return Plan(out)
 
