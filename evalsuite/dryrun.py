@@ -222,11 +222,11 @@ def plan(
     """
     from .backends import DEFAULT_BACKEND
     from .data import resolve_data_dir
-    from .errors import DataFormatError, EvalsuiteError, MissingDataError
+    from .errors import EvalsuiteError, MissingDataError
     from .loading import materialize
     from .models import resolve_model
     from .runner import _dtype_for, _split
-    from .tasks import LoadedTask, expand_tasks, load_spec
+    from .tasks import expand_tasks, load_tasks
 
     backend = backend or DEFAULT_BACKEND
     if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -236,13 +236,7 @@ def plan(
     model_names = _split(models) or ["smollm2"]
     task_names = expand_tasks(tasks)
     root = resolve_data_dir(data_dir)
-    loaded: dict[str, LoadedTask] = {}
-    unavailable: dict[str, str] = {}
-    for name in task_names:
-        try:
-            loaded[name] = LoadedTask(load_spec(name), root)
-        except (MissingDataError, DataFormatError) as exc:
-            unavailable[name] = str(exc)
+    loaded, unavailable = load_tasks(task_names, root)
     if not loaded:
         raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
     out = []

@@ -21,13 +21,13 @@ from typing import Any
 from .backends import DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
 from .dryrun import Plan
-from .errors import DataFormatError, EvalsuiteError, MissingDataError
+from .errors import EvalsuiteError, MissingDataError
 from .leaderboard import LeaderboardRow, format_table, rows_from_scores
 from .loading import ModelSource, check_fits, materialize, param_count
 from .manifest import environment
 from .models import ModelSpec, resolve_model
 from .store import DEFAULT_RESULTS_DIR, ResultsStore
-from .tasks import DocPrompt, LoadedTask, aggregate, expand_tasks, load_spec, mean_stderr
+from .tasks import DocPrompt, LoadedTask, aggregate, expand_tasks, load_spec, load_tasks, mean_stderr
 
 #: Documents sent to the backend at once: large enough to batch and share prefixes, small
 #: enough for a lively progress bar.
@@ -124,13 +124,7 @@ def evaluate(
     store = ResultsStore(results_dir)
     run_id = run_id or new_run_id()
 
-    loaded: dict[str, LoadedTask] = {}
-    unavailable: dict[str, str] = {}
-    for name in task_names:
-        try:
-            loaded[name] = LoadedTask(load_spec(name), root)
-        except (MissingDataError, DataFormatError) as exc:
-            unavailable[name] = str(exc)
+    loaded, unavailable = load_tasks(task_names, root)
     if not loaded:
         raise next(iter(_errors(unavailable)))
     for name, why in unavailable.items():

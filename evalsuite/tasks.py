@@ -309,6 +309,20 @@ class LoadedTask:
         raise KeyError(subtask)
 
 
+def load_tasks(names: Sequence[str], data_dir: Path | None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
+    """The tasks whose data loads, and for the others why not (a missing or unreadable file)."""
+    from .errors import DataFormatError, MissingDataError
+
+    loaded: dict[str, LoadedTask] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        try:
+            loaded[name] = LoadedTask(load_spec(name), data_dir)
+        except (MissingDataError, DataFormatError) as exc:
+            unavailable[name] = str(exc)
+    return loaded, unavailable
+
+
 def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:
     """The task score and its standard error from per-document values.
 
