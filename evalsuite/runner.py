@@ -30,7 +30,7 @@ from typing import Any
 
 from .backends import BACKENDS, DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
-from .errors import DataFormatError, EvalsuiteError, MissingDataError
+from .errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
 from .loading import ModelSource, check_fits, check_gguf, materialize, param_count
 from .manifest import environment
 from .models import ModelSpec, resolve_model
@@ -320,13 +320,16 @@ def _evaluate_model(
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
-    except EvalsuiteError as exc:
-        finish("failed", str(exc), source)
+    except StoreError:
         raise
-    except Exception as exc:  # a model that does not load: the run says so, the user gets one line
-        message = _one_line(exc)
-        finish("failed", f"model did not load: {message}", source)
-        raise EvalsuiteError(f"{spec.alias}: the model did not load ({message})") from None
+    except Exception as exc:  # a model that does not load: its tasks fail with the reason, other models run
+        message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
+        for name, task in loaded.items():
+            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
+                                                                        message)], part=part)
+        _say(f"{spec.alias}: {message}; its tasks are recorded as failed")
+        finish("failed", message, source)
+        return
 
     for name, (status, why) in unavailable.items():
         store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])
