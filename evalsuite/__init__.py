@@ -5,11 +5,14 @@ The Python API is what the CLI calls::
     import evalsuite
     result = evalsuite.evaluate(models=["smollm2"], tasks=["arc"], limit=5, data_dir="../shared/data")
     print(result.table())
-    print(evalsuite.plan(models=["smollm2"], data_dir="../shared/data").table())  # cost first
+    run = evalsuite.load_run("latest")          # any stored run, shards merged, status honest
+    run.samples("arc")                          # per-document records as a DataFrame
+    print(evalsuite.plan(models=["smollm2"], data_dir="../shared/data").table())  # a run's cost, first
 """
 __version__ = "0.1.0"
 
 from .dryrun import Plan, plan  # noqa: E402
+from .results import RunView, latest_runs, load_run, select_runs  # noqa: E402
 from .runner import EvalResult, evaluate  # noqa: E402
 
-__all__ = ["EvalResult", "Plan", "evaluate", "plan", "__version__"]
+__all__ = ["EvalResult", "Plan", "RunView", "evaluate", "latest_runs", "load_run", "plan", "select_runs", "__version__"]

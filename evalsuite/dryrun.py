@@ -220,19 +220,22 @@ def plan(
     a few seconds for SmolLM2) and keeps the result in evalsuite's cache; ``remeasure`` times
     them again.
     """
-    from .backends import DEFAULT_BACKEND
+    from .backends import BACKENDS, DEFAULT_BACKEND
     from .data import resolve_data_dir
     from .errors import EvalsuiteError, MissingDataError
     from .loading import materialize
     from .models import resolve_model
-    from .runner import _dtype_for, _split
+    from .runner import _split, check_device, default_dtype
     from .tasks import expand_tasks, load_tasks
 
     backend = backend or DEFAULT_BACKEND
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
+    if backend not in BACKENDS:
+        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "vllm" and device == "cpu":
         device = "cuda"
+    check_device(device)
     model_names = _split(models) or ["smollm2"]
     task_names = expand_tasks(tasks)
     root = resolve_data_dir(data_dir)
@@ -243,7 +246,7 @@ def plan(
     for name in model_names:
         spec = resolve_model(name, trust_remote_code=trust_remote_code)
         source = materialize(spec)
-        chosen_dtype = _dtype_for(spec, device, dtype)
+        chosen_dtype = default_dtype(spec, device, dtype)
         tokenizer, max_length = _tokenizer_and_length(source)
         speed = None
         if measure and backend != "vllm":

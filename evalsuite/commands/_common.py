@@ -25,3 +25,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
     return value
+
+
+def batch_size(text: str) -> int | str:
+    """``auto`` or a positive whole number (argparse type)."""
+    from ..errors import EvalsuiteError
+    from ..runner import parse_batch_size
+
+    try:
+        return parse_batch_size(text)
+    except EvalsuiteError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch-size ")) from None
