@@ -33,26 +33,25 @@ sys.path.insert(0, str(REPO))
 
 import evalsuite  # noqa: E402
 from evalsuite.leaderboard import LEADERBOARD_TASKS, LeaderboardRow, format_table  # noqa: E402
-from evalsuite.store import ResultsStore  # noqa: E402
 
 TAG = "reference-limit200"
 
 
-def stored_task_scores(store_dir: Path, tag: str) -> dict[str, dict]:
-    """task -> its latest ok task-level score row among the runs tagged ``tag``.
+def stored_task_scores(store_dir: Path, summary: dict) -> dict[str, dict]:
+    """task -> its stored task score (status ok) from the run the summary names for it."""
+    from evalsuite.errors import EvalsuiteError
+    from evalsuite.results import load_run
 
-    The one place this script reads the store (switch to ``evalsuite.results`` when it lands).
-    """
-    store = ResultsStore(store_dir)
-    runs = store.runs()
-    if runs.empty:
-        return {}
-    runs = runs[(runs["tag"] == tag) & (runs["status"] == "ok")].sort_values("started_at")
     out: dict[str, dict] = {}
-    for run in runs.to_dict("records"):
-        scores = store.scores(run_id=run["run_id"])
-        for rec in scores[scores["subtask"].isna() & (scores["status"] == "ok")].to_dict("records"):
-            out[rec["task"]] = {**rec, "wall_time_s": run["wall_time_s"], "limit": run["limit"]}
+    for task, info in summary.get("tasks", {}).items():
+        try:
+            view = load_run(info["run_id"], store_dir)
+        except EvalsuiteError:
+            continue
+        record = view.task_scores().get(task)
+        if view.usable and record is not None and record.status == "ok":
+            out[task] = {"run_id": view.run_id, "value": record.value, "n": record.n, "n_total": record.n_total,
+                         "wall_time_s": view.record.wall_time_s}
     return out
 
 
@@ -86,7 +85,7 @@ def main() -> int:
         summary["full_run_projection"] = plan.to_dict()
         print(plan.table())
     else:
-        done = stored_task_scores(store_dir, TAG)
+        done = stored_task_scores(store_dir, summary)
         for task in args.tasks.split(","):
             if task in done:
                 print(f"{task}: already stored, skipped", flush=True)
@@ -106,12 +105,17 @@ def main() -> int:
             print(f"{task}: done in {seconds:.0f} s", flush=True)
             _write(summary_path, summary)
 
-    scores = stored_task_scores(store_dir, TAG)
+    scores = stored_task_scores(store_dir, summary)
+    import torch
+
+    threads = f"OMP_NUM_THREADS={torch.get_num_threads()} "
+    for task, rec in scores.items():  # the run's own wall time (model load and the task, as stored)
+        summary["tasks"][task]["run_wall_time_s"] = round(rec["wall_time_s"], 1) if rec["wall_time_s"] else None
+        if not summary["tasks"][task]["command"].startswith("OMP_NUM_THREADS"):
+            summary["tasks"][task]["command"] = threads + summary["tasks"][task]["command"]
     row = merged_row(args.model, scores)
     summary["model"] = args.model
     summary["tag"] = TAG
-    import torch
-
     summary["machine"] = f"{platform.machine()}, {platform.processor() or platform.system()}; shared 2-core CPU"
     summary["torch_threads"] = torch.get_num_threads()
     summary["scores_x100"] = {t: round(v, 2) for t, v in row.scores.items()}
