@@ -255,9 +255,16 @@ def plan(
             speed = measured_speed(source, chosen_dtype, device, again=remeasure)
         model_plan = ModelPlan(spec.alias, source.path if spec.kind != "hub" else spec.source, backend, device,
                                chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed)
-        for task in loaded.values():
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(list(loaded.values()), desc=f"planning {spec.alias}", unit="task", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        for task in bar:
+            bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
-            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, progress)
+            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed)
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
@@ -289,7 +296,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
-               backend: str, speed: SpeedProfile | None, progress: bool) -> TaskPlan:
+               backend: str, speed: SpeedProfile | None) -> TaskPlan:
     from .backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from .piecewise import PiecewiseEncoder
     from .runner import CHUNK_DOCS
