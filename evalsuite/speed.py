@@ -23,8 +23,10 @@ from typing import Any
 
 #: Decoder forward lengths timed (tokens in one row).
 LENGTHS = (128, 512, 1024)
-#: Context length held in the cache while decoding steps are timed, and steps timed.
-DECODE_CONTEXT, DECODE_STEPS = 512, 8
+#: Timings per length (the best counts).
+REPEATS = 2
+#: Context length held in the cache while decoding steps are timed, and steps timed (the median counts).
+DECODE_CONTEXT, DECODE_STEPS = 512, 16
 PROFILE_VERSION = 1
 
 
@@ -61,7 +63,7 @@ class SpeedProfile:
         forwards = ", ".join(f"1x{k} {v * 1000:.0f} ms" for k, v in self.seconds_by_length.items())
         load = f", load average {self.load_average:.1f}" if self.load_average is not None else ""
         return (f"from forwards of {self.model} measured {self.measured_at} on {self.host} ({self.dtype}, {self.device}, "
-                f"{self.threads} threads{load}): decoder forward of random tokens {forwards} (best of 2), "
+                f"{self.threads} threads{load}): decoder forward of random tokens {forwards} (best of {REPEATS}), "
                 f"fitted as {self.fixed_s * 1000:.1f} ms per pass + {self.per_token(256) * 1000:.2f} ms per token at "
                 f"256 tokens of context, {self.per_token(1024) * 1000:.2f} ms at 1024; one greedy decoding step {self.decode_step_s * 1000:.0f} ms (median of {DECODE_STEPS}, "
                 f"{DECODE_CONTEXT} tokens cached). A log-likelihood task costs its engine tokens at the per-token cost of "
@@ -125,7 +127,7 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
     with torch.inference_mode():
         decoder(input_ids=ids[:, :32])  # warm-up
         for length in LENGTHS:
-            seconds[str(length)] = min(timed(lambda: decoder(input_ids=ids[:, :length])) for _ in range(2))
+            seconds[str(length)] = min(timed(lambda: decoder(input_ids=ids[:, :length])) for _ in range(REPEATS))
         from transformers import DynamicCache
 
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
