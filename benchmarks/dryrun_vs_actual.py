@@ -44,9 +44,12 @@ def main() -> int:
     import torch
 
     data_dir = resolve_data_dir(args.data_dir)
-    report: dict = {"model": args.model, "machine": f"{platform.machine()}, shared 2-core CPU",
-                    "torch_threads": torch.get_num_threads(), "limit": args.limit, "mmlu_limit": args.mmlu_limit,
-                    "load_average_start": os.getloadavg()[0], "tasks": {}}
+    out = Path(args.out)
+    # tasks measured earlier stay (rerun a task with --tasks to replace its row)
+    report: dict = json.loads(out.read_text()) if out.is_file() else {"tasks": {}}
+    report.update({"model": args.model, "machine": f"{platform.machine()}, shared 2-core CPU",
+                   "torch_threads": torch.get_num_threads(), "limit": args.limit, "mmlu_limit": args.mmlu_limit})
+    report.pop("speed", None)
     start = time.perf_counter()
     source = resolve_and_materialize(args.model)
     lm = build_backend("evalsuite", source, BackendOptions())
@@ -80,14 +83,14 @@ def main() -> int:
         if plan.kind == "generate_until":
             row.update(estimated_max_s=round(plan.est_seconds_max, 1), new_tokens_expected=plan.new_tokens_expected,
                        new_tokens_max=plan.new_tokens_max, new_tokens_generated_approx=new_tokens)
+        row["speed_profile"] = planned.speed.__dict__ if planned.speed else None  # what the estimate used
         report["tasks"][name] = row
-        report["speed"] = planned.speed.__dict__ if planned.speed else None
         print(name, json.dumps(row), flush=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        out.write_text(json.dumps(report, indent=1) + "\n")
     est = sum(r["estimated_s"] for r in report["tasks"].values())
     act = sum(r["actual_s"] for r in report["tasks"].values())
     report["total"] = {"estimated_s": round(est, 1), "actual_s": round(act, 1), "actual_over_estimate": round(act / est, 2)}
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    out.write_text(json.dumps(report, indent=1) + "\n")
     print("total", json.dumps(report["total"]))
     return 0
 
