@@ -164,22 +164,31 @@ def evaluate(
             raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
     if backend == "vllm" and device == "cpu":
         device = "cuda"  # vLLM runs on GPUs only; this also picks the registry's GPU dtype
-    check_device(device)
     model_names = _split(models) or ["smollm2"]
     if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
         raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
-    for spec in specs:  # refuse models that cannot fit (or are no GGUF at all) before any data or weights load
+
+    def check_parallel(spec: ModelSpec) -> None:
+        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        _parallelism(spec, backend, model_dtype, tensor_parallel, data_parallel)
+
+    for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
             check_gguf(Path(spec.source))
+        if spec.params:
+            if backend != "vllm":
+                check_fits(spec, default_dtype(spec, device, dtype), device)
+            check_parallel(spec)
+    check_device(device)
+    for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from .hub import resolve_snapshot
 
             resolve_snapshot(spec.source, spec.revision)
-        if spec.params and backend != "vllm":
-            check_fits(spec, default_dtype(spec, device, dtype), device)
-        _parallelism(spec, backend, default_dtype(spec, device, dtype), tensor_parallel, data_parallel)
+        if not spec.params:
+            check_parallel(spec)
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
     store.check_writable()
