@@ -25,3 +25,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
     return value
+
+
+def add_log_to(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-to", metavar="TRACKER",
+                        help="after the run, log params, scores and the HTML report to mlflow:URI "
+                             "(e.g. mlflow:file:/tmp/mlruns) or wandb:PROJECT (offline unless WANDB_MODE is set)")
+
+
+def check_log_to(args: argparse.Namespace) -> None:
+    """Refuse a bad --log-to (or a missing tracker client) before hours of evaluation."""
+    if getattr(args, "log_to", None):
+        from ..trackers import parse_target
+
+        parse_target(args.log_to)
+
+
+def log_after(args: argparse.Namespace, run_id: str) -> None:
+    """The --log-to hook: one call once the run's results are stored."""
+    if getattr(args, "log_to", None):
+        from ..trackers import log_run
+
+        for line in log_run(args.log_to, run_id, args.results_dir):
+            print(f"logged to {line}")
