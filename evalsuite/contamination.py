@@ -54,6 +54,9 @@ from .errors import EvalsuiteError
 DEFAULT_K = 0.20
 #: Words of the document given to the reference model before it samples a neighbour.
 PREFIX_RATIO = 0.4
+#: Sampling as the method's code ran it: transformers' then-default top-k 50 at temperature 1
+#: (transformers 5 no longer filters by default, so it is set explicitly).
+SAMPLING_TOP_K = 50
 #: Neighbours per document in the card's method.
 DEFAULT_NEIGHBOURS = 100
 #: Neighbours are scored on at most this many tokens (the method truncates them so).
@@ -247,7 +250,8 @@ def sample_neighbours(ref_lm: Any, text: str, count: int, seed: int, ratio: floa
     with torch.no_grad():
         output = model.generate(
             torch.tensor([ids], device=device), attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-            do_sample=True, max_new_tokens=max(1, len(words) - cut), min_new_tokens=1, num_return_sequences=count,
+            do_sample=True, top_k=SAMPLING_TOP_K, max_new_tokens=max(1, len(words) - cut), min_new_tokens=1,
+            num_return_sequences=count,
             pad_token_id=tokenizer.eos_token_id,
         )
     return tokenizer.batch_decode(output[:, 1:], skip_special_tokens=True)
