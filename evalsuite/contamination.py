@@ -446,11 +446,15 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
     from .backends import BackendOptions, build_backend
     from .loading import check_fits, materialize, param_count
     from .models import resolve_model
-    from .runner import _dtype_for
 
     spec = resolve_model(name, trust_remote_code=trust_remote_code)
-    dtype = _dtype_for(spec, device, dtype)
     source = materialize(spec)
+    try:  # the engine branch's dtype rule (config dtype on GPUs); the fallback goes once it is on main
+        from .loading import resolve_dtype
+
+        dtype = resolve_dtype(spec, device, dtype, source)[0]
+    except ImportError:
+        dtype = dtype or (spec.dtype if device.startswith("cuda") else "float32")
     check_fits(spec, dtype, device, params=spec.params or param_count(source))
     lm = build_backend("evalsuite", source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity
