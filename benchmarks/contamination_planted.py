@@ -72,7 +72,7 @@ def train(model, tokenizer, texts: list[str], steps: int, lr: float, batch: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(round(float(loss), 4))
+        losses.append(round(loss.item(), 4))
         if step % 25 == 0:
             print(f"step {step}/{steps}: loss {np.mean(losses[-25:]):.3f}", flush=True)
         if step in checkpoints:
@@ -156,13 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     target = wrap_model(target_model, tokenizer, options)
     results: dict = {"checkpoints": {}}
     last = args.steps
-    with_neighbours = {0, last}
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, lm=target) -> None:
         t0 = time.perf_counter()
-        if hasattr(target, "forget"):  # the engine's kept trunks predate the weight update
-            target.forget()
-        scores = cm.score_documents(target, docs)
+        if hasattr(lm, "forget"):  # the engine's kept trunks predate the weight update
+            lm.forget()
+        scores = cm.score_documents(lm, docs)
         cm.add_reference(scores, ref_scores)
         entry: dict = {"step": step, "exposures_per_planted_doc": round(step * args.batch / len(training), 2),
                        "scores": {
@@ -174,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                            "min_k_delta": flag_rates(scores, planted, cm.default_rule(True, 0)),
                            "min_k": flag_rates(scores, planted, cm.default_rule(False, 0)),
                        }}
-        if step in with_neighbours:
+        if step in (0, last):
             for i, score in enumerate(scores):
-                cm.add_neighbour_ranks(target, [score], [neighbours[i]])
+                cm.add_neighbour_ranks(lm, [score], [neighbours[i]])
             entry["scores"]["neighbour_rank"] = group_stats(scores, planted, "neighbour_rank", False)
             entry["flag_rates"]["neighbour_rank"] = flag_rates(scores, planted, cm.default_rule(True, args.neighbours))
         entry["seconds"] = round(time.perf_counter() - t0, 1)
@@ -184,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(entry), flush=True)
         _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock, work)
 
-    evaluate(0)
     steps = {int(x) for x in args.checkpoints.split(",") if x} | {last}
     results["train_losses"] = train(target_model, tokenizer, training, args.steps, args.lr, args.batch, args.seed,
                                     steps, evaluate)
+    # step 0, the control, last: the untrained copy is the reference itself, so the reference scores it
+    evaluate(0, reference)
+    results["checkpoints"] = dict(sorted(results["checkpoints"].items(), key=lambda kv: int(kv[0])))
     _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock, work)
     print(f"written {args.out}", flush=True)
     return 0
