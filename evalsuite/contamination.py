@@ -380,7 +380,11 @@ def format_summaries(summaries: Sequence[TaskSummary]) -> str:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
     rules = sorted({s.rule for s in summaries})
-    return "\n".join(lines + [""] + [f"flagged: {r}" for r in rules])
+    notes = [f"flagged: {r}" for r in rules]
+    if any("SOLAR card" in r for r in rules):
+        notes.append(f"the card reads a task as contaminated when more than {TASK_CONTAMINATED_RATE} of its "
+                     "documents are flagged; the interval shows how far a rate on these documents can be trusted")
+    return "\n".join(lines + [""] + notes)
 
 
 def new_check_id() -> str:
