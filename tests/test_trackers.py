@@ -87,3 +87,20 @@ def test_wandb_offline_run(logged_run, monkeypatch, tmp_path):
     data = log.read_bytes()
     for text in (run_id, logged_run["model"], "h6", "winogrande_n", "evalsuite-test", "weights_hash"):
         assert text.encode() in data, text
+
+
+def test_nightly_logs_its_run(tiny_llama_dir, data_dir, monkeypatch, tmp_path):
+    import mlflow
+
+    from evalsuite.cli import main
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    uri = f"file:{tmp_path / 'mlruns'}"
+    code = main(["nightly", "--model", str(tiny_llama_dir), "--tasks", "arc", "--limit", "2", "--data-dir",
+                 str(data_dir), "--results-dir", str(tmp_path / "results"), "--log-to", f"mlflow:{uri}"])
+    assert code == 0  # the first night becomes the baseline
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("evalsuite").experiment_id])
+    assert run.data.params["tag"].startswith("nightly-") and "arc" in run.data.metrics
