@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dus-demo test bench clean-results
+.PHONY: setup demo dus-demo test test-system-deps bench clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -30,7 +30,17 @@ dus-demo: setup
 	$(BIN)/evalsuite run --models smollm2,smollm2-dus --tasks leaderboard --limit $(LIMIT) $(DATA_ARG) --tag dus-demo
 	$(BIN)/evalsuite report --tag dus-demo --baseline smollm2 --out reports/dus-study.html
 
-test: setup
+# The browser test drives a real headless Chromium: install Debian's chromium + chromium-driver
+# when they are missing (as root, or with sudo), or say in one line how to.
+test-system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
+		( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium chromium-driver ) >/dev/null 2>&1 || \
+		{ echo "error: the browser test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test" >&2; exit 1; }; \
+	fi
+
+test: setup test-system-deps
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -1,15 +1,18 @@
 """A persistent request cache: why a killed run resumes without recomputing finished work.
 
 :class:`CachedLM` wraps any lm-eval ``LM``. Each ``Instance`` is looked up in a SQLite file by
-a key made of the model's identity (weights hash or ``hub-id@revision``, never its path, so a
-retrained checkpoint at the same path misses), the dtype, the backend and the exact request
+a key made of everything that can change a number (:func:`key_prefix`) and the exact request
 (request type and arguments). Only misses reach the inner model, in one call and in their
 original order (so a chunk that is computed again is batched exactly as before), and their
 answers are committed right after that call: a run killed with ``kill -9`` loses at most the
 chunk in flight. SQLite in WAL mode lets two processes read and write the file at once.
 
-:func:`resumable_run_id` lets a rerun of the same command reuse the interrupted run's id, so
-the store ends with one complete run instead of a stale ``running`` one next to a new run.
+A cached answer must never be served for a model or code that would answer differently, so the
+key holds: the weights (hash, or Hub commit), the model's other files (config, tokenizer,
+generation config, remote code), the dtype, the device type, the backend and all its settings,
+whether remote code runs, the versions of torch, transformers and lm-eval, and a hash of the
+scoring code itself (:func:`code_version`, derived from the source files, so an engine fix
+invalidates old answers without anyone remembering to bump a constant).
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from lm_eval.api.model import LM
 from .errors import EvalsuiteError
 
 CACHE_FILE = "requests.sqlite"
-#: Bumped when the key or the stored form of a response changes: old entries then miss.
-KEY_VERSION = "1"
+#: Bumped when the key's layout or the stored form of a response changes: old entries then miss.
+KEY_VERSION = "2"
+#: The code that computes a response, besides the libraries: the backends and the model loading.
+SCORING_CODE = ("backends", "loading.py", "compat.py", "hub.py")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -57,12 +62,36 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
-def key_prefix(identity: str, dtype: str, backend: str, max_gen_toks: int | None = None) -> str:
-    """What, besides the request itself, decides a response: the weights, dtype and backend."""
-    parts = [KEY_VERSION, identity, dtype, backend]
-    if max_gen_toks is not None:
-        parts.append(f"max_gen_toks={max_gen_toks}")
-    return "|".join(parts)
+def code_version(root: Path | None = None) -> str:
+    """sha256 of the scoring code's source files (the backends package, model loading) under
+    ``root`` (default: this installed package)."""
+    root = root or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for entry in SCORING_CODE:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def key_prefix(source: Any, options: Any, backend: str) -> str:
+    """Everything besides the request itself that decides a response, as one canonical string."""
+    from .manifest import environment
+    from .runner import backend_settings
+
+    env = environment()
+    parts = {
+        "key_version": KEY_VERSION,
+        "model": source.identity,
+        "model_files": source.files_hash,
+        "trust_remote_code": bool(source.spec.trust_remote_code),
+        "backend": backend,
+        "settings": backend_settings(options),
+        "code": code_version(),
+        "versions": [env["torch_version"], env["transformers_version"], env["lm_eval_version"]],
+    }
+    return json.dumps(parts, sort_keys=True)
 
 
 def request_key(prefix: str, request_type: str, args: Sequence[Any]) -> str:
@@ -196,9 +225,8 @@ def _decode(kind: str, text: str) -> Any:
 
 
 def wrap(lm: Any, source: Any, options: Any, backend: str, path: str | os.PathLike | None = None) -> CachedLM:
-    """``lm`` behind the cache, keyed on ``source.identity``, the dtype and the backend."""
-    prefix = key_prefix(source.identity, options.dtype, backend, getattr(options, "max_gen_toks", None))
-    return CachedLM(lm, prefix, path or cache_path(), model=source.identity)
+    """``lm`` behind the cache, keyed on :func:`key_prefix`; entries are listed under the model identity."""
+    return CachedLM(lm, key_prefix(source, options, backend), path or cache_path(), model=source.identity)
 
 
 # -- ``evalsuite cache info|clear`` -------------------------------------------------------
@@ -239,46 +267,3 @@ def clear(path: str | os.PathLike | None = None, model: str | None = None) -> in
     finally:
         conn.close()
     return deleted
-
-
-# -- resuming a run's id ------------------------------------------------------------------
-def resumable_run_id(results_dir: str | os.PathLike, models: Sequence[str] | str, tasks: Sequence[str] | str | None,
-                     limit: int | None, backend: str, tag: str | None) -> str | None:
-    """The most recent unfinished run of the same models, tasks, limit, backend and tag, if any.
-
-    A run killed mid-way keeps ``status == "running"`` (or lacks a row for a later model).
-    Reusing its id makes the rerun overwrite its partial files, so the store ends with one
-    complete run; the request cache makes the finished part free.
-    """
-    from .models import resolve_model
-    from .store import ResultsStore
-    from .tasks import expand_tasks
-
-    if isinstance(models, str):
-        models = [m.strip() for m in models.split(",") if m.strip()]
-    tasks = expand_tasks(tasks)
-    runs = ResultsStore(results_dir).runs()
-    if runs.empty:
-        return None
-    wanted = {resolve_model(m).alias for m in models}
-    runs = runs.sort_values("started_at", ascending=False)
-    for run_id, group in runs.groupby("run_id", sort=False):
-        same = (
-            set(group["model"]) <= wanted
-            and all(list(t) == list(tasks) for t in group["tasks"])
-            and all(_same(v, limit) for v in group["limit"])
-            and all(b == backend for b in group["backend"])
-            and all(_same(t, tag) for t in group["tag"])
-        )
-        unfinished = (group["status"] == "running").any() or set(group["model"]) != wanted
-        if same and unfinished:
-            return str(run_id)
-    return None
-
-
-def _same(stored: Any, wanted: Any) -> bool:
-    import pandas as pd
-
-    if wanted is None:
-        return stored is None or pd.isna(stored)
-    return stored is not None and not pd.isna(stored) and stored == wanted

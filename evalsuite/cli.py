@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``evalsuite/commands/<name>.py`` and exposes ``register(subparsers)``;
 this module discovers them, so adding a command touches no shared file. Errors a user can
-fix (:class:`~evalsuite.errors.EvalsuiteError`) print one line and exit with status 2.
+fix (:class:`~evalsuite.errors.EvalsuiteError`, and argparse usage errors) print one line and exit
+with status 2; an interrupted run says how to resume and exits 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__, commands
 from .errors import EvalsuiteError
@@ -20,8 +22,15 @@ ORDER = ["run", "results", "prompts", "models", "tasks", "report", "table", "com
          "nightly", "cache", "dus"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix (``--help``), exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="evalsuite",
         description="Open LLM Leaderboard (v1) evaluations: exact to the protocol, fast, stored as parquet.",
         epilog="Run `evalsuite COMMAND --help` for a command's options.",
@@ -36,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -45,8 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvalsuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: results of tasks that finished are in the results store", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .runner import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):
+            print(exc.message(), file=sys.stderr)
+            return 143 if exc.signame == "SIGTERM" else 130
+        print("interrupted: results of tasks that finished are in the results store; rerun the same command "
+              "with --resume to continue", file=sys.stderr)
         return 130
 
 

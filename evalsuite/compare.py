@@ -13,34 +13,30 @@ is significant at ``alpha``: both, so that neither noise on small runs nor a tin
 "significant" wobble on big runs fails a nightly build. A task that failed in the candidate
 but not in the baseline counts as a regression too.
 
-Refs name runs: a run id (``RUN@MODEL`` for a run of several models), a model alias (its
-latest finished run), ``tag:T`` (the latest run with that tag), ``latest`` (the latest finished
-run) or ``baseline`` (the run recorded in ``<results>/baseline.json``).
+Runs are read through :mod:`evalsuite.results` (refs, shards, status) and the statistics come
+from :mod:`evalsuite.stats`, the module the HTML report uses too. Refs name runs: a run id
+(``RUN@MODEL`` for a run of several models), a model alias (its latest finished run), ``tag:T``
+(the latest run with that tag), ``latest`` (the latest finished run) or ``baseline`` (the run
+recorded in ``<results>/baseline.json``).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
-import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import EvalsuiteError
+from .results import RunView, load_run, read_baseline, set_baseline
+from .stats import MIN_SHARED, paired
 from .store import ResultsStore
+
+__all__ = ["Comparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
+           "resolve_ref", "set_baseline"]
 
 DEFAULT_MAX_DROP = 1.0
 DEFAULT_ALPHA = 0.05
-BOOTSTRAP_SAMPLES = 2000
-SEED = 20261126
-BASELINE_FILE = "baseline.json"
-BINARY_METRICS = {"acc", "acc_norm", "exact_match"}
-FINISHED = {"ok", "partial"}
 
 
 class ComparisonRefused(EvalsuiteError):
@@ -162,119 +158,46 @@ class Comparison:
 
 
 # -- resolving refs ------------------------------------------------------------------------
-def resolve_ref(store: ResultsStore, ref: str) -> RunRef:
-    """The run (and model) a ref names; see the module docstring for the forms."""
-    runs = store.runs()
-    if runs.empty:
-        raise EvalsuiteError(f"no runs in {store.root}/ yet; run `evalsuite run` first")
-    runs = runs.sort_values("started_at")
-    finished = runs[runs["status"].isin(FINISHED)]
-    ref = ref.strip()
-    if ref == "baseline":
-        base = read_baseline(store.root)
-        if base is None:
-            raise EvalsuiteError(f"no baseline set in {store.root}/; set one with `evalsuite baseline set RUN|tag:T|MODEL`")
-        return _row_ref(runs, ref, base["run_id"], base["model"])
-    if ref == "latest":
-        if finished.empty:
-            raise EvalsuiteError(f"no finished run in {store.root}/; run `evalsuite run` first")
-        row = finished.iloc[-1]
-        return _row_ref(runs, ref, row["run_id"], row["model"])
-    if ref.startswith("tag:"):
-        tagged = finished[finished["tag"] == ref[4:]]
-        if tagged.empty:
-            tags = sorted({t for t in runs["tag"].dropna()})
-            raise EvalsuiteError(f"no finished run tagged '{ref[4:]}' in {store.root}/; known tags: {', '.join(tags) or 'none'}")
-        row = tagged.iloc[-1]
-        return _row_ref(runs, ref, row["run_id"], row["model"])
-    run_id, _, model = ref.partition("@")
-    if run_id in set(runs["run_id"]):
-        models = list(runs[runs["run_id"] == run_id]["model"])
-        if model:
-            if model not in models:
-                raise EvalsuiteError(f"run {run_id} has no model '{model}'; it has {', '.join(models)}")
-        elif len(models) > 1:
-            raise EvalsuiteError(f"run {run_id} evaluated {', '.join(models)}; name one as {run_id}@MODEL")
-        return _row_ref(runs, ref, run_id, model or models[0])
-    for name in (ref, Path(os.path.expanduser(ref)).name):
-        mine = finished[finished["model"] == name]
-        if not mine.empty:
-            return _row_ref(runs, ref, mine.iloc[-1]["run_id"], name)
-    raise EvalsuiteError(
-        f"'{ref}' is not a run id, model with a finished run, tag:T, latest or baseline in {store.root}/; "
-        f"see the runs with pandas.read_parquet('{store.root}/runs')"
-    )
+def resolve_ref(store: ResultsStore | str | os.PathLike, ref: str) -> RunRef:
+    """The run (and model) a ref names, as a plain record for reports and JSON."""
+    return _ref(load_run(ref, store), ref)
 
 
-def _row_ref(runs: Any, ref: str, run_id: str, model: str) -> RunRef:
-    rows = runs[(runs["run_id"] == run_id) & (runs["model"] == model)]
-    if rows.empty:
-        raise EvalsuiteError(f"run {run_id} of {model} is not in the store any more; set another baseline")
-    row = rows.iloc[-1]
-    tag = row["tag"] if isinstance(row["tag"], str) else None
-    weights = row["weights_hash"] if isinstance(row["weights_hash"], str) else row["model_id"]
-    return RunRef(ref, str(run_id), str(model), str(row["started_at"]), tag, weights)
-
-
-# -- the baseline file ------------------------------------------------------------------------
-def read_baseline(results_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(results_dir) / BASELINE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or "run_id" not in data or "model" not in data:
-            raise ValueError("run_id or model missing")
-    except (OSError, ValueError) as exc:
-        raise EvalsuiteError(f"{path} is unreadable ({exc}); set the baseline again with `evalsuite baseline set`") from None
-    return data
-
-
-def set_baseline(store: ResultsStore, ref: str) -> RunRef:
-    """Record the run ``ref`` names as the accepted baseline (written atomically)."""
-    run = resolve_ref(store, ref)
-    payload = {**asdict(run), "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    store.root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".baseline-", suffix=".json", dir=store.root)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, store.root / BASELINE_FILE)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise EvalsuiteError(f"could not write {store.root / BASELINE_FILE} ({exc.strerror}); check space and permissions") from None
-    return run
+def _ref(view: RunView, ref: str) -> RunRef:
+    rec = view.record
+    return RunRef(ref, view.run_id, view.model, str(rec.started_at) if rec.started_at else None, rec.tag,
+                  rec.weights_hash or rec.model_id)
 
 
 # -- the comparison ------------------------------------------------------------------------
 def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, candidate_ref: str,
                  max_drop: float = DEFAULT_MAX_DROP, alpha: float = DEFAULT_ALPHA, force: bool = False) -> Comparison:
     """Compare two stored runs task by task; raises :class:`ComparisonRefused` unless comparable."""
-    if not isinstance(store, ResultsStore):
-        store = ResultsStore(store)
     if max_drop < 0 or not 0 < alpha < 1:
         raise EvalsuiteError(f"--max-drop must be >= 0 and --alpha in (0, 1), got {max_drop} and {alpha}")
-    base, cand = resolve_ref(store, baseline_ref), resolve_ref(store, candidate_ref)
-    base_scores, cand_scores = _task_status(store, base), _task_status(store, cand)
-    base_samples, cand_samples = _samples(store, base), _samples(store, cand)
-    result = Comparison(base, cand, max_drop, alpha, forced=force)
+    base, cand = load_run(baseline_ref, store), load_run(candidate_ref, store)
+    for side, view in (("baseline", base), ("candidate", cand)):
+        if view.status in ("running", "incomplete"):
+            raise EvalsuiteError(f"the {side} run {view.run_id} of {view.model} is {view.status}: "
+                                 + "; ".join(view.notes or ["wait for it to finish"]))
+    base_scores, cand_scores = base.task_scores(), cand.task_scores()
+    base_samples, cand_samples = base.samples(), cand.samples()
+    result = Comparison(_ref(base, baseline_ref), _ref(cand, candidate_ref), max_drop, alpha, forced=force)
     problems: list[str] = []
     for task in [*base_scores, *[t for t in cand_scores if t not in base_scores]]:
         if task not in cand_scores or task not in base_scores:
             side = "candidate" if task not in cand_scores else "baseline"
             problems.append(f"{task}: not evaluated in the {side} run")
             continue
-        (b_status, b_error, metric), (c_status, c_error, _) = base_scores[task], cand_scores[task]
-        if c_status != "ok":
-            verdict = "failed" if b_status == "ok" else "skipped"
-            result.tasks.append(_empty(task, metric, verdict, f"candidate {c_status}: {c_error or ''}".strip()))
+        b, c = base_scores[task], cand_scores[task]
+        if c.status != "ok":
+            verdict = "failed" if b.status == "ok" else "skipped"
+            result.tasks.append(_empty(task, b.metric, verdict, f"candidate {c.status}: {c.error or ''}".strip()))
             continue
-        if b_status != "ok":
-            result.tasks.append(_empty(task, metric, "new", f"baseline {b_status}: {b_error or ''}".strip()))
+        if b.status != "ok":
+            result.tasks.append(_empty(task, b.metric, "new", f"baseline {b.status}: {b.error or ''}".strip()))
             continue
-        compared, task_problems = _compare_task(task, metric, base_samples, cand_samples, max_drop, alpha)
+        compared, task_problems = _compare_task(task, b.metric, base_samples, cand_samples, max_drop, alpha)
         problems += task_problems
         if compared is not None:
             result.tasks.append(compared)
@@ -286,91 +209,36 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
     return result
 
 
-def _task_status(store: ResultsStore, run: RunRef) -> dict[str, tuple[str, str | None, str | None]]:
-    scores = store.scores(run_id=run.run_id, model=run.model)
-    scores = scores[scores["subtask"].isna()]
-    return {row.task: (row.status, row.error, row.metric) for row in scores.itertuples()}
-
-
-def _samples(store: ResultsStore, run: RunRef) -> Any:
-    samples = store.samples(run_id=run.run_id, model=run.model)
-    samples = samples[["task", "subtask", "doc_index", "prompt_hash", "metric", "value"]].copy()
-    samples["subtask"] = samples["subtask"].fillna("")
-    return samples
-
-
 def _compare_task(task: str, metric: str | None, base: Any, cand: Any, max_drop: float,
                   alpha: float) -> tuple[TaskComparison | None, list[str]]:
     from .tasks import load_spec
 
-    keys = ["subtask", "doc_index"]
-    b, c = base[base["task"] == task], cand[cand["task"] == task]
-    merged = b.merge(c, on=keys, suffixes=("_b", "_c"))
-    problems = []
-    if len(merged) != len(b) or len(merged) != len(c):
-        problems.append(f"{task}: the runs cover different documents (baseline {len(b)}, candidate {len(c)}, "
-                        f"shared {len(merged)}; different --limit or data?)")
-    changed = int((merged["prompt_hash_b"] != merged["prompt_hash_c"]).sum())
-    if changed:
-        problems.append(f"{task}: {changed} of {len(merged)} shared documents saw different prompts "
-                        f"(prompt_hash differs: task config, few-shot data or harness changed)")
-    if merged.empty:
-        return None, problems or [f"{task}: no shared documents"]
     try:
         grouped = load_spec(task).aggregate == "mean_of_groups"
     except EvalsuiteError:
-        grouped = merged["subtask"].nunique() > 1
-    x = merged["value_b"].to_numpy(dtype=float)
-    y = merged["value_c"].to_numpy(dtype=float)
-    groups = merged["subtask"].to_numpy()
-    binary = not grouped and metric in BINARY_METRICS and np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()
-    rng = np.random.default_rng([SEED, zlib.crc32(task.encode())])
-    boot = _bootstrap(y - x, groups if grouped else None, rng)
-    score_b, score_c = _score(x, groups, grouped), _score(y, groups, grouped)
-    delta = score_c - score_b
-    if binary:
-        from scipy.stats import binomtest
-
-        worse = int(((x == 1) & (y == 0)).sum())
-        better = int(((x == 0) & (y == 1)).sum())
-        p = binomtest(better, worse + better, 0.5).pvalue if worse + better else 1.0
-        test = "mcnemar"
-    else:
-        p = float((1 + np.sum(np.abs(boot - delta) >= abs(delta))) / (len(boot) + 1)) if delta else 1.0
-        test = "bootstrap"
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+        grouped = base.loc[base["task"] == task, "subtask"].nunique() > 1
+    found = paired(base, cand, task, metric=metric, grouped=grouped)
+    problems = []
+    if found is None:
+        return None, [f"{task}: no shared documents"]
+    if found.n != found.n_baseline or found.n != found.n_candidate:
+        problems.append(f"{task}: the runs cover different documents (baseline {found.n_baseline}, candidate "
+                        f"{found.n_candidate}, shared {found.n}; different --limit or data?)")
+    if found.prompts_differ:
+        problems.append(f"{task}: {found.prompts_differ} of {found.n} shared documents saw different prompts "
+                        f"(prompt_hash differs: task config, few-shot data or harness changed)")
     verdict = "no change"
-    if p < alpha and delta * 100 < -max_drop:
+    if found.significant(alpha) and found.delta < -max_drop:
         verdict = "regression"
-    elif p < alpha and delta * 100 > max_drop:
+    elif found.significant(alpha) and found.delta > max_drop:
         verdict = "improvement"
-    note = "" if not problems else "compared on shared documents only"
-    return TaskComparison(task, metric, test, 100 * score_b, 100 * score_c, 100 * delta, 100 * float(lo),
-                          100 * float(hi), float(p), len(merged), verdict, note), problems
-
-
-def _score(values: np.ndarray, groups: np.ndarray, grouped: bool) -> float:
-    if not grouped:
-        return float(values.mean())
-    return float(np.mean([values[groups == g].mean() for g in np.unique(groups)]))
-
-
-def _bootstrap(diff: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of the mean difference (of subject means when ``groups`` is given)."""
-    if groups is None:
-        return _boot_means(diff, rng)
-    per_group = [_boot_means(diff[groups == g], rng) for g in np.unique(groups)]
-    return np.mean(per_group, axis=0)
-
-
-def _boot_means(values: np.ndarray, rng: np.random.Generator, samples: int = BOOTSTRAP_SAMPLES) -> np.ndarray:
-    n = len(values)
-    out = np.empty(samples)
-    step = max(1, 2_000_000 // max(n, 1))
-    for start in range(0, samples, step):
-        rows = min(step, samples - start)
-        out[start:start + rows] = values[rng.integers(0, n, size=(rows, n))].mean(axis=1)
-    return out
+    notes = []
+    if problems:
+        notes.append("compared on shared documents only")
+    if found.n < MIN_SHARED:
+        notes.append(f"fewer than {MIN_SHARED} shared documents: never called significant")
+    return TaskComparison(task, metric, found.test, found.baseline, found.candidate, found.delta, found.ci_low,
+                          found.ci_high, found.p_value, found.n, verdict, "; ".join(notes)), problems
 
 
 def _empty(task: str, metric: str | None, verdict: str, note: str) -> TaskComparison:

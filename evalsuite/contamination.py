@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from .errors import EvalsuiteError
 
@@ -71,24 +70,6 @@ DEFAULT_MIN_K_THRESHOLD = -3.0
 BOOTSTRAP_SAMPLES = 2000
 SEED = 20261130
 TABLE = "contamination"
-
-# -- the stored table (moves to records.py as a record dataclass once the results API lands) --
-SCHEMA = pa.schema([
-    ("check_id", pa.string()), ("model", pa.string()), ("model_id", pa.string()), ("reference", pa.string()),
-    ("reference_id", pa.string()), ("task", pa.string()), ("subtask", pa.string()), ("doc_index", pa.int64()),
-    ("eval_position", pa.int64()), ("text_hash", pa.string()), ("n_tokens", pa.int64()), ("k", pa.float64()),
-    ("min_k", pa.float64()), ("mean_logprob", pa.float64()), ("ref_min_k", pa.float64()),
-    ("ref_mean_logprob", pa.float64()), ("min_k_delta", pa.float64()), ("neighbour_rank", pa.float64()),
-    ("n_neighbours", pa.int64()), ("rule", pa.string()), ("threshold", pa.float64()), ("flagged", pa.bool_()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-])
-
-
-def _register_table() -> None:
-    from . import store
-
-    store.TABLES.setdefault(TABLE, SCHEMA)
-
 
 @dataclass(frozen=True)
 class TokenLogprobs:
@@ -481,12 +462,11 @@ def rows_of(check_id: str, model: str, model_id: str | None, reference: str | No
     return rows
 
 
-# -- the results store: the ONE place that writes and reads the table --------------------------
+# -- the results store (table ``contamination``: records.ContaminationRecord) ---------------------
 def write_rows(results_dir: str | Path, check_id: str, model: str, rows: list[dict[str, Any]]) -> None:
     from .store import ResultsStore, slug
 
-    _register_table()
-    ResultsStore(results_dir)._write(TABLE, f"{check_id}__{slug(model)}", rows)
+    ResultsStore(results_dir).write_records(TABLE, f"{check_id}__{slug(model)}", rows)
 
 
 def read_checks(results_dir: str | Path, *, check_id: str | None = None, models: Sequence[str] | None = None,
@@ -494,8 +474,7 @@ def read_checks(results_dir: str | Path, *, check_id: str | None = None, models:
     """Stored document rows (``latest``: only each model's most recent check)."""
     from .store import ResultsStore
 
-    _register_table()
-    frame = ResultsStore(results_dir).read(TABLE, check_id=check_id)
+    frame = ResultsStore(results_dir).read(TABLE, check_id=check_id).drop(columns=["part"], errors="ignore")
     if models is not None and not frame.empty:
         frame = frame[frame["model"].isin(list(models))]
     if latest and not frame.empty:

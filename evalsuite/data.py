@@ -91,8 +91,15 @@ def _load_local(path_str: str) -> SplitData:
             raise DataFormatError(f"{path} is not a readable parquet file ({exc}); replace it with an intact copy") from None
         return SplitData(rows, str(path), digest)
     rows = []
-    with path.open("r", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{path} line {line_no} is not valid UTF-8 (byte {exc.start + 1} of the line); "
+                    f"replace the file with an intact copy"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -122,6 +129,21 @@ def _load_hub(ref: DatasetRef, split: str) -> SplitData:
         ) from None
     fingerprint = getattr(ds, "_fingerprint", "") or ""
     return SplitData(list(ds), f"hub:{ref.hub_id}/{ref.config}/{split}", f"hub-fingerprint:{fingerprint}")
+
+
+def row_location(source: str, row: int) -> str:
+    """Where row ``row`` (0-based, as stored) of a split lives, for error messages: the line of a
+    JSON Lines file (blank lines skipped, as when reading), else the row number."""
+    path = Path(source)
+    if path.suffix == ".jsonl" and path.is_file():
+        seen = -1
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    seen += 1
+                    if seen == row:
+                        return f"{path} line {line_no}"
+    return f"{source} row {row}"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -3,7 +3,7 @@
 Each shard is an ordinary ``evaluate(..., shard=(i, N), run_id=ID)`` in a Ray worker process
 writing to the same results folder, so a Ray run and N hand-started ``--shard i/N`` runs
 (SLURM array, several machines) leave identical files and merge the same way
-(:func:`evalsuite.sharding.merge_run`). Across machines the results folder, the data folder
+(:mod:`evalsuite.results` reads them as one run). Across machines the results folder, the data folder
 and the model files must be at the same paths on every node (a shared file system); with
 ``local`` everything is on this machine.
 
@@ -20,8 +20,8 @@ from typing import Any
 
 from .errors import EvalsuiteError
 from .models import resolve_model
-from .sharding import MergedRun, merge_run
-from .store import DEFAULT_RESULTS_DIR, ResultsStore
+from .runner import EvalResult
+from .store import DEFAULT_RESULTS_DIR
 
 INSTALL_HINT = "pip install 'evalsuite[ray]'"
 
@@ -35,8 +35,8 @@ def run_on_ray(
     data_dir: str | Path | None = None,
     num_cpus: int | None = None,
     **evaluate_kwargs: Any,
-) -> MergedRun:
-    """Run ``shards`` shards of one evaluation on the Ray cluster at ``address``; the merged run.
+) -> EvalResult:
+    """Run ``shards`` shards of one evaluation on the Ray cluster at ``address``; the run (shards merged).
 
     ``address`` is a Ray address (``auto``, ``HOST:6379``, ``ray://HOST:10001``) or ``local`` to
     start a cluster on this machine (``num_cpus`` caps it). The other keyword arguments are
@@ -66,7 +66,11 @@ def run_on_ray(
     if failures:
         listed = "; ".join(f"shard {i}/{shards}: {why}" for i, why in sorted(failures.items()))
         raise EvalsuiteError(f"{listed}; rerun those with evalsuite run ... --shard I/{shards} --run-id {run_id}")
-    return merge_run(ResultsStore(kwargs["results_dir"]), run_id)
+    from .runner import _split
+    from .tasks import expand_tasks
+
+    models = [resolve_model(m).alias for m in _split(evaluate_kwargs.get("models")) or ["smollm2"]]
+    return EvalResult(run_id, Path(kwargs["results_dir"]), models, expand_tasks(evaluate_kwargs.get("tasks")))
 
 
 def shard_resources(models: Sequence[str] | str | None, backend: str, device: str,

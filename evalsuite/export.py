@@ -26,7 +26,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from . import __version__
@@ -69,20 +68,11 @@ V1_TASKS = {
 }
 
 
-# -- reading: the ONE place that reads a run (becomes evalsuite.results.load_run) ---------------
 def load_run(ref: str, results_dir: str | Path = "results") -> Any:
-    """The run ``ref`` names: ``run_id``, ``model``, ``record`` (manifest) and ``scores`` (shards merged)."""
-    from .compare import resolve_ref
-    from .sharding import run_scores
-    from .store import ResultsStore
+    """The :class:`~evalsuite.results.RunView` ``ref`` names (the one read path)."""
+    from .results import load_run as load
 
-    store = ResultsStore(results_dir)
-    ref_ = resolve_ref(store, ref)
-    runs = store.runs(run_id=ref_.run_id)
-    row = runs[runs["model"] == ref_.model].sort_values("started_at").iloc[-1].to_dict()
-    scores = run_scores(store, ref_.run_id)
-    scores = scores[scores["model"] == ref_.model].reset_index(drop=True)
-    return SimpleNamespace(run_id=ref_.run_id, model=ref_.model, record=SimpleNamespace(**row), scores=scores)
+    return load(ref, results_dir)
 
 
 def _ok_rows(view: Any) -> dict[tuple[str, str | None], dict[str, Any]]:
@@ -142,19 +132,15 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
         },
         "git_hash": getattr(record, "git_commit", None),
         "evalsuite": {"version": __version__, "run_id": view.run_id, "model": view.model,
-                      "protocol": "Open LLM Leaderboard v1 (lm-eval b281b09)", "naming": naming,
+                      "status": view.status, "protocol": "Open LLM Leaderboard v1 (lm-eval b281b09)",
+                      "naming": naming,
                       "leaderboard": leaderboard_values(view)},
     }
 
 
 def leaderboard_values(view: Any) -> dict[str, Any]:
     """The six columns and H6, x100, as the leaderboard shows them (MMLU: plain mean of subjects)."""
-    from .leaderboard import rows_from_scores
-
-    found = rows_from_scores(view.scores)
-    if not found:
-        return {}
-    row = found[0]
+    row = view.leaderboard_row()
     out: dict[str, Any] = {task: round(row.scores[task], 4) for task in LEADERBOARD_TASKS if task in row.scores}
     out["h6"] = None if math.isnan(row.h6) else round(row.h6, 4)
     out["h6_complete"] = row.complete
@@ -165,6 +151,8 @@ def leaderboard_values(view: Any) -> dict[str, Any]:
 def model_index(view: Any, *, name: str | None = None, allow_limited: bool = False,
                 source_url: str = DEFAULT_SOURCE_URL) -> dict[str, Any]:
     """The ``model-index`` metadata (a dict; :func:`model_index_yaml` writes the YAML block)."""
+    if view.status not in ("ok", "partial"):
+        raise EvalsuiteError(f"run {view.run_id} of {view.model} is {view.status}: finish it before publishing its scores")
     rows = _ok_rows(view)
     results = []
     limited = []

@@ -24,6 +24,8 @@ from .models import DTYPE_BYTES, ModelSpec, resolve_model
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Headroom for activations, key/value caches and the runtime on top of the weights.
 MEMORY_OVERHEAD = 1.2
+#: Files of a model folder that are weights (hashed by :func:`weights_hash`, cached by mtime).
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack"}
 
 
 def cache_dir() -> Path:
@@ -39,13 +41,16 @@ class ModelSource:
 
     spec: ModelSpec
     path: str  # Hub id or local folder
-    revision: str | None
+    revision: str | None  # for Hub models the commit the revision resolved to (pinned for loading)
     weights_hash: str | None
     gguf_converted_from: str | None = None
+    #: sha256 over the model's other files (config, tokenizer, generation config, remote code):
+    #: the same weights with another config are another model.
+    files_hash: str | None = None
 
     @property
     def identity(self) -> str:
-        """Weights hash for local files, ``hub-id@revision`` otherwise: never a bare path."""
+        """Weights hash for local files, ``hub-id@commit`` otherwise: never a bare path."""
         return self.weights_hash or f"{self.path}@{self.revision or 'main'}"
 
 
@@ -71,19 +76,42 @@ def materialize(spec: ModelSpec) -> ModelSource:
         from . import dus  # built on first use and cached
 
         folder = dus.build_cached(spec.source)
-        return ModelSource(spec, str(folder), None, weights_hash(folder))
+        return ModelSource(spec, str(folder), None, weights_hash(folder), files_hash=files_hash(folder))
     if spec.kind == "local":
-        return ModelSource(spec, spec.source, None, weights_hash(Path(spec.source)))
-    return ModelSource(spec, spec.source, spec.revision, None)
+        folder = Path(spec.source)
+        return ModelSource(spec, spec.source, None, weights_hash(folder), files_hash=files_hash(folder))
+    from .hub import resolve_snapshot
+
+    commit, folder = resolve_snapshot(spec.source, spec.revision)
+    return ModelSource(spec, spec.source, commit, None, files_hash=files_hash(folder))
 
 
 def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
+    check_gguf(gguf)
     digest = _cached_file_hash(gguf)
     target = cache_dir() / "models" / f"{gguf.stem}-{digest[:12]}"
     if not (target / "config.json").is_file():
         print(f"evalsuite: dequantizing {gguf.name} once into {target} (about 20 s)", flush=True)
-        convert_gguf(gguf, target)
-    return ModelSource(spec, str(target), None, f"gguf-sha256:{digest}", gguf_converted_from=str(gguf))
+        try:
+            convert_gguf(gguf, target)
+        except Exception as exc:  # gguf/transformers raise many types for a broken file
+            reason = (f"{type(exc).__name__}: {exc}".splitlines() or ["unreadable"])[0][:200]
+            raise EvalsuiteError(f"{gguf} could not be read as a GGUF model ({reason}); replace it with an intact "
+                                 f"copy") from None
+    return ModelSource(spec, str(target), None, f"gguf-sha256:{digest}", gguf_converted_from=str(gguf),
+                       files_hash=files_hash(target))
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not GGUF at all (wrong magic, empty) before trying to convert it."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise EvalsuiteError(f"cannot read {path} ({exc.strerror}); check the path and its permissions") from None
+    if magic != b"GGUF":
+        raise EvalsuiteError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); "
+                             f"replace it with an intact copy")
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -111,15 +139,26 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
 def weights_hash(folder: Path) -> str:
     """A hash of the weight files in ``folder`` (cached by size and mtime): what was evaluated."""
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"} and p.is_file()
-    )
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
         raise UnknownModelError(f"{folder} holds no weight files (*.safetensors or *.bin)")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
         digest.update(_cached_file_hash(path).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def files_hash(folder: str | os.PathLike) -> str:
+    """sha256 over every file of a model folder except the weights: config, tokenizer files,
+    generation config, remote code. Two folders with the same weights but, say, another
+    ``rms_norm_eps`` or chat template are different models, and cached answers must not cross."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in WEIGHT_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts)):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -147,11 +186,20 @@ def param_count(source: ModelSource) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(
-        source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code
+        source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code, **_offline(source)
     )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=source.spec.trust_remote_code)
     return sum(p.numel() for p in model.parameters())
+
+
+def _offline(source: ModelSource) -> dict[str, Any]:
+    """``local_files_only`` for a Hub model while the Hub is unreachable (no minute of retries)."""
+    if source.spec.kind != "hub":
+        return {}
+    from .hub import hub_reachable
+
+    return {} if hub_reachable() else {"local_files_only": True}
 
 
 def available_memory(device: str) -> tuple[int, str]:
@@ -191,7 +239,8 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
     """The transformers model (eval mode, on ``device``) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code}
+    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code,
+                              **_offline(source)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(

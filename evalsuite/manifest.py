@@ -39,7 +39,13 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, object]:
+    """Versions, code commit, host and the process: a ``running`` row of a dead process is an
+    interrupted run (the start time guards against a reused pid)."""
+    import os
+
+    import psutil
+
     return {
         "evalsuite_version": __version__,
         "git_commit": git_commit(),
@@ -48,4 +54,6 @@ def environment() -> dict[str, str]:
         "torch_version": _version("torch"),
         "python_version": platform.python_version(),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started": psutil.Process(os.getpid()).create_time(),
     }

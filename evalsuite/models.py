@@ -81,6 +81,15 @@ _DUS_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
+def looks_like_path(name: str) -> bool:
+    """A name meant as a local path: starts with ``.``, ``/`` or ``~``, or its first component
+    exists here (``checkpoints/step100`` next to a ``checkpoints`` folder is not a Hub id)."""
+    if name.startswith((".", "/", "~")):
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and bool(first) and Path(first).exists()
+
+
 def list_models() -> list[ModelSpec]:
     return list(REGISTRY.values())
 
@@ -107,7 +116,12 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"{path} has no config.json; give a Hugging Face model folder (save_pretrained output)")
         return ModelSpec(path.name, str(path.resolve()), kind="local", dtype="float32", trust_remote_code=trust_remote_code)
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+    if path.is_file():
+        raise UnknownModelError(f"{path} is a file; give a model folder (with config.json), a .gguf file or a Hub id")
+    if looks_like_path(name):
+        raise UnknownModelError(f"model folder {path} does not exist; check the path (a Hub id is written org/name "
+                                f"and its org is not a local folder)")
+    if _HUB_ID.match(name):
         return ModelSpec(name, name, kind="hub", revision=revision, trust_remote_code=trust_remote_code)
     close = get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""

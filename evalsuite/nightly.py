@@ -15,22 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from .backends import DEFAULT_BACKEND
-from .compare import DEFAULT_ALPHA, DEFAULT_MAX_DROP, Comparison, compare_runs, read_baseline, set_baseline
-from .store import DEFAULT_RESULTS_DIR, ResultsStore
+from .compare import DEFAULT_ALPHA, DEFAULT_MAX_DROP, Comparison, compare_runs
+from .results import read_baseline, set_baseline
+from .store import DEFAULT_RESULTS_DIR
 
 
 @dataclass
 class NightlyResult:
     run_id: str
     model: str
-    comparison: Comparison | None  # None on the first night (the run became the baseline)
+    comparison: Comparison | None  # None on the first night (the run became the baseline, or failed)
     baseline_set: bool
     markdown_path: Path
     json_path: Path
+    run_exit_code: int = 0  # the run's own: 1 when a task failed or had no data
 
     @property
     def exit_code(self) -> int:
-        return self.comparison.exit_code if self.comparison else 0
+        """0 no regression; 1 a task regressed, failed or had no data (in the run or the comparison)."""
+        return max(self.run_exit_code, self.comparison.exit_code if self.comparison else 0)
 
 
 def nightly(
@@ -51,30 +54,34 @@ def nightly(
     progress: bool = False,
 ) -> NightlyResult:
     """Run ``model`` on ``tasks``, compare with ``baseline`` (default: the stored baseline)."""
-    from .cache import resumable_run_id
     from .runner import evaluate
 
     tag = tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
-    run_id = resumable_run_id(results_dir, model, tasks, limit, backend, tag) if Path(results_dir).exists() else None
     result = evaluate(models=model, tasks=tasks, limit=limit, data_dir=data_dir, backend=backend, device=device,
-                      results_dir=results_dir, tag=tag, run_id=run_id, progress=progress, use_cache=use_cache)
+                      results_dir=results_dir, tag=tag, resume=True, progress=progress, use_cache=use_cache)
     candidate = f"{result.run_id}@{result.models[0]}"
-    store = ResultsStore(results_dir)
     out = Path(results_dir) / "nightly"
     out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / f"{result.run_id}.md", out / f"{result.run_id}.json"
+    run_code = result.exit_code
     if baseline is None and read_baseline(results_dir) is None:
-        run = set_baseline(store, candidate)
-        md_path.write_text(f"### :white_check_mark: Nightly eval: first night\n\nNo baseline existed; "
-                           f"`{run.label()}` is now the baseline (`evalsuite baseline show`).\n\n{result.table()}\n")
         side = {"run_id": result.run_id, "model": result.models[0]}
+        if run_code:
+            md_path.write_text(f"### :x: Nightly eval: first night, but not every task was scored\n\n"
+                               f"No baseline was set from this run.\n\n```\n{result.table()}\n```\n")
+            json_path.write_text(_json({"baseline_set": False, "candidate": side, "regressed": [], "exit_code": run_code}))
+            return NightlyResult(result.run_id, result.models[0], None, False, md_path, json_path, run_code)
+        view = set_baseline(results_dir, candidate)
+        md_path.write_text(f"### :white_check_mark: Nightly eval: first night\n\nNo baseline existed; "
+                           f"`{view.describe()}` is now the baseline (`evalsuite baseline show`).\n\n"
+                           f"```\n{result.table()}\n```\n")
         json_path.write_text(_json({"baseline_set": True, "baseline": side, "candidate": side, "regressed": [],
                                     "exit_code": 0}))
-        return NightlyResult(result.run_id, result.models[0], None, True, md_path, json_path)
-    comparison = compare_runs(store, baseline or "baseline", candidate, max_drop=max_drop, alpha=alpha, force=force)
+        return NightlyResult(result.run_id, result.models[0], None, True, md_path, json_path, 0)
+    comparison = compare_runs(results_dir, baseline or "baseline", candidate, max_drop=max_drop, alpha=alpha, force=force)
     md_path.write_text(comparison.markdown())
     json_path.write_text(comparison.to_json())
-    return NightlyResult(result.run_id, result.models[0], comparison, False, md_path, json_path)
+    return NightlyResult(result.run_id, result.models[0], comparison, False, md_path, json_path, run_code)
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -1,36 +1,64 @@
-"""``evaluate``: models x tasks -> scores and per-sample rows in the results store.
+"""``evaluate``: models x tasks -> scores and per-sample records in the results store.
 
-The order of work is the v1 evaluation order, in chunks of documents: each chunk's
-requests go to the backend together (so it can batch and share prefixes), the progress bar
-advances per chunk, and each task's rows are written as soon as the task finishes. A task
-whose data is missing is recorded as missing and the others still run.
+The work happens in named phases: check the input (models, tasks, device, batch size, results
+folder, run id) before anything loads, so bad input costs nothing and exits 2; load the tasks'
+data (a task without data is ``missing``, one with broken data ``failed``, the others run);
+then per model load it, evaluate each task in the v1 evaluation order in chunks of documents
+(each chunk's requests go to the backend together, so it can batch and share prefixes) and
+write each task's records the moment it finishes.
+
+The run row says how the run ended, always: ``running`` when it starts, then ``ok`` (every task
+scored), ``partial`` (some tasks failed or had no data), ``failed`` (none scored, or the model
+did not load) or ``interrupted`` (Ctrl-C, SIGTERM). A process killed outright leaves ``running``,
+which :mod:`evalsuite.results` reads as ``interrupted`` once the process is gone.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-import math
+import json
 import secrets
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_BACKEND, BackendOptions, build_backend
+from .backends import BACKENDS, DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
 from .errors import DataFormatError, EvalsuiteError, MissingDataError
-from .leaderboard import LeaderboardRow, format_table, rows_from_scores
 from .loading import ModelSource, check_fits, materialize, param_count
 from .manifest import environment
 from .models import ModelSpec, resolve_model
+from .records import RunRecord, SampleRecord, ScoreRecord
 from .store import DEFAULT_RESULTS_DIR, ResultsStore
-from .tasks import DocPrompt, LoadedTask, aggregate, expand_tasks, load_spec, mean_stderr
+from .tasks import DocPrompt, LoadedTask, expand_tasks, load_spec
 
 #: Documents sent to the backend at once: large enough to batch and share prefixes, small
-#: enough for a lively progress bar.
+#: enough for a lively progress bar and little lost work when a run is killed.
 CHUNK_DOCS = 32
+#: Exit statuses of ``evalsuite run`` (and ``evaluate(...).exit_code``).
+EXIT_OK, EXIT_TASK_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run; carries the run id so the message can say how to resume."""
+
+    def __init__(self, signame: str = "SIGINT", run_id: str | None = None, results_dir: str | None = None):
+        super().__init__(signame)
+        self.signame = signame
+        self.run_id = run_id
+        self.results_dir = results_dir
+
+    def message(self) -> str:
+        where = f" in {self.results_dir}/" if self.results_dir else ""
+        run = f" of run {self.run_id}" if self.run_id else ""
+        return (f"interrupted ({self.signame}): finished tasks{run} are stored{where}; rerun the same command "
+                f"with --resume to continue without recomputing them")
 
 
 @dataclass
@@ -41,27 +69,50 @@ class EvalResult:
     results_dir: Path
     models: list[str]
     tasks: list[str]
-    unavailable: dict[str, str] = field(default_factory=dict)  # task -> why
+    unavailable: dict[str, str] = field(default_factory=dict)  # task -> why (missing or failed data)
 
     @property
     def store(self) -> ResultsStore:
         return ResultsStore(self.results_dir)
 
-    def scores(self) -> Any:
-        from .sharding import run_scores  # shards of a run are merged at read time
+    def views(self) -> list[Any]:
+        """The run as :mod:`evalsuite.results` reads it, one view per model (shards merged)."""
+        from .results import run_views
 
-        return run_scores(self.store, self.run_id)
+        order = {model: i for i, model in enumerate(self.models)}
+        return sorted(run_views(self.store, self.run_id), key=lambda v: order.get(v.model, len(order)))
+
+    def scores(self) -> Any:
+        import pandas as pd
+
+        return pd.concat([v.scores for v in self.views()], ignore_index=True)
 
     def samples(self, task: str | None = None) -> Any:
-        return self.store.samples(run_id=self.run_id, task=task)
+        import pandas as pd
 
-    def rows(self) -> list[LeaderboardRow]:
+        return pd.concat([v.samples(task) for v in self.views()], ignore_index=True)
+
+    def rows(self) -> list[Any]:
         """Leaderboard rows in the order the models were asked for."""
-        order = {model: i for i, model in enumerate(self.models)}
-        return sorted(rows_from_scores(self.scores()), key=lambda row: order.get(row.model, len(order)))
+        return [v.leaderboard_row() for v in self.views()]
 
     def table(self) -> str:
-        return format_table(self.rows())
+        from .leaderboard import format_table
+
+        views = self.views()
+        notes = [n for v in views for n in v.notes]
+        problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
+                    if s.status not in ("ok", "shard")]
+        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *notes])
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every requested task of every model is ``ok``, else 1 (a task failed or had no data)."""
+        for view in self.views():
+            statuses = {t: s.status for t, s in view.task_scores().items()}
+            if any(statuses.get(task) != "ok" for task in self.tasks):
+                return EXIT_TASK_PROBLEM
+        return EXIT_OK
 
 
 def new_run_id() -> str:
@@ -81,6 +132,7 @@ def evaluate(
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     tag: str | None = None,
     run_id: str | None = None,
+    resume: bool = False,
     trust_remote_code: bool = False,
     progress: bool = True,
     use_cache: bool = True,
@@ -90,12 +142,20 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
-    ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
-    :mod:`evalsuite.sharding`); the N shards must share ``run_id`` to form one run.
-    ``tensor_parallel`` (default: from the registry) and ``data_parallel`` apply to ``vllm``.
+    Bad input raises :class:`~evalsuite.errors.EvalsuiteError` before anything loads. A task
+    without data or with broken data is recorded (``missing``/``failed``) and the others run;
+    ``result.exit_code`` says whether every task was scored. ``resume=True`` continues the
+    latest interrupted run of the same models, tasks, limit, backend and tag under its run id
+    (or ``run_id``'s); without it an existing ``run_id`` is refused. ``shard=(I, N)`` evaluates
+    only documents ``p % N == I`` of each task (see :mod:`evalsuite.sharding`); the N shards
+    share ``run_id``. ``tensor_parallel`` and ``data_parallel`` apply to ``vllm``.
     """
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    # -- phase 1: check the input; nothing is loaded or written yet -------------------------
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
+    if backend not in BACKENDS:
+        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    batch_size = parse_batch_size(batch_size)
     if shard is not None:
         from .sharding import check_shard
 
@@ -104,48 +164,104 @@ def evaluate(
             raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
     if backend == "vllm" and device == "cpu":
         device = "cuda"  # vLLM runs on GPUs only; this also picks the registry's GPU dtype
+    check_device(device)
     model_names = _split(models) or ["smollm2"]
+    if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
+        raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
     for spec in specs:  # refuse models that cannot fit before any data or weights load
         if spec.params and backend != "vllm":
-            check_fits(spec, _dtype_for(spec, device, dtype), device)
-        _parallelism(spec, backend, _dtype_for(spec, device, dtype), tensor_parallel, data_parallel)
+            check_fits(spec, default_dtype(spec, device, dtype), device)
+        _parallelism(spec, backend, default_dtype(spec, device, dtype), tensor_parallel, data_parallel)
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
-    run_id = run_id or new_run_id()
+    store.check_writable()
+    run_id = _choose_run_id(store, run_id, resume, shard, [s.alias for s in specs], task_names, limit, backend, tag)
 
+    # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
-    unavailable: dict[str, str] = {}
+    unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
     for name in task_names:
         try:
             loaded[name] = LoadedTask(load_spec(name), root)
-        except (MissingDataError, DataFormatError) as exc:
-            unavailable[name] = str(exc)
+        except MissingDataError as exc:
+            unavailable[name] = ("missing", str(exc))
+        except DataFormatError as exc:
+            unavailable[name] = ("failed", str(exc))
     if not loaded:
-        raise next(iter(_errors(unavailable)))
-    for name, why in unavailable.items():
-        _say(f"{name}: not evaluated: {why}")
+        raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
+    for name, (status, why) in unavailable.items():
+        _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
-    for spec in specs:
-        _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag, progress,
-                        shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel, use_cache=use_cache)
-    return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names, unavailable)
+    # -- phase 3: models x tasks ---------------------------------------------------------------
+    with _signals_raise(run_id, str(results_dir)):
+        for spec in specs:
+            _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
+                            progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
+                            use_cache=use_cache)
+    return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
+                      {t: why for t, (_, why) in unavailable.items()})
 
 
-def _dtype_for(spec: ModelSpec, device: str, dtype: str | None) -> str:
+# -- input checks ------------------------------------------------------------------------------
+def parse_batch_size(value: int | str) -> int | str:
+    """``auto`` or a positive whole number; anything else is refused (it would be stored and ignored)."""
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise EvalsuiteError(f"--batch-size must be a positive whole number or auto, got '{value}'")
+    return int(text)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present; refused before any weight loads."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
+        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise EvalsuiteError(f"--device {device}: no CUDA GPU is visible to this process; use --device cpu")
+        if index and int(index) >= count:
+            raise EvalsuiteError(f"--device {device}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})")
+
+
+def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard: tuple[int, int] | None,
+                   models: list[str], tasks: list[str], limit: int | None, backend: str, tag: str | None) -> str:
+    """The run id to write under: a new one, the given one, or the interrupted run's with ``resume``."""
+    from .results import resumable_run_id, run_exists
+
+    if shard is not None:  # shards share their id by design; a rerun of a shard replaces its own files
+        return run_id  # type: ignore[return-value]
+    if run_id is not None:
+        if run_exists(store, run_id) and not resume:
+            raise EvalsuiteError(f"run '{run_id}' already exists in {store.root}/; pass --resume to continue it, "
+                                 f"or choose a new --run-id")
+        return run_id
+    if resume:
+        found = resumable_run_id(store, models, tasks, limit, backend, tag)
+        if found:
+            _say(f"resuming run {found}")
+            return found
+        _say(f"nothing to resume: no interrupted run of {', '.join(models)} with these tasks, limit, backend and "
+             f"tag in {store.root}/; starting a new run")
+    return new_run_id()
+
+
+def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
     """The requested dtype, else the registry's on GPU and float32 on CPU."""
     return dtype or (spec.dtype if device.startswith("cuda") else "float32")
 
 
-def _errors(unavailable: dict[str, str]) -> list[EvalsuiteError]:
-    return [MissingDataError(f"{task}: {why}") for task, why in unavailable.items()]
-
-
+# -- one model ---------------------------------------------------------------------------------
 def _evaluate_model(
     spec: ModelSpec,
     loaded: dict[str, LoadedTask],
-    unavailable: dict[str, str],
+    unavailable: dict[str, tuple[str, str]],
     store: ResultsStore,
     run_id: str,
     limit: int | None,
@@ -161,47 +277,91 @@ def _evaluate_model(
     data_parallel: int = 1,
     use_cache: bool = True,
 ) -> None:
-    dtype = _dtype_for(spec, device, dtype)
+    dtype = default_dtype(spec, device, dtype)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
-    source = materialize(spec)
-    if not spec.params:  # registry models were checked in evaluate(), before any data loaded
-        check_fits(spec, dtype, device, params=param_count(source))
     options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
                              tensor_parallel=tensor_parallel, data_parallel=data_parallel)
-    run_row = _run_row(run_id, spec, source, options, backend, loaded, limit, started, tag)
-    _write_run(store, {**run_row, "status": "running"}, part)
-    lm = build_backend(backend, source, options)
-    if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
-        from .cache import wrap
+    record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard)
+    store.write_run(replace(record, status="running"), part)
 
-        lm = wrap(lm, source, options, backend)
+    def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
+        """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
+        done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard) if source else record
+        final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
+                        wall_time_s=time.perf_counter() - clock,
+                        notes="; ".join(x for x in (done.notes, notes) if x) or None)
+        if status == "ok" or status == "partial":
+            store.write_run(final, part)
+            return
+        with contextlib.suppress(EvalsuiteError):  # e.g. the disk filled up: the row stays "running"
+            store.write_run(final, part)
 
-    for name in unavailable:
-        store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, None, "missing", unavailable[name])])
-    status = "ok"
-    for name, task in loaded.items():
-        try:
-            _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
-        except EvalsuiteError:
-            raise
-        except Exception as exc:  # keep what other tasks computed, record the failure, go on
-            status = "partial"
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            store.write_scores(run_id, spec.alias, name, [_score_row(run_id, spec.alias, name, task, "failed", message)],
-                               part=part)
-            _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
-    if use_cache:  # the run's notes say how much came from the request cache
+    source = None
+    try:
+        source = materialize(spec)
+        if not spec.params:  # registry models were checked in evaluate(), before any data loaded
+            check_fits(spec, dtype, device, params=param_count(source))
+        record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard)
+        store.write_run(replace(record, status="running"), part)
+        lm = build_backend(backend, source, options)
+        if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
+            from .cache import wrap
+
+            lm = wrap(lm, source, options, backend)
+    except KeyboardInterrupt as exc:
+        finish("interrupted", _interrupt_text(exc), source)
+        raise
+    except EvalsuiteError as exc:
+        finish("failed", str(exc), source)
+        raise
+    except Exception as exc:  # a model that does not load: the run says so, the user gets one line
+        message = _one_line(exc)
+        finish("failed", f"model did not load: {message}", source)
+        raise EvalsuiteError(f"{spec.alias}: the model did not load ({message})") from None
+
+    for name, (status, why) in unavailable.items():
+        store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])
+    outcomes = [status for status, _ in unavailable.values()]
+    try:
+        for name, task in loaded.items():
+            try:
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
+                outcomes.append("ok")
+            except Exception as exc:  # keep what other tasks computed, record why, go on
+                if isinstance(exc, EvalsuiteError) and not isinstance(exc, DataFormatError):
+                    raise
+                message = str(exc) if isinstance(exc, DataFormatError) else _one_line(exc)
+                outcomes.append("failed")
+                store.write_scores(run_id, spec.alias, name,
+                                   [_score_record(run_id, spec.alias, name, task, "failed", message)], part=part)
+                _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
+    except KeyboardInterrupt as exc:
+        finish("interrupted", _interrupt_text(exc), source, _cache_note(lm, use_cache))
+        raise
+    except BaseException as exc:
+        finish("failed", _one_line(exc), source, _cache_note(lm, use_cache))
+        raise
+    if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
-        run_row["notes"] = "; ".join(x for x in (run_row.get("notes"), lm.stats()) if x)
-    _write_run(
-        store,
-        {**run_row, "status": status, "finished_at": datetime.now(timezone.utc),
-         "wall_time_s": time.perf_counter() - clock},
-        part,
-    )
+    status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
+    finish(status, None, source, _cache_note(lm, use_cache))
+
+
+def _cache_note(lm: Any, use_cache: bool) -> str | None:
+    """The run's notes say how much came from the request cache."""
+    return lm.stats() if use_cache and hasattr(lm, "stats") else None
+
+
+def _interrupt_text(exc: BaseException) -> str:
+    return f"interrupted by {getattr(exc, 'signame', 'SIGINT')}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
@@ -219,41 +379,56 @@ def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int
     return 1, 1
 
 
-def _write_run(store: ResultsStore, row: dict[str, Any], part: str) -> None:
-    """A shard's run row goes to its own file, so concurrent shards never overwrite each other's."""
-    if part:
-        row = {**row, "notes": "; ".join(x for x in (row.get("notes"), part) if x)}
-    store.write_run(row, part)
+@contextlib.contextmanager
+def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
+    """SIGINT and SIGTERM become :class:`RunInterrupted`, so the run row records the interruption
+    and the message says how to resume (only the main thread can own signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise RunInterrupted(signal.Signals(signum).name, run_id, results_dir)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as exc:  # raised before our handler was reached
+        raise RunInterrupted("SIGINT", run_id, results_dir) from exc
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
+# -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
                    limit: int | None, progress: bool, shard: tuple[int, int] | None = None) -> None:
     from tqdm.auto import tqdm
 
-    from .sharding import select
+    from .sharding import select, shard_part, shard_score_rows
 
     prompts = select(task.prompts(limit), shard)
     spec = task.spec
-    samples: list[dict[str, Any]] = []
+    samples: list[SampleRecord] = []
     bar = tqdm(total=len(prompts), desc=f"{model} {spec.name}", unit="doc", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     for start in range(0, len(prompts), CHUNK_DOCS):
         chunk = prompts[start:start + CHUNK_DOCS]
         responses = run_requests(lm, chunk)
         for prompt, response in zip(chunk, responses, strict=True):
-            samples.append(_sample_row(run_id, model, task, prompt, task.score(prompt, response)))
+            samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
         bar.update(len(chunk))
     bar.close()
+    scores = score_records(run_id, model, task, samples)
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
-        store.write_scores(run_id, model, spec.name, score_rows(run_id, model, task, samples))
+        store.write_scores(run_id, model, spec.name, scores)
         return
-    from .sharding import shard_score_rows, shard_part
-
-    # A shard's scores are partial: stored as merge metadata and scored at read time (merge_run).
+    # A shard's scores are partial: stored as merge metadata and scored at read time.
     store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
-    store.write_scores(run_id, model, spec.name, shard_score_rows(score_rows(run_id, model, task, samples)),
-                       part=shard_part(shard))
+    store.write_scores(run_id, model, spec.name, shard_score_rows(scores), part=shard_part(shard))
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
@@ -270,63 +445,68 @@ def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
     return grouped
 
 
-def score_rows(run_id: str, model: str, task: LoadedTask, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The task score row, plus one row per subject for grouped tasks (MMLU)."""
-    spec = task.spec
-    values = [s["value"] for s in samples]
-    groups = [s["subtask"] for s in samples]
-    value, stderr = aggregate(spec, values, groups)
-    rows = [{**_score_row(run_id, model, spec.name, task, "ok", None), "value": value, "stderr": stderr,
-             "n": len(samples)}]
-    if spec.group_by:
-        for unit in task.units:
-            unit_values = [s["value"] for s in samples if s["subtask"] == unit.subtask]
-            mean, err = mean_stderr(unit_values)
-            rows.append({"run_id": run_id, "model": model, "task": spec.name, "subtask": unit.subtask,
-                         "metric": spec.metric, "value": mean, "stderr": err, "n": len(unit_values),
-                         "n_total": len(unit.docs), "status": "ok" if unit_values else "missing", "error": None})
-    return rows
+def score_records(run_id: str, model: str, task: LoadedTask, samples: list[SampleRecord]) -> list[ScoreRecord]:
+    """The task's score record plus one per subject (MMLU), by :mod:`evalsuite.aggregation`."""
+    from .aggregation import score_records as aggregate_records
+
+    ordered = sorted(samples, key=lambda s: (s.subtask is not None, s.subtask or "", s.eval_position))
+    subjects = {u.subtask: len(u.docs) for u in task.units if u.subtask is not None}
+    return aggregate_records(run_id, model, task.spec, [s.value for s in ordered], [s.subtask for s in ordered],
+                             n_total=task.n_docs, subjects=subjects)
 
 
-def _score_row(run_id: str, model: str, name: str, task: LoadedTask | None, status: str, error: str | None) -> dict[str, Any]:
+def _score_record(run_id: str, model: str, name: str, task: LoadedTask | None, status: str,
+                  error: str | None) -> ScoreRecord:
     metric = task.spec.metric if task else None
     if metric is None:
         try:
             metric = load_spec(name).metric
         except EvalsuiteError:
             metric = None
-    return {"run_id": run_id, "model": model, "task": name, "subtask": None, "metric": metric,
-            "value": math.nan, "stderr": math.nan, "n": 0, "n_total": task.n_docs if task else None,
-            "status": status, "error": error}
+    return ScoreRecord(run_id, model, name, None, metric, float("nan"), float("nan"), 0,
+                       task.n_docs if task else None, status, error)
 
 
-def _sample_row(run_id: str, model: str, task: LoadedTask, prompt: DocPrompt, score: Any) -> dict[str, Any]:
-    return {
-        "run_id": run_id, "model": model, "task": prompt.task, "subtask": prompt.subtask,
-        "doc_index": prompt.doc_index, "eval_position": prompt.eval_position, "prompt_hash": prompt.prompt_hash,
-        "contexts": list(prompt.contexts), "continuations": list(prompt.continuations), "gold": prompt.gold,
-        "loglikelihoods": list(score.loglikelihoods) if score.loglikelihoods is not None else None,
-        "generation": score.generation, "extracted": score.extracted, "prediction": score.prediction,
-        "metric": task.spec.metric, "value": score.value,
-    }
+def _sample_record(run_id: str, model: str, task: LoadedTask, prompt: DocPrompt, score: Any) -> SampleRecord:
+    return SampleRecord(
+        run_id=run_id, model=model, task=prompt.task, subtask=prompt.subtask, doc_index=prompt.doc_index,
+        eval_position=prompt.eval_position, prompt_hash=prompt.prompt_hash, contexts=list(prompt.contexts),
+        continuations=list(prompt.continuations), gold=prompt.gold,
+        loglikelihoods=list(score.loglikelihoods) if score.loglikelihoods is not None else None,
+        generation=score.generation, extracted=score.extracted, prediction=score.prediction,
+        metric=task.spec.metric, value=score.value,
+    )
 
 
-def _run_row(run_id: str, spec: ModelSpec, source: ModelSource, options: BackendOptions, backend: str,
-             loaded: dict[str, LoadedTask], limit: int | None, started: datetime, tag: str | None) -> dict[str, Any]:
+def _run_record(run_id: str, spec: ModelSpec, source: ModelSource | None, options: BackendOptions, backend: str,
+                loaded: dict[str, LoadedTask], limit: int | None, started: datetime, tag: str | None,
+                shard: tuple[int, int] | None) -> RunRecord:
     data_hashes: dict[str, str] = {}
     for task in loaded.values():
         data_hashes.update(task.data_files)
-    notes = spec.notes
-    if source.gguf_converted_from:
+    notes = spec.notes or None
+    if source is not None and source.gguf_converted_from:
         notes = (notes + "; " if notes else "") + f"dequantized from {source.gguf_converted_from}"
-    return {
-        "run_id": run_id, "model": spec.alias, "model_id": source.path if spec.kind != "hub" else spec.source,
-        "model_kind": spec.kind, "revision": source.revision, "weights_hash": source.weights_hash,
-        "dtype": options.dtype, "backend": backend, "device": options.device, "batch_size": str(options.batch_size),
-        **environment(), "tasks": list(loaded), "task_config_hashes": {n: t.spec.config_hash for n, t in loaded.items()},
-        "data_hashes": data_hashes, "limit": limit, "started_at": started, "finished_at": None,
-        "wall_time_s": None, "tag": tag, "notes": notes,
-    }
+    env = environment()
+    return RunRecord(
+        run_id=run_id, model=spec.alias,
+        model_id=(source.path if spec.kind != "hub" else spec.source) if source else spec.source,
+        model_kind=spec.kind, revision=source.revision if source else spec.revision,
+        weights_hash=source.weights_hash if source else None,
+        model_files_hash=source.files_hash if source else None,
+        dtype=options.dtype, backend=backend, backend_settings=json.dumps(backend_settings(options), sort_keys=True),
+        device=options.device, batch_size=str(options.batch_size), **env,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+        tasks=list(loaded), task_config_hashes={n: t.spec.config_hash for n, t in loaded.items()},
+        data_hashes=data_hashes, limit=limit, started_at=started, tag=tag, notes=notes,
+    )
+
+
+def backend_settings(options: BackendOptions) -> dict[str, Any]:
+    """The backend options that can change a number (the device only by its type)."""
+    settings = asdict(options)
+    settings["device"] = options.device.partition(":")[0]
+    return settings
 
 
 def _split(value: Sequence[str] | str | None) -> list[str]:
@@ -339,3 +519,7 @@ def _split(value: Sequence[str] | str | None) -> list[str]:
 
 def _say(message: str) -> None:
     print(f"evalsuite: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["EvalResult", "RunInterrupted", "evaluate", "new_run_id", "parse_batch_size", "check_device",
+           "EXIT_OK", "EXIT_TASK_PROBLEM", "EXIT_BAD_INPUT"]

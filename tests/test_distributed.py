@@ -35,9 +35,9 @@ def test_ray_shards_merge_to_the_unsharded_run(tiny_llama_dir, data_dir, tmp_pat
         evaluate(**common, run_id="local", progress=False)
     finally:
         torch.set_num_threads(threads)
-    merged = run_on_ray("local", 2, run_id="ray", num_cpus=2, **common)
+    (merged,) = run_on_ray("local", 2, run_id="ray", num_cpus=2, **common).views()
 
-    assert merged.complete and merged.shard_count == 2
+    assert merged.complete and merged.shard_count == 2 and merged.status == "ok"
     store = ResultsStore(results)
     shard_files = sorted(p.name for p in (results / "samples").glob("ray__*"))
     assert len(shard_files) == 2 * len(TASKS.split(",")) and all("shard" in f for f in shard_files)

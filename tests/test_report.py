@@ -55,9 +55,9 @@ def store_dir(tmp_path_factory, tiny_llama_dir, smollm2_tokenizer, data_dir) -> 
 
 @pytest.fixture(scope="module")
 def models(store_dir) -> list[str]:
-    from evalsuite.store import ResultsStore
+    from evalsuite.results import latest_runs
 
-    return list(ResultsStore(store_dir).latest_run_ids())
+    return [view.model for view in latest_runs(store_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -180,19 +180,30 @@ def test_comparability_warnings(store_dir, models):
     assert "document limits" in text and "dtypes" in text and "arc" in text and "different prompts" in text
 
 
-def test_paired_bootstrap_significance():
-    from evalsuite.report.stats import paired
+def test_paired_statistics_are_the_ones_compare_uses(store_dir, models):
+    from evalsuite.compare import compare_runs
+    from evalsuite.report import collect
+    from evalsuite.report.sections import deltas
+    from evalsuite.stats import paired
 
     n = 200
     base = pd.DataFrame({"task": "arc", "subtask": None, "doc_index": range(n), "value": [0.0] * n,
                          "prompt_hash": "h"})
     better = base.assign(value=[1.0 if i % 2 else 0.0 for i in range(n)])
-    same = paired(base, base, "arc", grouped=False)
-    assert same.delta == 0 and not same.significant
-    up = paired(base, better, "arc", grouped=False)
-    assert up.n_shared == n and math.isclose(up.delta, 50.0) and up.significant and up.low > 35
-    half = paired(base, better.iloc[: n // 2], "arc", grouped=False)
-    assert half.n_shared == n // 2  # only documents both runs evaluated are compared
+    same = paired(base, base, "arc", metric="acc_norm", grouped=False)
+    assert same.delta == 0 and not same.significant()
+    up = paired(base, better, "arc", metric="acc_norm", grouped=False)
+    assert up.n == n and math.isclose(up.delta, 50.0) and up.significant() and up.ci_low > 35 and up.test == "mcnemar"
+    half = paired(base, better.iloc[: n // 2], "arc", metric="acc_norm", grouped=False)
+    assert half.n == n // 2  # only documents both runs evaluated are compared
+    # the report's difference table and `evalsuite compare` give the same numbers for the same pair of runs
+    comparison = collect(store_dir)
+    rows = {r["task"]: r for r in deltas(comparison, comparison.entries[0])["rows"]}
+    compared = compare_runs(store_dir, models[0], models[1], force=True)
+    for task in compared.tasks:
+        row = rows[{"arc": "ARC", "truthfulqa": "TruthfulQA", "winogrande": "Winogrande"}.get(task.task, task.task)]
+        assert row["delta"] == f"{task.delta:+.2f}" and row["p"] == f"{task.p_value:.3g}"
+        assert row["ci"] == f"[{task.ci_low:+.2f}, {task.ci_high:+.2f}]"
 
 
 def _markdown_rows(text: str) -> list[list[str]]:
@@ -274,7 +285,7 @@ def test_cli_errors_are_one_line(store_dir, capsys):
     from evalsuite.cli import main
 
     assert main(["report", "--results-dir", str(store_dir), "--models", "no-such-model"]) == 2
-    assert "no stored run of 'no-such-model'" in capsys.readouterr().err
+    assert "no finished run of 'no-such-model'" in capsys.readouterr().err
     assert main(["table", "--results-dir", str(store_dir / "empty")]) == 2
     assert main(["table", "--results-dir", str(store_dir / "empty"), "--published", "--format", "md"]) == 0
     assert "SOLAR 10.7B" in capsys.readouterr().out
@@ -283,9 +294,9 @@ def test_cli_errors_are_one_line(store_dir, capsys):
 def test_selection_by_run_tag_and_baseline(store_dir, models, tmp_path):
     from evalsuite.errors import EvalsuiteError
     from evalsuite.report import build_report, collect
-    from evalsuite.store import ResultsStore
+    from evalsuite.results import latest_runs
 
-    run_id = ResultsStore(store_dir).latest_run_ids()[models[0]]
+    run_id = {v.model: v.run_id for v in latest_runs(store_dir)}[models[0]]
     out = build_report(runs=[run_id], baseline=models[1], results_dir=store_dir, out=tmp_path / "r.html",
                        published=False)
     html = out.read_text(encoding="utf-8")
@@ -293,5 +304,5 @@ def test_selection_by_run_tag_and_baseline(store_dir, models, tmp_path):
     assert [e.model for e in collect(store_dir, models=[models[1]]).entries] == [models[1]]
     with pytest.raises(EvalsuiteError, match="not among the compared models"):
         build_report(results_dir=store_dir, baseline="nobody", out=tmp_path / "x.html")
-    with pytest.raises(EvalsuiteError, match="no run tagged"):
+    with pytest.raises(EvalsuiteError, match="no finished run tagged"):
         build_report(results_dir=store_dir, tag="nightly", out=tmp_path / "y.html")

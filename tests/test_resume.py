@@ -56,10 +56,13 @@ def test_kill_9_then_same_command_resumes(tiny_llama_dir, data_dir, tmp_path):
     assert killed_at > 0
     (killed_run,) = ResultsStore(results).runs()["run_id"]
     assert set(ResultsStore(results).runs()["status"]) == {"running"}
+    from evalsuite.results import run_views
+
+    assert [v.status for v in run_views(results, killed_run)] == ["interrupted"]  # its process is gone
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"resuming run {killed_run}" in second.stdout
+    assert f"resuming run {killed_run}" in second.stderr
     runs = ResultsStore(results).runs()
     assert list(runs["run_id"]) == [killed_run] and list(runs["status"]) == ["ok"]  # one complete run
     notes = runs["notes"][0]

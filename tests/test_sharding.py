@@ -11,8 +11,9 @@ import torch
 
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError
+from evalsuite.results import latest_runs, load_run, run_views
 from evalsuite.runner import evaluate
-from evalsuite.sharding import SHARD_STATUS, all_scores, merge_run, parse_shard, select
+from evalsuite.sharding import SHARD_STATUS, parse_shard, select
 from evalsuite.store import ResultsStore
 
 #: MMLU exercises subjects and the mean of subject means; GSM8K a generation task.
@@ -84,8 +85,8 @@ def test_merged_shards_equal_unsharded(runs):
         if row["loglikelihoods"] is not None:
             assert other["loglikelihoods"] == pytest.approx(row["loglikelihoods"], abs=1e-4), key
 
-    result = merge_run(store, "sh")
-    assert result.complete and result.shard_count == 2
+    (result,) = run_views(store, "sh")
+    assert result.complete and result.shard_count == 2 and result.status == "ok"
     expected = store.scores(run_id="full").sort_values(["task", "subtask"], na_position="first")
     got = result.scores.sort_values(["task", "subtask"], na_position="first")
     assert len(got) == len(expected)
@@ -98,9 +99,9 @@ def test_raw_shard_rows_are_never_shown_as_scores(runs):
     store = ResultsStore(runs)
     raw = store.scores(run_id="sh")
     assert set(raw.loc[raw["subtask"].isna(), "status"]) == {SHARD_STATUS}
-    merged = all_scores(store)
-    assert SHARD_STATUS not in set(merged["status"])
-    assert set(merged["run_id"]) == {"full", "sh"}
+    (view,) = latest_runs(store)  # the sharded run is the model's latest finished run
+    assert view.run_id == "sh" and SHARD_STATUS not in set(view.scores["status"])
+    assert load_run("full", store).leaderboard_row().scores == view.leaderboard_row().scores
 
 
 def test_results_command_shows_the_merged_run(runs, capsys):
@@ -113,22 +114,22 @@ def test_results_command_shows_the_merged_run(runs, capsys):
 def test_missing_shard_is_reported_not_scored(runs, tmp_path):
     partial = tmp_path / "results"
     shutil.copytree(runs, partial, ignore=shutil.ignore_patterns("*shard1of2*"))
-    result = merge_run(ResultsStore(partial), "sh")
-    assert not result.complete
-    assert sorted(result.missing_shards) == [(model, t) for model in {m for m, _ in result.missing_shards}
-                                             for t in sorted(TASKS.split(","))]
+    (result,) = run_views(ResultsStore(partial), "sh")
+    assert not result.complete and result.status == "incomplete"
+    assert sorted(result.missing_shards) == sorted(TASKS.split(","))
     assert all(v == [1] for v in result.missing_shards.values())
     task_rows = result.scores[result.scores["subtask"].isna()]
     assert set(task_rows["status"]) == {"incomplete"}
-    assert "1/2" in result.table() and "--run-id sh" in result.table()
+    notes = "\n".join(result.notes)
+    assert "1/2" in notes and "--run-id sh" in notes
 
 
 def _copy_shard0_as(runs, target, part: str):
     """A store holding arc's shard 0 files twice: as themselves and renamed to ``part``."""
-    for table in ("samples", "scores"):
+    for table in ("runs", "samples", "scores"):
         folder = target / table
         folder.mkdir(parents=True)
-        for path in (runs / table).glob("sh__*arc__shard0of2.parquet"):
+        for path in (runs / table).glob("sh__*shard0of2.parquet" if table == "runs" else "sh__*arc__shard0of2.parquet"):
             shutil.copy(path, folder / path.name)
             shutil.copy(path, folder / path.name.replace("shard0of2", part))
     return ResultsStore(target)
@@ -136,9 +137,9 @@ def _copy_shard0_as(runs, target, part: str):
 
 def test_mixed_counts_and_duplicates_are_errors(runs, tmp_path):
     with pytest.raises(EvalsuiteError, match="mixes shard counts"):
-        merge_run(_copy_shard0_as(runs, tmp_path / "mixed", "shard1of3"), "sh")
+        run_views(_copy_shard0_as(runs, tmp_path / "mixed", "shard1of3"), "sh")
     with pytest.raises(EvalsuiteError, match="scored by two shards"):
-        merge_run(_copy_shard0_as(runs, tmp_path / "dup", "shard1of2"), "sh")
+        run_views(_copy_shard0_as(runs, tmp_path / "dup", "shard1of2"), "sh")
 
 
 def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp_path):
@@ -150,7 +151,7 @@ def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp
     assert sorted(p.name for p in (rerun / "samples").iterdir()) == before
     store = ResultsStore(rerun)
     assert len(store.samples(run_id="sh")) == len(store.samples(run_id="full"))
-    assert merge_run(store, "sh").complete
+    assert run_views(store, "sh")[0].complete
 
 
 def test_shards_with_different_settings_are_an_error(runs, tmp_path):
@@ -158,7 +159,7 @@ def test_shards_with_different_settings_are_an_error(runs, tmp_path):
     shutil.copytree(runs, odd)
     store = ResultsStore(odd)
     row = {k: None if isinstance(v, float) and math.isnan(v) else v
-           for k, v in store.runs(run_id="sh").to_dict("records")[0].items()}
+           for k, v in store.runs(run_id="sh").drop(columns=["part"]).to_dict("records")[0].items()}
     store.write_run({**row, "limit": LIMITS + 1}, "shard1of2")
     with pytest.raises(EvalsuiteError, match="differ in limit"):
-        merge_run(store, "sh")
+        run_views(store, "sh")

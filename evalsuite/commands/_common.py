@@ -27,6 +27,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int | str:
+    """``auto`` or a positive whole number (argparse type)."""
+    from ..errors import EvalsuiteError
+    from ..runner import parse_batch_size
+
+    try:
+        return parse_batch_size(text)
+    except EvalsuiteError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch-size ")) from None
+
+
 def add_log_to(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-to", metavar="TRACKER",
                         help="after the run, log params, scores and the HTML report to mlflow:URI "

@@ -24,16 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_set(args: argparse.Namespace) -> int:
-    from ..compare import set_baseline
-    from ..store import ResultsStore
+    from ..results import set_baseline
 
-    run = set_baseline(ResultsStore(args.results_dir), args.ref)
-    print(f"baseline: {run.label()}")
+    view = set_baseline(args.results_dir, args.ref)
+    print(f"baseline: {view.describe()}")
     return 0
 
 
 def handle_show(args: argparse.Namespace) -> int:
-    from ..compare import read_baseline
+    from ..results import read_baseline
     from ..errors import EvalsuiteError
 
     base = read_baseline(args.results_dir)

@@ -13,28 +13,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "TruthfulQA, Winogrande, GSM8K, H6).",
     )
     add_results_dir(parser)
-    parser.add_argument("--run", metavar="ID", help="show this run instead of each model's latest")
+    parser.add_argument("--run", metavar="ID", help="show this run (shards merged) instead of each model's latest "
+                                                     "finished run")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..errors import EvalsuiteError
-    from ..leaderboard import format_table, rows_from_scores
-    from ..sharding import all_scores, merge_run
-    from ..store import ResultsStore
+    from ..leaderboard import format_table
+    from ..results import latest_runs, run_views
 
-    store = ResultsStore(args.results_dir)
-    notes: list[str] = []
-    if args.run:
-        merged = merge_run(store, args.run)  # a sharded run's shards merged into one
-        scores, notes = merged.scores, merged.notes()
-        if scores.empty:
-            raise EvalsuiteError(f"no scores for run '{args.run}' in {args.results_dir}/; list runs with pandas.read_parquet('{args.results_dir}/runs')")
-        rows = rows_from_scores(scores)
-    else:
-        latest = store.latest_run_ids()
-        if not latest:
-            raise EvalsuiteError(f"no results in {args.results_dir}/ yet; run `evalsuite run` first")
-        rows = rows_from_scores(all_scores(store), run_ids=latest)
-    print("\n".join([format_table(rows), *notes]))
+    views = run_views(args.results_dir, args.run) if args.run else latest_runs(args.results_dir)
+    if not views:
+        from ..errors import EvalsuiteError
+
+        raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
+    problems = [f"{v.model} {task}: {score.status}: {score.error}" for v in views
+                for task, score in v.task_scores().items() if score.status not in ("ok",) and score.error]
+    print("\n".join([format_table([v.leaderboard_row() for v in views]), *problems,
+                     *[note for v in views for note in v.notes]]))
     return 0

@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, DEFAULT_BACKEND
-from ._common import add_data_dir, add_log_to, add_results_dir, check_log_to, log_after, positive_int
+from ._common import add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="evaluate models on the leaderboard tasks",
         description="Evaluate models on tasks exactly as the Open LLM Leaderboard (v1) did, print the "
-                    "leaderboard table and store every score and per-sample result as parquet.",
+                    "leaderboard table and store every score and per-sample result as parquet. "
+                    "Exit status: 0 every task scored; 1 a task failed or had no data (the others still ran "
+                    "and are stored; the table says why); 2 bad input found before anything ran; 130 "
+                    "interrupted (Ctrl-C or SIGTERM: rerun with --resume).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", default="smollm2",
                         help="comma-separated aliases (see `evalsuite models`), Hub ids, model folders, "
@@ -27,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weights dtype (default: float32 on CPU, the registry's dtype on GPU)")
-    parser.add_argument("--batch-size", default="auto", help="requests per batch, or auto (default)")
+    parser.add_argument("--batch-size", default="auto", type=batch_size,
+                        help="a positive whole number or auto (default). lm-eval-hf: requests per batch; "
+                             "evalsuite engine: at most this many rows per forward pass (its token budget "
+                             "batches by itself under auto)")
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
@@ -48,24 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="compute every request again, bypassing the request cache (`evalsuite cache info`)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the latest interrupted run of the same models/tasks/limit/tag under its "
-                             "run id (cached requests are never recomputed either way)")
+                        help="continue the latest interrupted run of the same models/tasks/limit/backend/tag (or "
+                             "--run-id's) under its run id; says so when there is none. Without it an existing "
+                             "--run-id is refused. Cached requests are never recomputed either way")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
-    batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     scale = _scale_kwargs(args)
     check_log_to(args)
     if args.ray or args.shards:
-        return _handle_ray(args, batch, scale)
+        return _handle_ray(args, args.batch_size, scale)
     result = evaluate(
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
-        device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
-        run_id=_resume_id(args), trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
-        use_cache=not args.no_cache,
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, results_dir=args.results_dir, tag=args.tag,
+        run_id=args.run_id, resume=args.resume, trust_remote_code=args.trust_remote_code,
+        progress=not args.no_progress, use_cache=not args.no_cache,
         **scale,
     )
     print()
@@ -78,19 +85,7 @@ def handle(args: argparse.Namespace) -> int:
               f"`evalsuite results --run {result.run_id}` shows the merged run")
     else:  # one shard is not a run to log; the merged run is (--ray logs it)
         log_after(args, result.run_id)
-    return 0
-
-
-def _resume_id(args: argparse.Namespace) -> str | None:
-    """--run-id, else with --resume the interrupted run's id (announced), else None (a new run)."""
-    if args.run_id or not args.resume:
-        return args.run_id
-    from ..cache import resumable_run_id
-
-    found = resumable_run_id(args.results_dir, args.models, args.tasks, args.limit, args.backend, args.tag)
-    if found:
-        print(f"evalsuite: resuming run {found}")
-    return found
+    return result.exit_code
 
 
 def _scale_kwargs(args: argparse.Namespace) -> dict:
@@ -114,14 +109,14 @@ def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
     if not (args.ray and args.shards):
         raise EvalsuiteError("--ray and --shards go together: --ray ADDRESS|local --shards N")
     scale.pop("shard")
-    merged = run_on_ray(
+    result = run_on_ray(
         args.ray, args.shards, run_id=args.run_id,
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
         trust_remote_code=args.trust_remote_code, use_cache=not getattr(args, "no_cache", False), **scale,
     )
     print()
-    print(merged.table())
-    print(f"\nrun {merged.run_id} ({args.shards} shards merged): results in {args.results_dir}/")
-    log_after(args, merged.run_id)
-    return 0
+    print(result.table())
+    print(f"\nrun {result.run_id} ({args.shards} shards merged): results in {args.results_dir}/")
+    log_after(args, result.run_id)
+    return result.exit_code

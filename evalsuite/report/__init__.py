@@ -2,7 +2,7 @@
 
 ``build_report`` picks runs (by model, run id or tag), derives every section from the stored
 frames (:mod:`.data`), draws charts as inline SVG (:mod:`.charts`), computes paired
-differences (:mod:`.stats`), checks comparability (:mod:`.comparability`) and renders the
+differences (:mod:`evalsuite.stats`, the statistics ``compare`` uses), checks comparability (:mod:`.comparability`) and renders the
 Jinja2 template shipped in ``templates/``. The page loads nothing from elsewhere (no URLs,
 fonts or scripts), so it can be mailed, archived or opened offline years later.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import EvalsuiteError
 from ..store import DEFAULT_RESULTS_DIR
 from .data import Comparison, collect, load_published
-from .stats import MIN_SHARED
+from ..stats import MIN_SHARED
 
 __all__ = ["build_report", "render", "default_out", "Comparison", "collect", "load_published"]
 
@@ -45,7 +45,7 @@ def render(comparison: Comparison, *, baseline: str | None = None, title: str | 
         results_dir=str(comparison.results_dir),
         entries=comparison.entries,
         baseline=base.label,
-        warnings=comparability.warnings(comparison),
+        warnings=[*comparison.notes, *comparability.warnings(comparison)],
         leaderboard=sections.leaderboard(comparison, load_published() if published else []),
         charts=sections.task_charts(comparison),
         heatmap=sections.mmlu_heatmap(comparison),

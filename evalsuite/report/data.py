@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import EvalsuiteError
-from ..leaderboard import COLUMNS, LeaderboardRow, rows_from_scores
-from ..store import ResultsStore
+from ..leaderboard import COLUMNS, LeaderboardRow
 from ..tasks import LEADERBOARD_TASKS
 
 
@@ -57,6 +56,7 @@ class Comparison:
     samples: Any | None  # per-document rows of the entries (None when not loaded)
     rows: list[LeaderboardRow] = field(default_factory=list)  # same order as entries
     results_dir: Path = Path("results")
+    notes: list[str] = field(default_factory=list)  # from the results API: newer unfinished runs, missing shards
 
     def entry(self, label: str) -> Entry:
         for entry in self.entries:
@@ -92,77 +92,33 @@ def load_published(path: str | Path | None = None) -> list[PublishedRow]:
     return rows
 
 
-def select_entries(store: ResultsStore, *, models: list[str] | None = None, runs: list[str] | None = None,
-                   tag: str | None = None) -> list[Entry]:
-    """The (run, model) pairs to compare, in the order the user named them.
-
-    ``runs``: every model of each named run. ``models``: each model's latest run (within
-    ``tag`` when given). ``tag`` alone: the latest run of every model carrying the tag. Nothing:
-    the latest run of every stored model.
-    """
-    frame = store.runs()
-    where = f"{store.root}/"
-    if frame.empty:
-        raise EvalsuiteError(f"no results in {where} yet; run `evalsuite run` first (or pass --results-dir)")
-    frame = frame.sort_values("started_at", kind="stable")
-    pairs: list[tuple[str, str]] = []
-    if runs:
-        for run_id in runs:
-            hit = frame[frame["run_id"] == run_id]
-            if hit.empty:
-                known = ", ".join(dict.fromkeys(frame["run_id"].tolist()[-5:]))
-                raise EvalsuiteError(f"no run '{run_id}' in {where}; recent runs: {known}")
-            pairs.extend((run_id, m) for m in dict.fromkeys(hit["model"]))
-    else:
-        if tag is not None:
-            frame = frame[frame["tag"] == tag]
-            if frame.empty:
-                raise EvalsuiteError(f"no run tagged '{tag}' in {where}; tag runs with `evalsuite run --tag {tag}`")
-        latest = dict(zip(frame["model"], frame["run_id"], strict=True))
-        names = models or list(latest)
-        for name in names:
-            if name not in latest:
-                raise EvalsuiteError(f"no stored run of '{name}' in {where}" + (f" tagged '{tag}'" if tag else "")
-                                     + f"; stored models: {', '.join(latest)}")
-            pairs.append((latest[name], name))
-    pairs = list(dict.fromkeys(pairs))
-    counts: dict[str, int] = {}
-    for _, model in pairs:
-        counts[model] = counts.get(model, 0) + 1
-    return [Entry(run_id, model, model if counts[model] == 1 else f"{model} @ {run_id}") for run_id, model in pairs]
-
-
 def collect(results_dir: str | Path, *, models: list[str] | None = None, runs: list[str] | None = None,
             tag: str | None = None, with_samples: bool = True) -> Comparison:
-    """Read everything a report needs about the selected entries from the results store."""
-    store = ResultsStore(results_dir)
-    entries = select_entries(store, models=models, runs=runs, tag=tag)
-    wanted = {(e.run_id, e.model) for e in entries}
+    """Read everything a report needs about the selected runs through :mod:`evalsuite.results`.
 
-    def only(frame: Any) -> Any:
-        if frame.empty:
-            return frame
-        keep = [(r, m) in wanted for r, m in zip(frame["run_id"], frame["model"], strict=True)]
-        return frame[keep].reset_index(drop=True)
-
-    run_ids = list(dict.fromkeys(e.run_id for e in entries))
+    ``runs``: every model of each named run. ``models``: each model's latest finished run (within
+    ``tag`` when given). ``tag`` alone: the latest run of every model carrying the tag. Nothing:
+    the latest finished run of every stored model. Sharded runs arrive merged.
+    """
     import pandas as pd
 
-    def read(table: str) -> Any:
-        parts = [store.read(table, run_id=r) for r in run_ids]
-        return only(pd.concat(parts, ignore_index=True)) if parts else store.read(table)
+    from ..results import select_runs
 
-    runs_frame = read("runs")
-    scores = read("scores")
-    samples = read("samples") if with_samples else None
+    views = select_runs(results_dir, models=models, runs=runs, tag=tag)
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[view.model] = counts.get(view.model, 0) + 1
+    entries = [Entry(v.run_id, v.model, v.model if counts[v.model] == 1 else f"{v.model} @ {v.run_id}") for v in views]
+    runs_frame = pd.DataFrame([asdict(v.record) for v in views])
+    scores = pd.concat([v.scores for v in views], ignore_index=True)
+    samples = pd.concat([v.samples() for v in views], ignore_index=True) if with_samples else None
     rows = []
-    for entry in entries:
-        part = scores[(scores["run_id"] == entry.run_id) & (scores["model"] == entry.model)]
-        found = rows_from_scores(part)
-        row = found[0] if found else LeaderboardRow(entry.model, entry.run_id)
+    for entry, view in zip(entries, views, strict=True):
+        row = view.leaderboard_row()
         row.model = entry.label
         rows.append(row)
-    return Comparison(entries, runs_frame, scores, samples, rows, Path(results_dir))
+    notes = [note for view in views for note in view.notes]
+    return Comparison(entries, runs_frame, scores, samples, rows, Path(results_dir), notes)
 
 
 def fmt_score(value: float | None) -> str:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..leaderboard import COLUMNS, LeaderboardRow
+from ..stats import paired
 from ..tasks import LEADERBOARD_TASKS
 from . import charts
 from .comparability import _as_dict
 from .data import Comparison, Entry, PublishedRow, fmt_score, task_label
-from .stats import paired
 
 #: Documents per task shown in the sample browser (disagreements first).
 SAMPLES_PER_TASK = 12
@@ -169,16 +169,18 @@ def deltas(comparison: Comparison, baseline: Entry) -> dict[str, Any]:
                 continue
             cand = samples[(samples["run_id"] == entry.run_id) & (samples["model"] == entry.model)]
             for task in comparison.tasks():
-                result = paired(base, cand, task, grouped=task == "mmlu")
+                metric = _metric(comparison, task)
+                result = paired(base, cand, task, metric=metric, grouped=task == "mmlu")
                 if result is None:
                     rows.append({"candidate": entry.label, "task": task_label(task), "n_shared": 0})
                     continue
                 rows.append({
-                    "candidate": entry.label, "task": task_label(task), "n_shared": result.n_shared,
+                    "candidate": entry.label, "task": task_label(task), "n_shared": result.n,
                     "baseline": f"{result.baseline:.2f}", "value": f"{result.candidate:.2f}",
                     "delta": f"{result.delta:+.2f}", "delta_raw": result.delta,
-                    "ci": "—" if math.isnan(result.low) else f"[{result.low:+.2f}, {result.high:+.2f}]",
-                    "low": result.low, "high": result.high, "significant": result.significant,
+                    "ci": "—" if math.isnan(result.ci_low) else f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]",
+                    "low": result.ci_low, "high": result.ci_high, "significant": result.significant(),
+                    "p": f"{result.p_value:.3g}", "test": result.test,
                     "prompts_differ": result.prompts_differ,
                 })
     shown = [r for r in rows if r["n_shared"]]
@@ -186,6 +188,13 @@ def deltas(comparison: Comparison, baseline: Entry) -> dict[str, Any]:
                         [r["delta_raw"] for r in shown], [r["low"] for r in shown], [r["high"] for r in shown],
                         f"Paired differences vs {charts._short(baseline.label, 40)}") if shown else ""
     return {"baseline": baseline.label, "rows": rows, "svg": svg}
+
+
+def _metric(comparison: Comparison, task: str) -> str | None:
+    """The metric a task's stored scores name (decides McNemar vs bootstrap, as in ``compare``)."""
+    scores = comparison.scores
+    found = scores.loc[(scores["task"] == task) & scores["subtask"].isna(), "metric"].dropna()
+    return str(found.iloc[0]) if len(found) else None
 
 
 def manifests(comparison: Comparison) -> list[dict[str, Any]]:
