@@ -71,6 +71,7 @@ BOOTSTRAP_SAMPLES = 2000
 SEED = 20261130
 TABLE = "contamination"
 
+
 @dataclass(frozen=True)
 class TokenLogprobs:
     """Fallback of the engine's type until ``EngineLM.token_logprobs`` lands (same fields)."""
@@ -380,9 +381,7 @@ def check(models: Sequence[str] | str, *, reference: str | None = None, tasks: S
           dtype: str | None = None, batch_size: int | str = "auto", results_dir: str | Path = "results",
           seed: int = SEED, trust_remote_code: bool = False, progress: bool = True) -> ContaminationResult:
     """Score every document of ``tasks`` under each model (and the reference); store and summarize."""
-    from .runner import _split
-
-    names = _split(models)
+    names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m and m.strip()]
     if not names:
         raise EvalsuiteError("--models needs at least one model to check")
     if neighbours < 0:
