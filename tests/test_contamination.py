@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 LIMIT = 6
 PLANTED = 2
 
