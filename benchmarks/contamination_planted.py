@@ -147,20 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     ref_model, tokenizer = load_transformers(source, "float32", "cpu")
     reference = wrap_model(ref_model, tokenizer, options)
     ref_scores = cm.score_documents(reference, docs)
-    t = time.perf_counter()
-    neighbours = cm.neighbours_for(reference, docs, args.neighbours, progress=True)
-    print(f"neighbours sampled in {time.perf_counter() - t:.0f} s", flush=True)
-
     target_model, _ = load_transformers(source, "float32", "cpu")
     target = wrap_model(target_model, tokenizer, options)
     results: dict = {"checkpoints": {}}
     last = args.steps
+    kept: dict[int, list[cm.DocumentScore]] = {}
 
     def evaluate(step: int, lm=target) -> None:
+        """Min-K% family at a checkpoint (cheap); neighbour ranks come after training."""
         t0 = time.perf_counter()
         if hasattr(lm, "forget"):  # the engine's kept trunks predate the weight update
             lm.forget()
-        scores = cm.score_documents(lm, docs)
+        scores = kept[step] = cm.score_documents(lm, docs)
         cm.add_reference(scores, ref_scores)
         entry: dict = {"step": step, "exposures_per_planted_doc": round(step * args.batch / len(training), 2),
                        "scores": {
@@ -171,26 +169,51 @@ def main(argv: list[str] | None = None) -> int:
                        "flag_rates": {
                            "min_k_delta": flag_rates(scores, planted, cm.default_rule(True, 0)),
                            "min_k": flag_rates(scores, planted, cm.default_rule(False, 0)),
-                       }}
-        if step in (0, last):
-            for i, score in enumerate(scores):
-                cm.add_neighbour_ranks(lm, [score], [neighbours[i]])
-            entry["scores"]["neighbour_rank"] = group_stats(scores, planted, "neighbour_rank", False)
-            entry["flag_rates"]["neighbour_rank"] = flag_rates(scores, planted, cm.default_rule(True, args.neighbours))
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
+                       },
+                       "seconds": round(time.perf_counter() - t0, 1)}
         results["checkpoints"][str(step)] = entry
         print(json.dumps(entry), flush=True)
         _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock, work)
 
+    def neighbour_pass(step: int, lm, neighbours: list[list[str]]) -> None:
+        """The card's score at a checkpoint from the reference's neighbours."""
+        t0 = time.perf_counter()
+        scores = kept[step]
+        for i, score in enumerate(scores):
+            cm.add_neighbour_ranks(lm, [score], [neighbours[i]])
+        entry = results["checkpoints"][str(step)]
+        entry["scores"]["neighbour_rank"] = group_stats(scores, planted, "neighbour_rank", False)
+        entry["flag_rates"]["neighbour_rank"] = flag_rates(scores, planted, cm.default_rule(True, args.neighbours))
+        entry["neighbour_seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"step": step, "neighbour_rank": entry["flag_rates"]["neighbour_rank"]}), flush=True)
+        _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock, work)
+
+    # the Min-K% family through training (cheap), then the card's neighbour test at the end
     steps = {int(x) for x in args.checkpoints.split(",") if x} | {last}
     results["train_losses"] = train(target_model, tokenizer, training, args.steps, args.lr, args.batch, args.seed,
                                     steps, evaluate)
-    # step 0, the control, last: the untrained copy is the reference itself, so the reference scores it
-    evaluate(0, reference)
+    evaluate(0, reference)  # the control: the untrained copy is the reference itself
     results["checkpoints"] = dict(sorted(results["checkpoints"].items(), key=lambda kv: int(kv[0])))
-    _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock, work)
+    t = time.perf_counter()
+    neighbours = _neighbours(reference, docs, args.neighbours, work)
+    results["neighbour_sampling_seconds"] = round(time.perf_counter() - t, 1)
+    neighbour_pass(last, target, neighbours)
+    neighbour_pass(0, reference, neighbours)
     print(f"written {args.out}", flush=True)
     return 0
+
+
+def _neighbours(reference, docs, count: int, work: Path) -> list[list[str]]:
+    """The reference's neighbours of every document, kept in the work folder for reruns."""
+    path = work / f"neighbours-{count}-{cm.SEED}.json"
+    keys = [d.text_hash for d in docs]
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["keys"] == keys:
+            return saved["neighbours"]
+    neighbours = cm.neighbours_for(reference, docs, count, progress=True)
+    path.write_text(json.dumps({"keys": keys, "neighbours": neighbours}), encoding="utf-8")
+    return neighbours
 
 
 def _train_texts(data_dir: str, count: int, rng: random.Random) -> list[str]:
