@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import EvalsuiteError
 from .results import RunView, load_run, read_baseline, set_baseline
-from .stats import MIN_SHARED, paired
+from .stats import MIN_SHARED, Paired, paired
 from .store import ResultsStore
 
 __all__ = ["Comparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
@@ -64,21 +64,12 @@ class RunRef:
         return f"{self.model} (run {self.run_id}" + (f", tag {self.tag}" if self.tag else "") + ")"
 
 
-@dataclass
-class TaskComparison:
-    """One task's verdict. Scores and deltas are x100 points, on the documents both runs share."""
+@dataclass(frozen=True)
+class TaskComparison(Paired):
+    """One task's paired numbers (:class:`~evalsuite.stats.Paired`, x100 points on the documents
+    both runs share) and its verdict: regression | improvement | no change | failed | new | skipped."""
 
-    task: str
-    metric: str | None
-    test: str  # mcnemar | bootstrap | none
-    baseline: float
-    candidate: float
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    n: int
-    verdict: str  # regression | improvement | no change | failed | new | skipped
+    verdict: str = "no change"
     note: str = ""
 
 
@@ -237,13 +228,12 @@ def _compare_task(task: str, metric: str | None, base: Any, cand: Any, max_drop:
         notes.append("compared on shared documents only")
     if found.n < MIN_SHARED:
         notes.append(f"fewer than {MIN_SHARED} shared documents: never called significant")
-    return TaskComparison(task, metric, found.test, found.baseline, found.candidate, found.delta, found.ci_low,
-                          found.ci_high, found.p_value, found.n, verdict, "; ".join(notes)), problems
+    return TaskComparison(**asdict(found), verdict=verdict, note="; ".join(notes)), problems
 
 
 def _empty(task: str, metric: str | None, verdict: str, note: str) -> TaskComparison:
     nan = math.nan
-    return TaskComparison(task, metric, "none", nan, nan, nan, nan, nan, nan, 0, verdict, note)
+    return TaskComparison(task, metric, "none", 0, nan, nan, nan, nan, nan, nan, 0, 0, 0, verdict=verdict, note=note)
 
 
 def _fmt(value: float, sign: bool = False) -> str:

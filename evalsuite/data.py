@@ -119,6 +119,16 @@ def _load_local(path_str: str) -> SplitData:
 def _load_hub(ref: DatasetRef, split: str) -> SplitData:
     import datasets
 
+    from .hub import hub_reachable, offline_mode
+
+    if not offline_mode() and not hub_reachable():  # fail in seconds, not after a minute of retries
+        raise MissingDataError(
+            f"the Hugging Face Hub is not reachable to load {ref.hub_id} ({ref.config}) split '{split}'; pass "
+            f"--data-dir DIR (or set {DATA_DIR_ENV}) to a local copy laid out as "
+            f"{ref.hub_id.replace('/', '__')}/{ref.config}/{split}.jsonl, or set HF_HUB_OFFLINE=1 to use the "
+            f"datasets cache"
+        )
+
     try:
         ds = datasets.load_dataset(ref.hub_id, ref.config, split=split)
     except Exception as exc:  # offline, gated, renamed: all end the same way for the user

@@ -24,10 +24,15 @@ SMALL_FILES = ["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
 PROBE_TIMEOUT_S = 3.0
 
 
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE is set: the user asked for the local Hub caches only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 @cache
 def hub_reachable() -> bool:
     """Whether the Hub endpoint accepts a connection (False at once when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline_mode():
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -38,8 +43,10 @@ def hub_reachable() -> bool:
         return False
 
 
+@cache
 def resolve_snapshot(repo_id: str, revision: str | None) -> tuple[str, Path]:
-    """``(commit, folder)`` of the model's small files at ``revision`` (default ``main``)."""
+    """``(commit, folder)`` of the model's small files at ``revision`` (default ``main``); resolved
+    once per process, so every part of a run sees the same commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 

@@ -86,10 +86,15 @@ def materialize(spec: ModelSpec) -> ModelSource:
     return ModelSource(spec, spec.source, commit, None, files_hash=files_hash(folder))
 
 
+def _gguf_target(gguf: Path) -> Path:
+    """Where a GGUF file's dequantized copy lives (named by the file's content hash)."""
+    return cache_dir() / "models" / f"{gguf.stem}-{_cached_file_hash(gguf)[:12]}"
+
+
 def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
     check_gguf(gguf)
     digest = _cached_file_hash(gguf)
-    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:12]}"
+    target = _gguf_target(gguf)
     if not (target / "config.json").is_file():
         print(f"evalsuite: dequantizing {gguf.name} once into {target} (about 20 s)", flush=True)
         try:
@@ -103,7 +108,8 @@ def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
 
 
 def check_gguf(path: Path) -> None:
-    """Refuse a file that is not GGUF at all (wrong magic, empty) before trying to convert it."""
+    """Refuse a file that is not GGUF (wrong magic, empty) or is damaged (truncated header or tensor
+    index) before anything loads; a file already converted needs only the cheap magic check."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
@@ -112,6 +118,15 @@ def check_gguf(path: Path) -> None:
     if magic != b"GGUF":
         raise EvalsuiteError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); "
                              f"replace it with an intact copy")
+    if (_gguf_target(path) / "config.json").is_file():
+        return
+    try:  # the header and tensor index (memory-mapped, no tensor is read): a truncated file fails here
+        from gguf import GGUFReader
+
+        GGUFReader(path)
+    except Exception as exc:
+        reason = (f"{type(exc).__name__}: {exc}".splitlines() or ["unreadable"])[0][:160]
+        raise EvalsuiteError(f"{path} is a damaged GGUF file ({reason}); replace it with an intact copy") from None
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 
 from .backends import BACKENDS, DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
-from .errors import DataFormatError, EvalsuiteError, MissingDataError
-from .loading import ModelSource, check_fits, materialize, param_count
+from .errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
+from .loading import ModelSource, check_fits, check_gguf, materialize, param_count
 from .manifest import environment
 from .models import ModelSpec, resolve_model
 from .records import RunRecord, SampleRecord, ScoreRecord
@@ -170,7 +170,13 @@ def evaluate(
         raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
-    for spec in specs:  # refuse models that cannot fit before any data or weights load
+    for spec in specs:  # refuse models that cannot fit (or are no GGUF at all) before any data or weights load
+        if spec.kind == "gguf":
+            check_gguf(Path(spec.source))
+        if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
+            from .hub import resolve_snapshot
+
+            resolve_snapshot(spec.source, spec.revision)
         if spec.params and backend != "vllm":
             check_fits(spec, default_dtype(spec, device, dtype), device)
         _parallelism(spec, backend, default_dtype(spec, device, dtype), tensor_parallel, data_parallel)
@@ -314,13 +320,16 @@ def _evaluate_model(
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
-    except EvalsuiteError as exc:
-        finish("failed", str(exc), source)
+    except StoreError:
         raise
-    except Exception as exc:  # a model that does not load: the run says so, the user gets one line
-        message = _one_line(exc)
-        finish("failed", f"model did not load: {message}", source)
-        raise EvalsuiteError(f"{spec.alias}: the model did not load ({message})") from None
+    except Exception as exc:  # a model that does not load: its tasks fail with the reason, other models run
+        message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
+        for name, task in loaded.items():
+            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
+                                                                        message)], part=part)
+        _say(f"{spec.alias}: {message}; its tasks are recorded as failed")
+        finish("failed", message, source)
+        return
 
     for name, (status, why) in unavailable.items():
         store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])

@@ -96,3 +96,46 @@ def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
     assert main(["cache", "clear", "--model", "nope"]) == 0 and info(path).entries == 3
     assert main(["cache", "clear"]) == 0 and info(path).entries == 0
     assert "deleted 3" in capsys.readouterr().out
+
+
+def test_same_weights_with_another_config_recompute(smollm2_tokenizer, data_dir, tmp_path):
+    """The reproduction from the issue: same weights, another rms_norm_eps in config.json. The old
+    answers must not be served (they were: TruthfulQA 7.83 from cache where the real value is 0.00)."""
+    import json
+
+    from evalsuite.runner import evaluate
+
+    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "ckpt", seed=3)
+    common = dict(models=str(folder), tasks="truthfulqa", limit=4, data_dir=data_dir, progress=False)
+    first = evaluate(**common, results_dir=tmp_path / "r1")
+    config = json.loads((folder / "config.json").read_text())
+    config["rms_norm_eps"] = 10.0  # the weights files are untouched
+    (folder / "config.json").write_text(json.dumps(config))
+    second = evaluate(**common, results_dir=tmp_path / "r2")
+    uncached = evaluate(**common, results_dir=tmp_path / "r3", use_cache=False)
+    (a,), (b,), (c,) = first.views(), second.views(), uncached.views()
+    assert a.record.weights_hash == b.record.weights_hash and a.record.model_files_hash != b.record.model_files_hash
+    assert "0 answered from cache" in b.record.notes  # everything recomputed
+    lls = lambda view: [list(x) for x in view.samples()["loglikelihoods"]]  # noqa: E731
+    assert lls(b) != lls(a) and lls(b) == lls(c)
+
+
+def test_code_version_follows_the_scoring_code(tmp_path):
+    """An engine fix changes the key by itself: the version is a hash of the source files."""
+    import shutil
+
+    from evalsuite.cache import SCORING_CODE, code_version
+
+    package = Path(__file__).resolve().parent.parent / "evalsuite"
+    copy = tmp_path / "evalsuite"
+    for entry in SCORING_CODE:
+        source = package / entry
+        if source.is_dir():
+            shutil.copytree(source, copy / entry)
+        elif source.is_file():
+            copy.mkdir(exist_ok=True)
+            shutil.copy(source, copy / entry)
+    assert code_version(copy) == code_version()
+    target = next((copy / "backends").rglob("*.py"))
+    target.write_text(target.read_text() + "\n# a fix\n")
+    assert code_version(copy) != code_version()

@@ -163,3 +163,22 @@ def test_shards_with_different_settings_are_an_error(runs, tmp_path):
     store.write_run({**row, "limit": LIMITS + 1}, "shard1of2")
     with pytest.raises(EvalsuiteError, match="differ in limit"):
         run_views(store, "sh")
+
+
+def test_compare_report_and_table_read_a_sharded_run_like_the_unsharded_one(runs, tmp_path):
+    """Every reader goes through the results API: a sharded run is one run to all of them."""
+    from evalsuite.compare import compare_runs
+    from evalsuite.report import build_report
+    from evalsuite.tables import paper_table
+
+    model = run_views(runs, "sh")[0].model
+    for candidate in ("sh", f"sh@{model}"):
+        comparison = compare_runs(runs, "full", candidate)
+        assert {t.task for t in comparison.tasks} == set(TASKS.split(","))
+        assert all(t.verdict == "no change" and t.delta == 0 and t.n == LIMITS * (57 if t.task == "mmlu" else 1)
+                   for t in comparison.tasks), comparison.table()
+        assert comparison.exit_code == 0
+    assert paper_table("md", results_dir=runs, runs=["sh"]) == paper_table("md", results_dir=runs, runs=["full"])
+    expected = load_run("full", runs).leaderboard_row().scores
+    html = build_report(runs=["sh"], results_dir=runs, out=tmp_path / "sh.html", published=False).read_text()
+    assert all(f"{value:.2f}" in html for value in expected.values())

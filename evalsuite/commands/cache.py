@@ -7,10 +7,13 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "cache", help="show or clear the request cache",
-        description="Every computed request is cached (keyed on the model's weights hash or Hub revision, "
-                    "dtype, backend and the exact request), so a rerun of an interrupted `evalsuite run` "
-                    "computes only what is missing. The cache is $EVALSUITE_CACHE/requests.sqlite "
-                    "(default ~/.cache/evalsuite/requests.sqlite).",
+        description="Every computed request is cached, keyed on everything that can change its answer (the "
+                    "weights hash or Hub commit, the model's config/tokenizer/generation-config files, dtype, "
+                    "device type, backend and its settings, remote code, library versions and a hash of the "
+                    "scoring code) and the exact request, so a rerun of an interrupted `evalsuite run` computes "
+                    "only what is missing and nothing stale is ever served. The cache is "
+                    "$EVALSUITE_REQUEST_CACHE, else $EVALSUITE_CACHE/requests.sqlite (default "
+                    "~/.cache/evalsuite/requests.sqlite).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("info", help="entries, size on disk and entries per model identity").set_defaults(func=handle_info)
