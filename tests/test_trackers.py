@@ -104,3 +104,20 @@ def test_nightly_logs_its_run(tiny_llama_dir, data_dir, monkeypatch, tmp_path):
     client = mlflow.MlflowClient(tracking_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("evalsuite").experiment_id])
     assert run.data.params["tag"].startswith("nightly-") and "arc" in run.data.metrics
+
+
+def test_a_tracker_failure_keeps_the_run(tiny_llama_dir, data_dir, monkeypatch, tmp_path, capsys):
+    from evalsuite.cli import main
+    from evalsuite.results import load_run
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    results = tmp_path / "results"
+    code = main(["run", "--models", str(tiny_llama_dir), "--tasks", "arc", "--limit", "1", "--data-dir",
+                 str(data_dir), "--results-dir", str(results), "--no-progress", "--log-to",
+                 f"mlflow:file:{blocker}/mlruns"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: logging run" in err and "evalsuite.trackers.log_run(" in err
+    assert load_run("latest", results).status == "ok"

@@ -53,9 +53,17 @@ def check_log_to(args: argparse.Namespace) -> None:
 
 
 def log_after(args: argparse.Namespace, run_id: str) -> None:
-    """The --log-to hook: one call once the run's results are stored."""
+    """The --log-to hook: one call once the run's results are stored. A tracker failure only
+    warns: the exit status stays the run's, and the results are in the store either way."""
     if getattr(args, "log_to", None):
+        import sys
+
+        from ..errors import EvalsuiteError
         from ..trackers import log_run
 
-        for line in log_run(args.log_to, run_id, args.results_dir):
-            print(f"logged to {line}")
+        try:
+            for line in log_run(args.log_to, run_id, args.results_dir):
+                print(f"logged to {line}")
+        except EvalsuiteError as exc:
+            print(f"warning: {exc}; retry with evalsuite.trackers.log_run('{args.log_to}', '{run_id}', "
+                  f"'{args.results_dir}')", file=sys.stderr)
