@@ -1,7 +1,7 @@
 """Planted contamination: does ``evalsuite contamination`` find test questions a model trained on?
 
-SmolLM2-135M (the reference) is copied and trained further on CPU for a few hundred steps on a
-mix of 50 ARC-Challenge *test* documents (the planted group) and ARC *train* documents (so the
+SmolLM2-135M (the reference) is copied and trained further on CPU for 300 steps on a mix of
+50 ARC-Challenge *test* documents (the planted group) and 50 ARC *train* documents (so the
 copy also learns the benchmark's style, and unseen test questions move too: the detector must
 tell the exact documents from the distribution). 50 other test documents are never trained on
 (the unseen group). Both groups are scored at several points of training with the same code
@@ -12,8 +12,8 @@ rate of each group at the default rules, with bootstrap 95% intervals.
 Controls: step 0 (the copy is the reference itself) must show no separation, and the
 reference's own Min-K% must not separate the groups (they are a random split).
 
-    nice -n 10 python benchmarks/contamination_planted.py --data-dir ../shared/data \
-        --out benchmarks/results/contamination-planted.json
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/contamination_planted.py --data-dir ../shared/data \
+        --out benchmarks/results/contamination-planted.json     # the committed run: 25 min here
 
 Writes only under --work-dir (default: a fresh folder under /tmp) and --out.
 """
@@ -107,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new one under /tmp)")
     parser.add_argument("--planted", type=int, default=50)
     parser.add_argument("--unseen", type=int, default=50)
-    parser.add_argument("--train-docs", type=int, default=450, help="ARC train documents mixed into training")
+    parser.add_argument("--train-docs", type=int, default=50, help="ARC train documents mixed into training")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--checkpoints", default="100,200", help="steps (besides 0 and the last) to score at")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--neighbours", type=int, default=cm.DEFAULT_NEIGHBOURS)
+    parser.add_argument("--neighbours", type=int, default=10,
+                        help=f"per document (default 10 to fit a shared CPU; the method uses {cm.DEFAULT_NEIGHBOURS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared, busy CPU more threads spin and run slower)")
