@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, DEFAULT_BACKEND
-from ._common import add_data_dir, add_results_dir, batch_size, positive_int
+from ._common import add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
+    add_log_to(parser)
     scale = parser.add_argument_group("running at scale (README: Running at scale)")
     scale.add_argument("--tensor-parallel", type=positive_int, metavar="N",
                        help="vllm: GPUs one model is split over (default: from the registry and GPU memory)")
@@ -64,6 +65,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
     scale = _scale_kwargs(args)
+    check_log_to(args)
     if args.ray or args.shards:
         return _handle_ray(args, args.batch_size, scale)
     result = evaluate(
@@ -81,6 +83,8 @@ def handle(args: argparse.Namespace) -> int:
         index, count = scale["shard"]
         print(f"shard {index}/{count} done; once all {count} shards are in {result.results_dir}/, "
               f"`evalsuite results --run {result.run_id}` shows the merged run")
+    else:  # one shard is not a run to log; the merged run is (--ray logs it)
+        log_after(args, result.run_id)
     return result.exit_code
 
 
@@ -114,4 +118,5 @@ def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
     print()
     print(result.table())
     print(f"\nrun {result.run_id} ({args.shards} shards merged): results in {args.results_dir}/")
+    log_after(args, result.run_id)
     return result.exit_code
