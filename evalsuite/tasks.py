@@ -17,13 +17,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from . import compat
 from .data import DatasetRef, SplitData, load_split, row_location
 from .errors import DataFormatError, UnknownTaskError
 from .fewshot import FewShotSchedule, ScheduledSampler, v1_schedule
@@ -217,7 +218,8 @@ class LoadedTask:
         self.eval_source = eval_data.source
         self._eval_rows = eval_data.rows  # as stored, to explain a row the templates cannot render
         try:
-            self.units = self._build_units(eval_data, shot_data)
+            with compat.compiled_templates():
+                self.units = self._build_units(eval_data, shot_data)
         except DataFormatError:
             raise
         except Exception as exc:  # lm-eval's document processing met a row it cannot read
@@ -264,13 +266,14 @@ class LoadedTask:
     def prompts(self, limit: int | None = None) -> list[DocPrompt]:
         """Every document's requests, in v1 evaluation order (per subject for MMLU)."""
         out: list[DocPrompt] = []
-        for unit in self.units:
-            order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
-            for position, local in enumerate(order):
-                try:
-                    out.append(self._prompt(unit, local, position))
-                except Exception as exc:  # a row the templates cannot render: say which, and which fields
-                    raise DataFormatError(self._row_problem(unit, local, exc)) from None
+        with compat.compiled_templates():  # lm-eval compiles each template per call otherwise
+            for unit in self.units:
+                order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
+                for position, local in enumerate(order):
+                    try:
+                        out.append(self._prompt(unit, local, position))
+                    except Exception as exc:  # a row the templates cannot render: say which, and which fields
+                        raise DataFormatError(self._row_problem(unit, local, exc)) from None
         return out
 
     def _row_problem(self, unit: TaskUnit, local: int, exc: Exception) -> str:
@@ -433,36 +436,14 @@ def _eval_docs(lm_task: Any, spec: TaskSpec) -> Any:
     return split_docs()
 
 
-def _compile_templates_once() -> None:
-    """Make lm-eval reuse compiled Jinja templates.
-
-    ``lm_eval.utils.apply_template`` compiles its template string on every call; rendering a
-    25-shot ARC context compiles ~75 templates, which dominated prompt building (minutes for
-    the full suite). Same templates, same environment, same output: only the compile is cached.
-    """
-    from lm_eval import utils
-
-    if getattr(utils.apply_template, "_evalsuite_cached", False):
-        return
-    compile_template = lru_cache(maxsize=1024)(utils.env.from_string)
-
-    def apply_template(template: str, doc: dict) -> str:
-        return compile_template(template).render(**doc)
-
-    apply_template._evalsuite_cached = True  # type: ignore[attr-defined]
-    utils.apply_template = apply_template
-
-
 def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot_rows: list[dict]) -> Any:
     """An lm-eval ``ConfigurableTask`` from lm-eval's own config, fed our rows and v1 shots."""
     import datasets
     from lm_eval.api.task import ConfigurableTask
-    from lm_eval.tasks._yaml_loader import load_yaml
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    _compile_templates_once()
-    config = load_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
+    config = compat.load_lm_eval_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)
     config.update(spec.overrides)

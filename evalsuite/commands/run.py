@@ -33,8 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weights dtype (default: float32 on CPU, the registry's dtype on GPU)")
     parser.add_argument("--batch-size", default="auto", type=batch_size,
                         help="a positive whole number or auto (default). lm-eval-hf: requests per batch; "
-                             "evalsuite engine: at most this many rows per forward pass (its token budget "
-                             "batches by itself under auto)")
+                             "evalsuite engine: at most this many rows per forward pass and sequences decoded "
+                             "together (its token budget batches by itself under auto)")
+    parser.add_argument("--generation", choices=["batched", "exact"], default="batched",
+                        help="evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
+                             "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)")
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
@@ -72,7 +75,7 @@ def handle(args: argparse.Namespace) -> int:
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, results_dir=args.results_dir, tag=args.tag,
         run_id=args.run_id, resume=args.resume, trust_remote_code=args.trust_remote_code,
-        progress=not args.no_progress, use_cache=not args.no_cache,
+        progress=not args.no_progress, use_cache=not args.no_cache, generation=args.generation,
         **scale,
     )
     print()
