@@ -72,14 +72,6 @@ SEED = 20261130
 TABLE = "contamination"
 
 
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Fallback of the engine's type until ``EngineLM.token_logprobs`` lands (same fields)."""
-
-    tokens: list[int]
-    logprobs: list[float]
-
-
 # -- scores ----------------------------------------------------------------------------------
 def min_k_prob(logprobs: Sequence[float], k: float = DEFAULT_K) -> float:
     """Mean log-probability of the ``k`` fraction of least likely tokens (at least one)."""
@@ -182,40 +174,9 @@ def load_documents(tasks: Sequence[str] | str | None, data_dir: str | Path | Non
 
 # -- log-probabilities -------------------------------------------------------------------------
 def token_logprobs(lm: Any, texts: Sequence[str]) -> list[Any]:
-    """Per text, its tokens and their log-probabilities from the engine (EOS in front)."""
-    method = getattr(lm, "token_logprobs", None)
-    if method is not None:
-        return list(method(list(texts)))
-    return _fallback_token_logprobs(lm, texts)
-
-
-def _fallback_token_logprobs(lm: Any, texts: Sequence[str], batch: int = 16) -> list[TokenLogprobs]:
-    """Plain padded forwards; deleted once ``EngineLM.token_logprobs`` is on main."""
-    import torch
-
-    tokenizer, model = lm.tokenizer, lm.model
-    encoded = [ids[: lm.max_length] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    prefix = tokenizer.eos_token_id
-    out: list[TokenLogprobs | None] = [None] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch):
-        chunk = order[start:start + batch]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), prefix, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            inputs = [prefix, *encoded[i][:-1]]
-            ids[row, :len(inputs)] = torch.tensor(inputs)
-            mask[row, :len(inputs)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(chunk):
-            targets = torch.tensor(encoded[i], device=logp.device)
-            values = logp[row, torch.arange(len(targets), device=logp.device), targets]
-            out[i] = TokenLogprobs(list(encoded[i]), values.tolist())
-    return [x for x in out if x is not None]
+    """Per text, its tokens and their log-probabilities from the engine (EOS in front):
+    :meth:`evalsuite.backends.engine.EngineLM.token_logprobs`."""
+    return list(lm.token_logprobs(list(texts)))
 
 
 def sample_neighbours(ref_lm: Any, text: str, count: int, seed: int, ratio: float = PREFIX_RATIO) -> list[str]:
@@ -433,12 +394,9 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
 
     spec = resolve_model(name, trust_remote_code=trust_remote_code)
     source = materialize(spec)
-    try:  # the engine branch's dtype rule (config dtype on GPUs); the fallback goes once it is on main
-        from .loading import resolve_dtype
+    from .loading import resolve_dtype
 
-        dtype = resolve_dtype(spec, device, dtype, source)[0]
-    except ImportError:
-        dtype = dtype or (spec.dtype if device.startswith("cuda") else "float32")
+    dtype = resolve_dtype(spec, device, dtype, source)[0]
     check_fits(spec, dtype, device, params=spec.params or param_count(source))
     lm = build_backend("evalsuite", source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity
