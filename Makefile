@@ -48,9 +48,18 @@ test-system-deps:
 test: setup test-system-deps
 	$(BIN)/python -m pytest -q
 
+# Engine vs lm-eval's hf model on all six tasks (HFLM at its fastest of batch 1, 8, 32), one
+# torch thread (the CPU is shared): log-likelihood tasks, then 64 GSM8K documents, then one
+# report with the whole suite time-weighted and projected to the full splits.
+BENCH_OUT := benchmarks/results/cpu-smollm2-fp32
 bench: setup
-	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k \
-		--limit 10 --task-limits arc=4,gsm8k=2 --mmlu-subjects 3 --scaling $(DATA_ARG) --out benchmarks/results/cpu-smollm2-fp32.json
+	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,hellaswag,mmlu,truthfulqa,winogrande \
+		--limit 8 --task-limits arc=4,hellaswag=4,truthfulqa=16,winogrande=16 --mmlu-subjects 3 --hf-batch-sizes 1,8,32 \
+		--threads 1 --rounds 1 $(DATA_ARG) --out $(BENCH_OUT)-loglikelihood.json
+	$(BIN)/python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks gsm8k --task-limits gsm8k=64 \
+		--hf-batch-sizes 1,8,32 --threads 1 $(DATA_ARG) --out $(BENCH_OUT)-gsm8k.json
+	$(BIN)/python benchmarks/engine_vs_lmeval.py --merge $(BENCH_OUT)-loglikelihood.json $(BENCH_OUT)-gsm8k.json \
+		--out $(BENCH_OUT).json
 
 clean-results:
 	rm -rf results/runs results/scores results/samples reports/*.html

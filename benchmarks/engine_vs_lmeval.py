@@ -4,15 +4,22 @@ Both backends answer the same lm-eval ``Instance``s in one process, so tokens, t
 are compared like for like. Per task the JSON reports requests, tokens each backend ran through
 the model (counted at the decoder's ``forward``: HFLM's full padded sequences, the engine's
 packed rows), unique tokens (the prefix tree's size), wall times, speed-up, prediction
-agreement and the largest log-likelihood difference. The machine is shared, so each
-log-likelihood task runs ``--rounds`` times alternating between the backends and the best time
-of each counts (the engine starts cold every time). A roofline measures the model's peak
-forward throughput on this machine (best of a few batch shapes, before and after the tasks);
-engine efficiency is the time a perfect engine would need for the unique tokens at that peak
-over the engine's wall time.
+agreement and the largest log-likelihood difference. HFLM runs at each of ``--hf-batch-sizes``
+and its fastest counts (stated per task). The machine is shared, so each log-likelihood task
+runs ``--rounds`` times alternating between the backends and the best time of each counts (the
+engine starts cold every time). GSM8K compares the generated texts with HFLM at batch size 1
+(v1's ``model.generate`` per prompt) and lists every document whose text differs.
 
-    python benchmarks/engine_vs_lmeval.py --model smollm2 --tasks arc,mmlu,truthfulqa,winogrande,gsm8k \\
-        --limit 8 --dtype float32 --out engine_vs_lmeval.json [--scaling]
+The whole suite is reported two ways: time-weighted over the sampled documents (sum of HFLM
+seconds over sum of engine seconds), and projected to the full splits (each task's seconds
+per document times its full document count, summed per backend).
+
+A roofline measures the model's peak forward throughput on this machine (best of a few batch
+shapes, before and after the tasks); engine efficiency is the time a perfect engine would need
+for the unique tokens at that peak over the engine's wall time.
+
+    python benchmarks/engine_vs_lmeval.py --model smollm2 --task-limits arc=6,gsm8k=64 \\
+        --limit 10 --dtype float32 --out engine_vs_lmeval.json [--scaling]
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,8 @@ from evalsuite.backends.engine import EngineLM, wrap_model  # noqa: E402
 from evalsuite.backends.lmeval_hf import wrap_hf_model  # noqa: E402
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec  # noqa: E402
 
+#: Bytes HFLM's float32 logits and log-probs of one batch may take on this shared machine.
+HF_LOGITS_MEMORY = 6 * 2**30
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the checkout's sibling, as in the Makefile
 
 
@@ -100,23 +110,42 @@ def roofline(model: Any, shapes: list[tuple[int, int]], repeats: int = 3) -> dic
     return {"tokens_per_s": results, "peak_tokens_per_s": results[peak_shape], "peak_shape": peak_shape}
 
 
+def hf_models(model: Any, tokenizer: Any, options: BackendOptions, batch_sizes: list[int]) -> dict[int, Any]:
+    return {bs: wrap_hf_model(model, tokenizer, replace(options, batch_size=bs)) for bs in batch_sizes}
+
+
 def compare_loglikelihood(
-    engine: EngineLM, hf: Any, loaded: LoadedTask, prompts: list[DocPrompt], rounds: int = 1
+    engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask, prompts: list[DocPrompt], rounds: int = 1
 ) -> dict[str, Any]:
-    """Run both backends on a log-likelihood task (``rounds`` times, alternating) and compare
-    answers and cost."""
+    """Run both backends on a log-likelihood task (``rounds`` times, alternating; HFLM at each
+    batch size) and compare answers and cost; HFLM's fastest batch size counts."""
     instances = [inst for p in prompts for inst in p.instances]
     pairs = [tuple(inst.args) for inst in instances]
     unique = engine.build_tree(pairs).n_tokens
-    hf_time = eng_time = float("inf")
+    # HFLM materializes log-softmax over the vocabulary at every position of a batch (twice,
+    # logits and log-probs, in float32): a batch size whose tensors would not fit is not run
+    longest = max(sum(map(len, engine.encode_pair(*pair))) for pair in pairs)
+    vocab = engine.model.get_output_embeddings().weight.shape[0]
+    skipped = {bs: round(min(bs, len(pairs)) * longest * vocab * 8 / 2**30, 1) for bs in hfs
+               if min(bs, len(pairs)) * longest * vocab * 8 > HF_LOGITS_MEMORY}
+    hfs = {bs: hf for bs, hf in hfs.items() if bs not in skipped}
+    hf_times = {bs: float("inf") for bs in hfs}
+    hf_tokens: dict[int, int] = {}
+    eng_time = float("inf")
+    base = engine.executor.base
+    ref = None
     for _ in range(rounds):  # alternating; the best round of each (the machine is shared)
-        with count_tokens(engine.base) as hf_count:
-            ref, seconds = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
-        hf_time = min(hf_time, seconds)
+        for bs, hf in hfs.items():
+            with count_tokens(base) as hf_count:
+                out, seconds = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
+            ref = out if bs == min(hfs) else ref
+            hf_times[bs] = min(hf_times[bs], seconds)
+            hf_tokens[bs] = hf_count["tokens"]
         engine.forget()  # from cold: no preamble kept from an earlier call
-        with count_tokens(engine.base) as eng_count:
+        with count_tokens(base) as eng_count:
             ours, seconds = timed(lambda: engine.loglikelihood(instances))
         eng_time = min(eng_time, seconds)
+    best_bs = min(hf_times, key=hf_times.__getitem__)
     # what one plain causal forward achieves at this task's document length (no prefix sharing,
     # no output layer): attention over long few-shot contexts costs throughput no engine recovers
     length = sorted(max(sum(map(len, engine.encode_pair(*inst.args))) - 1 for inst in p.instances) for p in prompts)
@@ -133,12 +162,15 @@ def compare_loglikelihood(
     return {
         "docs": len(prompts),
         "requests": len(instances),
-        "hf_tokens": hf_count["tokens"],
+        "hf_batch_size": best_bs,
+        "hf_seconds_by_batch_size": hf_times,
+        "hf_batch_sizes_not_run_gib": skipped,
+        "hf_tokens": hf_tokens[best_bs],
         "engine_tokens": eng_count["tokens"],
         "unique_tokens": unique,
-        "hf_seconds": hf_time,
+        "hf_seconds": hf_times[best_bs],
         "engine_seconds": eng_time,
-        "speedup": hf_time / eng_time,
+        "speedup": hf_times[best_bs] / eng_time,
         "agreement": 1.0 - len(disagreements) / len(prompts),
         "max_abs_delta_loglikelihood": max(deltas),
         "greedy_flag_mismatches": sum(a[1] != b[1] for a, b in zip(ours, ref)),
@@ -148,24 +180,72 @@ def compare_loglikelihood(
     }
 
 
-def compare_generation(engine: EngineLM, hf: Any, prompts: list[DocPrompt]) -> dict[str, Any]:
-    """Run both backends on a generation task; generations must be identical."""
+def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask, prompts: list[DocPrompt],
+                       exact: bool = False) -> dict[str, Any]:
+    """Run both backends on a generation task. The engine's texts are compared with HFLM at
+    batch size 1 (v1's per-prompt ``generate``); every differing document is listed."""
     instances = [inst for p in prompts for inst in p.instances]
-    with count_tokens(engine.base) as hf_count:
-        ref, hf_time = timed(lambda: hf.generate_until(instances, disable_tqdm=True))
-    with count_tokens(engine.base) as eng_count:
+    base = engine.executor.base
+    texts: dict[int, list[str]] = {}
+    hf_times: dict[int, float] = {}
+    hf_tokens: dict[int, int] = {}
+    for bs, hf in hfs.items():
+        with count_tokens(base) as hf_count:
+            texts[bs], hf_times[bs] = timed(lambda: hf.generate_until(instances, disable_tqdm=True))
+        hf_tokens[bs] = hf_count["tokens"]
+        print(f"    hf batch {bs}: {hf_times[bs]:.1f}s", flush=True)
+    with count_tokens(base) as eng_count:
         ours, eng_time = timed(lambda: engine.generate_until(instances))
+    ref_bs = 1 if 1 in texts else min(texts)
+    ref = texts[ref_bs]
+    best_bs = min(hf_times, key=hf_times.__getitem__)
+
+    def accuracy(outs: list[str]) -> float:
+        return sum(loaded.score(p, [o]).value for p, o in zip(prompts, outs)) / len(prompts)
+
     differ = [{"doc_index": p.doc_index, "engine": a, "hf": b} for p, a, b in zip(prompts, ours, ref) if a != b]
-    return {
+    row = {
         "docs": len(prompts),
         "requests": len(instances),
-        "hf_tokens": hf_count["tokens"],
+        "hf_batch_size": best_bs,
+        "hf_seconds_by_batch_size": hf_times,
+        "hf_tokens": hf_tokens[best_bs],
         "engine_tokens": eng_count["tokens"],
-        "hf_seconds": hf_time,
+        "hf_seconds": hf_times[best_bs],
         "engine_seconds": eng_time,
-        "speedup": hf_time / eng_time,
+        "speedup": hf_times[best_bs] / eng_time,
+        "reference_batch_size": ref_bs,
         "agreement": 1.0 - len(differ) / len(prompts),
+        "strict_match_engine": accuracy(ours),
+        "strict_match_hf": accuracy(ref),
+        "strict_match_hf_by_batch_size": {bs: accuracy(t) for bs, t in texts.items()},
+        "hf_self_agreement_by_batch_size": {bs: sum(a == b for a, b in zip(t, ref)) / len(ref) for bs, t in texts.items()},
+        "generated_tokens_engine": sum(len(engine.tokenizer.encode(t, add_special_tokens=False)) for t in ours),
         "disagreements": differ,
+    }
+    if exact:
+        exact_engine = wrap_model(engine.model, engine.tokenizer, replace(engine.options, generation="exact"))
+        exact_out, row["engine_exact_seconds"] = timed(lambda: exact_engine.generate_until(instances))
+        row["engine_exact_agreement"] = sum(a == b for a, b in zip(exact_out, ref)) / len(ref)
+    return row
+
+
+FULL_DOCS = {"arc": 1172, "hellaswag": 10042, "mmlu": 14042, "truthfulqa": 817, "winogrande": 1267, "gsm8k": 1319}
+
+
+def whole_suite(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The suite's speed-up, time-weighted over the sampled documents and projected to the full
+    splits (seconds per document x full document count, per task and backend)."""
+    hf_s = sum(v["hf_seconds"] for v in tasks.values())
+    eng_s = sum(v["engine_seconds"] for v in tasks.values())
+    hf_full = sum(v["hf_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
+    eng_full = sum(v["engine_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
+    return {
+        "tasks": list(tasks),
+        "sampled": {"docs": sum(v["docs"] for v in tasks.values()), "hf_seconds": hf_s, "engine_seconds": eng_s,
+                    "speedup": hf_s / eng_s},
+        "projected_full": {"docs": {k: FULL_DOCS[k] for k in tasks}, "hf_hours": hf_full / 3600,
+                           "engine_hours": eng_full / 3600, "speedup": hf_full / eng_full},
     }
 
 
@@ -186,21 +266,27 @@ def scaling(engine: EngineLM, data_dir: Path, sizes: list[int], linear_task: str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--tasks", default="arc,mmlu,truthfulqa,winogrande,gsm8k")
+    parser.add_argument("--tasks", default="arc,hellaswag,mmlu,truthfulqa,winogrande,gsm8k")
     parser.add_argument("--limit", type=int, default=8, help="documents per task (per subject for MMLU)")
-    parser.add_argument("--task-limits", default="", help="per-task overrides, e.g. arc=4,gsm8k=2")
+    parser.add_argument("--task-limits", default="", help="per-task overrides, e.g. arc=4,gsm8k=64")
     parser.add_argument("--mmlu-subjects", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--hf-batch-sizes", default="1,8,32", help="HFLM batch sizes to measure; the fastest counts")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per log-likelihood task; the best of each counts")
+    parser.add_argument("--exact-generation", action="store_true", help="also time the engine's --generation exact")
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--scaling-sizes", default="2,4,8")
     parser.add_argument("--scaling-task", default="truthfulqa", help="task whose engine time should double with the questions")
     parser.add_argument("--out", type=Path, default=Path("engine_vs_lmeval.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="combine the task results of earlier runs (same model and machine) into --out and report")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
-    """The comparison on an already-loaded model (``gpu_solar_random.py`` reuses it)."""
-    options = BackendOptions(device=args.device, dtype=args.dtype, batch_size=getattr(args, "hf_batch_size", "auto"))
+    """The comparison on an already-loaded model."""
+    options = BackendOptions(device=args.device, dtype=args.dtype)
     engine = wrap_model(model, tokenizer, options, token_budget=args.token_budget)
-    hf = wrap_hf_model(model, tokenizer, options)
+    batch_sizes = [int(x) for x in str(getattr(args, "hf_batch_sizes", "1")).split(",") if x]
+    hfs = hf_models(model, tokenizer, options, batch_sizes)
     limits = {k: int(v) for k, v in (kv.split("=") for kv in args.task_limits.split(",") if kv)}
     shapes = [(1, 512), (4, 256), (8, 128), (16, 64), (2, 1024)] if args.device == "cpu" else [(8, 1024), (16, 1024), (32, 512), (4, 4096)]
     roof = roofline(model, shapes)
@@ -223,16 +310,20 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         "model": args.model, "dtype": args.dtype, "device": args.device,
         "machine": (torch.cuda.get_device_name() if args.device == "cuda"
                     else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"),
-        "torch_threads": torch.get_num_threads(), "roofline": roof, "tasks": {},
+        "torch_threads": torch.get_num_threads(), "hf_batch_sizes": batch_sizes, "roofline": roof,
+        "engine_executor": engine.executor.name, "tasks": {},
     }
     for task in [t for t in args.tasks.split(",") if t]:
         loaded, prompts = select_prompts(task, limits.get(task, args.limit), args.data_dir, args.mmlu_subjects)
+        print(f"  {task}: {len(prompts)} documents", flush=True)
         if loaded.spec.is_generation:
-            report["tasks"][task] = compare_generation(engine, hf, prompts)
+            report["tasks"][task] = compare_generation(engine, hfs, loaded, prompts, getattr(args, "exact_generation", False))
         else:
-            report["tasks"][task] = compare_loglikelihood(engine, hf, loaded, prompts, getattr(args, "rounds", 1))
+            report["tasks"][task] = compare_loglikelihood(engine, hfs, loaded, prompts, getattr(args, "rounds", 1))
         row = report["tasks"][task]
-        print(f"  {task}: hf {row['hf_seconds']:.1f}s engine {row['engine_seconds']:.1f}s -> {row['speedup']:.2f}x", flush=True)
+        print(f"  {task}: hf (batch {row['hf_batch_size']}) {row['hf_seconds']:.1f}s engine {row['engine_seconds']:.1f}s "
+              f"-> {row['speedup']:.2f}x, agreement {row['agreement']:.3f}", flush=True)
+        args.out.write_text(json.dumps(report, indent=2))  # partial results survive an interruption
     # the peak again after the tasks, best of both per shape: a fair ceiling on a shared machine;
     # the efficiencies are computed against it
     again = roofline(model, shapes)["tokens_per_s"]
@@ -250,6 +341,7 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         unique = sum(v["unique_tokens"] for v in ll.values())
         docs = sum(v["docs"] for v in ll.values())
         report["overall_loglikelihood"] = {
+            "docs": docs,
             "requests": sum(v["requests"] for v in ll.values()),
             "hf_tokens": sum(v["hf_tokens"] for v in ll.values()),
             "engine_tokens": sum(v["engine_tokens"] for v in ll.values()),
@@ -258,6 +350,8 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
             "max_abs_delta_loglikelihood": max(v["max_abs_delta_loglikelihood"] for v in ll.values()),
             "engine_efficiency": (unique / peak) / eng_s,
         }
+    if report["tasks"]:
+        report["whole_suite"] = whole_suite(report["tasks"])
     if args.scaling:
         report["scaling"] = scaling(
             engine, args.data_dir, [int(x) for x in args.scaling_sizes.split(",")], getattr(args, "scaling_task", "truthfulqa")
@@ -267,22 +361,76 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def merge(paths: list[Path], out: Path) -> int:
+    """One report from runs of different tasks (e.g. generation and log-likelihood tasks run
+    separately on a busy machine): tasks combined, overall figures recomputed."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    merged = {k: v for k, v in reports[0].items() if k not in ("tasks", "overall_loglikelihood", "whole_suite")}
+    merged["merged_from"] = [str(p) for p in paths]
+    merged["tasks"] = {}
+    for r in reports:
+        merged["tasks"].update(r["tasks"])
+        if "overall_loglikelihood" in r:
+            merged["overall_loglikelihood"] = r["overall_loglikelihood"]
+    merged["rooflines"] = [r["roofline"] for r in reports if "roofline" in r]
+    merged["whole_suite"] = whole_suite(merged["tasks"])
+    out.write_text(json.dumps(merged, indent=2))
+    print_table(merged)
+    print(markdown(merged))
+    return 0
+
+
+TITLES = {"arc": "ARC (25-shot)", "hellaswag": "HellaSwag (10-shot)", "mmlu": "MMLU (5-shot)",
+          "truthfulqa": "TruthfulQA (mc2)", "winogrande": "Winogrande (5-shot)", "gsm8k": "GSM8K (5-shot, generation)"}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's table for a report."""
+    lines = ["| task | docs | lm-eval hf batch | lm-eval hf tokens | engine tokens | unique tokens | lm-eval hf s | "
+             "engine s | speed-up | same answers | max \\|Δ ll\\| |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, r in report["tasks"].items():
+        same = "not compared" if r["agreement"] is None else (
+            f"{r['agreement']:.0%}" + (" identical text" if "strict_match_engine" in r else ""))
+        delta = f"{r['max_abs_delta_loglikelihood']:.1e}" if "max_abs_delta_loglikelihood" in r else "–"
+        lines.append(f"| {TITLES.get(task, task)} | {r['docs']} | {r['hf_batch_size']} | {r['hf_tokens'] or '–'} | "
+                     f"{r['engine_tokens']} | {r.get('unique_tokens', '–')} | {r['hf_seconds']:.1f} | "
+                     f"{r['engine_seconds']:.1f} | **{r['speedup']:.2f}x** | {same} | {delta} |")
+    if "whole_suite" in report:
+        w = report["whole_suite"]
+        lines.append(f"| whole suite, time-weighted over the sampled docs | {w['sampled']['docs']} | | | | | "
+                     f"{w['sampled']['hf_seconds']:.1f} | {w['sampled']['engine_seconds']:.1f} | "
+                     f"**{w['sampled']['speedup']:.2f}x** | | |")
+        lines.append(f"| whole suite, projected to the full splits | {sum(w['projected_full']['docs'].values())} | | | | | "
+                     f"{w['projected_full']['hf_hours']:.1f} h | {w['projected_full']['engine_hours']:.1f} h | "
+                     f"**{w['projected_full']['speedup']:.2f}x** | | |")
+    return "\n".join(lines)
+
+
 def print_table(report: dict[str, Any]) -> None:
     rows = dict(report["tasks"])
     if "overall_loglikelihood" in report:
         rows["overall (loglik.)"] = report["overall_loglikelihood"]
     print(f"roofline: {report['roofline']['peak_tokens_per_s']:.0f} tokens/s at {report['roofline']['peak_shape']}"
           "  (eff: engine efficiency; ceil: a plain forward of one median document's share of the peak)")
-    header = f"{'task':<18}{'reqs':>6}{'hf tok':>9}{'eng tok':>9}{'unique':>9}{'hf s':>8}{'eng s':>8}{'x':>7}{'agree':>7}{'max|d|':>10}{'eff':>6}{'ceil':>6}"
+    header = (f"{'task':<18}{'docs':>5}{'hf bs':>6}{'hf tok':>9}{'eng tok':>9}{'unique':>9}{'hf s':>8}{'eng s':>8}"
+              f"{'x':>7}{'agree':>7}{'max|d|':>10}{'eff':>6}{'ceil':>6}")
     print(header)
     for name, r in rows.items():
         print(
-            f"{name:<18}{r['requests']:>6}{r['hf_tokens']:>9}{r['engine_tokens']:>9}{r.get('unique_tokens', 0):>9}"
-            f"{r['hf_seconds']:>8.1f}{r['engine_seconds']:>8.1f}{r['speedup']:>7.2f}{r['agreement']:>7.3f}"
-            f"{r.get('max_abs_delta_loglikelihood', 0.0):>10.2e}{r.get('engine_efficiency', float('nan')):>6.2f}"
-            f"{r.get('plain_forward_efficiency_at_doc_length', float('nan')):>6.2f}"
+            f"{name:<18}{r['docs']:>5}{r.get('hf_batch_size', ''):>6}{r['hf_tokens'] or 0:>9}{r['engine_tokens']:>9}"
+            f"{r.get('unique_tokens', 0):>9}{r['hf_seconds']:>8.1f}{r['engine_seconds']:>8.1f}{r['speedup']:>7.2f}"
+            f"{float('nan') if r['agreement'] is None else r['agreement']:>7.3f}{r.get('max_abs_delta_loglikelihood', 0.0):>10.2e}"
+            f"{r.get('engine_efficiency', float('nan')):>6.2f}{r.get('plain_forward_efficiency_at_doc_length', float('nan')):>6.2f}"
         )
+    if "whole_suite" in report:
+        w = report["whole_suite"]
+        print(f"whole suite ({', '.join(w['tasks'])}): {w['sampled']['speedup']:.2f}x time-weighted over "
+              f"{w['sampled']['docs']} sampled documents; {w['projected_full']['speedup']:.2f}x projected to the full "
+              f"splits (hf {w['projected_full']['hf_hours']:.1f} h, engine {w['projected_full']['engine_hours']:.1f} h)")
     for task, r in report["tasks"].items():
+        if "strict_match_engine" in r and r["agreement"] is not None:
+            print(f"{task}: strict match engine {r['strict_match_engine']:.3f}, hf {r['strict_match_hf']:.3f}; "
+                  f"identical texts {r['agreement']:.3f} (vs hf batch {r['reference_batch_size']})")
         for d in r["disagreements"]:
             print(f"  disagreement {task}: {d}")
     if "scaling" in report:

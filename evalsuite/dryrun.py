@@ -7,9 +7,9 @@ tokenizer (:mod:`evalsuite.piecewise`, exact and fast):
 * tokens lm-eval's ``hf`` model would run: every distinct model input once (it computes the
   requests of one context whose continuations differ only in their last token together, e.g.
   MMLU's " A".." D"), batch size 1, so no padding;
-* tokens the evalsuite engine will run: the prefix tree over the requests as the runner sends
-  them (:data:`~evalsuite.runner.CHUNK_DOCS` documents per call), less the preamble it keeps
-  across calls (:func:`engine_tokens`);
+* tokens the evalsuite engine will run: the engine's own planner over the prefix tree of the
+  requests as the runner sends them (:data:`~evalsuite.runner.CHUNK_DOCS` documents per call),
+  with the preambles it keeps across calls (:func:`engine_plan`): padding included;
 * for generation (GSM8K), the prompt tokens and the budget: documents x 256 new tokens at most,
   and the expected count (each reference answer's length plus the stop);
 * an estimated time on this machine from a short measured forward of the model
@@ -30,6 +30,10 @@ from .speed import SpeedProfile
 
 #: Shown for a generation task's budget; the protocol's ``max_gen_toks``.
 MAX_NEW_TOKENS = 256
+#: Up to this many prefix-tree tokens in a task, the engine's own planner is run on it (padding
+#: and forward passes exact); it builds a node per token (~10 us each), so a full HellaSwag
+#: (9.5 M) or MMLU (1.5 M) split gets the prefix-tree count instead.
+PLANNER_TOKENS = 600_000
 
 
 @dataclass
@@ -42,8 +46,12 @@ class TaskPlan:
     requests: int
     kind: str  # "loglikelihood" | "generate_until"
     lm_eval_tokens: int  # lm-eval hf: distinct model inputs, batch size 1
-    engine_tokens: int  # the evalsuite engine: prefix-tree tokens per call, less kept preambles
+    engine_tokens: int  # the evalsuite engine's planner: tokens forwarded, padding included
     median_doc_tokens: int
+    engine_unique_tokens: int = 0  # the prefix trees' size (less preambles kept between calls)
+    forward_passes: int = 0  # from the engine's planner (0: not planned)
+    scored_positions: int = 0
+    engine_planned: bool = False  # engine_tokens from the engine's planner (else prefix-tree tokens)
     new_tokens_max: int = 0  # generation: docs x 256
     new_tokens_expected: int = 0  # generation: reference answer lengths + stop
     est_seconds: float | None = None  # for the chosen backend; generation: expected length
@@ -97,7 +105,8 @@ class ModelPlan:
                 est = f"{_duration(t.est_seconds)} (<= {_duration(t.est_seconds_max)})"
             else:
                 new, est = "-", _duration(t.est_seconds)
-            rows.append([t.task, docs, f"{t.requests:,}", f"{t.lm_eval_tokens:,}", f"{t.engine_tokens:,}", new, est])
+            engine = f"{t.engine_tokens:,}" + ("*" if t.kind == "loglikelihood" and not t.engine_planned else "")
+            rows.append([t.task, docs, f"{t.requests:,}", f"{t.lm_eval_tokens:,}", engine, new, est])
         total_est = _duration(self.est_seconds)
         if self.est_seconds_max is not None and self.est_seconds_max != self.est_seconds:
             total_est += f" (<= {_duration(self.est_seconds_max)})"
@@ -114,8 +123,12 @@ class ModelPlan:
             if i == 0 or i == len(rows) - 1:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("tokens: what runs through the model; lm-eval hf = every distinct request input at batch size 1, "
-                     "engine = shared prefixes once per call (padding not counted); new tokens: generation budget, "
-                     f"documents x {MAX_NEW_TOKENS} (~ expected: reference answer lengths + stop)")
+                     "engine = the engine's planner on the prefix trees (shared prefixes once per call, padding "
+                     f"included); new tokens: generation budget, documents x {MAX_NEW_TOKENS} (~ expected: reference "
+                     "answer lengths + stop)")
+        if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
+            lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
+                         "is planned by the engine's own planner, padding included: +1-2 % on HellaSwag and ARC)")
         lines.append("planned in " + ", ".join(f"{t.task} {t.plan_seconds:.1f} s" for t in self.tasks)
                      + " (prompts, tokenization, counting)")
         if self.speed is not None:
@@ -145,42 +158,123 @@ class Plan:
 
 @dataclass
 class EngineCount:
-    tokens: int  # tokens the engine forwards (unique per call, less reused preambles)
+    tokens: int  # prefix-tree tokens over all calls, less the preambles reused from earlier calls
     unique: int  # prefix-tree tokens summed over calls
     reused: int  # preamble tokens kept from an earlier call
 
 
-def engine_tokens(chunks: Iterable[Sequence[tuple[int, ...]]]) -> EngineCount:
-    """Tokens the evalsuite engine forwards for log-likelihood requests sent a chunk at a time.
+def engine_tokens(calls: Iterable[Sequence[tuple[int, ...]]]) -> EngineCount:
+    """The prefix-tree tokens of log-likelihood requests sent a call at a time, fast.
 
-    Each chunk is one ``loglikelihood`` call (the runner sends ``CHUNK_DOCS`` documents at
-    once) given as the requests' model inputs. Per call the engine builds one
-    :class:`~evalsuite.backends.prefix_tree.PrefixTree` and forwards each of its nodes once; it
-    keeps the last few root trunks (an MMLU subject's 5-shot preamble, TruthfulQA's fixed one)
-    for the next call. Counted here without building the tree: the tree of a set of sequences
-    has sum(lengths) - sum(common prefix of neighbours in sorted order) nodes (equal to
-    ``PrefixTree.n_tokens``, see the tests), and a chunk's shared root trunk is reused when at
-    least ``FOLD_TRUNK`` of its tokens agree with a kept one. Padding, and short shared
-    prefixes the engine recomputes per branch, are not counted.
-
-    The one place that models the engine's plan: to be replaced by the engine's own planner
-    (``evalsuite.backends.engine.plan_requests``) once it is on main.
+    Each item is one call's model inputs. The tree of a set of sequences has sum(lengths) -
+    sum(common prefix of neighbours in sorted order) nodes (``PrefixTree.n_tokens``, see the
+    tests); a call's shared root trunk is reused when at least ``FOLD_TRUNK`` of its tokens agree
+    with one of the last ``TRUNK_MEMORY`` kept, as the engine does. This is what the engine's
+    planner (:func:`engine_plan`) starts from, without padding and without the short openings
+    it recomputes per branch; it costs a sort per call instead of a node object per token.
     """
     from .backends.engine import FOLD_TRUNK, TRUNK_MEMORY
 
     kept: list[tuple[int, ...]] = []
     unique = reused = 0
-    for chunk in chunks:
-        seqs = sorted(set(chunk))
+    for call in calls:
+        seqs = sorted(set(call))
         if not seqs:
             continue
-        unique += sum(map(len, seqs)) - sum(_common(a, b) for a, b in zip(seqs, seqs[1:]))
-        trunk = seqs[0][: _common(seqs[0], seqs[-1])] if len(seqs) > 1 else seqs[0]
-        best = max((_common(trunk, k) for k in kept), default=0)
-        if best >= FOLD_TRUNK:
-            reused += best
-        kept = (kept + [trunk])[-TRUNK_MEMORY:]
+        common = [_common(a, b) for a, b in zip(seqs, seqs[1:])]
+        unique += sum(map(len, seqs)) - sum(common)
+        # root trunks: runs of neighbours sharing at least FOLD_TRUNK tokens (a shorter shared
+        # opening is recomputed per branch), each trunk the run's common prefix; the engine
+        # takes them in request order, keeping the last TRUNK_MEMORY
+        first_seen: dict[tuple[int, ...], int] = {}
+        for position, seq in enumerate(call):
+            first_seen.setdefault(seq, position)
+        trunks: list[tuple[int, tuple[int, ...]]] = []
+        start = 0
+        for end in range(1, len(seqs) + 1):
+            if end < len(seqs) and common[end - 1] >= FOLD_TRUNK:
+                continue
+            trunk = seqs[start] if end - start == 1 else seqs[start][: min(common[start:end - 1])]
+            trunks.append((min(first_seen[x] for x in seqs[start:end]), trunk))
+            start = end
+        for _, trunk in sorted(trunks):
+            best = max((_common(trunk, k) for k in kept), default=0)
+            if best >= FOLD_TRUNK:
+                reused += best
+            kept = [k for k in kept if k != trunk][-(TRUNK_MEMORY - 1):] + [trunk]
     return EngineCount(unique - reused, unique, reused)
+
+
+def engine_plan(calls: Iterable[list[tuple[list[int], list[int]]]], max_length: int, device_type: str = "cpu") -> Any:
+    """What the evalsuite engine runs for log-likelihood requests sent a call at a time.
+
+    Each item of ``calls`` is one ``loglikelihood`` call of the runner (``CHUNK_DOCS``
+    documents), as the requests' ``(context, continuation)`` token ids split as lm-eval's ``hf``
+    model splits them. Per call: the engine's own prefix tree and planner, with the root trunks
+    it keeps between calls, the same loop as ``evalsuite.backends.engine.plan_requests`` but on
+    requests tokenized here (:mod:`evalsuite.piecewise`) and built one call at a time, so a
+    whole split is never held as token lists. Returns the engine's ``PlanSummary``.
+    """
+    from .backends.engine import planner
+
+    budgets = planner.Budgets.for_device(device_type, None, None)
+    memory: list[tuple[int, ...]] = []
+    total = planner.PlanSummary()
+    for batch in calls:
+        if not batch:
+            continue
+        tree = prefix_tree(batch, max_length)
+        the_plan = planner.plan(tree, budgets, memory)
+        for step in the_plan.steps:
+            if isinstance(step, planner.Remember):
+                planner.remember(memory, step.key)
+        total.add(planner.summarize(tree, the_plan, len(batch)))
+    return total
+
+
+def prefix_tree(batch: Sequence[tuple[list[int], list[int]]], max_length: int) -> Any:
+    """The engine's ``tree_of(batch, max_length)``, node for node, built faster.
+
+    ``tree_of`` walks every token of every request through the trie; but a request shares most
+    of its input with the one before it (the four endings of a HellaSwag context), so here the
+    nodes of the prefix shared with the previous request (up to its first scored position) are
+    taken from that request's path, and only the rest is walked. Same nodes, numbering, child
+    order and scores (``tests/test_dryrun.py`` compares them); a full HellaSwag split walks
+    ~10 M tokens instead of ~35 M.
+    """
+    from .backends.engine.prefix_tree import PrefixTree, Score, truncated_inputs
+
+    tree = PrefixTree()
+    token, parent, depth, children, scores = tree.token, tree.parent, tree.depth, tree.children, tree.scores
+    previous: tuple[int, ...] = ()
+    path: list[int] = []  # path[i]: the node at position i of the previous request
+    for index, (context_enc, continuation_enc) in enumerate(batch):
+        if not continuation_enc:
+            raise ValueError("empty continuation after tokenization")
+        inputs = tuple(truncated_inputs(context_enc, continuation_enc, max_length))
+        if len(continuation_enc) > len(inputs):
+            raise ValueError("a request needs 1..len(inputs) target tokens")
+        first_scored = len(inputs) - len(continuation_enc)
+        shared = min(_common(inputs, previous), first_scored)
+        walked = path[:shared]
+        node = walked[-1] if shared else 0
+        for pos in range(shared, len(inputs)):
+            tok = inputs[pos]
+            child = children[node].get(tok)
+            if child is None:
+                child = len(token)
+                token.append(tok)
+                parent.append(node)
+                depth.append(depth[node] + 1)
+                children.append({})
+                children[node][tok] = child
+            node = child
+            walked.append(node)
+            if pos >= first_scored:
+                scores.setdefault(node, []).append(Score(index, continuation_enc[pos - first_scored]))
+        path, previous = walked, inputs
+    tree.finalize()
+    return tree
 
 
 def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -264,7 +358,7 @@ def plan(
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
-            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed)
+            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0])
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
@@ -296,7 +390,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
-               backend: str, speed: SpeedProfile | None) -> TaskPlan:
+               backend: str, speed: SpeedProfile | None, device_type: str = "cpu") -> TaskPlan:
     from .backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from .piecewise import PiecewiseEncoder
     from .runner import CHUNK_DOCS
@@ -320,36 +414,70 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
             result.est_seconds_max = sum(speed.generation_seconds(n, MAX_NEW_TOKENS) for n in lengths)
         return result
 
-    requests = [inst.args for p in prompts for inst in p.instances]
+    requests = [tuple(inst.args) for p in prompts for inst in p.instances]
     wholes = encoder.prepare([c for c, _ in requests], [k for _, k in requests])
-    doc_lengths: list[int] = []
-    distinct_inputs = [0]  # lm-eval hf: each distinct input of a call once
+    # lm-eval's pair split: trailing spaces of the context move to the continuation, and the
+    # continuation is what follows the context's own encoding in the whole one
+    contexts = list(dict.fromkeys(c.rstrip() for c, _ in requests if c))
+    context_ids = dict(zip(contexts, encoder.encode(contexts)))
+    eos = tokenizer.eos_token_id
 
-    def calls() -> Iterable[list[tuple[int, ...]]]:
-        """The runner's calls, one chunk of documents each, as the requests' model inputs
-        (left-truncated as lm-eval's hf model does); built one at a time."""
+    def split(index: int) -> tuple[list[int], list[int]]:
+        context, _ = requests[index]
+        whole = list(wholes[index])
+        if context == "":  # v1: an empty context is the EOS token
+            return [eos], whole
+        ctx = list(context_ids[context.rstrip()])
+        return ctx, whole[len(ctx):]
+
+    def calls() -> Iterable[list[tuple[list[int], list[int]]]]:
+        """The runner's calls, one chunk of documents each, split as lm-eval splits requests."""
         at = 0
         for start in range(0, len(prompts), CHUNK_DOCS):
-            chunk: list[tuple[int, ...]] = []
+            chunk: list[tuple[list[int], list[int]]] = []
             for p in prompts[start:start + CHUNK_DOCS]:
-                mine = [wholes[i][-(max_length + 1):][:-1] for i in range(at, at + len(p.instances))]
+                chunk.extend(split(i) for i in range(at, at + len(p.instances)))
                 at += len(p.instances)
-                doc_lengths.append(max(map(len, mine)))
-                chunk.extend(mine)
-            distinct_inputs[0] += sum(map(len, set(chunk)))
             yield chunk
 
-    count = engine_tokens(calls())
-    lm_eval_tokens = distinct_inputs[0]
+    # every task: the exact distinct inputs and prefix-tree tokens, fast
+    lm_eval_tokens = scored = 0
+    doc_lengths: list[int] = []
+
+    def inputs_per_call() -> Iterable[list[tuple[int, ...]]]:
+        nonlocal lm_eval_tokens, scored
+        docs = iter(prompts)
+        for chunk in calls():
+            inputs = [tuple((c + k)[-(max_length + 1):][:-1]) for c, k in chunk]
+            at = 0
+            while at < len(chunk):
+                n = len(next(docs).instances)
+                doc_lengths.append(max(map(len, inputs[at:at + n])))
+                at += n
+            distinct = {x: len(k) for x, (_, k) in zip(inputs, chunk)}
+            lm_eval_tokens += sum(map(len, distinct))
+            scored += sum(distinct.values())
+            yield inputs
+
+    count = engine_tokens(inputs_per_call())
     median = int(statistics.median(doc_lengths)) if doc_lengths else 0
     result = TaskPlan(spec.name, len(prompts), task.n_docs, len(requests), "loglikelihood", lm_eval_tokens,
-                      count.tokens, median, tokenizer_fallback=encoder.fallback)
+                      count.tokens, median, engine_unique_tokens=count.tokens, scored_positions=scored,
+                      tokenizer_fallback=encoder.fallback)
+    if count.unique <= PLANNER_TOKENS:  # small enough: the engine's own planner, padding and passes exact
+        summary = engine_plan(calls(), max_length, device_type)
+        result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
+        result.scored_positions, result.engine_planned = summary.scored_positions, True
+        result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
     if speed is not None:
-        if backend == "evalsuite":  # a pass per long document's trunk, then rows under the token budget
-            passes = sum(1 for n in doc_lengths if n > SMALL_ROW) + count.tokens // DEFAULT_TOKEN_BUDGET["cpu"] + 1
-            result.est_seconds = speed.forward_seconds(count.tokens, median, passes)
-        else:  # one pass per distinct request
-            result.est_seconds = speed.forward_seconds(lm_eval_tokens, median, len(requests))
+        if backend == "evalsuite":
+            passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
+                                               + result.engine_tokens // DEFAULT_TOKEN_BUDGET["cpu"] + len(doc_lengths) // CHUNK_DOCS + 1)
+            result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)
+                                  + speed.scoring_seconds(result.scored_positions))
+        else:  # lm-eval hf: one pass per distinct input, the output layer at every position
+            result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
+                                  + speed.scoring_seconds(lm_eval_tokens))
     return result
 
 

@@ -250,14 +250,57 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def config_dtype(spec: ModelSpec) -> str | None:
+    """The dtype a Hub or local model's config names (``dtype``, formerly ``torch_dtype``), if
+    one evalsuite loads; None for other kinds (GGUF, DUS: float32) or an unreadable config."""
+    from transformers import AutoConfig
+
+    if spec.kind not in ("hub", "local"):
+        return None
+    offline = _offline(ModelSource(spec, spec.source, spec.revision, None))
+    try:
+        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                            **offline)
+    except (OSError, ValueError):
+        return None
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(value).removeprefix("torch.") if value is not None else None
+    return name if name in DTYPE_BYTES else None
+
+
+def resolve_dtype(spec: ModelSpec, device: str, requested: str | None) -> tuple[str, str]:
+    """The dtype to load in and why (for the run's notes).
+
+    ``--dtype`` wins. On a GPU: a registry alias loads in the dtype the leaderboard ran it in;
+    any other model in its config's dtype, as v1 loaded it. On the CPU: float32, because fp16
+    matmuls are slow there and bf16 changes the numbers; pass --dtype for anything else.
+    """
+    if requested:
+        return requested, f"dtype {requested} (--dtype)"
+    if not device.startswith("cuda"):
+        return "float32", "dtype float32 (the CPU default; --dtype to change)"
+    from .models import REGISTRY
+
+    if spec.alias in REGISTRY:
+        return spec.dtype, f"dtype {spec.dtype} (the registry's, as the leaderboard ran it)"
+    found = config_dtype(spec)
+    if found:
+        return found, f"dtype {found} (the model config's, as v1 loaded it)"
+    return spec.dtype, f"dtype {spec.dtype} (the config names none)"
+
+
 def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any, Any]:
-    """The transformers model (eval mode, on ``device``) and its tokenizer."""
+    """The transformers model (eval mode, on ``device``) and its tokenizer, which decodes as
+    period transformers did when its config does not say (:func:`compat.clean_up_like_period_transformers`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .compat import clean_up_like_period_transformers
 
     kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code,
                               **_offline(source)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        clean_up_like_period_transformers(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
             dtype=torch_dtype(dtype),

@@ -130,7 +130,11 @@ class PiecewiseEncoder:
         for pos, kind in cuts:
             if pos <= start:
                 continue
-            keys.append((left, whole[start:pos], kind))
+            piece = whole[start:pos]
+            # before the continuation's leading space a pre-token ends whatever follows, so the
+            # piece is the same one the context alone ends with (one encoding serves both)
+            right = "end" if kind.startswith("continuation") and not piece[-1].isspace() else kind
+            keys.append((left, piece, right))
             start, left = pos, kind
         keys.append((left, whole[start:], "end"))
         return keys

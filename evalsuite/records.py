@@ -114,8 +114,38 @@ class SampleRecord:
     value: float | None = None
 
 
+@dataclass
+class ContaminationRecord:
+    """One document of one ``evalsuite contamination`` check (see :mod:`evalsuite.contamination`)."""
+
+    check_id: str
+    model: str
+    model_id: str | None = None  # weights identity of the checked model
+    reference: str | None = None  # the reference model, if any
+    reference_id: str | None = None
+    task: str | None = None
+    subtask: str | None = None
+    doc_index: int | None = None  # row in the split as stored
+    eval_position: int | None = None  # position in the v1 evaluation order
+    text_hash: str | None = None  # sha256 prefix of the document text scored
+    n_tokens: int | None = None
+    k: float | None = None  # fraction of least likely tokens in Min-K%
+    min_k: float | None = None  # Min-K% Prob of the model (mean log-probability, higher = more likely)
+    mean_logprob: float | None = None
+    ref_min_k: float | None = None
+    ref_mean_logprob: float | None = None
+    min_k_delta: float | None = None  # min_k - ref_min_k
+    neighbour_rank: float | None = None  # share of reference-sampled neighbours the model prefers
+    n_neighbours: int | None = None
+    rule: str | None = None  # the flag rule, in words
+    threshold: float | None = None
+    flagged: bool | None = None
+    created_at: datetime | None = None
+
+
 #: Table name -> its record type. A new table is a new record type registered here.
-TABLES: dict[str, type] = {"runs": RunRecord, "scores": ScoreRecord, "samples": SampleRecord}
+TABLES: dict[str, type] = {"runs": RunRecord, "scores": ScoreRecord, "samples": SampleRecord,
+                           "contamination": ContaminationRecord}
 
 _SCALARS: dict[Any, pa.DataType] = {
     str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
@@ -240,6 +270,7 @@ def _plain(value: Any, annotation: Any) -> Any:
 
 
 __all__ = [
-    "SCHEMA_VERSION", "RUN_STATUSES", "TASK_STATUSES", "RunRecord", "ScoreRecord", "SampleRecord", "TABLES",
+    "SCHEMA_VERSION", "RUN_STATUSES", "TASK_STATUSES", "RunRecord", "ScoreRecord", "SampleRecord",
+    "ContaminationRecord", "TABLES",
     "schema_of", "schema", "columns", "as_row", "to_arrow", "conform", "from_row", "file_version",
 ]

@@ -32,7 +32,7 @@ from .backends import BACKENDS, DEFAULT_BACKEND, BackendOptions, build_backend
 from .data import resolve_data_dir
 from .dryrun import Plan
 from .errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
-from .loading import ModelSource, check_fits, check_gguf, materialize, param_count
+from .loading import ModelSource, check_fits, check_gguf, materialize, param_count, resolve_dtype
 from .manifest import environment
 from .models import ModelSpec, resolve_model
 from .records import RunRecord, SampleRecord, ScoreRecord
@@ -140,6 +140,7 @@ def evaluate(
     shard: tuple[int, int] | None = None,
     tensor_parallel: int | None = None,
     data_parallel: int = 1,
+    generation: str = "batched",
     dry_run: bool = False,
 ) -> EvalResult | Plan:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
@@ -150,9 +151,11 @@ def evaluate(
     latest interrupted run of the same models, tasks, limit, backend and tag under its run id
     (or ``run_id``'s); without it an existing ``run_id`` is refused. ``shard=(I, N)`` evaluates
     only documents ``p % N == I`` of each task (see :mod:`evalsuite.sharding`); the N shards
-    share ``run_id``. ``tensor_parallel`` and ``data_parallel`` apply to ``vllm``.
-    ``dry_run=True`` evaluates and writes nothing and returns the :class:`~evalsuite.dryrun.Plan`:
-    documents, requests, tokens per backend and estimated time (:func:`evalsuite.dryrun.plan`).
+    share ``run_id``. ``tensor_parallel`` and ``data_parallel`` apply to ``vllm``. ``generation``:
+    the evalsuite engine's greedy decoding, ``batched`` (default) or ``exact`` (one prompt at a
+    time, batch-size-1 arithmetic). ``dry_run=True`` evaluates and writes nothing and returns the
+    :class:`~evalsuite.dryrun.Plan`: documents, requests, tokens per backend and estimated time
+    (:func:`evalsuite.dryrun.plan`).
     """
     if dry_run:
         from .dryrun import plan
@@ -173,22 +176,31 @@ def evaluate(
             raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
     if backend == "vllm" and device == "cpu":
         device = "cuda"  # vLLM runs on GPUs only; this also picks the registry's GPU dtype
-    check_device(device)
     model_names = _split(models) or ["smollm2"]
     if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
         raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
     task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
-    for spec in specs:  # refuse models that cannot fit (or are no GGUF at all) before any data or weights load
+
+    def check_parallel(spec: ModelSpec) -> None:
+        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        _parallelism(spec, backend, model_dtype, tensor_parallel, data_parallel)
+
+    for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
             check_gguf(Path(spec.source))
+        if spec.params:
+            if backend != "vllm":
+                check_fits(spec, default_dtype(spec, device, dtype), device)
+            check_parallel(spec)
+    check_device(device)
+    for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from .hub import resolve_snapshot
 
             resolve_snapshot(spec.source, spec.revision)
-        if spec.params and backend != "vllm":
-            check_fits(spec, default_dtype(spec, device, dtype), device)
-        _parallelism(spec, backend, default_dtype(spec, device, dtype), tensor_parallel, data_parallel)
+        if not spec.params:
+            check_parallel(spec)
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
     store.check_writable()
@@ -214,7 +226,7 @@ def evaluate(
         for spec in specs:
             _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
                             progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                            use_cache=use_cache)
+                            use_cache=use_cache, generation=generation)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
                       {t: why for t, (_, why) in unavailable.items()})
 
@@ -268,8 +280,9 @@ def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard:
 
 
 def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
-    """The requested dtype, else the registry's on GPU and float32 on CPU."""
-    return dtype or (spec.dtype if device.startswith("cuda") else "float32")
+    """The requested dtype, else on GPU the registry's (aliases) or the config's (other models),
+    float32 on CPU (:func:`evalsuite.loading.resolve_dtype`)."""
+    return resolve_dtype(spec, device, dtype)[0]
 
 
 # -- one model ---------------------------------------------------------------------------------
@@ -291,20 +304,22 @@ def _evaluate_model(
     tensor_parallel: int | None = None,
     data_parallel: int = 1,
     use_cache: bool = True,
+    generation: str = "batched",
 ) -> None:
-    dtype = default_dtype(spec, device, dtype)
+    dtype, dtype_note = resolve_dtype(spec, device, dtype)
+    notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
-                             tensor_parallel=tensor_parallel, data_parallel=data_parallel)
-    record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard)
+                             tensor_parallel=tensor_parallel, data_parallel=data_parallel, generation=generation)
+    record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, notes)
     store.write_run(replace(record, status="running"), part)
 
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
-        done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard) if source else record
+        done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, notes) if source else record
         final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
@@ -319,7 +334,7 @@ def _evaluate_model(
         source = materialize(spec)
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
             check_fits(spec, dtype, device, params=param_count(source))
-        record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard)
+        record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, notes)
         store.write_run(replace(record, status="running"), part)
         lm = build_backend(backend, source, options)
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
@@ -498,13 +513,15 @@ def _sample_record(run_id: str, model: str, task: LoadedTask, prompt: DocPrompt,
 
 def _run_record(run_id: str, spec: ModelSpec, source: ModelSource | None, options: BackendOptions, backend: str,
                 loaded: dict[str, LoadedTask], limit: int | None, started: datetime, tag: str | None,
-                shard: tuple[int, int] | None) -> RunRecord:
+                shard: tuple[int, int] | None, extra_notes: str | None = None) -> RunRecord:
     data_hashes: dict[str, str] = {}
     for task in loaded.values():
         data_hashes.update(task.data_files)
     notes = spec.notes or None
     if source is not None and source.gguf_converted_from:
         notes = (notes + "; " if notes else "") + f"dequantized from {source.gguf_converted_from}"
+    if extra_notes:  # how the dtype was chosen, the generation mode
+        notes = (notes + "; " if notes else "") + extra_notes
     env = environment()
     return RunRecord(
         run_id=run_id, model=spec.alias,

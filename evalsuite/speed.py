@@ -27,7 +27,9 @@ LENGTHS = (128, 512, 1024)
 REPEATS = 2
 #: Context length held in the cache while decoding steps are timed, and steps timed (the median counts).
 DECODE_CONTEXT, DECODE_STEPS = 512, 16
-PROFILE_VERSION = 1
+#: Positions the output layer is timed on.
+HEAD_POSITIONS = 256
+PROFILE_VERSION = 2
 
 
 @dataclass
@@ -43,6 +45,7 @@ class SpeedProfile:
     per_token_s: float  # c1: seconds per token
     attention_s: float  # c2: seconds per token per token of context (a 1 x L forward: c2 * L**2)
     decode_step_s: float  # one greedy step (full model, last position only) at DECODE_CONTEXT cached tokens
+    head_s: float  # the output layer and log-softmax normaliser at one scored position
     measured_at: str
     load_average: float | None
     host: str
@@ -55,6 +58,10 @@ class SpeedProfile:
         """Time to forward ``tokens`` tokens of documents ``length`` tokens long in ``forwards`` passes."""
         return tokens * self.per_token(length) + forwards * self.fixed_s
 
+    def scoring_seconds(self, positions: int) -> float:
+        """The output layer at ``positions`` scored positions."""
+        return positions * self.head_s
+
     def generation_seconds(self, prompt_tokens: int, new_tokens: int) -> float:
         """Prefill of the prompt, then one decoding step per further new token."""
         return self.forward_seconds(prompt_tokens, prompt_tokens, 1) + max(0, new_tokens - 1) * self.decode_step_s
@@ -66,8 +73,9 @@ class SpeedProfile:
                 f"{self.threads} threads{load}): decoder forward of random tokens {forwards} (best of {REPEATS}), "
                 f"fitted as {self.fixed_s * 1000:.1f} ms per pass + {self.per_token(256) * 1000:.2f} ms per token at "
                 f"256 tokens of context, {self.per_token(1024) * 1000:.2f} ms at 1024; one greedy decoding step {self.decode_step_s * 1000:.0f} ms (median of {DECODE_STEPS}, "
-                f"{DECODE_CONTEXT} tokens cached). A log-likelihood task costs its engine tokens at the per-token cost of "
-                f"its median document length; generation costs the prompt plus one step per new token. The machine is "
+                f"{DECODE_CONTEXT} tokens cached); output layer {self.head_s * 1000:.2f} ms per scored position. "
+                f"A log-likelihood task costs its engine tokens at the per-token cost of its median document length, "
+                f"plus the output layer at its scored positions; generation costs the prompt plus one step per new token. The machine is "
                 f"shared: the estimate moves with its load")
 
 
@@ -137,12 +145,15 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
         steps = []
         for _ in range(DECODE_STEPS):
             steps.append(timed(lambda: model(input_ids=step, use_cache=True, logits_to_keep=1, **{cache_kw: cache})))
+        hidden = decoder(input_ids=ids[:, :HEAD_POSITIONS]).last_hidden_state[0]
+        head = model.get_output_embeddings()
+        head_s = min(timed(lambda: torch.logsumexp(head(hidden).float(), dim=-1)) for _ in range(REPEATS)) / HEAD_POSITIONS
     fixed, per_token, attention = fit_forward_time({int(k): v for k, v in seconds.items()})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return SpeedProfile(
         model=source.spec.alias, dtype=dtype, device=device, threads=torch.get_num_threads(),
         seconds_by_length=seconds, fixed_s=fixed, per_token_s=per_token, attention_s=attention,
-        decode_step_s=statistics.median(steps),
+        decode_step_s=statistics.median(steps), head_s=head_s,
         measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), load_average=load, host=platform.node(),
     )
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from . import compat
 from .data import DatasetRef, SplitData, load_split, process_rows, row_location
 from .errors import DataFormatError, UnknownTaskError
 from .fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
@@ -219,7 +220,8 @@ class LoadedTask:
         self._eval_rows = eval_data.rows  # as stored, to explain a row the templates cannot render
         self._shot_data = shot_data
         try:
-            self.units = self._build_units(eval_data, shot_data)
+            with compat.compiled_templates():
+                self.units = self._build_units(eval_data, shot_data)
         except DataFormatError:
             raise
         except Exception as exc:  # lm-eval's document processing met a row it cannot read
@@ -265,17 +267,18 @@ class LoadedTask:
     def prompts(self, limit: int | None = None) -> list[DocPrompt]:
         """Every document's requests, in v1 evaluation order (per subject for MMLU)."""
         out: list[DocPrompt] = []
-        for unit in self.units:
-            order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
-            try:
-                unit.pool.prepare(i for local in order for i in unit.schedule.shots[local])
-            except Exception as exc:  # lm-eval's document processing met a training row it cannot read
-                raise DataFormatError(self._shot_problem(exc)) from None
-            for position, local in enumerate(order):
+        with compat.compiled_templates():  # lm-eval compiles each template per call otherwise
+            for unit in self.units:
+                order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
                 try:
-                    out.append(self._prompt(unit, local, position))
-                except Exception as exc:  # a row the templates cannot render: say which, and which fields
-                    raise DataFormatError(self._row_problem(unit, local, exc)) from None
+                    unit.pool.prepare(i for local in order for i in unit.schedule.shots[local])
+                except Exception as exc:  # lm-eval's document processing met a training row it cannot read
+                    raise DataFormatError(self._shot_problem(exc)) from None
+                for position, local in enumerate(order):
+                    try:
+                        out.append(self._prompt(unit, local, position))
+                    except Exception as exc:  # a row the templates cannot render: say which, and which fields
+                        raise DataFormatError(self._row_problem(unit, local, exc)) from None
         return out
 
     def _shot_problem(self, exc: Exception) -> str:
@@ -453,41 +456,6 @@ def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
     return groups
 
 
-def _compile_templates_once() -> None:
-    """Make lm-eval reuse compiled Jinja templates.
-
-    ``lm_eval.utils.apply_template`` compiles its template string on every call; rendering a
-    25-shot ARC context compiles ~75 templates, which dominated prompt building (minutes for
-    the full suite). Same templates, same environment, same output: only the compile is cached.
-    A template that is one plain field (HellaSwag's ``{{query}}``, ``{{label}}``) of a string
-    value renders to that string in Jinja; it is looked up directly.
-    """
-    from lm_eval import utils
-
-    if getattr(utils.apply_template, "_evalsuite_cached", False):
-        return
-    compile_template = lru_cache(maxsize=1024)(utils.env.from_string)
-
-    def apply_template(template: str, doc: dict) -> str:
-        field = _plain_field(template)
-        if field is not None and isinstance(doc.get(field), str):
-            return doc[field]
-        return compile_template(template).render(**doc)
-
-    apply_template._evalsuite_cached = True  # type: ignore[attr-defined]
-    utils.apply_template = apply_template
-
-
-_PLAIN_FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-
-@lru_cache(maxsize=256)
-def _plain_field(template: str) -> str | None:
-    """``name`` if the template is exactly ``{{name}}`` (spaces allowed inside the braces)."""
-    match = _PLAIN_FIELD.fullmatch(template)
-    return match.group(1) if match else None
-
-
 @lru_cache(maxsize=1)
 def _task_class() -> type:
     """lm-eval's ``ConfigurableTask`` with a few-shot document's fields rendered once.
@@ -529,12 +497,10 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
     evaluation documents and its shot pool.
     """
     import datasets
-    from lm_eval.tasks._yaml_loader import load_yaml
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    _compile_templates_once()
-    config = load_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
+    config = compat.load_lm_eval_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)
     config.update(spec.overrides)

@@ -18,7 +18,7 @@ SHARED_DATA = Path(os.environ.get("EVALSUITE_TEST_DATA", REPO.parent / "shared" 
 #: Settings of the developer's that must not leak into tests, and where tests put theirs instead.
 _USER_SETTINGS = ("EVALSUITE_DATA_DIR", "EVALSUITE_TASKS_DIR", "EVALSUITE_CACHE", "EVALSUITE_REQUEST_CACHE",
                   "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE",
-                  "XDG_CACHE_HOME", "MPLCONFIGDIR")
+                  "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR")
 
 
 _SAVED: dict[str, str | None] = {}
@@ -44,6 +44,7 @@ def pytest_configure(config):
         "HF_HOME": str(root / "hf-home"),
         "HF_HUB_OFFLINE": "1",
         "XDG_CACHE_HOME": str(root / "xdg-cache"),
+        "XDG_CONFIG_HOME": str(root / "xdg-config"),  # Chromium's and MLflow's settings, not the user's
         "MPLCONFIGDIR": str(root / "matplotlib"),
     })
     _SAVED["_root"] = str(root)

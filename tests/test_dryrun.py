@@ -15,8 +15,7 @@ import pytest
 
 import evalsuite
 from evalsuite.backends import BackendOptions
-from evalsuite.backends.prefix_tree import PrefixTree
-from evalsuite.dryrun import Plan, engine_tokens
+from evalsuite.dryrun import Plan
 from evalsuite.piecewise import PiecewiseEncoder
 from evalsuite.speed import fit_forward_time
 from evalsuite.tasks import LoadedTask, load_spec
@@ -72,36 +71,55 @@ def test_piecewise_tokenization_with_a_start_sensitive_tokenizer(data_dir):
     assert got == [tuple(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def test_engine_token_count_equals_prefix_tree(data_dir, smollm2_tokenizer):
-    from evalsuite.backends.engine import FOLD_TRUNK
+@pytest.mark.parametrize("name,limit", [("mmlu", 3), ("hellaswag", 40), ("winogrande", 40), ("truthfulqa", 40)])
+def test_engine_plan_equals_the_engines_plan_requests(name, limit, data_dir, smollm2_tokenizer):
+    """The dry run's engine count is the engine's own planner on the engine's own tokenization
+    (``plan_requests``), call by call as the runner sends the documents; MMLU's 3 per subject
+    span subjects across calls (preambles kept between calls), HellaSwag/Winogrande/TruthfulQA's
+    40 documents are two calls."""
+    from evalsuite.backends.engine import plan_requests
+    from evalsuite.dryrun import _plan_task
+    from evalsuite.runner import CHUNK_DOCS
 
-    task = LoadedTask(load_spec("mmlu"), data_dir)
-    prompts, pairs = _requests(task, 3)
-    encoder = PiecewiseEncoder(smollm2_tokenizer)
-    inputs = [ids[:-1] for ids in encoder.encode([c for c, _ in pairs], [k for _, k in pairs])]
-    subject = [i for i, p in enumerate(prompts) for _ in p.instances if p.subtask == "anatomy"]
-    chunk = [inputs[i] for i in subject]
-    tree = PrefixTree()
-    for index, seq in enumerate(chunk):
-        tree.insert(index, list(seq), list(seq[-1:]))
-    single = engine_tokens([chunk])
-    assert single.tokens == single.unique == tree.n_tokens and single.reused == 0
-    # the subject sent in two calls (one question, then two): the second call's shared trunk
-    # starts with the kept one's 5-shot preamble, which is reused up to where the questions part
-    two = engine_tokens([chunk[:4], chunk[4:]])
-    preamble = len(_common_prefix(chunk))
-    assert preamble >= FOLD_TRUNK
-    assert two.reused == preamble and two.unique == single.unique + preamble
-    assert two.tokens == two.unique - two.reused == single.tokens
+    task = LoadedTask(load_spec(name), data_dir)
+    prompts, _ = _requests(task, limit)
+    chunks = [sum(len(p.instances) for p in prompts[i:i + CHUNK_DOCS]) for i in range(0, len(prompts), CHUNK_DOCS)]
+    expected = plan_requests(smollm2_tokenizer, [i for p in prompts for i in p.instances], 8192, "cpu", chunks=chunks)
+    got = _plan_task(task, smollm2_tokenizer, 8192, limit, None, "evalsuite", None)
+    assert got.engine_planned  # small enough for the engine's planner
+    assert got.engine_tokens == expected.forwarded_tokens
+    assert got.engine_unique_tokens == expected.unique_tokens - expected.reused_tokens
+    assert (got.forward_passes, got.scored_positions) == (expected.forward_passes, expected.scored_positions)
+    if name == "mmlu":
+        assert expected.reused_tokens > 0  # a subject's preamble carried into the next call
+    # the fast count used for large tasks: the same prefix trees, the kept preambles modelled
+    from evalsuite.backends.engine.prefix_tree import truncated_inputs
+    from evalsuite.backends.engine.tokenize import encode_pairs
+    from evalsuite.dryrun import engine_tokens
+
+    encoded = encode_pairs(smollm2_tokenizer, [tuple(i.args) for p in prompts for i in p.instances])
+    calls, at = [], 0
+    for n in chunks:
+        calls.append([tuple(truncated_inputs(c, k, 8192)) for c, k in encoded[at:at + n]])
+        at += n
+    fast = engine_tokens(calls)
+    assert fast.unique == expected.unique_tokens
+    assert abs(fast.reused - expected.reused_tokens) <= 0.1 * expected.reused_tokens
 
 
-def _common_prefix(seqs):
-    first = seqs[0]
-    n = min(map(len, seqs))
-    for i in range(n):
-        if any(s[i] != first[i] for s in seqs):
-            return first[:i]
-    return first[:n]
+def test_fast_prefix_tree_is_the_engines_tree(data_dir, smollm2_tokenizer):
+    from evalsuite.backends.engine.prefix_tree import tree_of
+    from evalsuite.backends.engine.tokenize import encode_pairs
+    from evalsuite.dryrun import prefix_tree
+
+    for name, limit in (("hellaswag", 8), ("mmlu", 1), ("winogrande", 16), ("truthfulqa", 8)):
+        _, pairs = _requests(LoadedTask(load_spec(name), data_dir), limit)
+        batch = encode_pairs(smollm2_tokenizer, pairs)
+        for max_length in (8192, 300):  # and with left truncation
+            fast, slow = prefix_tree(batch, max_length), tree_of(batch, max_length)
+            assert (fast.token, fast.parent, fast.depth, fast.size) == (slow.token, slow.parent, slow.depth, slow.size)
+            assert [list(c.items()) for c in fast.children] == [list(c.items()) for c in slow.children]
+            assert list(fast.scores.items()) == list(slow.scores.items())
 
 
 def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir, data_dir, tmp_path,
@@ -133,16 +151,15 @@ def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir
                         BackendOptions())
     for name in ("arc", "mmlu"):
         prompts, _ = _requests(LoadedTask(load_spec(name), data_dir), 2)
-        lm_eval_tokens = engine_unique = 0
+        lm_eval_tokens = 0
         for start in range(0, len(prompts), CHUNK_DOCS):
             pairs = [tuple(inst.args) for p in prompts[start:start + CHUNK_DOCS] for inst in p.instances]
-            encoded = engine.encode_pairs(pairs)
+            encoded = [engine._encode_pair(c, k) for c, k in pairs]  # lm-eval's own split
             lm_eval_tokens += sum(len(x) for x in {tuple(c + k)[:-1] for c, k in encoded})
-            engine_unique += engine.build_tree(pairs).n_tokens
         got = by_task[name]
         assert (got.docs, got.requests) == (len(prompts), sum(len(p.instances) for p in prompts))
         assert got.lm_eval_tokens == lm_eval_tokens
-        assert got.engine_tokens <= engine_unique  # less what is kept across calls
+        assert 0 < got.engine_unique_tokens <= got.engine_tokens < got.lm_eval_tokens
         assert got.est_seconds is not None and got.est_seconds > 0
     assert by_task["mmlu"].engine_tokens < 0.7 * by_task["mmlu"].lm_eval_tokens  # each subject preamble once per call
     gsm = by_task["gsm8k"]

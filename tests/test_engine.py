@@ -14,6 +14,7 @@ import torch
 from conftest import SHARED_DATA
 from evalsuite.backends import BackendOptions
 from evalsuite.backends.engine import FOLD_TRUNK, wrap_model
+from evalsuite.backends.engine.planner import Budgets, Row, cut_batches
 from evalsuite.backends.lmeval_hf import wrap_hf_model
 from evalsuite.tasks import LoadedTask, load_spec
 
@@ -88,13 +89,14 @@ def _compare_ll(engine: Any, hf: Any, loaded: LoadedTask, prompts: list[Any]) ->
     [("arc", 3, None), ("mmlu", 3, 9), ("truthfulqa", 4, None), ("winogrande", 6, None)],
 )
 def test_loglikelihood_matches_hflm_on_real_prompts(
-    tiny_pair: tuple[Any, Any], task: str, limit: int, keep: int | None, attention: str, monkeypatch: pytest.MonkeyPatch
+    tiny_pair: tuple[Any, Any], task: str, limit: int, keep: int | None, attention: str
 ) -> None:
     """Both attention paths: the CPU tree attention and the model's own attention over a
     ``DynamicCache`` (what CUDA and sliding-window models use)."""
-    engine, hf = tiny_pair
-    assert engine.tree_attention  # a CPU Llama: the tree path is the default here
-    monkeypatch.setattr(engine, "tree_attention", attention == "tree")
+    default, hf = tiny_pair
+    assert default.executor.name == "tree"  # a CPU Llama: the tree path is the default here
+    engine = wrap_model(default.model, default.tokenizer, default.options, token_budget=256, attention=attention)
+    assert engine.executor.name == attention
     loaded, prompts = _prompts(task, limit, keep)
     engine.forget()
     engine.stats.reset()
@@ -175,7 +177,8 @@ def test_out_of_memory_splits_the_batch(tiny: tuple[Any, Any], monkeypatch: pyte
     engine = wrap_model(*tiny, BackendOptions(), token_budget=512)
     _, prompts = _prompts("winogrande", 8)
     reference = engine.loglikelihood([i for p in prompts for i in p.instances])
-    real_forward = engine.base.forward
+    base = engine.executor.base
+    real_forward = base.forward
     calls = {"oom": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -184,7 +187,7 @@ def test_out_of_memory_splits_the_batch(tiny: tuple[Any, Any], monkeypatch: pyte
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine.base, "forward", flaky)
+    monkeypatch.setattr(base, "forward", flaky)
     engine.stats.reset()
     again = engine.loglikelihood([i for p in prompts for i in p.instances])
     assert calls["oom"] > 0 and engine.stats.oom_splits > 0
@@ -228,12 +231,12 @@ def test_smollm2_matches_hflm(smollm2: tuple[Any, Any], task: str, limit: int, k
 
 def test_batches_keep_padding_low_within_the_budget(tiny_pair: tuple[Any, Any]) -> None:
     """Rows of very different widths are not padded to the longest: the batch cuts pay off."""
-    from evalsuite.backends.engine import FORWARD_COST, _Row
+    from evalsuite.backends.engine import FORWARD_COST
 
     engine, _ = tiny_pair  # token budget 256
     widths = [200, 190, 120, 60, 60, 58, 12, 10, 10, 9, 8, 8, 8, 7, 3]
-    rows = [_Row(list(range(w)), [w] * w) for w in widths]
-    batches = engine._batches(rows)
+    rows = [Row(list(range(w)), [w] * w) for w in widths]
+    batches = cut_batches(rows, Budgets.for_device("cpu", 256, copies_past=False))
     assert [len(r.nodes) for b in batches for r in b] == widths  # every row once, in order
     assert all(len(b) * len(b[0].nodes) <= engine.token_budget or len(b) == 1 for b in batches)
     padded = sum(len(b) * len(b[0].nodes) for b in batches)
@@ -247,3 +250,27 @@ def test_batches_keep_padding_low_within_the_budget(tiny_pair: tuple[Any, Any]) 
         at += count
     assert cost <= min(one_per_row, greedy_fill)
     assert padded - sum(widths) < 0.25 * sum(widths)
+
+
+def test_gpu_check_runs_its_cpu_side(tmp_path: Any) -> None:
+    """``benchmarks/gpu_check.py --device cpu --tiny``: every step of the GPU check but the GPU,
+    with the CUDA executor (the model's own attention over a cache) forced on the CPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--tiny", "--attention", "cache", "--backends",
+         "evalsuite,lm-eval-hf", "--data-dir", str(DATA_DIR), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["engine_executor"] == "cache"
+    for backend in ("evalsuite", "lm-eval-hf"):
+        assert set(result["backends"][backend]) == {"arc", "mmlu", "gsm8k"}
+        assert all(entry["tokens_per_s"] > 0 for entry in result["backends"][backend].values())
+    assert "tokens/s" in proc.stdout

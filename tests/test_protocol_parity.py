@@ -254,12 +254,12 @@ def test_hellaswag_fast_processing_equals_lm_eval_datasets_path(hellaswag_rows):
     """evalsuite runs lm-eval's own ``process_docs`` over plain rows; it must give exactly what
     lm-eval gets through ``datasets.Dataset.map``, on real rows of both splits."""
     import datasets
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from evalsuite.compat import load_lm_eval_yaml
 
     from evalsuite.data import process_rows
     from evalsuite.tasks import _lm_eval_tasks_root
 
-    process = load_yaml(_lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]
+    process = load_lm_eval_yaml(_lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]
     val, train = hellaswag_rows
     for rows in (val[:1500], train[:1000] + train[-1000:]):
         assert process_rows(process, rows) == [dict(d) for d in process(datasets.Dataset.from_list(rows))]

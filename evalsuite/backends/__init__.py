@@ -32,6 +32,8 @@ class BackendOptions:
     max_gen_toks: int = 256
     tensor_parallel: int = 1
     data_parallel: int = 1
+    #: evalsuite engine: "batched" (prompts of any lengths decode together) or "exact" (one at a time)
+    generation: str = "batched"
 
 
 def build_backend(name: str, source: ModelSource, options: BackendOptions) -> Any:

@@ -36,3 +36,34 @@ def batch_size(text: str) -> int | str:
         return parse_batch_size(text)
     except EvalsuiteError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch-size ")) from None
+
+
+def add_log_to(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-to", metavar="TRACKER",
+                        help="after the run, log params, scores and the HTML report to mlflow:URI "
+                             "(e.g. mlflow:file:/tmp/mlruns) or wandb:PROJECT (offline unless WANDB_MODE is set)")
+
+
+def check_log_to(args: argparse.Namespace) -> None:
+    """Refuse a bad --log-to (or a missing tracker client) before hours of evaluation."""
+    if getattr(args, "log_to", None):
+        from ..trackers import parse_target
+
+        parse_target(args.log_to)
+
+
+def log_after(args: argparse.Namespace, run_id: str) -> None:
+    """The --log-to hook: one call once the run's results are stored. A tracker failure only
+    warns: the exit status stays the run's, and the results are in the store either way."""
+    if getattr(args, "log_to", None):
+        import sys
+
+        from ..errors import EvalsuiteError
+        from ..trackers import log_run
+
+        try:
+            for line in log_run(args.log_to, run_id, args.results_dir):
+                print(f"logged to {line}")
+        except EvalsuiteError as exc:
+            print(f"warning: {exc}; retry with evalsuite.trackers.log_run('{args.log_to}', '{run_id}', "
+                  f"'{args.results_dir}')", file=sys.stderr)

@@ -5,7 +5,7 @@ import argparse
 import shutil
 
 from ..backends import BACKENDS, DEFAULT_BACKEND
-from ._common import add_data_dir, add_results_dir, positive_int
+from ._common import add_data_dir, add_log_to, add_results_dir, check_log_to, log_after, positive_int
 from .compare import add_thresholds
 
 
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_thresholds(parser)
     parser.add_argument("--force", action="store_true", help="compare shared documents even if the runs differ")
     parser.add_argument("--no-cache", action="store_true", help="bypass the request cache")
+    add_log_to(parser)
     parser.set_defaults(func=handle)
 
 
@@ -36,6 +37,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..nightly import nightly
     from .compare import write_outputs
 
+    check_log_to(args)
     result = nightly(
         args.model, baseline=args.baseline, tasks=args.tasks, limit=args.limit, tag=args.tag, data_dir=args.data_dir,
         results_dir=args.results_dir, backend=args.backend, device=args.device, max_drop=args.max_drop,
@@ -51,4 +53,5 @@ def handle(args: argparse.Namespace) -> int:
             extra.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, extra)
     print(f"\nnightly run {result.run_id}: comparison in {result.markdown_path} and {result.json_path}")
+    log_after(args, result.run_id)
     return result.exit_code

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, DEFAULT_BACKEND
-from ._common import add_data_dir, add_results_dir, batch_size, positive_int
+from ._common import add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,11 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weights dtype (default: float32 on CPU, the registry's dtype on GPU)")
     parser.add_argument("--batch-size", default="auto", type=batch_size,
                         help="a positive whole number or auto (default). lm-eval-hf: requests per batch; "
-                             "evalsuite engine: at most this many rows per forward pass (its token budget "
-                             "batches by itself under auto)")
+                             "evalsuite engine: at most this many rows per forward pass and sequences decoded "
+                             "together (its token budget batches by itself under auto)")
+    parser.add_argument("--generation", choices=["batched", "exact"], default="batched",
+                        help="evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
+                             "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)")
     add_results_dir(parser)
     parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
     parser.add_argument("--run-id", help="run id to use (default: a new one)")
+    add_log_to(parser)
     scale = parser.add_argument_group("running at scale (README: Running at scale)")
     scale.add_argument("--tensor-parallel", type=positive_int, metavar="N",
                        help="vllm: GPUs one model is split over (default: from the registry and GPU memory)")
@@ -76,13 +80,14 @@ def handle(args: argparse.Namespace) -> int:
                    device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                    shard=scale["shard"], measure=not args.no_measure, progress=not args.no_progress).table())
         return 0
+    check_log_to(args)
     if args.ray or args.shards:
         return _handle_ray(args, args.batch_size, scale)
     result = evaluate(
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, results_dir=args.results_dir, tag=args.tag,
         run_id=args.run_id, resume=args.resume, trust_remote_code=args.trust_remote_code,
-        progress=not args.no_progress, use_cache=not args.no_cache,
+        progress=not args.no_progress, use_cache=not args.no_cache, generation=args.generation,
         **scale,
     )
     print()
@@ -93,6 +98,8 @@ def handle(args: argparse.Namespace) -> int:
         index, count = scale["shard"]
         print(f"shard {index}/{count} done; once all {count} shards are in {result.results_dir}/, "
               f"`evalsuite results --run {result.run_id}` shows the merged run")
+    else:  # one shard is not a run to log; the merged run is (--ray logs it)
+        log_after(args, result.run_id)
     return result.exit_code
 
 
@@ -126,4 +133,5 @@ def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
     print()
     print(result.table())
     print(f"\nrun {result.run_id} ({args.shards} shards merged): results in {args.results_dir}/")
+    log_after(args, result.run_id)
     return result.exit_code

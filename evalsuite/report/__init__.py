@@ -54,6 +54,7 @@ def render(comparison: Comparison, *, baseline: str | None = None, title: str | 
         per_task=sections.SAMPLES_PER_TASK,
         min_shared=MIN_SHARED,
         manifests=sections.manifests(comparison),
+        contamination=sections.contamination(comparison),
     )
 
 

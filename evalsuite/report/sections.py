@@ -269,3 +269,21 @@ def _pick(label: str, rec: dict[str, Any]) -> dict[str, Any]:
     lls = [f"{x:.2f}" for x in lls] if lls is not None else []
     return {"label": label, "prediction": rec["prediction"], "correct": bool(rec["value"] and rec["value"] > 0),
             "loglikelihoods": lls, "generation": rec["generation"], "extracted": rec["extracted"]}
+
+
+def contamination(comparison: Comparison) -> dict[str, Any]:
+    """Each compared model's latest contamination check: per task, the flagged fraction and its interval."""
+    from ..contamination import read_checks, summarize
+
+    models = list(dict.fromkeys(e.model for e in comparison.entries))
+    frame = read_checks(comparison.results_dir, models=models, latest=True)
+    rows = []
+    for s in summarize(frame):
+        rows.append({"model": s.model, "reference": s.reference or "—", "task": task_label(s.task), "n": s.n,
+                     "flagged": s.flagged, "rate": f"{s.rate:.2f}", "ci": f"[{s.low:.2f}, {s.high:.2f}]",
+                     "rule": s.rule, "k": f"{100 * s.k:g}%", "min_k": f"{s.mean_min_k:.3f}",
+                     "ref_min_k": "—" if math.isnan(s.mean_ref_min_k) else f"{s.mean_ref_min_k:.3f}",
+                     "hot": s.likely_contaminated})
+    checked = {r["model"] for r in rows}
+    checks = sorted(set(frame["check_id"])) if len(frame) else []
+    return {"rows": rows, "checks": checks, "unchecked": [m for m in models if m not in checked]}

@@ -17,18 +17,18 @@ reaches the attention function as a keyword argument of the model's forward.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cache
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-NAME = "evalsuite_tree"
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+from ... import compat
 
-#: Per layer ``(keys, values)`` shaped ``[1, kv_heads, length, head_dim]``.
+NAME = "evalsuite_tree"
+
+#: Computed keys and values of one path of the tree, per layer ``(keys, values)`` shaped
+#: ``[1, kv_heads, length, head_dim]``; never modified once made, so any number of rows may
+#: attend to it.
 Past = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -56,32 +56,10 @@ def supported(model: Any) -> bool:
     device = next(model.parameters()).device
     return (
         device.type == "cpu"
-        and bool(getattr(model, "_supports_attention_backend", False))
-        and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
-        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+        and compat.routes_attention_through_registry(model)
+        and compat.attention_implementation(model) in ("sdpa", "eager")
+        and compat.cpu_flash_attention() is not None
     )
-
-
-@contextmanager
-def active(model: Any) -> Iterator[None]:
-    """Route ``model``'s attention here for the duration (the same model object may serve other
-    backends in between, so the original implementation is always put back)."""
-    _register()
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
-
-
-@cache
-def _register() -> None:
-    """Once per process: make ``NAME`` a transformers attention implementation."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(NAME, tree_attention)
 
 
 def _merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
@@ -108,6 +86,7 @@ def tree_attention(
     ctx = evalsuite_tree
     if ctx is None:
         raise RuntimeError(f"the {NAME!r} attention needs the engine's TreeContext")
+    flash = compat.cpu_flash_attention()
     batch, heads, width, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -122,7 +101,7 @@ def tree_attention(
     local_k = key.repeat_interleave(group, dim=1) if group > 1 else key
     local_v = value.repeat_interleave(group, dim=1) if group > 1 else value
     mask = None if ctx.local_mask is None else ctx.local_mask.to(dtype)
-    out, lse = _flash(query, local_k, local_v, 0.0, mask is None, attn_mask=mask, scale=scaling)[:2]
+    out, lse = flash(query, local_k, local_v, 0.0, mask is None, attn_mask=mask, scale=scaling)[:2]
     if ctx.groups:
         out = out.clone()
         for rows, past in ctx.groups:
@@ -130,7 +109,7 @@ def tree_attention(
             n = rows.numel()
             # [n, heads, width, dim] -> [1, kv_heads, n * group * width, dim]: one long query sequence per key/value head
             q = query[rows].view(n, kv_heads, group, width, dim).transpose(0, 1).reshape(1, kv_heads, n * group * width, dim)
-            past_out, past_lse = _flash(q, past_k, past_v, 0.0, False, scale=scaling)[:2]
+            past_out, past_lse = flash(q, past_k, past_v, 0.0, False, scale=scaling)[:2]
             past_out = past_out.view(kv_heads, n, group, width, dim).transpose(0, 1).reshape(n, heads, width, dim)
             past_lse = past_lse.view(kv_heads, n, group, width).transpose(0, 1).reshape(n, heads, width)
             out[rows] = _merge(out[rows], lse[rows], past_out, past_lse).to(out.dtype)

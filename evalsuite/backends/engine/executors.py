@@ -1,0 +1,170 @@
+"""Executors: how one planned forward pass of packed rows below computed pasts runs on a model.
+
+One interface, two implementations, chosen once when the engine is built:
+
+* :class:`TreeAttentionExecutor` (CPU, models that dispatch attention through transformers'
+  registry, no sliding window shorter than the context): rows attend to their shared past in
+  place through :mod:`.tree_attention`, nothing copied;
+* :class:`CacheExecutor` (CUDA, sliding-window models, anything else): the model's own
+  attention over a ``DynamicCache`` holding each row's past.
+
+Both return the decoder's last hidden states (the output layer runs only where scored) and,
+for a trunk, its past extended by the row.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ... import compat
+from . import tree_attention
+from .planner import Row
+from .tree_attention import Past
+from .prefix_tree import PrefixTree
+
+
+
+def past_length(past: Past | None) -> int:
+    return 0 if past is None else int(past[0][0].shape[-2])
+
+
+class Executor:
+    """Runs planned forward passes on ``model``."""
+
+    name = "abstract"
+    #: whether each row gets its own copy of its past (the planner then bounds rows x past)
+    copies_past = True
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self.device = next(model.parameters()).device
+
+    def forward(self, rows: list[Row], pasts: list[Past | None], tree: PrefixTree, keep: bool) -> tuple[torch.Tensor, Past | None]:
+        """Hidden states ``[rows, width, hidden]`` of the rows (positions = tree depth - 1) and,
+        with ``keep`` (one chain row), the row's past extended by the row."""
+        batch, width = len(rows), max(len(r.nodes) for r in rows)
+        ids = torch.zeros(batch, width, dtype=torch.long)
+        pos = torch.zeros(batch, width, dtype=torch.long)
+        ends = torch.zeros(batch, width, dtype=torch.long)
+        for b, row in enumerate(rows):
+            n = len(row.nodes)
+            ids[b, :n] = torch.tensor([tree.token[x] for x in row.nodes])
+            pos[b, :n] = torch.tensor([tree.depth[x] - 1 for x in row.nodes])
+            ends[b, :n] = torch.tensor(row.ends)
+            if n < width:  # padding sees only itself and is seen by nobody else
+                ends[b, n:] = torch.arange(n + 1, width + 1)
+                pos[b, n:] = pos[b, n - 1] if n else 0
+        local = None  # plain causal rows need no mask
+        if not all(r.is_chain for r in rows):
+            idx = torch.arange(width)
+            # query i may see key j of the row iff j <= i < ends[j] (j is i or one of its ancestors)
+            local = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, :, None] < ends[:, None, :])
+        return self._run(ids, pos, local, pasts, keep)
+
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor, local: torch.Tensor | None, pasts: list[Past | None],
+             keep: bool) -> tuple[torch.Tensor, Past | None]:
+        raise NotImplementedError
+
+
+class TreeAttentionExecutor(Executor):
+    """Pasts attended in place by :func:`.tree_attention.tree_attention` (CPU)."""
+
+    name = "tree"
+    copies_past = False
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        compat.register_attention(tree_attention.NAME, tree_attention.tree_attention)
+
+    def _run(self, ids, pos, local, pasts, keep):
+        by_past: dict[int, tuple[Past, list[int]]] = {}
+        for b, past in enumerate(pasts):
+            if past is not None:
+                by_past.setdefault(id(past), (past, []))[1].append(b)
+        groups = [(torch.tensor(members), past) for past, members in by_past.values()]
+        mask = None
+        if local is not None:
+            mask = torch.zeros(local.shape, dtype=torch.float32).masked_fill_(~local, float("-inf"))[:, None]
+        ctx = tree_attention.TreeContext(groups, mask, keep)
+        with compat.attention(self.model, tree_attention.NAME):
+            out = self.base(input_ids=ids, position_ids=pos, use_cache=False, evalsuite_tree=ctx)
+        return out.last_hidden_state, (ctx.kept_past() if keep else None)
+
+
+class CacheExecutor(Executor):
+    """The model's own attention over a ``DynamicCache`` of the rows' pasts (CUDA, sliding windows)."""
+
+    name = "cache"
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.float_mask = (compat.attention_implementation(model) or "sdpa") == "eager"
+        self.cache_kw = compat.cache_keyword(self.base)
+
+    def _cache(self, pasts: list[Past | None], batch: int) -> tuple[Any, int]:
+        """Rows below one past see it through broadcast views; rows below different pasts get
+        them stacked, right-padded to the longest (the mask hides the padding)."""
+        length = max(past_length(p) for p in pasts)
+        if length == 0:
+            return None, 0
+        first = next(p for p in pasts if p is not None)
+        same = all(p is first for p in pasts)
+        layers = []
+        for layer_idx, (keys, values) in enumerate(first):
+            if same:
+                keys, values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
+            else:
+                shape = (batch, keys.shape[1], length, keys.shape[3])
+                keys, values = keys.new_zeros(shape), values.new_zeros(shape)
+                for b, past in enumerate(pasts):
+                    if past is not None:
+                        n = past_length(past)
+                        keys[b, :, :n] = past[layer_idx][0][0]
+                        values[b, :, :n] = past[layer_idx][1][0]
+            layers.append((keys, values))
+        return compat.cache_from_layers(layers), length
+
+    def _run(self, ids, pos, local, pasts, keep):
+        batch, width = ids.shape
+        cache, past = self._cache(pasts, batch)
+        mask: torch.Tensor | None = None
+        if local is not None or (past > 0 and batch > 1):
+            if local is None:
+                local = torch.ones(width, width, dtype=torch.bool).tril()[None].expand(batch, width, width)
+            seen = torch.tensor([past_length(p) for p in pasts])
+            visible = (torch.arange(past)[None, :] < seen[:, None])[:, None, :].expand(batch, width, past)
+            mask = torch.cat([visible, local], dim=2)[:, None].to(self.device)
+            if self.float_mask:
+                dtype = next(self.model.parameters()).dtype
+                mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
+        # else: causal attention, which the model builds itself (fast kernels when nothing is
+        # cached); right padding is harmless as no real token attends to a later position
+        if keep and cache is None:
+            cache = compat.new_cache()
+        out = self.base(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
+                        use_cache=cache is not None, **{self.cache_kw: cache})
+        return out.last_hidden_state, (compat.cache_layers(cache) if keep else None)
+
+
+def sliding_window(model: Any) -> int | None:
+    window = getattr(model.config, "sliding_window", None)
+    if not getattr(model.config, "use_sliding_window", True):
+        return None
+    return window
+
+
+def select_executor(model: Any, max_length: int, attention: str | None = None) -> Executor:
+    """``attention``: "tree", "cache" or None (tree attention where supported: a CPU model that
+    routes attention through the registry, without a sliding window shorter than the context)."""
+    if attention is None:
+        window = sliding_window(model)
+        attention = "tree" if tree_attention.supported(model) and (window is None or window >= max_length) else "cache"
+    if attention == "tree":
+        if not tree_attention.supported(model):
+            raise ValueError("tree attention needs a CPU model that routes attention through transformers' registry")
+        return TreeAttentionExecutor(model)
+    if attention == "cache":
+        return CacheExecutor(model)
+    raise ValueError(f"unknown attention {attention!r}: tree or cache")

@@ -1,0 +1,314 @@
+"""Greedy generation (GSM8K) as lm-eval's ``hf`` model and v1's ``model.generate(do_sample=False)``.
+
+Semantics, identical in both modes: the context is encoded without special tokens and
+left-truncated to ``max_length - max_gen_toks``; each step takes the argmax of the logits after
+the model's own generation-config processors (repetition penalty, no-repeat n-grams, bad words,
+minimum lengths...: exactly the ``LogitsProcessorList`` ``generate`` would build, applied to the
+row's own tokens as at batch size 1); a row stops at an EOS id, once a stop string appears in
+its text, or after ``max_gen_toks`` tokens; the text is decoded without special tokens and cut
+at each stop string in turn.
+
+Two modes:
+
+* ``exact``: one prompt at a time, prefill then one token per step over a ``DynamicCache``: the
+  same calls as ``generate`` at batch size 1.
+* ``batched`` (default): prompts of any lengths decode together. Each prompt is prefilled alone
+  (the same numerics as batch size 1), its keys and values are copied into a slot of a
+  preallocated per-layer buffer, and every decode step runs the active slots as one batch, each
+  row at its own position and attending to its own slot only (:func:`slot_attention`). A row
+  that stops leaves at once and the next prompt is prefilled into its slot; once none is left
+  the last slot moves into the hole, so the batch stays dense. Per row the arithmetic is that of
+  batch size 1 except for kernel blocking at a different batch size (float rounding in the last
+  bits; the benchmark checks the texts against lm-eval's ``hf`` model).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ... import compat
+from ...errors import EvalsuiteError
+from .executors import sliding_window
+
+log = logging.getLogger(__name__)
+
+SLOT_ATTENTION = "evalsuite_slots"
+#: Rows decoded together at most, by device type.
+MAX_SLOTS = {"cpu": 32, "cuda": 128}
+#: Bytes the slot buffers may take, by device type (a fraction of free memory on CUDA).
+SLOT_MEMORY = {"cpu": 2 * 2**30}
+#: Generation-config processors the engine applies (transformers' own objects, per row).
+SUPPORTED_PROCESSORS = frozenset({
+    "RepetitionPenaltyLogitsProcessor", "NoRepeatNGramLogitsProcessor", "NoBadWordsLogitsProcessor",
+    "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "SequenceBiasLogitsProcessor",
+    "SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor", "ForcedBOSTokenLogitsProcessor",
+    "ForcedEOSTokenLogitsProcessor", "InfNanRemoveLogitsProcessor", "ExponentialDecayLengthPenalty",
+    "LogitNormalization",
+})
+STOP_LOOKBACK = 64
+MODES = ("batched", "exact")
+
+
+@dataclass
+class Job:
+    """One prompt being decoded."""
+
+    index: int
+    prompt: list[int]
+    until: list[str]
+    max_gen: int
+    processors: Any
+    eos: frozenset[int]
+    new: list[int] = field(default_factory=list)
+    slot: int = -1
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.new)
+
+    def push(self, token: int, tokenizer: Any) -> bool:
+        """Append a generated token; whether the row is done."""
+        self.new.append(token)
+        if token in self.eos or len(self.new) >= self.max_gen:
+            return True
+        text = tokenizer.decode(self.new[-STOP_LOOKBACK:], skip_special_tokens=False)
+        return any(s and s in text for s in self.until)
+
+    def text(self, tokenizer: Any) -> str:
+        out = tokenizer.decode(self.new, skip_special_tokens=True)
+        for term in self.until:
+            if term:
+                out = out.split(term)[0]
+        return out
+
+
+class Generator:
+    """Greedy decoding for an :class:`~.lm.EngineLM`'s model and tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, default_max_gen: int, mode: str = "batched",
+                 max_rows: int | None = None) -> None:
+        if mode not in MODES:
+            raise EvalsuiteError(f"unknown generation mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.default_max_gen = default_max_gen
+        self.mode = mode
+        self.max_rows = max_rows
+        self.device = next(model.parameters()).device
+        self.cache_kw = compat.cache_keyword(model)
+        self.window = sliding_window(model)
+        self._processors: dict[tuple[int, int], tuple[Any, frozenset[int]]] = {}
+        self.forward_calls = 0
+        self.forwarded_tokens = 0
+
+    # ------------------------------------------------------------------ requests
+    def jobs(self, requests: Sequence[Any]) -> list[Job]:
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+        eos_text = self.tokenizer.decode(self.tokenizer.eos_token_id, skip_special_tokens=False)
+        out = []
+        for index, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.default_max_gen)
+            if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0.0:
+                raise EvalsuiteError("the evalsuite engine decodes greedily only (do_sample=False, temperature=0)")
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            ids = self.tokenizer.encode(context, add_special_tokens=False)[-(self.max_length - max_gen):]
+            processors, eos = self.processors(len(ids), max_gen)
+            out.append(Job(index, ids, until, max_gen, processors, eos))
+        return out
+
+    def processors(self, prompt_length: int, max_gen: int) -> tuple[Any, frozenset[int]]:
+        """The generation-config processors for a prompt length (some depend on it) and the EOS ids."""
+        key = (prompt_length, max_gen)
+        if key not in self._processors:
+            processors, eos_ids = compat.greedy_logits_processors(self.model, prompt_length, max_gen, self.device)
+            unknown = sorted({type(p).__name__ for p in processors} - SUPPORTED_PROCESSORS)
+            if unknown:
+                raise EvalsuiteError(
+                    f"the model's generation_config asks generate() for {', '.join(unknown)}, which the evalsuite "
+                    f"engine does not implement; use --backend lm-eval-hf for this model"
+                )
+            eos = set(eos_ids)
+            if self.tokenizer.eos_token_id is not None:
+                eos.add(int(self.tokenizer.eos_token_id))
+            self._processors[key] = (processors if len(processors) else None, frozenset(eos))
+        return self._processors[key]
+
+    def generate(self, requests: Sequence[Any]) -> list[str]:
+        jobs = self.jobs(requests)
+        if not jobs:
+            return []
+        with torch.inference_mode():
+            if self.mode == "exact" or not compat.routes_attention_through_registry(self.model):
+                for job in jobs:
+                    self._exact(job)
+            else:
+                self._batched(jobs)
+        return [job.text(self.tokenizer) for job in jobs]
+
+    def _next(self, job: Job, logits: torch.Tensor) -> int:
+        """The greedy token from one row's last logits ``[vocab]`` after the processors."""
+        if job.processors is not None:
+            ids = torch.tensor([job.prompt + job.new], dtype=torch.long, device=logits.device)
+            logits = job.processors(ids, logits[None].float())[0]
+        return int(logits.argmax())
+
+    # ------------------------------------------------------------------ exact: batch size 1
+    def _exact(self, job: Job) -> None:
+        cache = compat.new_cache()
+        step = torch.tensor([job.prompt], dtype=torch.long, device=self.device)
+        attn = torch.ones_like(step)
+        while True:
+            out = self.model(input_ids=step, attention_mask=attn, use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
+            self.forward_calls += 1
+            self.forwarded_tokens += step.numel()
+            token = self._next(job, out.logits[0, -1])
+            if job.push(token, self.tokenizer):
+                return
+            step = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype, device=self.device)], dim=1)
+
+    # ------------------------------------------------------------------ batched: slots
+    def _slots(self, jobs: list[Job]) -> tuple[int, int]:
+        """(slots, capacity in tokens per slot) within the device's slot memory."""
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        capacity = max(len(j.prompt) + j.max_gen for j in jobs)
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * next(self.model.parameters()).element_size()
+        dev = self.device.type
+        if dev == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            memory = free // 3
+        else:
+            memory = SLOT_MEMORY.get(dev, SLOT_MEMORY["cpu"])
+        slots = max(1, min(self.max_rows or MAX_SLOTS.get(dev, 32), len(jobs), memory // (capacity * per_token)))
+        return slots, capacity
+
+    def _batched(self, jobs: list[Job]) -> None:
+        compat.register_attention(SLOT_ATTENTION, slot_attention)
+        slots, capacity = self._slots(jobs)
+        pending = sorted(jobs, key=lambda j: -len(j.prompt))[::-1]  # pop() takes the longest first
+        state = SlotState(capacity, slots)
+        active: list[Job] = []
+        while pending or active:
+            while pending and len(active) < slots:
+                job = pending.pop()
+                if self._prefill(job, state, len(active)):
+                    continue  # done after its first token
+                active.append(job)
+            if not active:
+                continue
+            ids = torch.tensor([[j.new[-1]] for j in active], dtype=torch.long, device=self.device)
+            pos = torch.tensor([[j.length - 1] for j in active], dtype=torch.long, device=self.device)
+            state.begin_step(torch.tensor([j.length - 1 for j in active], device=self.device), self.window)
+            with compat.attention(self.model, SLOT_ATTENTION):
+                out = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1,
+                                 evalsuite_slots=state)
+            self.forward_calls += 1
+            self.forwarded_tokens += ids.numel()
+            logits = out.logits[:, -1]
+            finished = [b for b, job in enumerate(active) if job.push(self._next(job, logits[b]), self.tokenizer)]
+            for b in reversed(finished):  # fill holes from the back so indices stay valid
+                last = len(active) - 1
+                if pending:
+                    job = pending.pop()
+                    while job is not None and self._prefill(job, state, b):
+                        job = pending.pop() if pending else None
+                    if job is not None:
+                        active[b] = job
+                        continue
+                if b != last:
+                    state.move(last, b)
+                    active[b] = active[last]
+                active.pop()
+
+    def _prefill(self, job: Job, state: SlotState, slot: int) -> bool:
+        """Run the prompt alone (as at batch size 1), keep its keys and values in ``slot``, take
+        its first token; whether the job is already done."""
+        cache = compat.new_cache()
+        ids = torch.tensor([job.prompt], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
+                         **{self.cache_kw: cache})
+        self.forward_calls += 1
+        self.forwarded_tokens += ids.numel()
+        state.store(slot, compat.cache_layers(cache))
+        return job.push(self._next(job, out.logits[0, -1]), self.tokenizer)
+
+
+class SlotState:
+    """Per-layer key/value buffers ``[slots, kv_heads, capacity, head_dim]`` and, during one
+    decode step, each active row's position (where its new key goes; it attends to 0..pos)."""
+
+    def __init__(self, capacity: int, slots: int) -> None:
+        self.capacity = capacity
+        self.slots = slots
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths: dict[int, int] = {}
+        self.positions: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.width = 0
+
+    def store(self, slot: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if not self.keys:  # allocated on the first prompt: its layers give the shapes and dtype
+            for k, _ in layers:
+                shape = (self.slots, k.shape[1], self.capacity, k.shape[3])
+                self.keys.append(k.new_zeros(shape))
+                self.values.append(k.new_zeros(shape))
+        n = layers[0][0].shape[-2]
+        for i, (k, v) in enumerate(layers):
+            self.keys[i][slot, :, :n] = k[0]
+            self.values[i][slot, :, :n] = v[0]
+        self.lengths[slot] = n
+
+    def move(self, source: int, target: int) -> None:
+        n = self.lengths.pop(source)
+        for k, v in zip(self.keys, self.values):
+            k[target, :, :n] = k[source, :, :n]
+            v[target, :, :n] = v[source, :, :n]
+        self.lengths[target] = n
+
+    def begin_step(self, positions: torch.Tensor, window: int | None) -> None:
+        rows = positions.shape[0]
+        for b in range(rows):
+            self.lengths[b] = int(positions[b]) + 1
+        self.positions = positions
+        self.width = int(positions.max()) + 1
+        keys = torch.arange(self.width, device=positions.device)
+        visible = keys[None, :] <= positions[:, None]
+        if window is not None:
+            visible &= keys[None, :] > positions[:, None] - window
+        self.mask = visible[:, None, None, :]
+
+
+def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                   evalsuite_slots: SlotState | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """One decode step: ``query``/``key``/``value`` ``[rows, heads, 1, dim]``. Each row's new key
+    and value go into its slot at its position; the row attends to its slot up to there. The
+    query heads sharing a key/value head ride as one query sequence (no key/value repeat)."""
+    state = evalsuite_slots
+    if state is None or state.positions is None:
+        raise RuntimeError(f"the {SLOT_ATTENTION!r} attention needs the generator's SlotState")
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    layer = module.layer_idx
+    keys, values = state.keys[layer], state.values[layer]
+    index = torch.arange(rows, device=query.device)
+    keys[index, :, state.positions] = key[:, :, 0]
+    values[index, :, state.positions] = value[:, :, 0]
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, keys[:rows, :, :state.width], values[:rows, :, :state.width], attn_mask=state.mask, scale=scaling
+    )
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2), None

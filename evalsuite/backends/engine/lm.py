@@ -1,0 +1,268 @@
+"""``EngineLM``: lm-eval's ``TemplateLM`` whose log-likelihoods compute each shared prefix once.
+
+Why not lm-eval's ``hf`` model: it forwards every (context, continuation) pair in full, so a
+25-shot ARC question is run four times (once per choice), every MMLU question re-runs its
+subject's 5-shot preamble, and the output layer and log-softmax run over every position of
+every sequence although only the continuation positions are read.
+
+The pair split (trailing context spaces move to the continuation, the whole string is encoded
+and the continuation is what follows the context's encoding; an empty context becomes the
+prefix token) is ``TemplateLM``'s own, inherited. The requests' model inputs go into one
+:class:`~.prefix_tree.PrefixTree`, :func:`~.planner.plan` cuts it into forward passes, the
+executor chosen at construction runs them, and :mod:`.scoring` reads the targets' log-probs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lm_eval.api.model import TemplateLM
+
+from ... import compat
+from .. import BackendOptions
+from . import planner, scoring
+from .executors import Executor, Past, select_executor
+from .generation import Generator
+from .prefix_tree import PrefixTree, tree_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 2048
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+
+
+@dataclass
+class EngineStats:
+    """What the calls since the last reset cost: tokens forwarded (padding included), real
+    tokens (unique ones plus short shared openings recomputed per branch, less reused ones),
+    unique tokens, positions scored, root-trunk tokens reused from an earlier call."""
+
+    forwarded_tokens: int = 0
+    real_tokens: int = 0
+    unique_tokens: int = 0
+    scored_positions: int = 0
+    reused_tokens: int = 0
+    forward_calls: int = 0
+    oom_splits: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, type(getattr(self, name))())
+
+
+@dataclass
+class TokenLogprobs:
+    """A text's token ids (no special tokens) and each token's log-probability given the ones
+    before it, the first given the v1 empty-context prefix (the EOS token)."""
+
+    tokens: list[int]
+    logprobs: list[float]
+
+
+def resolve_max_length(model: Any, tokenizer: Any) -> int:
+    """The model's context length, resolved like HFLM's (and v1's) ``max_length``."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max is not None and tok_max < 10**12:
+        return int(tok_max)
+    return DEFAULT_MAX_LENGTH
+
+
+class EngineLM(TemplateLM):
+    """lm-eval ``LM`` whose log-likelihoods compute each shared token prefix once."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        options: BackendOptions,
+        token_budget: int | None = None,
+        max_length: int | None = None,
+        attention: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model  # a transformers causal LM in eval mode
+        self.tokenizer = tokenizer
+        self.options = options
+        self._device = next(model.parameters()).device
+        self.max_gen_toks = int(options.max_gen_toks)
+        self._max_length = max_length or resolve_max_length(model, tokenizer)
+        self.executor: Executor = select_executor(model, self._max_length, attention)
+        # --batch-size N (an int) caps the rows of one forward pass and the sequences decoded
+        # together; by default ("auto") the token budget alone bounds a forward
+        max_rows = options.batch_size if isinstance(options.batch_size, int) else None
+        self.budgets = planner.Budgets.for_device(self._device.type, token_budget, self.executor.copies_past, max_rows)
+        self.lm_head = model.get_output_embeddings()
+        self.logits_dtype = compat.v1_logits_dtype(model)
+        self.generator = Generator(model, tokenizer, self._max_length, self.max_gen_toks,
+                                   getattr(options, "generation", "batched"), max_rows)
+        self.stats = EngineStats()
+        #: root trunks kept across calls (key: their tokens), least recent first
+        self._trunk_memory: OrderedDict[tuple[int, ...], Past] = OrderedDict()
+
+    @property
+    def token_budget(self) -> int:
+        return self.budgets.token_budget
+
+    def forget(self) -> None:
+        """Drop the root trunks kept from earlier calls (benchmarks time each call from cold)."""
+        self._trunk_memory.clear()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (with ``device_map="auto"`` that is the first device)."""
+        return self._device
+
+    # ------------------------------------------------------------------ tokenization (TemplateLM)
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """v1: an empty context is ``[eos_token_id]`` (lm-eval 0.4.13 would use BOS)."""
+        return self.tokenizer.eos_token_id
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        """No special tokens, ever: the leaderboard's v1 setting (HFLM with ``add_bos_token=False``)."""
+        return self.tokenizer.encode(string, add_special_tokens=False)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """The ``(context, continuation)`` ids of one request, as :meth:`loglikelihood` makes them."""
+        if context == "":
+            cont = self.tok_encode(continuation)
+            return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+        return self._encode_pair(context, continuation)
+
+    def build_tree(self, pairs: Sequence[tuple[str, str]]) -> PrefixTree:
+        """All requests' model inputs in one trie (left truncation to ``max_length`` applied)."""
+        return tree_of([self.encode_pair(c, x) for c, x in pairs], self.max_length)
+
+    # ------------------------------------------------------------------ log-likelihood
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        """``TemplateLM``'s (its pair split), without a tokenizing progress bar by default."""
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """:meth:`loglikelihood` on plain ``(context, continuation)`` strings."""
+        return self._loglikelihood_tokens([((c, x), *self.encode_pair(c, x)) for c, x in pairs])
+
+    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
+                              disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        """``(sum of continuation log-probs, continuation is the greedy one)`` per request, in order."""
+        if not requests:
+            return []
+        start = time.perf_counter()
+        tree = tree_of([(ctx, cont) for _, ctx, cont in requests], self.max_length)
+        tally = scoring.Tally(len(requests))
+        self.stats.unique_tokens += tree.n_tokens
+        with torch.inference_mode():
+            self.run_plan(tree, tally)
+        self.stats.seconds += time.perf_counter() - start
+        return tally.results(self.logits_dtype)
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError("the leaderboard tasks need no rolling log-likelihoods")
+
+    def run_plan(self, tree: PrefixTree, tally: scoring.Tally) -> None:
+        """Plan the tree against the remembered root trunks, then run the steps in order."""
+        the_plan = planner.plan(tree, self.budgets, list(self._trunk_memory))
+        self.stats.reused_tokens += the_plan.reused_tokens
+        pasts: dict[int, Past] = {}
+        for step in the_plan.steps:
+            if isinstance(step, planner.Forward):
+                kept = self._forward_safe(step.rows, pasts, tree, tally, keep=step.keep is not None)
+                if step.keep is not None:
+                    pasts[step.keep] = kept
+            elif isinstance(step, planner.Reuse):
+                source = self._trunk_memory[step.key]
+                pasts[step.out] = [(k[:, :, :step.length], v[:, :, :step.length]) for k, v in source]
+            elif isinstance(step, planner.Remember):
+                self._trunk_memory[step.key] = pasts[step.past]
+                self._trunk_memory.move_to_end(step.key)
+                while len(self._trunk_memory) > planner.TRUNK_MEMORY:
+                    self._trunk_memory.popitem(last=False)
+            elif isinstance(step, planner.Release):
+                for past in step.pasts:
+                    pasts.pop(past, None)
+
+    def _forward_safe(self, rows: list[planner.Row], pasts: dict[int, Past], tree: PrefixTree,
+                      tally: scoring.Tally, keep: bool = False) -> Past | None:
+        """One planned forward; on out-of-memory split the batch in halves and retry each."""
+        try:
+            hidden, kept = self.executor.forward(rows, [None if r.past is None else pasts[r.past] for r in rows],
+                                                 tree, keep)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled
+            if not _is_oom(exc) or len(rows) == 1:
+                raise
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.stats.oom_splits += 1
+            log.warning("out of memory on a batch of %d rows; splitting it in two", len(rows))
+            half = len(rows) // 2
+            self._forward_safe(rows[:half], pasts, tree, tally)
+            self._forward_safe(rows[half:], pasts, tree, tally)
+            return None
+        width = max(len(r.nodes) for r in rows)
+        self.stats.forward_calls += 1
+        self.stats.forwarded_tokens += len(rows) * width
+        self.stats.real_tokens += sum(len(r.nodes) for r in rows)
+        self.stats.scored_positions += scoring.score(self.lm_head, hidden, rows, tree, tally, self.logits_dtype)
+        return kept
+
+    # ------------------------------------------------------------------ per-token log-probs
+    def token_logprobs(self, texts: Sequence[str]) -> list[TokenLogprobs]:
+        """Each text's tokens and per-token log-probabilities (first token given the EOS prefix):
+        one forward per document, no few-shot context, through the same tree and planner."""
+        encoded = [self.tok_encode(t) for t in texts]
+        requests = []
+        for ids in encoded:
+            if not ids:
+                continue
+            inputs = ([self.prefix_token_id] + ids)[-(self.max_length + 1):][:-1]
+            requests.append((inputs, ids[-len(inputs):]))
+        tree = PrefixTree()
+        for index, (inputs, targets) in enumerate(requests):
+            tree.insert(index, inputs, targets)
+        tree.finalize()
+        tally = scoring.Tally(len(requests))
+        with torch.inference_mode():
+            self.run_plan(tree, tally)
+        out, at = [], 0
+        for ids in encoded:
+            if not ids:
+                out.append(TokenLogprobs([], []))
+                continue
+            lps = tally.logprobs[at]
+            out.append(TokenLogprobs(ids[-len(lps):], [float(x) for x in lps]))
+            at += 1
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations cut at the first stop string, as HFLM's (see :mod:`.generation`)."""
+        calls, tokens = self.generator.forward_calls, self.generator.forwarded_tokens
+        out = self.generator.generate(requests)
+        self.stats.forward_calls += self.generator.forward_calls - calls
+        self.stats.forwarded_tokens += self.generator.forwarded_tokens - tokens
+        return out
