@@ -306,6 +306,7 @@ def plan(
     measure: bool = True,
     remeasure: bool = False,
     progress: bool = False,
+    generation: str = "batched",
 ) -> Plan:
     """The dry-run plan of ``evaluate`` with the same arguments: counts and estimated time.
 
@@ -358,7 +359,8 @@ def plan(
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
-            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0])
+            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0],
+                                   generation)
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
@@ -390,7 +392,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
-               backend: str, speed: SpeedProfile | None, device_type: str = "cpu") -> TaskPlan:
+               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
     from .backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from .piecewise import PiecewiseEncoder
     from .runner import CHUNK_DOCS
@@ -410,8 +412,9 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                           new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
                           tokenizer_fallback=encoder.fallback)
         if speed is not None:
-            result.est_seconds = sum(speed.generation_seconds(n, g) for n, g in zip(lengths, expected))
-            result.est_seconds_max = sum(speed.generation_seconds(n, MAX_NEW_TOKENS) for n in lengths)
+            mode = generation if backend == "evalsuite" else "exact"  # lm-eval hf: batch size 1, as v1 ran
+            result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
+            result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
         return result
 
     requests = [tuple(inst.args) for p in prompts for inst in p.instances]
@@ -479,6 +482,30 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
             result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
                                   + speed.scoring_seconds(lm_eval_tokens))
     return result
+
+
+def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
+    """Greedy generation as the engine runs it, a runner call (``CHUNK_DOCS`` prompts) at a time.
+
+    ``exact``: each prompt alone, prefill then one step per new token. ``batched``: each prompt
+    prefilled alone, then the call's prompts decode together (up to the engine's slots), so a
+    call costs its longest generation's steps, plus each further row's token work.
+    """
+    from .runner import CHUNK_DOCS
+
+    if mode == "exact":
+        return sum(speed.generation_seconds(n, g) for n, g in zip(prompts, new))
+    from .backends.engine.generation import MAX_SLOTS
+
+    slots = MAX_SLOTS.get(device_type, MAX_SLOTS["cpu"])
+    total = 0.0
+    for start in range(0, len(prompts), CHUNK_DOCS):
+        lengths, gens = prompts[start:start + CHUNK_DOCS], new[start:start + CHUNK_DOCS]
+        total += sum(speed.forward_seconds(n, n, 1) for n in lengths)  # prefills, one prompt each
+        for begin in range(0, len(gens), slots):  # rows decoded together
+            rows, context = gens[begin:begin + slots], max(lengths[begin:begin + slots])
+            total += max(rows) * speed.decode_step_s + (sum(rows) - max(rows)) * speed.per_token(context)
+    return total
 
 
 def _duration(seconds: float | None) -> str:

@@ -161,7 +161,7 @@ def evaluate(
         from .dryrun import plan
 
         return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
-                    trust_remote_code=trust_remote_code, shard=shard, progress=progress)
+                    trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")

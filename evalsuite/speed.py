@@ -75,8 +75,9 @@ class SpeedProfile:
                 f"256 tokens of context, {self.per_token(1024) * 1000:.2f} ms at 1024; one greedy decoding step {self.decode_step_s * 1000:.0f} ms (median of {DECODE_STEPS}, "
                 f"{DECODE_CONTEXT} tokens cached); output layer {self.head_s * 1000:.2f} ms per scored position. "
                 f"A log-likelihood task costs its engine tokens at the per-token cost of its median document length, "
-                f"plus the output layer at its scored positions; generation costs the prompt plus one step per new token. The machine is "
-                f"shared: the estimate moves with its load")
+                f"plus the output layer at its scored positions; generation costs each prompt's prefill, then per call of "
+                f"32 documents decoded together the longest generation's steps plus the other rows' token work (one step "
+                f"per new token with --generation exact). The machine is shared: the estimate moves with its load")
 
 
 def profile_path(source: Any, dtype: str, device: str) -> Path:

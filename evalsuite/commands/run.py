@@ -78,7 +78,8 @@ def handle(args: argparse.Namespace) -> int:
 
         print(plan(args.models, args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
                    device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                   shard=scale["shard"], measure=not args.no_measure, progress=not args.no_progress).table())
+                   shard=scale["shard"], measure=not args.no_measure, progress=not args.no_progress,
+                   generation=args.generation).table())
         return 0
     check_log_to(args)
     if args.ray or args.shards:
