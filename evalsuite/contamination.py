@@ -396,7 +396,7 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
     source = materialize(spec)
     from .loading import resolve_dtype
 
-    dtype = resolve_dtype(spec, device, dtype, source)[0]
+    dtype = resolve_dtype(spec, device, dtype)[0]
     check_fits(spec, dtype, device, params=spec.params or param_count(source))
     lm = build_backend("evalsuite", source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity

@@ -83,6 +83,9 @@ def test_wandb_offline_run(logged_run, monkeypatch, tmp_path):
     run_id = ResultsStore(logged_run["results"]).runs().iloc[0]["run_id"]
     [line] = log_run("wandb:evalsuite-test", run_id, logged_run["results"])
     assert "wandb (offline)" in line
+    import wandb
+
+    wandb.teardown()  # the service writes the offline file; stopping it waits for the last bytes
     [log] = list((tmp_path / "wandb_dir").glob("wandb/offline-run-*/run-*.wandb"))
     data = log.read_bytes()
     for text in (run_id, logged_run["model"], "h6", "winogrande_n", "evalsuite-test", "weights_hash"):
