@@ -516,4 +516,5 @@ def _duration(seconds: float | None) -> str:
     minutes = seconds / 60
     if minutes < 90:
         return f"{minutes:.0f} min"
-    return f"{int(minutes // 60)} h {int(round(minutes % 60)):02d} min"
+    hours, rest = divmod(int(round(minutes)), 60)  # 1079.7 min is 18 h 00 min, not 17 h 60 min
+    return f"{hours} h {rest:02d} min"

@@ -203,3 +203,11 @@ def test_plan_to_dict_is_json(tiny_llama_dir, data_dir, isolated_cache):
     plan = evalsuite.plan(models=[str(tiny_llama_dir)], tasks=["winogrande"], limit=2, data_dir=data_dir, measure=False)
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["models"][0]["tasks"][0]["task"] == "winogrande"
+
+
+def test_durations_carry_the_hour():
+    from evalsuite.dryrun import _duration
+
+    assert _duration(1079.7 * 60) == "18 h 00 min"
+    assert _duration(61 * 60) == "61 min"
+    assert _duration(45) == "45 s"
