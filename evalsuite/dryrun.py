@@ -218,18 +218,7 @@ def engine_plan(calls: Iterable[list[tuple[list[int], list[int]]]], max_length: 
     from .backends.engine import planner
 
     budgets = planner.Budgets.for_device(device_type, None, None)
-    memory: list[tuple[int, ...]] = []
-    total = planner.PlanSummary()
-    for batch in calls:
-        if not batch:
-            continue
-        tree = prefix_tree(batch, max_length)
-        the_plan = planner.plan(tree, budgets, memory)
-        for step in the_plan.steps:
-            if isinstance(step, planner.Remember):
-                planner.remember(memory, step.key)
-        total.add(planner.summarize(tree, the_plan, len(batch)))
-    return total
+    return planner.summarize_calls(((prefix_tree(b, max_length), len(b)) for b in calls if b), budgets)
 
 
 def prefix_tree(batch: Sequence[tuple[list[int], list[int]]], max_length: int) -> Any:

@@ -19,7 +19,7 @@ How the tree is cut:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .prefix_tree import PrefixTree
@@ -372,3 +372,17 @@ def summarize(tree: PrefixTree, the_plan: Plan, requests: int) -> PlanSummary:
         scored_positions=sum(1 for f in forwards for r in f.rows for n in r.nodes if n in tree.scores),
         reused_tokens=the_plan.reused_tokens,
     )
+
+
+def summarize_calls(trees: Iterable[tuple[PrefixTree, int]], budgets: Budgets) -> PlanSummary:
+    """What a sequence of calls costs, each a (prefix tree, request count), planned in order with
+    the root trunks remembered between calls as the executor remembers them."""
+    memory: list[tuple[int, ...]] = []
+    total = PlanSummary()
+    for tree, requests in trees:
+        the_plan = plan(tree, budgets, memory)
+        for step in the_plan.steps:
+            if isinstance(step, Remember):
+                remember(memory, step.key)
+        total.add(summarize(tree, the_plan, requests))
+    return total

@@ -95,21 +95,14 @@ def plan_requests(
     encoded = dict(zip(ll, encode_pairs(tokenizer, [items[i][:2] for i in ll], encode=encode)))
     copies_past = None if attention is None else attention == "cache"
     budgets = planner.Budgets.for_device(device_type, token_budget, copies_past)
-    memory: list[tuple[int, ...]] = []
     sizes = list(chunks) if chunks else [len(items)]
-    at = 0
+    calls, at = [], 0
     for size in sizes:
         batch = [encoded[i] for i in range(at, at + size) if i in encoded]
         at += size
-        if not batch:
-            continue
-        tree = tree_of(batch, max_length)
-        the_plan = planner.plan(tree, budgets, memory)
-        for step in the_plan.steps:
-            if isinstance(step, planner.Remember):
-                planner.remember(memory, step.key)
-        summary.add(planner.summarize(tree, the_plan, len(batch)))
-    return summary
+        if batch:
+            calls.append(batch)
+    return summary.add(planner.summarize_calls(((tree_of(b, max_length), len(b)) for b in calls), budgets))
 
 
 __all__ = ["encode_pairs", "plan_requests"]
