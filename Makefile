@@ -46,7 +46,7 @@ test-system-deps:
 	fi
 
 test: setup test-system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Engine vs lm-eval's hf model on all six tasks (HFLM at its fastest of batch 1, 8, 32), one
 # torch thread (the CPU is shared): log-likelihood tasks, then 64 GSM8K documents, then one
