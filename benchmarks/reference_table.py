@@ -81,7 +81,7 @@ def main() -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"tasks": {}}
 
     if args.projection:
-        plan = evalsuite.plan(models=[args.model], data_dir=args.data_dir)[0]
+        plan = evalsuite.plan(models=[args.model], data_dir=args.data_dir, remeasure=True, progress=True)
         summary["full_run_projection"] = plan.to_dict()
         print(plan.table())
     else:

@@ -70,7 +70,7 @@ class SpeedProfile:
         forwards = ", ".join(f"1x{k} {v * 1000:.0f} ms" for k, v in self.seconds_by_length.items())
         load = f", load average {self.load_average:.1f}" if self.load_average is not None else ""
         return (f"from forwards of {self.model} measured {self.measured_at} on {self.host} ({self.dtype}, {self.device}, "
-                f"{self.threads} threads{load}): decoder forward of random tokens {forwards} (best of {REPEATS}), "
+                f"{self.threads} thread{'s' if self.threads != 1 else ''}{load}): decoder forward of random tokens {forwards} (best of {REPEATS}), "
                 f"fitted as {self.fixed_s * 1000:.1f} ms per pass + {self.per_token(256) * 1000:.2f} ms per token at "
                 f"256 tokens of context, {self.per_token(1024) * 1000:.2f} ms at 1024; one greedy decoding step {self.decode_step_s * 1000:.0f} ms (median of {DECODE_STEPS}, "
                 f"{DECODE_CONTEXT} tokens cached); output layer {self.head_s * 1000:.2f} ms per scored position. "
