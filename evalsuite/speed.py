@@ -21,15 +21,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-#: Decoder forward lengths timed (tokens in one row).
-LENGTHS = (128, 512, 1024)
+#: Decoder forward lengths timed (tokens in one row): five for three coefficients, so that one
+#: timing disturbed by another process cannot set the fit alone (three points fit exactly).
+LENGTHS = (128, 256, 512, 768, 1024)
 #: Timings per length (the best counts).
-REPEATS = 2
+REPEATS = 3
 #: Context length held in the cache while decoding steps are timed, and steps timed (the median counts).
 DECODE_CONTEXT, DECODE_STEPS = 512, 16
 #: Positions the output layer is timed on.
 HEAD_POSITIONS = 256
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 
 
 @dataclass
