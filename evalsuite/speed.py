@@ -78,7 +78,8 @@ class SpeedProfile:
                 f"A log-likelihood task costs its engine tokens at the per-token cost of its median document length, "
                 f"plus the output layer at its scored positions; generation costs each prompt's prefill, then per call of "
                 f"32 documents decoded together the longest generation's steps plus the other rows' token work (one step "
-                f"per new token with --generation exact). The machine is shared: the estimate moves with its load")
+                f"per new token with --generation exact); batched generation has taken up to 1.7x this estimate on a "
+                f"CPU (README, 'Estimate against actual'). The machine is shared: the estimate moves with its load")
 
 
 def profile_path(source: Any, dtype: str, device: str) -> Path:
