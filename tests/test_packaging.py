@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _source_copy(dest: Path) -> Path:
+    """The package's sources in a scratch folder: setuptools writes build/ and *.egg-info next to
+    the sources it builds, and a test must not write into the checkout."""
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+                                  "results", "reports", "benchmarks")
+    shutil.copytree(REPO, dest, symlinks=True, ignore=skip)  # evalsuite/task_defs stays a link to tasks/
+    return dest
+
+
 def test_installed_wheel_lists_and_renders_the_six_tasks(tmp_path, data_dir):
     wheels, site = tmp_path / "wheels", tmp_path / "site"
+    source = _source_copy(tmp_path / "source")
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("evalsuite-*.whl")
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
