@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         """The card's score at a checkpoint from the reference's neighbours."""
         t0 = time.perf_counter()
         scores = kept[step]
-        for i, score in enumerate(scores):
-            cm.add_neighbour_ranks(lm, [score], [neighbours[i]])
+        cm.add_neighbour_ranks(lm, scores, neighbours)
         entry = results["checkpoints"][str(step)]
         entry["scores"]["neighbour_rank"] = group_stats(scores, planted, "neighbour_rank", False)
         entry["flag_rates"]["neighbour_rank"] = flag_rates(scores, planted, cm.default_rule(True, args.neighbours))

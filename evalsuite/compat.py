@@ -1,7 +1,7 @@
-"""Every private transformers, lm-eval and torch internal evalsuite relies on, in one place.
+"""The private transformers, lm-eval and torch internals evalsuite relies on, in one place.
 
-Why one module: these are not public APIs, so a new release may move or change them. Each is
-reached only through a function here, and the versions this was written and tested against are
+Why one module: these are not public APIs, so a new release may move or change them. Each
+below is reached only through a function here, and the versions this was written and tested against are
 checked once, at import, with a one-line error naming the supported range. When a new release
 breaks one of them, this file is where to look.
 
@@ -18,6 +18,12 @@ What is reached, and why:
 * ``lm_eval.tasks._yaml_loader.load_yaml`` and ``lm_eval.utils.apply_template``: lm-eval's
   task YAML loader, and its template renderer (patched, for the duration of prompt building
   only, to reuse compiled templates).
+
+Not routed through here, and covered by the same version check: attention modules'
+``layer_idx`` and the extra forward keyword arguments transformers passes on to a registered
+attention function (the engine's ``tree_attention.py`` and ``generation.py``);
+``TemplateLM._encode_pair``, which ``EngineLM`` inherits, and lm-eval's
+``handle_stop_sequences``/``normalize_gen_kwargs`` (``generation.py``).
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EvalsuiteError
+from .stats import bootstrap_means
 
 DEFAULT_K = 0.20
 #: Words of the document given to the reference model before it samples a neighbour.
@@ -193,7 +194,7 @@ def sample_neighbours(ref_lm: Any, text: str, count: int, seed: int, ratio: floa
     with torch.no_grad():
         output = model.generate(
             torch.tensor([ids], device=device), attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-            do_sample=True, top_k=SAMPLING_TOP_K, max_new_tokens=max(1, len(words) - cut), min_new_tokens=1,
+            do_sample=True, temperature=1.0, top_p=1.0, top_k=SAMPLING_TOP_K, max_new_tokens=max(1, len(words) - cut), min_new_tokens=1,
             num_return_sequences=count,
             pad_token_id=tokenizer.eos_token_id,
         )
@@ -233,9 +234,13 @@ def add_reference(scores: Sequence[DocumentScore], ref_scores: Sequence[Document
         mine.ref_min_k, mine.ref_mean_logprob = ref.min_k, ref.mean_logprob
 
 
-def add_neighbour_ranks(lm: Any, scores: Sequence[DocumentScore], neighbours: Sequence[Sequence[str]]) -> None:
+def add_neighbour_ranks(lm: Any, scores: Sequence[DocumentScore], neighbours: Sequence[Sequence[str]],
+                        progress: bool = False, desc: str = "neighbours") -> None:
     """The card's score for each document from its (reference-sampled) neighbours."""
-    for score, texts in zip(scores, neighbours, strict=True):
+    from tqdm.auto import tqdm
+
+    pairs = zip(scores, neighbours, strict=True)
+    for score, texts in tqdm(pairs, total=len(scores), desc=desc, unit="doc", disable=not progress, file=sys.stderr):
         scored = token_logprobs(lm, list(texts))
         means = [float(np.mean(s.logprobs[:NEIGHBOUR_MAX_TOKENS])) for s in scored if s.logprobs]
         score.neighbour_rank = neighbour_rank(score.mean_logprob, means)
@@ -273,9 +278,14 @@ class TaskSummary:
     k: float = DEFAULT_K
 
     @property
+    def card_rule(self) -> bool:
+        """Whether documents were flagged by the card's neighbour rule, the one its task-level reading is for."""
+        return "SOLAR card" in self.rule
+
+    @property
     def likely_contaminated(self) -> bool:
-        """The card's task-level reading (only meaningful for its neighbour rule)."""
-        return self.rate > TASK_CONTAMINATED_RATE
+        """The card's task-level reading; never set by another rule (their rates mean something else)."""
+        return self.card_rule and self.rate > TASK_CONTAMINATED_RATE
 
 
 def bootstrap_interval(flags: Sequence[bool], samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> tuple[float, float]:
@@ -283,8 +293,7 @@ def bootstrap_interval(flags: Sequence[bool], samples: int = BOOTSTRAP_SAMPLES, 
     values = np.asarray(flags, dtype=float)
     if values.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    means = bootstrap_means(values, None, np.random.default_rng(seed), samples)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
@@ -324,7 +333,7 @@ def format_summaries(summaries: Sequence[TaskSummary]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
     rules = sorted({s.rule for s in summaries})
     notes = [f"flagged: {r}" for r in rules]
-    if any("SOLAR card" in r for r in rules):
+    if any(s.card_rule for s in summaries):
         notes.append(f"the card reads a task as contaminated when more than {TASK_CONTAMINATED_RATE} of its "
                      "documents are flagged; the interval shows how far a rate on these documents can be trusted")
     return "\n".join(lines + [""] + notes)
@@ -348,6 +357,7 @@ def check(models: Sequence[str] | str, *, reference: str | None = None, tasks: S
     if neighbours < 0:
         raise EvalsuiteError(f"--neighbours must be 0 or more, got {neighbours}")
     min_k_prob([0.0], k)  # validates k before anything loads
+    _check_models([*names, *([reference] if reference is not None else [])], device, dtype, trust_remote_code)
     rule = default_rule(reference is not None, neighbours, threshold)
     docs = load_documents(tasks, data_dir, limit)
     check_id = new_check_id()
@@ -370,19 +380,27 @@ def check(models: Sequence[str] | str, *, reference: str | None = None, tasks: S
         if ref_scores is not None:
             add_reference(scores, ref_scores)
         if ref_neighbours is not None:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(scores), desc=f"{name} neighbours", unit="doc", disable=not progress, file=sys.stderr)
-            for i, score in enumerate(scores):
-                add_neighbour_ranks(lm, [score], [ref_neighbours[i]])
-                bar.update(1)
-            bar.close()
+            add_neighbour_ranks(lm, scores, ref_neighbours, progress, desc=f"{name} neighbours")
         rows = rows_of(check_id, name, model_id, reference, ref_id, scores, rule, k, created)
         write_rows(results_dir, check_id, name, rows)
         _say(f"{name}: {len(scores)} documents in {time.perf_counter() - started:.0f} s")
         del lm
     result.summaries = summarize(read_checks(results_dir, check_id=check_id))
     return result
+
+
+def _check_models(names: Sequence[str], device: str, dtype: str | None, trust_remote_code: bool) -> None:
+    """Every name known, the device present and registry models within memory, before the
+    reference's pass (hours on a full split) rather than when a model's turn comes."""
+    from .loading import check_fits, resolve_dtype
+    from .models import resolve_model
+    from .runner import check_device
+
+    check_device(device)
+    for name in names:
+        spec = resolve_model(name, trust_remote_code=trust_remote_code)
+        if spec.params:
+            check_fits(spec, resolve_dtype(spec, device, dtype)[0], device)
 
 
 def _load(name: str, device: str, dtype: str | None, batch_size: int | str,

@@ -18,7 +18,6 @@ tokenizer (:mod:`evalsuite.piecewise`, exact and fast):
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -58,10 +57,6 @@ class TaskPlan:
     est_seconds_max: float | None = None  # generation: every document runs to 256 tokens
     tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
     plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
-
-    @property
-    def saving(self) -> float:
-        return self.lm_eval_tokens / self.engine_tokens if self.engine_tokens else math.nan
 
 
 @dataclass
@@ -304,24 +299,17 @@ def plan(
     a few seconds for SmolLM2) and keeps the result in evalsuite's cache; ``remeasure`` times
     them again.
     """
-    from .backends import BACKENDS, DEFAULT_BACKEND
+    from .backends import DEFAULT_BACKEND
     from .data import resolve_data_dir
-    from .errors import EvalsuiteError, MissingDataError
+    from .errors import MissingDataError
     from .loading import materialize
     from .models import resolve_model
-    from .runner import _split, check_device, default_dtype
-    from .tasks import expand_tasks, load_tasks
+    from .runner import check_device, check_selection, default_dtype
+    from .tasks import load_tasks
 
     backend = backend or DEFAULT_BACKEND
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
-    if backend not in BACKENDS:
-        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if backend == "vllm" and device == "cpu":
-        device = "cuda"
+    device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
     check_device(device)
-    model_names = _split(models) or ["smollm2"]
-    task_names = expand_tasks(tasks)
     root = resolve_data_dir(data_dir)
     loaded, unavailable = load_tasks(task_names, root)
     if not loaded:
@@ -383,6 +371,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
                backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
     from .backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
+    from .backends.engine.prefix_tree import empty_context_pair, truncated_inputs
     from .piecewise import PiecewiseEncoder
     from .runner import CHUNK_DOCS
     from .sharding import select
@@ -418,7 +407,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         context, _ = requests[index]
         whole = list(wholes[index])
         if context == "":  # v1: an empty context is the EOS token
-            return [eos], whole
+            return empty_context_pair(eos, whole)
         ctx = list(context_ids[context.rstrip()])
         return ctx, whole[len(ctx):]
 
@@ -440,7 +429,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         nonlocal lm_eval_tokens, scored
         docs = iter(prompts)
         for chunk in calls():
-            inputs = [tuple((c + k)[-(max_length + 1):][:-1]) for c, k in chunk]
+            inputs = [tuple(truncated_inputs(c, k, max_length)) for c, k in chunk]
             at = 0
             while at < len(chunk):
                 n = len(next(docs).instances)
@@ -464,7 +453,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     if speed is not None:
         if backend == "evalsuite":
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
-                                               + result.engine_tokens // DEFAULT_TOKEN_BUDGET["cpu"] + len(doc_lengths) // CHUNK_DOCS + 1)
+                                               + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
             result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)
                                   + speed.scoring_seconds(result.scored_positions))
         else:  # lm-eval hf: one pass per distinct input, the output layer at every position

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import __version__
 from .errors import EvalsuiteError
+from .results import is_missing, load_run  # load_run: the one read path, also for export's callers
 from .tasks import LEADERBOARD_TASKS
 
 #: Default ``source.url`` of the model-index: the lm-eval results file exported beside it (upload
@@ -68,26 +69,19 @@ V1_TASKS = {
 }
 
 
-def load_run(ref: str, results_dir: str | Path = "results") -> Any:
-    """The :class:`~evalsuite.results.RunView` ``ref`` names (the one read path)."""
-    from .results import load_run as load
-
-    return load(ref, results_dir)
-
-
 def _ok_rows(view: Any) -> dict[tuple[str, str | None], dict[str, Any]]:
     """(task, subtask) -> score row, for rows that carry a value."""
     out = {}
     for rec in view.scores.to_dict("records"):
         value = rec.get("value")
-        if rec.get("status") == "ok" and value is not None and not math.isnan(value):
+        if rec.get("status") == "ok" and not is_missing(value):
             sub = rec.get("subtask")
             out[(rec["task"], sub if isinstance(sub, str) else None)] = rec
     return out
 
 
 def _num(value: Any) -> float | str:
-    return "N/A" if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    return "N/A" if is_missing(value) else float(value)
 
 
 # -- lm-eval results.json --------------------------------------------------------------------
@@ -127,7 +121,7 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
             "model": "evalsuite", "model_args": f"pretrained={getattr(record, 'model_id', None) or view.model}",
             "model_name": view.model, "dtype": getattr(record, "dtype", None), "backend": getattr(record, "backend", None),
             "batch_size": getattr(record, "batch_size", None),
-            "limit": None if limit is None or (isinstance(limit, float) and math.isnan(limit)) else int(limit),
+            "limit": None if is_missing(limit) else int(limit),
             "bootstrap_iters": 0, "description_dict": {},
         },
         "git_hash": getattr(record, "git_commit", None),
@@ -217,7 +211,7 @@ def scores_csv(view: Any) -> str:
         writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": rec["task"],
                          "lm_eval_task": name, "subtask": sub, "metric": rec["metric"],
                          "score": _pct(rec["value"]), "stderr": _pct(rec["stderr"]),
-                         "n": int(rec["n"] or 0), "n_total": "" if rec["n_total"] is None or math.isnan(rec["n_total"])
+                         "n": int(rec["n"] or 0), "n_total": "" if is_missing(rec["n_total"])
                          else int(rec["n_total"]), "status": rec["status"]})
     values = leaderboard_values(view)
     if values.get("h6") is not None:
@@ -228,7 +222,7 @@ def scores_csv(view: Any) -> str:
 
 
 def _pct(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.4f}"
+    return "" if is_missing(value) else f"{100 * float(value):.4f}"
 
 
 # -- writing -----------------------------------------------------------------------------------

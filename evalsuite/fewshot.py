@@ -77,9 +77,6 @@ class ShotPool:
         self._process = process
         self._docs: dict[int, ShotDoc] = {}
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
     @property
     def n_processed(self) -> int:
         return len(self._docs)

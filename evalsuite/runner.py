@@ -163,10 +163,7 @@ def evaluate(
         return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
                     trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
-    if backend not in BACKENDS:
-        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
     batch_size = parse_batch_size(batch_size)
     if shard is not None:
         from .sharding import check_shard
@@ -174,12 +171,6 @@ def evaluate(
         check_shard(shard)
         if run_id is None:
             raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
-    if backend == "vllm" and device == "cpu":
-        device = "cuda"  # vLLM runs on GPUs only; this also picks the registry's GPU dtype
-    model_names = _split(models) or ["smollm2"]
-    if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
-        raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
-    task_names = expand_tasks(tasks)
     specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
 
     def check_parallel(spec: ModelSpec) -> None:
@@ -279,6 +270,22 @@ def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard:
     return new_run_id()
 
 
+def check_selection(models: Sequence[str] | str | None, tasks: Sequence[str] | str | None, limit: int | None,
+                    backend: str, device: str) -> tuple[str, list[str], list[str]]:
+    """The checks a run and a dry run share, before anything loads: ``limit``, the backend, the
+    task names. Returns the device (vLLM runs on GPUs only, which also picks the registry's GPU
+    dtype), the model names (default ``smollm2``) and the expanded task names."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
+    if backend not in BACKENDS:
+        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if backend == "vllm" and device == "cpu":
+        device = "cuda"
+    if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
+        raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
+    return device, _split(models) or ["smollm2"], expand_tasks(tasks)
+
+
 def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
     """The requested dtype, else on GPU the registry's (aliases) or the config's (other models),
     float32 on CPU (:func:`evalsuite.loading.resolve_dtype`)."""
@@ -307,19 +314,19 @@ def _evaluate_model(
     generation: str = "batched",
 ) -> None:
     dtype, dtype_note = resolve_dtype(spec, device, dtype)
-    notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
+    run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
                              tensor_parallel=tensor_parallel, data_parallel=data_parallel, generation=generation)
-    record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, notes)
+    record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, run_notes)
     store.write_run(replace(record, status="running"), part)
 
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
-        done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, notes) if source else record
+        done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes) if source else record
         final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
@@ -334,7 +341,7 @@ def _evaluate_model(
         source = materialize(spec)
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
             check_fits(spec, dtype, device, params=param_count(source))
-        record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, notes)
+        record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
         lm = build_backend(backend, source, options)
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing

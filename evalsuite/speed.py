@@ -2,7 +2,7 @@
 
 The model is loaded once (the real weights, in the dtype and on the device of the run) and
 timed on random token ids: a plain decoder forward of 1 x L tokens for a few lengths L (best of
-two each), fitted as ``c0 + c1 * L + c2 * L**2`` seconds (a fixed cost per forward pass, the
+three each), least-squares fitted as ``c0 + c1 * L + c2 * L**2`` seconds (a fixed cost per forward pass, the
 weights' work per token, attention over the context), and greedy decoding steps at a cached
 context (median of several). The
 profile is kept in evalsuite's cache (``$EVALSUITE_CACHE/speed/``), keyed on the weights, dtype,
@@ -68,6 +68,8 @@ class SpeedProfile:
         return self.forward_seconds(prompt_tokens, prompt_tokens, 1) + max(0, new_tokens - 1) * self.decode_step_s
 
     def describe(self) -> str:
+        from .runner import CHUNK_DOCS
+
         forwards = ", ".join(f"1x{k} {v * 1000:.0f} ms" for k, v in self.seconds_by_length.items())
         load = f", load average {self.load_average:.1f}" if self.load_average is not None else ""
         return (f"from forwards of {self.model} measured {self.measured_at} on {self.host} ({self.dtype}, {self.device}, "
@@ -77,7 +79,7 @@ class SpeedProfile:
                 f"{DECODE_CONTEXT} tokens cached); output layer {self.head_s * 1000:.2f} ms per scored position. "
                 f"A log-likelihood task costs its engine tokens at the per-token cost of its median document length, "
                 f"plus the output layer at its scored positions; generation costs each prompt's prefill, then per call of "
-                f"32 documents decoded together the longest generation's steps plus the other rows' token work (one step "
+                f"{CHUNK_DOCS} documents decoded together the longest generation's steps plus the other rows' token work (one step "
                 f"per new token with --generation exact); batched generation has taken up to 1.7x this estimate on a "
                 f"CPU (README, 'Estimate against actual'). The machine is shared: the estimate moves with its load")
 

@@ -12,7 +12,6 @@ Logging happens after the results are stored, so a tracker failure never loses a
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvalsuiteError
+from .results import is_missing
 
 EXPERIMENT = "evalsuite"
 PARAM_FIELDS = ("model_id", "model_kind", "revision", "weights_hash", "dtype", "backend", "device", "batch_size",
@@ -63,34 +63,36 @@ class Payload:
 
 
 def payloads(run_id: str, results_dir: str | Path, folder: Path) -> list[Payload]:
-    """One payload per model of the run; the report and results.json are written into ``folder``."""
-    from .export import leaderboard_values, lm_eval_results
+    """One payload per model of the run; the run's report and each model's results.json are written into ``folder``."""
+    from .export import _ok_rows, leaderboard_values, lm_eval_results
     from .report import build_report
     from .results import run_views
     from .store import slug
 
     out = []
-    for view in run_views(results_dir, run_id):
+    views = run_views(results_dir, run_id)
+    # one report of the whole run (it shows every model of it), attached to each model's entry
+    report = build_report(runs=[run_id], results_dir=results_dir, out=folder / f"report-{slug(run_id)}.html",
+                          title=f"evalsuite run {run_id}") if views else None
+    for view in views:
         model = view.model
         record = vars(view.record)
         params = {"run_id": run_id, "model": model, **{k: _text(record.get(k)) for k in PARAM_FIELDS}}
         params["status"] = view.status
         params["tasks"] = ",".join(record.get("tasks") if record.get("tasks") is not None else [])
         metrics: dict[str, float] = {}
-        for rec in view.scores.to_dict("records"):
-            if isinstance(rec["subtask"], str) or rec["status"] != "ok" or _nan(rec["value"]):
+        for (task, subtask), rec in _ok_rows(view).items():
+            if subtask is not None:
                 continue
-            metrics[rec["task"]] = 100.0 * float(rec["value"])
-            if not _nan(rec["stderr"]):
-                metrics[f"{rec['task']}_stderr"] = 100.0 * float(rec["stderr"])
-            metrics[f"{rec['task']}_n"] = float(rec["n"])
+            metrics[task] = 100.0 * float(rec["value"])
+            if not is_missing(rec["stderr"]):
+                metrics[f"{task}_stderr"] = 100.0 * float(rec["stderr"])
+            metrics[f"{task}_n"] = float(rec["n"])
         values = leaderboard_values(view)
         if values.get("h6") is not None:
             metrics["h6"] = float(values["h6"])
             metrics["h6_complete"] = 1.0 if values["h6_complete"] else 0.0
         stem = f"{run_id}__{slug(model)}"
-        report = build_report(runs=[run_id], results_dir=results_dir, out=folder / f"report-{stem}.html",
-                              title=f"evalsuite run {run_id}: {model}")
         artifacts = [report]
         try:
             import json
@@ -177,9 +179,5 @@ def _wandb(project: str, item: Payload) -> str:
     return f"wandb ({mode}) project '{project}': run {run.id} in {run.dir} ({item.model})"
 
 
-def _nan(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _text(value: Any) -> str:
-    return "" if _nan(value) else str(value)
+    return "" if is_missing(value) else str(value)

@@ -2,7 +2,7 @@
 
 Expected numbers are computed here the slow, direct way: every request tokenized by the
 engine's own HFLM-style split, lm-eval's distinct inputs summed, and a real
-:class:`~evalsuite.backends.prefix_tree.PrefixTree` built per runner call.
+:class:`~evalsuite.backends.engine.prefix_tree.PrefixTree` built per runner call.
 """
 from __future__ import annotations
 

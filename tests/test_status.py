@@ -190,3 +190,12 @@ def test_sigterm_marks_the_run_interrupted_and_says_how_to_resume(tiny_llama_dir
     assert "interrupted (SIGTERM)" in err and "--resume" in err
     (view,) = run_views(results, ResultsStore(results).runs()["run_id"].iloc[0])
     assert view.status == "interrupted" and view.record.error == "interrupted by SIGTERM"
+
+
+def test_finished_run_row_keeps_how_the_dtype_was_chosen(tiny_llama_dir, data_dir, tmp_path):
+    """The notes written when the run starts (dtype choice) survive the final rewrite, once."""
+    result = evaluate(models=[str(tiny_llama_dir)], tasks=["winogrande"], limit=1, data_dir=data_dir,
+                      results_dir=tmp_path / "results", progress=False)
+    notes = ResultsStore(tmp_path / "results").runs(run_id=result.run_id)["notes"].item()
+    assert notes.count("dtype float32 (the CPU default") == 1, notes
+    assert notes.count("request cache") <= 1, notes

@@ -20,6 +20,9 @@ BACKENDS: dict[str, str] = {
     "vllm": "evalsuite.backends.vllm:build",
 }
 DEFAULT_BACKEND = "evalsuite"
+#: The evalsuite engine's greedy decoding: "batched" (prompts of any lengths decode together) or
+#: "exact" (one prompt at a time, batch-size-1 arithmetic).
+GENERATION_MODES = ("batched", "exact")
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,7 @@ class BackendOptions:
     max_gen_toks: int = 256
     tensor_parallel: int = 1
     data_parallel: int = 1
-    #: evalsuite engine: "batched" (prompts of any lengths decode together) or "exact" (one at a time)
-    generation: str = "batched"
+    generation: str = GENERATION_MODES[0]  # the engine's decoding, one of GENERATION_MODES
 
 
 def build_backend(name: str, source: ModelSource, options: BackendOptions) -> Any:

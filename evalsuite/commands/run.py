@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..backends import BACKENDS, DEFAULT_BACKEND
+from ..backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES
 from ._common import add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int
 
 
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a positive whole number or auto (default). lm-eval-hf: requests per batch; "
                              "evalsuite engine: at most this many rows per forward pass and sequences decoded "
                              "together (its token budget batches by itself under auto)")
-    parser.add_argument("--generation", choices=["batched", "exact"], default="batched",
+    parser.add_argument("--generation", choices=GENERATION_MODES, default=GENERATION_MODES[0],
                         help="evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
                              "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)")
     add_results_dir(parser)
@@ -82,6 +82,11 @@ def handle(args: argparse.Namespace) -> int:
                    generation=args.generation).table())
         return 0
     check_log_to(args)
+    if args.log_to and scale["shard"]:
+        from ..errors import EvalsuiteError
+
+        raise EvalsuiteError("--log-to logs a whole run, not one shard: once all shards are in, log the merged "
+                             "run from Python with evalsuite.trackers.log_run(TARGET, RUN_ID), or use --ray")
     if args.ray or args.shards:
         return _handle_ray(args, args.batch_size, scale)
     result = evaluate(

@@ -32,6 +32,7 @@ import torch
 
 from ... import compat
 from ...errors import EvalsuiteError
+from .. import GENERATION_MODES
 from .executors import sliding_window
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ SUPPORTED_PROCESSORS = frozenset({
     "LogitNormalization",
 })
 STOP_LOOKBACK = 64
-MODES = ("batched", "exact")
+MODES = GENERATION_MODES
 
 
 @dataclass

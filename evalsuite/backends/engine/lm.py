@@ -28,7 +28,7 @@ from .. import BackendOptions
 from . import planner, scoring
 from .executors import Executor, Past, select_executor
 from .generation import Generator
-from .prefix_tree import PrefixTree, tree_of
+from .prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class EngineLM(TemplateLM):
         self.lm_head = model.get_output_embeddings()
         self.logits_dtype = compat.v1_logits_dtype(model)
         self.generator = Generator(model, tokenizer, self._max_length, self.max_gen_toks,
-                                   getattr(options, "generation", "batched"), max_rows)
+                                   options.generation, max_rows)
         self.stats = EngineStats()
         #: root trunks kept across calls (key: their tokens), least recent first
         self._trunk_memory: OrderedDict[tuple[int, ...], Past] = OrderedDict()
@@ -150,8 +150,7 @@ class EngineLM(TemplateLM):
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """The ``(context, continuation)`` ids of one request, as :meth:`loglikelihood` makes them."""
         if context == "":
-            cont = self.tok_encode(continuation)
-            return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+            return empty_context_pair(self.prefix_token_id, self.tok_encode(continuation))
         return self._encode_pair(context, continuation)
 
     def build_tree(self, pairs: Sequence[tuple[str, str]]) -> PrefixTree:
@@ -197,11 +196,11 @@ class EngineLM(TemplateLM):
             elif isinstance(step, planner.Reuse):
                 source = self._trunk_memory[step.key]
                 pasts[step.out] = [(k[:, :, :step.length], v[:, :, :step.length]) for k, v in source]
-            elif isinstance(step, planner.Remember):
+            elif isinstance(step, planner.Remember):  # the planner's own keep-and-evict rule
+                for evicted in planner.remember(list(self._trunk_memory), step.key):
+                    del self._trunk_memory[evicted]
                 self._trunk_memory[step.key] = pasts[step.past]
                 self._trunk_memory.move_to_end(step.key)
-                while len(self._trunk_memory) > planner.TRUNK_MEMORY:
-                    self._trunk_memory.popitem(last=False)
             elif isinstance(step, planner.Release):
                 for past in step.pasts:
                     pasts.pop(past, None)
@@ -239,7 +238,7 @@ class EngineLM(TemplateLM):
         for ids in encoded:
             if not ids:
                 continue
-            inputs = ([self.prefix_token_id] + ids)[-(self.max_length + 1):][:-1]
+            inputs = truncated_inputs([self.prefix_token_id], ids, self.max_length)
             requests.append((inputs, ids[-len(inputs):]))
         tree = PrefixTree()
         for index, (inputs, targets) in enumerate(requests):

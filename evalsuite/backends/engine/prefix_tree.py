@@ -95,6 +95,14 @@ class PrefixTree:
         return out
 
 
+def empty_context_pair(prefix_token: int, continuation_enc: list[int]) -> tuple[list[int], list[int]]:
+    """lm-eval's (and v1's) split of a request with an empty context: the prefix token (v1: EOS) is
+    the context, unless the continuation already starts with it."""
+    if continuation_enc[:1] == [prefix_token]:
+        return continuation_enc[:1], continuation_enc[1:]
+    return [prefix_token], continuation_enc
+
+
 def truncated_inputs(context_enc: list[int], continuation_enc: list[int], max_length: int) -> list[int]:
     """HFLM's (and v1's) left truncation: the model input is ``(ctx + cont)[-(max_length + 1):][:-1]``."""
     return (context_enc + continuation_enc)[-(max_length + 1):][:-1]

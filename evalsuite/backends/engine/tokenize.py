@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import planner
-from .prefix_tree import tree_of
+from .prefix_tree import empty_context_pair, tree_of
 
 DEFAULT_MAX_GEN = 256
 
@@ -48,8 +48,7 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], batch: int = 
     out: list[tuple[list[int], list[int]]] = []
     for context, continuation in moved:
         if context is None:
-            cont = list(encoded[continuation])
-            out.append(([eos], cont) if eos != cont[0] else (cont[:1], cont[1:]))
+            out.append(empty_context_pair(eos, list(encoded[continuation])))
             continue
         context_enc = list(encoded[context])
         out.append((context_enc, list(encoded[context + continuation])[len(context_enc):]))
