@@ -35,6 +35,14 @@ class DatasetRef:
             return [folder for name in names for folder in (root / name / "default", root / name)]
         return [root / name / self.config for name in names]
 
+    @property
+    def label(self) -> str:
+        return f"{self.hub_id} ({self.config})" if self.config else self.hub_id
+
+    def layout(self, split: str) -> str:
+        """Where a local copy puts ``split``, for error messages (as ``../shared/data`` does)."""
+        return f"{self.hub_id.replace('/', '__')}/{self.config or 'default'}/{split}.jsonl (or .parquet)"
+
 
 @dataclass(frozen=True)
 class SplitData:
@@ -124,9 +132,9 @@ def _load_hub(ref: DatasetRef, split: str) -> SplitData:
 
     if not offline_mode() and not hub_reachable():  # fail in seconds, not after a minute of retries
         raise MissingDataError(
-            f"the Hugging Face Hub is not reachable to load {ref.hub_id} ({ref.config}) split '{split}'; pass "
+            f"the Hugging Face Hub is not reachable to load {ref.label} split '{split}'; pass "
             f"--data-dir DIR (or set {DATA_DIR_ENV}) to a local copy laid out as "
-            f"{ref.hub_id.replace('/', '__')}/{ref.config}/{split}.jsonl, or set HF_HUB_OFFLINE=1 to use the "
+            f"{ref.layout(split)}, or set HF_HUB_OFFLINE=1 to use the "
             f"datasets cache"
         )
 
@@ -134,9 +142,9 @@ def _load_hub(ref: DatasetRef, split: str) -> SplitData:
         ds = datasets.load_dataset(ref.hub_id, ref.config, split=split)
     except Exception as exc:  # offline, gated, renamed: all end the same way for the user
         raise MissingDataError(
-            f"could not load {ref.hub_id} ({ref.config}) split '{split}' from the Hugging Face Hub "
+            f"could not load {ref.label} split '{split}' from the Hugging Face Hub "
             f"({type(exc).__name__}); pass --data-dir DIR (or set {DATA_DIR_ENV}) to a local copy "
-            f"laid out as {ref.hub_id.replace('/', '__')}/{ref.config}/{split}.jsonl"
+            f"laid out as {ref.layout(split)}"
         ) from None
     fingerprint = getattr(ds, "_fingerprint", "") or ""
     return SplitData(list(ds), f"hub:{ref.hub_id}/{ref.config}/{split}", f"hub-fingerprint:{fingerprint}")
