@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dry-run dus-demo test test-system-deps bench clean-results
+.PHONY: setup demo dry-run dus-demo test test-fast test-system-deps bench clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -47,6 +47,12 @@ test-system-deps:
 
 test: setup test-system-deps
 	$(BIN)/python -m pytest -q --durations=25
+
+# The fast lane while you work: every module's unit tests, not the tests marked slow (those that
+# need SmolLM2's ~20 s conversion or run for more than a few seconds; tests/conftest.py). One
+# torch thread: the fast lane's models are tiny and threads only contend on a shared machine.
+test-fast: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 # Engine vs lm-eval's hf model on all six tasks (HFLM at its fastest of batch 1, 8, 32), one
 # torch thread (the CPU is shared): log-likelihood tasks, then 64 GSM8K documents, then one

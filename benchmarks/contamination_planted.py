@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from evalsuite.backends import BackendOptions
     from evalsuite.backends.engine import wrap_model
-    from evalsuite.loading import load_transformers, resolve_and_materialize
+    from evalsuite.models.loading import load_transformers
+    from evalsuite.models.source import resolve_and_materialize
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="contamination-planted-"))
     work.mkdir(parents=True, exist_ok=True)

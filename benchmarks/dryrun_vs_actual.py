@@ -1,6 +1,6 @@
 """The dry-run estimate against a real run, task by task, on this machine.
 
-For each task: the plan (``evalsuite.plan``, with a fresh speed measurement) of the first N
+For each task: the plan (``evalsuite.plan_cost``, with a fresh speed measurement) of the first N
 documents, then the same documents evaluated for real with the evalsuite engine exactly as the
 runner sends them (``CHUNK_DOCS`` documents per call, no request cache), timed. The time
 compared is the model's work (what the estimate predicts); loading the model and the data is
@@ -25,10 +25,11 @@ sys.path.insert(0, str(REPO))
 
 import evalsuite  # noqa: E402
 from evalsuite.backends import BackendOptions, build_backend  # noqa: E402
+from evalsuite.config import CHUNK_DOCS  # noqa: E402
 from evalsuite.data import resolve_data_dir  # noqa: E402
 from evalsuite.leaderboard import LEADERBOARD_TASKS  # noqa: E402
-from evalsuite.loading import resolve_and_materialize  # noqa: E402
-from evalsuite.runner import CHUNK_DOCS, run_requests  # noqa: E402
+from evalsuite.models.source import resolve_and_materialize  # noqa: E402
+from evalsuite.runner import run_requests  # noqa: E402
 from evalsuite.tasks import LoadedTask, load_spec  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main() -> int:
     for name in args.tasks.split(","):
         limit = args.mmlu_limit if name == "mmlu" else args.limit
         # a fresh measurement before the first task, then the kept one
-        planned = evalsuite.plan(models=[args.model], tasks=[name], limit=limit, data_dir=data_dir,
+        planned = evalsuite.plan_cost(models=[args.model], tasks=[name], limit=limit, data_dir=data_dir,
                                  remeasure=first).models[0]
         first = False
         plan = planned.tasks[0]

@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evalsuite.loading import load_transformers, resolve_and_materialize
+    from evalsuite.models.loading import load_transformers
+    from evalsuite.models.source import resolve_and_materialize
 
     model, tokenizer = load_transformers(resolve_and_materialize(args.model), args.dtype, args.device)
     return run(model, tokenizer, args)
@@ -385,7 +386,7 @@ TITLES = {"arc": "ARC (25-shot)", "hellaswag": "HellaSwag (10-shot)", "mmlu": "M
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README's table for a report."""
+    """The table of docs/speed.md for a report."""
     lines = ["| task | docs | lm-eval hf batch | lm-eval hf tokens | engine tokens | unique tokens | lm-eval hf s | "
              "engine s | speed-up | same answers | max \\|Δ ll\\| |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, r in report["tasks"].items():

@@ -121,7 +121,7 @@ def load_tokenizer(path: str | None) -> Any:
 
     if path:
         return AutoTokenizer.from_pretrained(path)
-    from evalsuite.loading import smollm2_gguf_path
+    from evalsuite.models.gguf import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -194,8 +194,8 @@ def make_vllm(folder: Path) -> Any:
 
     from evalsuite.backends import BackendOptions
     from evalsuite.backends.vllm import vllm_kwargs
-    from evalsuite.loading import ModelSource
-    from evalsuite.models import ModelSpec
+    from evalsuite.models.identity import ModelSource
+    from evalsuite.models.registry import ModelSpec
 
     source = ModelSource(ModelSpec("solar-random", str(folder), kind="local"), str(folder), None, None)
     kwargs = vllm_kwargs(source, BackendOptions(device="cuda", dtype="bfloat16"))

@@ -47,13 +47,13 @@ def stages(data_dir: Path) -> dict[str, float]:
         import pyarrow.parquet as pq
         from evalsuite.compat import load_lm_eval_yaml
 
-        from evalsuite.tasks import _lm_eval_tasks_root
+        from evalsuite.tasks import lm_eval_tasks_root
 
         path = data_dir / "Rowan__hellaswag" / "default" / "train.parquet"
         table = timed("train: parquet read", lambda: pq.read_table(path))
         rows = timed("train: to_pylist", lambda: table.to_pylist())
         dataset = timed("train: Dataset.from_list", lambda: datasets.Dataset.from_list(rows))
-        process = load_lm_eval_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)["process_docs"]
+        process = load_lm_eval_yaml(lm_eval_tasks_root() / spec.lm_eval_config)["process_docs"]
         processed = timed("train: process_docs via datasets.map", lambda: process(dataset))
         timed("train: list(processed)", lambda: list(processed))
         from evalsuite.data import process_rows

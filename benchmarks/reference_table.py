@@ -14,7 +14,7 @@ stopped.
 SmolLM2 took 130 ms with one thread and 2.7 s with two, whose OpenMP threads wait for each
 other at every operation.)
 
-``--projection`` adds the dry-run plan of a full run on this machine (``evalsuite.plan``) to
+``--projection`` adds the dry-run plan of a full run on this machine (``evalsuite.plan_cost``) to
 the summary without running anything else.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"tasks": {}}
 
     if args.projection:
-        plan = evalsuite.plan(models=[args.model], data_dir=args.data_dir, remeasure=True, progress=True)
+        plan = evalsuite.plan_cost(models=[args.model], data_dir=args.data_dir, remeasure=True, progress=True)
         summary["full_run_projection"] = plan.to_dict()
         print(plan.table())
     else:

@@ -7,12 +7,27 @@ The Python API is what the CLI calls::
     print(result.table())
     run = evalsuite.load_run("latest")          # any stored run, shards merged, status honest
     run.samples("arc")                          # per-document records as a DataFrame
-    print(evalsuite.plan(models=["smollm2"], data_dir="../shared/data").table())  # a run's cost, first
+    print(evalsuite.plan_cost(models=["smollm2"], data_dir="../shared/data").table())  # a run's cost, first
 """
 __version__ = "0.1.0"
 
-from .dryrun import Plan, plan  # noqa: E402
-from .results import RunView, latest_runs, load_run, select_runs  # noqa: E402
-from .runner import EvalResult, evaluate  # noqa: E402
+from typing import Any  # noqa: E402
 
-__all__ = ["EvalResult", "Plan", "RunView", "evaluate", "latest_runs", "load_run", "plan", "select_runs", "__version__"]
+from .results import RunView, latest_runs, load_run, select_runs  # noqa: E402
+
+#: The run side's entry points, imported when first used: reading stored results (``load_run``,
+#: the CLI's ``results``/``report``/``table``/``export``) must not import lm-eval or torch.
+_RUN_SIDE = {"evaluate": ".runner", "EvalResult": ".runner", "plan_cost": ".dryrun", "CostPlan": ".dryrun",
+             "RunConfig": ".config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _RUN_SIDE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_RUN_SIDE[name], __name__), name)
+
+
+__all__ = ["CostPlan", "EvalResult", "RunConfig", "RunView", "evaluate", "latest_runs", "load_run", "plan_cost",
+           "select_runs", "__version__"]

@@ -1,17 +1,20 @@
 """Task and subject scores from per-document values: the one aggregation.
 
-The runner calls it when a task finishes, and :mod:`evalsuite.results` calls it when a sharded
+Numbers only (numpy, no lm-eval): the read side merges sharded runs with it. The runner calls it when a task finishes, and :mod:`evalsuite.results` calls it when a sharded
 run is merged at read time, so a merged run's scores are the unsharded run's to the bit: the
 documents are always aggregated in the same canonical order (subjects by name, then v1
 evaluation position).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from .records import ScoreRecord
-from .tasks import TaskSpec, aggregate, mean_stderr
+from .tasks.catalogue import TaskSpec
 
 
 def canonical_order(samples: Any) -> Any:
@@ -41,3 +44,41 @@ def score_records(run_id: str, model: str, spec: TaskSpec, values: Sequence[floa
             out.append(ScoreRecord(run_id, model, spec.name, subject, spec.metric, mean, err, len(unit_values), total,
                                    "ok" if unit_values else "missing", None))
     return out
+
+
+def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:
+    """The task score and its standard error from per-document values.
+
+    Plain tasks: the mean and the sample standard error. MMLU (``mean_of_groups``): the plain
+    mean of per-subject means, with the standard error of that mean of independent subjects.
+    """
+    if not spec.macro_averaged:
+        return mean_stderr(values)
+    return macro_mean_stderr(values, groups)
+
+
+def macro_mean_stderr(values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:
+    """The plain mean of the groups' means, and ``sqrt(sum of the groups' squared standard errors)
+    / number of groups`` (groups of one document have no error and add none)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    by_group: dict[str | None, list[float]] = {}
+    for value, group in zip(arr, groups, strict=True):
+        by_group.setdefault(group, []).append(value)
+    means = [float(np.mean(v)) for v in by_group.values()]
+    errors = [_stderr(np.asarray(v)) for v in by_group.values()]
+    stderr = math.sqrt(sum(e * e for e in errors if not math.isnan(e))) / len(means)
+    return float(np.mean(means)), stderr
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its sample standard error (NaN for the error of a single value)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), _stderr(arr)
+
+
+def _stderr(arr: np.ndarray) -> float:
+    return float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else math.nan

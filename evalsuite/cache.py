@@ -33,8 +33,10 @@ from .errors import EvalsuiteError
 CACHE_FILE = "requests.sqlite"
 #: Bumped when the key's layout or the stored form of a response changes: old entries then miss.
 KEY_VERSION = "2"
-#: The code that computes a response, besides the libraries: the backends and the model loading.
-SCORING_CODE = ("backends", "loading.py", "compat.py", "hub.py")
+#: The code that computes a response, besides the libraries: the backends, the version shims, and
+#: how a model is resolved, converted, placed and loaded (what ``loading.py`` and ``hub.py`` held).
+SCORING_CODE = ("backends", "compat.py", "models/hub.py", "models/identity.py", "models/gguf.py", "models/memory.py",
+                "models/loading.py", "models/source.py")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -57,7 +59,7 @@ def cache_path() -> Path:
     override = os.environ.get("EVALSUITE_REQUEST_CACHE")
     if override:
         return Path(override)
-    from .loading import cache_dir
+    from .fsutil import cache_dir
 
     return cache_dir() / CACHE_FILE
 
@@ -77,8 +79,8 @@ def code_version(root: Path | None = None) -> str:
 
 def key_prefix(source: Any, options: Any, backend: str) -> str:
     """Everything besides the request itself that decides a response, as one canonical string."""
+    from .config import backend_settings
     from .manifest import environment
-    from .runner import backend_settings
 
     env = environment()
     parts = {

@@ -32,7 +32,7 @@ from .results import RunView, load_run, read_baseline, set_baseline
 from .stats import MIN_SHARED, Paired, paired
 from .store import ResultsStore
 
-__all__ = ["Comparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
+__all__ = ["RunComparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
            "resolve_ref", "set_baseline"]
 
 DEFAULT_MAX_DROP = 1.0
@@ -74,7 +74,7 @@ class TaskComparison(Paired):
 
 
 @dataclass
-class Comparison:
+class RunComparison:
     baseline: RunRef
     candidate: RunRef
     max_drop: float
@@ -162,7 +162,7 @@ def _ref(view: RunView, ref: str) -> RunRef:
 
 # -- the comparison ------------------------------------------------------------------------
 def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, candidate_ref: str,
-                 max_drop: float = DEFAULT_MAX_DROP, alpha: float = DEFAULT_ALPHA, force: bool = False) -> Comparison:
+                 max_drop: float = DEFAULT_MAX_DROP, alpha: float = DEFAULT_ALPHA, force: bool = False) -> RunComparison:
     """Compare two stored runs task by task; raises :class:`ComparisonRefused` unless comparable."""
     if max_drop < 0 or not 0 < alpha < 1:
         raise EvalsuiteError(f"--max-drop must be >= 0 and --alpha in (0, 1), got {max_drop} and {alpha}")
@@ -173,7 +173,7 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
                                  + "; ".join(view.notes or ["wait for it to finish"]))
     base_scores, cand_scores = base.task_scores(), cand.task_scores()
     base_samples, cand_samples = base.samples(), cand.samples()
-    result = Comparison(_ref(base, baseline_ref), _ref(cand, candidate_ref), max_drop, alpha, forced=force)
+    result = RunComparison(_ref(base, baseline_ref), _ref(cand, candidate_ref), max_drop, alpha, forced=force)
     problems: list[str] = []
     for task in [*base_scores, *[t for t in cand_scores if t not in base_scores]]:
         if task not in cand_scores or task not in base_scores:
@@ -205,7 +205,7 @@ def _compare_task(task: str, metric: str | None, base: Any, cand: Any, max_drop:
     from .tasks import load_spec
 
     try:
-        grouped = load_spec(task).aggregate == "mean_of_groups"
+        grouped = load_spec(task).macro_averaged
     except EvalsuiteError:
         grouped = base.loc[base["task"] == task, "subtask"].nunique() > 1
     found = paired(base, cand, task, metric=metric, grouped=grouped)

@@ -2,7 +2,10 @@
 
 Why one module: these are not public APIs, so a new release may move or change them. Each
 below is reached only through a function here, and the versions this was written and tested against are
-checked once, at import, with a one-line error naming the supported range. When a new release
+checked by :func:`check_versions`, with a one-line error naming the supported range, where they are
+about to be used: when a task's prompts are built from lm-eval's configs
+(:class:`~evalsuite.tasks.lm_adapter.LoadedTask`), when a backend is built, and in the dry run. Not at
+import: reading stored results uses none of them and works whatever version is installed. When a new release
 breaks one of them, this file is where to look.
 
 What is reached, and why:
@@ -64,8 +67,6 @@ def check_versions(installed: dict[str, str] | None = None) -> None:
                 f"see evalsuite/compat.py) but {found} is installed: pip install '{package}>={low},<{high}'"
             )
 
-
-check_versions()
 
 
 # --------------------------------------------------------------------------- attention

@@ -44,12 +44,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import EvalsuiteError
 from .stats import bootstrap_means
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 DEFAULT_K = 0.20
 #: Words of the document given to the reference model before it samples a neighbour.
@@ -345,21 +348,29 @@ def new_check_id() -> str:
     return "c-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def check(models: Sequence[str] | str, *, reference: str | None = None, tasks: Sequence[str] | str | None = None,
-          limit: int | None = None, data_dir: str | Path | None = None, k: float = DEFAULT_K,
-          neighbours: int = DEFAULT_NEIGHBOURS, threshold: float | None = None, device: str = "cpu",
-          dtype: str | None = None, batch_size: int | str = "auto", results_dir: str | Path = "results",
-          seed: int = SEED, trust_remote_code: bool = False, progress: bool = True) -> ContaminationResult:
-    """Score every document of ``tasks`` under each model (and the reference); store and summarize."""
-    names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m and m.strip()]
-    if not names:
+def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None = None, reference: str | None = None,
+          k: float = DEFAULT_K, neighbours: int = DEFAULT_NEIGHBOURS, threshold: float | None = None, seed: int = SEED,
+          **options: Any) -> ContaminationResult:
+    """Score every document of ``tasks`` under each model (and the reference); store and summarize.
+
+    The models, tasks, limit, data, device, dtype, batch size, results folder, remote code and
+    progress come from a :class:`~evalsuite.config.RunConfig` (or its fields as keyword
+    arguments); the backend is always the evalsuite engine.
+    """
+    from .config import RunConfig, split_names
+
+    config = RunConfig.build(config, models=models, **options)
+    if not split_names(config.models):
         raise EvalsuiteError("--models needs at least one model to check")
     if neighbours < 0:
         raise EvalsuiteError(f"--neighbours must be 0 or more, got {neighbours}")
     min_k_prob([0.0], k)  # validates k before anything loads
+    config = config.validate()
+    names, device, dtype, batch_size = list(config.models), config.device, config.dtype, config.batch_size
+    trust_remote_code, progress, results_dir = config.trust_remote_code, config.progress, config.results_dir
     _check_models([*names, *([reference] if reference is not None else [])], device, dtype, trust_remote_code)
     rule = default_rule(reference is not None, neighbours, threshold)
-    docs = load_documents(tasks, data_dir, limit)
+    docs = load_documents(list(config.tasks), config.data_dir, config.limit)
     check_id = new_check_id()
     created = datetime.now(timezone.utc)
     ref_scores: list[DocumentScore] | None = None
@@ -390,13 +401,13 @@ def check(models: Sequence[str] | str, *, reference: str | None = None, tasks: S
 
 
 def _check_models(names: Sequence[str], device: str, dtype: str | None, trust_remote_code: bool) -> None:
-    """Every name known, the device present and registry models within memory, before the
-    reference's pass (hours on a full split) rather than when a model's turn comes."""
-    from .loading import check_fits, resolve_dtype
-    from .models import resolve_model
-    from .runner import check_device
+    """Every name known and registry models within memory (the device was checked with the
+    config), before the reference's pass (hours on a full split) rather than when a model's
+    turn comes."""
+    from .models.loading import resolve_dtype
+    from .models.memory import check_fits
+    from .models.registry import resolve_model
 
-    check_device(device)
     for name in names:
         spec = resolve_model(name, trust_remote_code=trust_remote_code)
         if spec.params:
@@ -407,12 +418,13 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
           trust_remote_code: bool) -> tuple[Any, str, str]:
     """The evalsuite engine for a model name, its alias (as runs store it) and its weights identity."""
     from .backends import BackendOptions, build_backend
-    from .loading import check_fits, materialize, param_count
-    from .models import resolve_model
+    from .models.memory import check_fits, param_count
+    from .models.registry import resolve_model
+    from .models.source import materialize
 
     spec = resolve_model(name, trust_remote_code=trust_remote_code)
     source = materialize(spec)
-    from .loading import resolve_dtype
+    from .models.loading import resolve_dtype
 
     dtype = resolve_dtype(spec, device, dtype)[0]
     check_fits(spec, dtype, device, params=spec.params or param_count(source))

@@ -7,7 +7,6 @@ Every file read is hashed so the run manifest says precisely which bytes were ev
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import DataFormatError, MissingDataError
+from .fsutil import file_sha256
 
 DATA_DIR_ENV = "EVALSUITE_DATA_DIR"
 
@@ -128,7 +128,7 @@ def _load_local(path_str: str) -> SplitData:
 def _load_hub(ref: DatasetRef, split: str) -> SplitData:
     import datasets
 
-    from .hub import hub_reachable, offline_mode
+    from .models.hub import hub_reachable, offline_mode
 
     if not offline_mode() and not hub_reachable():  # fail in seconds, not after a minute of retries
         raise MissingDataError(
@@ -165,22 +165,28 @@ def row_location(source: str, row: int) -> str:
     return f"{source} row {row}"
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _RowList(list):
     """Rows that answer ``.map(fn)`` the way ``datasets.Dataset.map`` does for a plain per-row
-    function (each row updated with the dict ``fn`` returns), without Arrow round trips."""
+    function (each row updated with the dict ``fn`` returns), without Arrow round trips.
+
+    Any other use of the ``Dataset`` API (another method or attribute, a column by name, ``map``
+    with options) raises :class:`_NeedsDatasets` before ``fn`` sees a row, so that use, and only
+    that, goes through ``datasets``."""
 
     def map(self, function: Callable[[dict[str, Any]], dict[str, Any]], *args: Any, **kwargs: Any) -> _RowList:
         if args or kwargs:  # batched, with_indices, remove_columns...: leave it to datasets
             raise _NeedsDatasets
         return _RowList({**row, **function(row)} for row in self)
+
+    def __getattr__(self, name: str) -> Any:  # only called for names a list lacks: filter, select, features...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise _NeedsDatasets
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):  # a column by name
+            raise _NeedsDatasets
+        return super().__getitem__(key)
 
 
 class _NeedsDatasets(Exception):
@@ -193,7 +199,8 @@ def process_rows(process: Callable[[Any], Any] | None, rows: Sequence[dict[str, 
     ``process_docs`` functions take and return a ``datasets.Dataset``; most only call
     ``dataset.map(per_row_function)``. Those get a plain list that maps row by row (HellaSwag's
     39,905 training rows: 0.5 s instead of 5.4 s through Arrow, same dicts); any other use
-    (filters, batched maps) goes through ``datasets`` as lm-eval would.
+    (filters, batched maps) goes through ``datasets`` as lm-eval would. An error the function
+    raises on a row is not retried: it is the row's (or the function's), and propagates.
     """
     if process is None:
         return list(rows)
@@ -201,10 +208,10 @@ def process_rows(process: Callable[[Any], Any] | None, rows: Sequence[dict[str, 
         return []
     try:
         out = process(_RowList(rows))
-        if isinstance(out, _RowList):
-            return list(out)
-    except (_NeedsDatasets, AttributeError, TypeError):
-        pass
+    except _NeedsDatasets:
+        out = None
+    if isinstance(out, _RowList):
+        return list(out)
     import datasets
 
     return process(datasets.Dataset.from_list(list(rows))).to_list()

@@ -1,6 +1,6 @@
 """``--ray ADDRESS --shards N``: one evaluation split into N shards that run as Ray tasks.
 
-Each shard is an ordinary ``evaluate(..., shard=(i, N), run_id=ID)`` in a Ray worker process
+Each shard is an ordinary ``evaluate(config=..., shard=(i, N), run_id=ID)`` in a Ray worker process
 writing to the same results folder, so a Ray run and N hand-started ``--shard i/N`` runs
 (SLURM array, several machines) leave identical files and merge the same way
 (:mod:`evalsuite.results` reads them as one run). Across machines the results folder, the data folder
@@ -15,13 +15,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig
 from .errors import EvalsuiteError
-from .models import resolve_model
+from .models.registry import resolve_model
 from .runner import EvalResult
-from .store import DEFAULT_RESULTS_DIR
 
 INSTALL_HINT = "pip install 'evalsuite[ray]'"
 
@@ -30,47 +31,46 @@ def run_on_ray(
     address: str,
     shards: int,
     *,
-    run_id: str | None = None,
-    results_dir: str | Path = DEFAULT_RESULTS_DIR,
-    data_dir: str | Path | None = None,
+    config: RunConfig | None = None,
     num_cpus: int | None = None,
-    **evaluate_kwargs: Any,
+    **options: Any,
 ) -> EvalResult:
     """Run ``shards`` shards of one evaluation on the Ray cluster at ``address``; the run (shards merged).
 
     ``address`` is a Ray address (``auto``, ``HOST:6379``, ``ray://HOST:10001``) or ``local`` to
-    start a cluster on this machine (``num_cpus`` caps it). The other keyword arguments are
-    ``runner.evaluate``'s. A failed shard does not stop the others; the error names the
-    shards to rerun by hand with ``--shard I/N --run-id ID``.
+    start a cluster on this machine (``num_cpus`` caps it). The evaluation is a
+    :class:`~evalsuite.config.RunConfig` (or its fields as keyword arguments), without a
+    ``shard``. A failed shard does not stop the others; the error names the shards to rerun by
+    hand with ``--shard I/N --run-id ID``.
     """
     from .runner import new_run_id
 
     if shards < 1:
         raise EvalsuiteError("--shards must be at least 1")
+    config = RunConfig.build(config, **options)
     ray = _import_ray()
-    run_id = run_id or new_run_id()
     # Workers may start in another folder: give them absolute paths.
-    kwargs = {**evaluate_kwargs, "results_dir": str(Path(results_dir).resolve()), "progress": False,
-              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "run_id": run_id}
-    resources = shard_resources(evaluate_kwargs.get("models"), evaluate_kwargs.get("backend", "evalsuite"),
-                                evaluate_kwargs.get("device", "cpu"), evaluate_kwargs.get("tensor_parallel"),
-                                evaluate_kwargs.get("data_parallel", 1))
+    config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
+                     results_dir=str(Path(config.results_dir).resolve()),
+                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None)
+    run_id = config.run_id
+    resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
+                                config.data_parallel)
     started_here = _connect(ray, address, num_cpus)
     try:
         task = ray.remote(_run_shard).options(**resources, max_retries=0)
-        pending = {task.remote(i, shards, kwargs): i for i in range(shards)}
-        failures = _wait_all(ray, pending, shards)
+        pending = {task.remote(i, shards, config): i for i in range(shards)}
+        failures, bug = _wait_all(ray, pending, shards)
     finally:
         if started_here:
             ray.shutdown()
+    if bug is not None:  # a shard hit a bug: fail loudly, with the worker's traceback (its row says failed)
+        raise bug
     if failures:
         listed = "; ".join(f"shard {i}/{shards}: {why}" for i, why in sorted(failures.items()))
         raise EvalsuiteError(f"{listed}; rerun those with evalsuite run ... --shard I/{shards} --run-id {run_id}")
-    from .runner import _split
-    from .tasks import expand_tasks
-
-    models = [resolve_model(m).alias for m in _split(evaluate_kwargs.get("models")) or ["smollm2"]]
-    return EvalResult(run_id, Path(kwargs["results_dir"]), models, expand_tasks(evaluate_kwargs.get("tasks")))
+    model_names, task_names = config.selection()
+    return EvalResult(run_id, Path(config.results_dir), [resolve_model(m).alias for m in model_names], list(task_names))
 
 
 def shard_resources(models: Sequence[str] | str | None, backend: str, device: str,
@@ -90,17 +90,20 @@ def shard_resources(models: Sequence[str] | str | None, backend: str, device: st
     return {"num_cpus": 1, "num_gpus": gpus}
 
 
-def _run_shard(index: int, count: int, kwargs: dict[str, Any]) -> str:
+def _run_shard(index: int, count: int, config: RunConfig) -> str:
     """Body of one Ray task: evaluate one shard in this worker; its files are its result."""
     from .runner import evaluate
 
-    evaluate(**kwargs, shard=(index, count))
+    evaluate(config=config, shard=(index, count))
     return os.uname().nodename
 
 
-def _wait_all(ray: Any, pending: dict[Any, int], count: int) -> dict[int, str]:
-    """Wait for every shard, reporting each as it ends; shard index -> error of the failed ones."""
+def _wait_all(ray: Any, pending: dict[Any, int], count: int) -> tuple[dict[int, str], BaseException | None]:
+    """Wait for every shard, reporting each as it ends: shard index -> error of the failed ones,
+    and the first shard error that is a bug (an exception other than bad input in the worker;
+    a lost worker or node is not one: that shard is rerun by hand)."""
     failures: dict[int, str] = {}
+    bug: BaseException | None = None
     done = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -110,11 +113,13 @@ def _wait_all(ray: Any, pending: dict[Any, int], count: int) -> dict[int, str]:
             try:
                 where = ray.get(ref)
                 _say(f"shard {index}/{count} finished on {where} ({done}/{count})")
-            except Exception as exc:  # RayTaskError wraps the worker's exception
+            except ray.exceptions.RayError as exc:  # RayTaskError wraps the worker's exception
                 cause = getattr(exc, "cause", None) or exc
                 failures[index] = (f"{type(cause).__name__}: {cause}".splitlines() or ["failed"])[0]
                 _say(f"shard {index}/{count} failed: {failures[index]} ({done}/{count})")
-    return failures
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, EvalsuiteError):
+                    bug = bug or exc
+    return failures, bug
 
 
 def _connect(ray: Any, address: str, num_cpus: int | None) -> bool:

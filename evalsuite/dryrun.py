@@ -8,8 +8,8 @@ tokenizer (:mod:`evalsuite.piecewise`, exact and fast):
   requests of one context whose continuations differ only in their last token together, e.g.
   MMLU's " A".." D"), batch size 1, so no padding;
 * tokens the evalsuite engine will run: the engine's own planner over the prefix tree of the
-  requests as the runner sends them (:data:`~evalsuite.runner.CHUNK_DOCS` documents per call),
-  with the preambles it keeps across calls (:func:`engine_plan`): padding included;
+  requests as the runner sends them (:data:`~evalsuite.config.CHUNK_DOCS` documents per call),
+  with the preambles it keeps across calls (:func:`~evalsuite.backends.engine.tokenize.plan_calls`): padding included;
 * for generation (GSM8K), the prompt tokens and the budget: documents x 256 new tokens at most,
   and the expected count (each reference answer's length plus the stop);
 * an estimated time on this machine from a short measured forward of the model
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import CHUNK_DOCS, RunConfig
 from .speed import SpeedProfile
 
 #: Shown for a generation task's budget; the protocol's ``max_gen_toks``.
@@ -139,8 +140,9 @@ class ModelPlan:
 
 
 @dataclass
-class Plan:
-    """What ``evaluate(..., dry_run=True)`` returns: one :class:`ModelPlan` per model."""
+class CostPlan:
+    """What a run will cost (``evaluate(..., dry_run=True)``): one :class:`ModelPlan` per model.
+    (Not the engine's :class:`~evalsuite.backends.engine.planner.ForwardPlan` of one call.)"""
 
     models: list[ModelPlan]
 
@@ -151,197 +153,64 @@ class Plan:
         return {"models": [m.to_dict() for m in self.models]}
 
 
-@dataclass
-class EngineCount:
-    tokens: int  # prefix-tree tokens over all calls, less the preambles reused from earlier calls
-    unique: int  # prefix-tree tokens summed over calls
-    reused: int  # preamble tokens kept from an earlier call
-
-
-def engine_tokens(calls: Iterable[Sequence[tuple[int, ...]]]) -> EngineCount:
-    """The prefix-tree tokens of log-likelihood requests sent a call at a time, fast.
-
-    Each item is one call's model inputs. The tree of a set of sequences has sum(lengths) -
-    sum(common prefix of neighbours in sorted order) nodes (``PrefixTree.n_tokens``, see the
-    tests); a call's shared root trunk is reused when at least ``FOLD_TRUNK`` of its tokens agree
-    with one of the last ``TRUNK_MEMORY`` kept, as the engine does. This is what the engine's
-    planner (:func:`engine_plan`) starts from, without padding and without the short openings
-    it recomputes per branch; it costs a sort per call instead of a node object per token.
-    """
-    from .backends.engine import FOLD_TRUNK, TRUNK_MEMORY
-
-    kept: list[tuple[int, ...]] = []
-    unique = reused = 0
-    for call in calls:
-        seqs = sorted(set(call))
-        if not seqs:
-            continue
-        common = [_common(a, b) for a, b in zip(seqs, seqs[1:])]
-        unique += sum(map(len, seqs)) - sum(common)
-        # root trunks: runs of neighbours sharing at least FOLD_TRUNK tokens (a shorter shared
-        # opening is recomputed per branch), each trunk the run's common prefix; the engine
-        # takes them in request order, keeping the last TRUNK_MEMORY
-        first_seen: dict[tuple[int, ...], int] = {}
-        for position, seq in enumerate(call):
-            first_seen.setdefault(seq, position)
-        trunks: list[tuple[int, tuple[int, ...]]] = []
-        start = 0
-        for end in range(1, len(seqs) + 1):
-            if end < len(seqs) and common[end - 1] >= FOLD_TRUNK:
-                continue
-            trunk = seqs[start] if end - start == 1 else seqs[start][: min(common[start:end - 1])]
-            trunks.append((min(first_seen[x] for x in seqs[start:end]), trunk))
-            start = end
-        for _, trunk in sorted(trunks):
-            best = max((_common(trunk, k) for k in kept), default=0)
-            if best >= FOLD_TRUNK:
-                reused += best
-            kept = [k for k in kept if k != trunk][-(TRUNK_MEMORY - 1):] + [trunk]
-    return EngineCount(unique - reused, unique, reused)
-
-
-def engine_plan(calls: Iterable[list[tuple[list[int], list[int]]]], max_length: int, device_type: str = "cpu") -> Any:
-    """What the evalsuite engine runs for log-likelihood requests sent a call at a time.
-
-    Each item of ``calls`` is one ``loglikelihood`` call of the runner (``CHUNK_DOCS``
-    documents), as the requests' ``(context, continuation)`` token ids split as lm-eval's ``hf``
-    model splits them. Per call: the engine's own prefix tree and planner, with the root trunks
-    it keeps between calls, the same loop as ``evalsuite.backends.engine.plan_requests`` but on
-    requests tokenized here (:mod:`evalsuite.piecewise`) and built one call at a time, so a
-    whole split is never held as token lists. Returns the engine's ``PlanSummary``.
-    """
-    from .backends.engine import planner
-
-    budgets = planner.Budgets.for_device(device_type, None, None)
-    return planner.summarize_calls(((prefix_tree(b, max_length), len(b)) for b in calls if b), budgets)
-
-
-def prefix_tree(batch: Sequence[tuple[list[int], list[int]]], max_length: int) -> Any:
-    """The engine's ``tree_of(batch, max_length)``, node for node, built faster.
-
-    ``tree_of`` walks every token of every request through the trie; but a request shares most
-    of its input with the one before it (the four endings of a HellaSwag context), so here the
-    nodes of the prefix shared with the previous request (up to its first scored position) are
-    taken from that request's path, and only the rest is walked. Same nodes, numbering, child
-    order and scores (``tests/test_dryrun.py`` compares them); a full HellaSwag split walks
-    ~10 M tokens instead of ~35 M.
-    """
-    from .backends.engine.prefix_tree import PrefixTree, Score, truncated_inputs
-
-    tree = PrefixTree()
-    token, parent, depth, children, scores = tree.token, tree.parent, tree.depth, tree.children, tree.scores
-    previous: tuple[int, ...] = ()
-    path: list[int] = []  # path[i]: the node at position i of the previous request
-    for index, (context_enc, continuation_enc) in enumerate(batch):
-        if not continuation_enc:
-            raise ValueError("empty continuation after tokenization")
-        inputs = tuple(truncated_inputs(context_enc, continuation_enc, max_length))
-        if len(continuation_enc) > len(inputs):
-            raise ValueError("a request needs 1..len(inputs) target tokens")
-        first_scored = len(inputs) - len(continuation_enc)
-        shared = min(_common(inputs, previous), first_scored)
-        walked = path[:shared]
-        node = walked[-1] if shared else 0
-        for pos in range(shared, len(inputs)):
-            tok = inputs[pos]
-            child = children[node].get(tok)
-            if child is None:
-                child = len(token)
-                token.append(tok)
-                parent.append(node)
-                depth.append(depth[node] + 1)
-                children.append({})
-                children[node][tok] = child
-            node = child
-            walked.append(node)
-            if pos >= first_scored:
-                scores.setdefault(node, []).append(Score(index, continuation_enc[pos - first_scored]))
-        path, previous = walked, inputs
-    tree.finalize()
-    return tree
-
-
-def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """Length of the common prefix of two token tuples (binary search over C-level slices)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def plan(
+def plan_cost(
     models: Sequence[str] | str | None = None,
     tasks: Sequence[str] | str | None = None,
     *,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
-    backend: str | None = None,
-    device: str = "cpu",
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    shard: tuple[int, int] | None = None,
-    measure: bool = True,
-    remeasure: bool = False,
-    progress: bool = False,
-    generation: str = "batched",
-) -> Plan:
-    """The dry-run plan of ``evaluate`` with the same arguments: counts and estimated time.
+    config: RunConfig | None = None,
+    **options: Any,
+) -> CostPlan:
+    """The dry-run plan of ``evaluate`` with the same options: counts and estimated time.
 
-    No weights are loaded for the counts (the tokenizer and config only). ``measure`` times a
-    few forwards of the model once per machine, model, dtype and device (loading it for that,
-    a few seconds for SmolLM2) and keeps the result in evalsuite's cache; ``remeasure`` times
-    them again.
+    Takes a :class:`~evalsuite.config.RunConfig` (or its fields as keyword arguments). No
+    weights are loaded for the counts (the tokenizer and config only). ``measure`` (a config
+    field) times a few forwards of the model once per machine, model, dtype and device (loading
+    it for that, a few seconds for SmolLM2) and keeps the result in evalsuite's cache;
+    ``remeasure`` times them again.
     """
-    from .backends import DEFAULT_BACKEND
     from .data import resolve_data_dir
     from .errors import MissingDataError
-    from .loading import materialize
-    from .models import resolve_model
-    from .runner import check_device, check_selection, default_dtype
+    from .models.loading import resolve_dtype
+    from .models.registry import resolve_model
+    from .models.source import materialize
     from .tasks import load_tasks
 
-    backend = backend or DEFAULT_BACKEND
-    device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
-    check_device(device)
-    root = resolve_data_dir(data_dir)
-    loaded, unavailable = load_tasks(task_names, root)
+    if config is None:
+        options.setdefault("progress", False)  # called directly, the plan is quiet unless asked
+    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate()
+    device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
+    root = resolve_data_dir(config.data_dir)
+    loaded, unavailable = load_tasks(list(config.tasks), root)
     if not loaded:
         raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
     out = []
-    for name in model_names:
-        spec = resolve_model(name, trust_remote_code=trust_remote_code)
+    for name in config.models:
+        spec = resolve_model(name, trust_remote_code=config.trust_remote_code)
         source = materialize(spec)
-        chosen_dtype = default_dtype(spec, device, dtype)
+        chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
         tokenizer, max_length = _tokenizer_and_length(source)
         speed = None
-        if measure and backend != "vllm":
+        if config.measure and backend != "vllm":
             from .speed import measured_speed
 
-            speed = measured_speed(source, chosen_dtype, device, again=remeasure)
+            speed = measured_speed(source, chosen_dtype, device, again=config.remeasure)
         model_plan = ModelPlan(spec.alias, source.path if spec.kind != "hub" else spec.source, backend, device,
                                chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed)
         import sys
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(list(loaded.values()), desc=f"planning {spec.alias}", unit="task", disable=not progress,
+        bar = tqdm(list(loaded.values()), desc=f"planning {spec.alias}", unit="task", disable=not config.progress,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
             task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0],
-                                   generation)
+                                   config.generation)
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
-    return Plan(out)
+    return CostPlan(out)
 
 
 def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
@@ -349,6 +218,8 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
     from transformers import AutoConfig, AutoTokenizer
 
     from .errors import EvalsuiteError
+
+    from .backends.engine.tokenize import resolve_max_length
 
     kwargs = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code}
     try:
@@ -359,21 +230,16 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
             f"could not read the tokenizer and config of {source.path}: {str(exc).splitlines()[0]}; "
             f"check the name and your Hub access, or use a local folder"
         ) from None
-    config = getattr(config, "text_config", None) or config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if value is not None:
-            return tokenizer, int(value)
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    return tokenizer, int(tok_max) if tok_max is not None and tok_max < 10**12 else 2048
+    return tokenizer, resolve_max_length(config, tokenizer)
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
                backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
     from .backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
-    from .backends.engine.prefix_tree import empty_context_pair, truncated_inputs
+    from .backends.engine.planner import count_calls
+    from .backends.engine.prefix_tree import truncated_inputs
+    from .backends.engine.tokenize import pair_ids, plan_calls, split_pair
     from .piecewise import PiecewiseEncoder
-    from .runner import CHUNK_DOCS
     from .sharding import select
 
     prompts = select(task.prompts(limit), shard)
@@ -396,20 +262,17 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         return result
 
     requests = [tuple(inst.args) for p in prompts for inst in p.instances]
+    # the engine's pair split (split_pair, pair_ids), on ids from the piecewise encoder: the
+    # whole request text (context + continuation, as split_pair leaves it) and each context
     wholes = encoder.prepare([c for c, _ in requests], [k for _, k in requests])
-    # lm-eval's pair split: trailing spaces of the context move to the continuation, and the
-    # continuation is what follows the context's own encoding in the whole one
-    contexts = list(dict.fromkeys(c.rstrip() for c, _ in requests if c))
+    moved = [split_pair(c, k)[0] for c, k in requests]
+    contexts = list(dict.fromkeys(c for c in moved if c is not None))
     context_ids = dict(zip(contexts, encoder.encode(contexts)))
     eos = tokenizer.eos_token_id
 
     def split(index: int) -> tuple[list[int], list[int]]:
-        context, _ = requests[index]
-        whole = list(wholes[index])
-        if context == "":  # v1: an empty context is the EOS token
-            return empty_context_pair(eos, whole)
-        ctx = list(context_ids[context.rstrip()])
-        return ctx, whole[len(ctx):]
+        context = moved[index]
+        return pair_ids(None if context is None else context_ids[context], wholes[index], eos)
 
     def calls() -> Iterable[list[tuple[list[int], list[int]]]]:
         """The runner's calls, one chunk of documents each, split as lm-eval splits requests."""
@@ -440,13 +303,13 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
             scored += sum(distinct.values())
             yield inputs
 
-    count = engine_tokens(inputs_per_call())
+    count = count_calls(inputs_per_call())
     median = int(statistics.median(doc_lengths)) if doc_lengths else 0
     result = TaskPlan(spec.name, len(prompts), task.n_docs, len(requests), "loglikelihood", lm_eval_tokens,
                       count.tokens, median, engine_unique_tokens=count.tokens, scored_positions=scored,
                       tokenizer_fallback=encoder.fallback)
     if count.unique <= PLANNER_TOKENS:  # small enough: the engine's own planner, padding and passes exact
-        summary = engine_plan(calls(), max_length, device_type)
+        summary = plan_calls(calls(), max_length, device_type)
         result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
@@ -469,7 +332,6 @@ def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int],
     prefilled alone, then the call's prompts decode together (up to the engine's slots), so a
     call costs its longest generation's steps, plus each further row's token work.
     """
-    from .runner import CHUNK_DOCS
 
     if mode == "exact":
         return sum(speed.generation_seconds(n, g) for n, g in zip(prompts, new))

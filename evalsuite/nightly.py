@@ -14,17 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_BACKEND
-from .compare import DEFAULT_ALPHA, DEFAULT_MAX_DROP, Comparison, compare_runs
+from .compare import DEFAULT_ALPHA, DEFAULT_MAX_DROP, RunComparison, compare_runs
+from .config import RunConfig
 from .results import read_baseline, set_baseline
-from .store import DEFAULT_RESULTS_DIR
 
 
 @dataclass
 class NightlyResult:
     run_id: str
     model: str
-    comparison: Comparison | None  # None on the first night (the run became the baseline, or failed)
+    comparison: RunComparison | None  # None on the first night (the run became the baseline, or failed)
     baseline_set: bool
     markdown_path: Path
     json_path: Path
@@ -37,28 +36,29 @@ class NightlyResult:
 
 
 def nightly(
-    model: str,
+    model: str | None = None,
     *,
+    config: RunConfig | None = None,
     baseline: str | None = None,
-    tasks: str | None = None,
-    limit: int | None = None,
-    tag: str | None = None,
-    data_dir: str | Path | None = None,
-    results_dir: str | Path = DEFAULT_RESULTS_DIR,
-    backend: str = DEFAULT_BACKEND,
-    device: str = "cpu",
     max_drop: float = DEFAULT_MAX_DROP,
     alpha: float = DEFAULT_ALPHA,
     force: bool = False,
-    use_cache: bool = True,
-    progress: bool = False,
+    **options: Any,
 ) -> NightlyResult:
-    """Run ``model`` on ``tasks``, compare with ``baseline`` (default: the stored baseline)."""
+    """Run ``model`` on ``tasks``, compare with ``baseline`` (default: the stored baseline).
+
+    The run's options are a :class:`~evalsuite.config.RunConfig` (or its fields as keyword
+    arguments, without progress bars unless asked); the run is tagged ``nightly-YYYY-MM-DD``
+    unless it has a tag, and resumes an interrupted run of the same command.
+    """
     from .runner import evaluate
 
-    tag = tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
-    result = evaluate(models=model, tasks=tasks, limit=limit, data_dir=data_dir, backend=backend, device=device,
-                      results_dir=results_dir, tag=tag, resume=True, progress=progress, use_cache=use_cache)
+    if config is None:
+        options.setdefault("progress", False)
+    config = RunConfig.build(config, models=model, **options)
+    tag = config.tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
+    result = evaluate(config=RunConfig.build(config, tag=tag, resume=True))
+    results_dir = config.results_dir
     candidate = f"{result.run_id}@{result.models[0]}"
     out = Path(results_dir) / "nightly"
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -33,6 +32,7 @@ from typing import Any
 
 from . import records
 from .errors import EvalsuiteError
+from .fsutil import write_json
 from .records import RunRecord, ScoreRecord
 from .store import DEFAULT_RESULTS_DIR, SHARD_PART, ResultsStore
 
@@ -388,16 +388,10 @@ def set_baseline(results_dir: str | os.PathLike | ResultsStore, ref: str) -> Run
     payload = {"ref": ref, "run_id": view.run_id, "model": view.model, "tag": view.record.tag,
                "started_at": str(view.record.started_at),
                "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    store.root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".baseline-", suffix=".json", dir=store.root)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, store.root / BASELINE_FILE)
+        store.root.mkdir(parents=True, exist_ok=True)
+        write_json(store.root / BASELINE_FILE, payload, indent=2, fsync=True)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise EvalsuiteError(f"could not write {store.root / BASELINE_FILE} ({exc.strerror}); check space and permissions") from None
     return view
 

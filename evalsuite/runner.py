@@ -23,25 +23,29 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends import BACKENDS, DEFAULT_BACKEND, BackendOptions, build_backend
+from .backends import BackendOptions, build_backend
+from .config import CHUNK_DOCS, RunConfig, backend_settings, check_device, parse_batch_size
 from .data import resolve_data_dir
-from .dryrun import Plan
 from .errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
-from .loading import ModelSource, check_fits, check_gguf, materialize, param_count, resolve_dtype
+from .models.gguf import check_gguf
+from .models.identity import ModelSource
+from .models.loading import resolve_dtype
+from .models.memory import check_fits, param_count
 from .manifest import environment
-from .models import ModelSpec, resolve_model
+from .models.registry import ModelSpec, resolve_model
+from .models.source import materialize
 from .records import RunRecord, SampleRecord, ScoreRecord
-from .store import DEFAULT_RESULTS_DIR, ResultsStore
-from .tasks import DocPrompt, LoadedTask, expand_tasks, load_spec
+from .store import ResultsStore
+from .tasks import DocPrompt, LoadedTask, load_spec
 
-#: Documents sent to the backend at once: large enough to batch and share prefixes, small
-#: enough for a lively progress bar and little lost work when a run is killed.
-CHUNK_DOCS = 32
+if TYPE_CHECKING:
+    from .dryrun import CostPlan
+
 #: Exit statuses of ``evalsuite run`` (and ``evaluate(...).exit_code``).
 EXIT_OK, EXIT_TASK_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -124,58 +128,41 @@ def evaluate(
     models: Sequence[str] | str | None = None,
     tasks: Sequence[str] | str | None = None,
     *,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
-    backend: str = DEFAULT_BACKEND,
-    device: str = "cpu",
-    dtype: str | None = None,
-    batch_size: int | str = "auto",
-    results_dir: str | Path = DEFAULT_RESULTS_DIR,
-    tag: str | None = None,
-    run_id: str | None = None,
-    resume: bool = False,
-    trust_remote_code: bool = False,
-    progress: bool = True,
-    use_cache: bool = True,
-    shard: tuple[int, int] | None = None,
-    tensor_parallel: int | None = None,
-    data_parallel: int = 1,
-    generation: str = "batched",
+    config: RunConfig | None = None,
     dry_run: bool = False,
-) -> EvalResult | Plan:
+    **options: Any,
+) -> EvalResult | CostPlan:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
-    Bad input raises :class:`~evalsuite.errors.EvalsuiteError` before anything loads. A task
-    without data or with broken data is recorded (``missing``/``failed``) and the others run;
-    ``result.exit_code`` says whether every task was scored. ``resume=True`` continues the
-    latest interrupted run of the same models, tasks, limit, backend and tag under its run id
-    (or ``run_id``'s); without it an existing ``run_id`` is refused. ``shard=(I, N)`` evaluates
-    only documents ``p % N == I`` of each task (see :mod:`evalsuite.sharding`); the N shards
-    share ``run_id``. ``tensor_parallel`` and ``data_parallel`` apply to ``vllm``. ``generation``:
-    the evalsuite engine's greedy decoding, ``batched`` (default) or ``exact`` (one prompt at a
-    time, batch-size-1 arithmetic). ``dry_run=True`` evaluates and writes nothing and returns the
-    :class:`~evalsuite.dryrun.Plan`: documents, requests, tokens per backend and estimated time
-    (:func:`evalsuite.dryrun.plan`).
+    The options are :class:`~evalsuite.config.RunConfig`'s fields, as keyword arguments
+    (``limit=5, data_dir=..., backend=...``) or as ``config=RunConfig(...)`` (keywords given
+    too replace the config's). Bad input raises :class:`~evalsuite.errors.EvalsuiteError`
+    before anything loads. A task without data or with broken data is recorded
+    (``missing``/``failed``) and the others run; ``result.exit_code`` says whether every task
+    was scored. ``resume=True`` continues the latest interrupted run of the same models, tasks,
+    limit, backend and tag under its run id (or ``run_id``'s); without it an existing ``run_id``
+    is refused. ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
+    :mod:`evalsuite.sharding`); the N shards share ``run_id``. ``tensor_parallel`` and
+    ``data_parallel`` apply to ``vllm``. ``generation``: the evalsuite engine's greedy decoding,
+    ``batched`` (default) or ``exact`` (one prompt at a time, batch-size-1 arithmetic).
+    ``dry_run=True`` evaluates and writes nothing and returns the
+    :class:`~evalsuite.dryrun.CostPlan`: documents, requests, tokens per backend and estimated
+    time (:func:`evalsuite.dryrun.plan_cost`).
     """
+    config = RunConfig.build(config, models=models, tasks=tasks, **options)
     if dry_run:
-        from .dryrun import plan
+        from .dryrun import plan_cost
 
-        return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
-                    trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation)
+        return plan_cost(config=config)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
-    device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
-    batch_size = parse_batch_size(batch_size)
-    if shard is not None:
-        from .sharding import check_shard
-
-        check_shard(shard)
-        if run_id is None:
-            raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
-    specs = [resolve_model(name, trust_remote_code=trust_remote_code) for name in model_names]
+    config = config.validate(gpu=False)
+    backend, device, dtype = config.backend, config.device, config.dtype
+    task_names = list(config.tasks)
+    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
 
     def check_parallel(spec: ModelSpec) -> None:
         model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
-        _parallelism(spec, backend, model_dtype, tensor_parallel, data_parallel)
+        _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
 
     for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
@@ -187,15 +174,16 @@ def evaluate(
     check_device(device)
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
-            from .hub import resolve_snapshot
+            from .models.hub import resolve_snapshot
 
             resolve_snapshot(spec.source, spec.revision)
         if not spec.params:
             check_parallel(spec)
-    root = resolve_data_dir(data_dir)
-    store = ResultsStore(results_dir)
+    root = resolve_data_dir(config.data_dir)
+    store = ResultsStore(config.results_dir)
     store.check_writable()
-    run_id = _choose_run_id(store, run_id, resume, shard, [s.alias for s in specs], task_names, limit, backend, tag)
+    run_id = _choose_run_id(store, config.run_id, config.resume, config.shard, [s.alias for s in specs], task_names,
+                            config.limit, backend, config.tag)
 
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
@@ -213,41 +201,14 @@ def evaluate(
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
-    with _signals_raise(run_id, str(results_dir)):
+    with _signals_raise(run_id, str(config.results_dir)):
         for spec in specs:
-            _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
-                            progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                            use_cache=use_cache, generation=generation)
-    return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
+            _evaluate_model(spec, loaded, unavailable, store, run_id, config)
+    return EvalResult(run_id, Path(config.results_dir), [s.alias for s in specs], task_names,
                       {t: why for t, (_, why) in unavailable.items()})
 
 
-# -- input checks ------------------------------------------------------------------------------
-def parse_batch_size(value: int | str) -> int | str:
-    """``auto`` or a positive whole number; anything else is refused (it would be stored and ignored)."""
-    text = str(value).strip()
-    if text == "auto":
-        return "auto"
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        raise EvalsuiteError(f"--batch-size must be a positive whole number or auto, got '{value}'")
-    return int(text)
-
-
-def check_device(device: str) -> None:
-    """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present; refused before any weight loads."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
-        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
-    if kind == "cuda":
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise EvalsuiteError(f"--device {device}: no CUDA GPU is visible to this process; use --device cpu")
-        if index and int(index) >= count:
-            raise EvalsuiteError(f"--device {device}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})")
-
-
+# -- input checks (the rest are RunConfig.validate) ------------------------------------------
 def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard: tuple[int, int] | None,
                    models: list[str], tasks: list[str], limit: int | None, backend: str, tag: str | None) -> str:
     """The run id to write under: a new one, the given one, or the interrupted run's with ``resume``."""
@@ -270,57 +231,24 @@ def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard:
     return new_run_id()
 
 
-def check_selection(models: Sequence[str] | str | None, tasks: Sequence[str] | str | None, limit: int | None,
-                    backend: str, device: str) -> tuple[str, list[str], list[str]]:
-    """The checks a run and a dry run share, before anything loads: ``limit``, the backend, the
-    task names. Returns the device (vLLM runs on GPUs only, which also picks the registry's GPU
-    dtype), the model names (default ``smollm2``) and the expanded task names."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
-    if backend not in BACKENDS:
-        raise EvalsuiteError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if backend == "vllm" and device == "cpu":
-        device = "cuda"
-    if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not _split(tasks)):
-        raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
-    return device, _split(models) or ["smollm2"], expand_tasks(tasks)
-
-
 def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
     """The requested dtype, else on GPU the registry's (aliases) or the config's (other models),
-    float32 on CPU (:func:`evalsuite.loading.resolve_dtype`)."""
+    float32 on CPU (:func:`evalsuite.models.loading.resolve_dtype`)."""
     return resolve_dtype(spec, device, dtype)[0]
 
 
 # -- one model ---------------------------------------------------------------------------------
-def _evaluate_model(
-    spec: ModelSpec,
-    loaded: dict[str, LoadedTask],
-    unavailable: dict[str, tuple[str, str]],
-    store: ResultsStore,
-    run_id: str,
-    limit: int | None,
-    backend: str,
-    device: str,
-    dtype: str | None,
-    batch_size: int | str,
-    tag: str | None,
-    progress: bool,
-    *,
-    shard: tuple[int, int] | None = None,
-    tensor_parallel: int | None = None,
-    data_parallel: int = 1,
-    use_cache: bool = True,
-    generation: str = "batched",
-) -> None:
-    dtype, dtype_note = resolve_dtype(spec, device, dtype)
-    run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
+def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable: dict[str, tuple[str, str]],
+                    store: ResultsStore, run_id: str, config: RunConfig) -> None:
+    backend, device, limit, tag, shard = config.backend, config.device, config.limit, config.tag, config.shard
+    use_cache, progress = config.use_cache, config.progress
+    dtype, dtype_note = resolve_dtype(spec, device, config.dtype)
+    run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if config.generation == "exact" else None) if x)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, tensor_parallel, data_parallel)
+    tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, config.tensor_parallel, config.data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
-    options = BackendOptions(device=device, dtype=dtype, batch_size=batch_size,
-                             tensor_parallel=tensor_parallel, data_parallel=data_parallel, generation=generation)
+    options = config.backend_options(dtype, tensor_parallel, data_parallel)
     record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, run_notes)
     store.write_run(replace(record, status="running"), part)
 
@@ -353,7 +281,12 @@ def _evaluate_model(
         raise
     except StoreError:
         raise
-    except Exception as exc:  # a model that does not load: its tasks fail with the reason, other models run
+    except BaseException as exc:
+        if not _input_error(exc):  # a bug: the row says failed, the error keeps its traceback
+            finish("failed", _failure_text(exc), source)
+            raise
+        # a model that does not load (its files, its size, the machine's memory): its tasks fail
+        # with the reason, other models run
         message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
         for name, task in loaded.items():
             store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
@@ -370,10 +303,8 @@ def _evaluate_model(
             try:
                 _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
                 outcomes.append("ok")
-            except Exception as exc:  # keep what other tasks computed, record why, go on
-                if isinstance(exc, EvalsuiteError) and not isinstance(exc, DataFormatError):
-                    raise
-                message = str(exc) if isinstance(exc, DataFormatError) else _one_line(exc)
+            except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
+                message = str(exc)
                 outcomes.append("failed")
                 store.write_scores(run_id, spec.alias, name,
                                    [_score_record(run_id, spec.alias, name, task, "failed", message)], part=part)
@@ -381,8 +312,8 @@ def _evaluate_model(
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source, _cache_note(lm, use_cache))
         raise
-    except BaseException as exc:
-        finish("failed", _one_line(exc), source, _cache_note(lm, use_cache))
+    except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
+        finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
@@ -397,6 +328,24 @@ def _cache_note(lm: Any, use_cache: bool) -> str | None:
 
 def _interrupt_text(exc: BaseException) -> str:
     return f"interrupted by {getattr(exc, 'signame', 'SIGINT')}"
+
+
+def _input_error(exc: BaseException) -> bool:
+    """An error of the user's input or machine, stated in one line (EvalsuiteError: unknown or
+    damaged model files, too large for memory), or the GPU running out of memory while the
+    model loads; anything else is a bug and keeps its traceback."""
+    if isinstance(exc, EvalsuiteError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
+
+
+def _failure_text(exc: BaseException) -> str:
+    """What the run row says of an error that ends the run."""
+    if isinstance(exc, EvalsuiteError):
+        return _one_line(exc)
+    return f"{_one_line(exc)} (an internal error; raised with its traceback)"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -461,7 +410,7 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
         bar.update(len(chunk))
     bar.close()
-    scores = score_records(run_id, model, task, samples)
+    scores = score_samples(run_id, model, task, samples)
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -485,7 +434,7 @@ def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
     return grouped
 
 
-def score_records(run_id: str, model: str, task: LoadedTask, samples: list[SampleRecord]) -> list[ScoreRecord]:
+def score_samples(run_id: str, model: str, task: LoadedTask, samples: list[SampleRecord]) -> list[ScoreRecord]:
     """The task's score record plus one per subject (MMLU), by :mod:`evalsuite.aggregation`."""
     from .aggregation import score_records as aggregate_records
 
@@ -544,24 +493,9 @@ def _run_record(run_id: str, spec: ModelSpec, source: ModelSource | None, option
     )
 
 
-def backend_settings(options: BackendOptions) -> dict[str, Any]:
-    """The backend options that can change a number (the device only by its type)."""
-    settings = asdict(options)
-    settings["device"] = options.device.partition(":")[0]
-    return settings
-
-
-def _split(value: Sequence[str] | str | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = value.split(",")
-    return [v.strip() for v in value if v and v.strip()]
-
-
 def _say(message: str) -> None:
     print(f"evalsuite: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["EvalResult", "RunInterrupted", "evaluate", "new_run_id", "parse_batch_size", "check_device",
+__all__ = ["EvalResult", "RunInterrupted", "evaluate", "new_run_id", "parse_batch_size", "check_device", "CHUNK_DOCS",
            "EXIT_OK", "EXIT_TASK_PROBLEM", "EXIT_BAD_INPUT"]

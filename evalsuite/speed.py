@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .fsutil import cache_dir, write_json
+
 #: Decoder forward lengths timed (tokens in one row): five for three coefficients, so that one
 #: timing disturbed by another process cannot set the fit alone (three points fit exactly).
 LENGTHS = (128, 256, 512, 768, 1024)
@@ -68,7 +70,7 @@ class SpeedProfile:
         return self.forward_seconds(prompt_tokens, prompt_tokens, 1) + max(0, new_tokens - 1) * self.decode_step_s
 
     def describe(self) -> str:
-        from .runner import CHUNK_DOCS
+        from .config import CHUNK_DOCS
 
         forwards = ", ".join(f"1x{k} {v * 1000:.0f} ms" for k, v in self.seconds_by_length.items())
         load = f", load average {self.load_average:.1f}" if self.load_average is not None else ""
@@ -81,14 +83,12 @@ class SpeedProfile:
                 f"plus the output layer at its scored positions; generation costs each prompt's prefill, then per call of "
                 f"{CHUNK_DOCS} documents decoded together the longest generation's steps plus the other rows' token work (one step "
                 f"per new token with --generation exact); batched generation has taken up to 1.7x this estimate on a "
-                f"CPU (README, 'Estimate against actual'). The machine is shared: the estimate moves with its load")
+                f"CPU (docs/dry-run.md, 'Estimate against actual'). The machine is shared: the estimate moves with its load")
 
 
 def profile_path(source: Any, dtype: str, device: str) -> Path:
     """Where the profile of this model, dtype and device on this machine is kept."""
     import torch
-
-    from .loading import cache_dir
 
     key = json.dumps([PROFILE_VERSION, source.identity, dtype, device, torch.get_num_threads(), torch.__version__,
                       platform.node(), os.cpu_count()])
@@ -107,9 +107,7 @@ def measured_speed(source: Any, dtype: str, device: str, *, again: bool = False)
           f"kept in {path.parent}", flush=True)
     profile = measure(source, dtype, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(profile), indent=1))
-    tmp.replace(path)
+    write_json(path, asdict(profile), indent=1)
     return profile
 
 
@@ -118,7 +116,7 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
 
     import torch
 
-    from .loading import load_transformers
+    from .models.loading import load_transformers
 
     model, _ = load_transformers(source, dtype, device)
     decoder = model.get_decoder()

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from . import records
 from .errors import StoreError
+from .fsutil import atomic_path
 
 DEFAULT_RESULTS_DIR = "results"
 #: File-name suffix of one shard's files: ``<run>__<model>[__<task>]__shardIofN.parquet``.
@@ -79,17 +80,12 @@ class ResultsStore:
         """Write ``rows`` (records or partial mappings) as ``<table>/<name>.parquet``, atomically."""
         folder = self.table_dir(table)
         target = folder / f"{name}.parquet"
-        tmp = folder / f".tmp-{uuid.uuid4().hex}.parquet"
         arrow = records.to_arrow(table, rows)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(arrow, tmp, compression="zstd")
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            with atomic_path(target, fsync=True) as tmp:
+                pq.write_table(arrow, tmp, compression="zstd")
         except OSError as exc:
-            with contextlib.suppress(OSError):  # the folder itself may be what is broken
-                tmp.unlink(missing_ok=True)
             if exc.errno == errno.ENOSPC:
                 raise StoreError(f"disk full while writing {target}; free space and rerun the same command") from None
             raise StoreError(f"could not write {target} ({exc.strerror or exc}); check the folder's permissions "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import EvalsuiteError
 from .leaderboard import COLUMNS
-from .models import REGISTRY
+from .models.registry import REGISTRY
 from .store import DEFAULT_RESULTS_DIR
 from .tasks import LEADERBOARD_TASKS
 

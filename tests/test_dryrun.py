@@ -15,7 +15,7 @@ import pytest
 
 import evalsuite
 from evalsuite.backends import BackendOptions
-from evalsuite.dryrun import Plan
+from evalsuite.dryrun import CostPlan
 from evalsuite.piecewise import PiecewiseEncoder
 from evalsuite.speed import fit_forward_time
 from evalsuite.tasks import LoadedTask, load_spec
@@ -79,7 +79,7 @@ def test_engine_plan_equals_the_engines_plan_requests(name, limit, data_dir, smo
     40 documents are two calls."""
     from evalsuite.backends.engine import plan_requests
     from evalsuite.dryrun import _plan_task
-    from evalsuite.runner import CHUNK_DOCS
+    from evalsuite.config import CHUNK_DOCS
 
     task = LoadedTask(load_spec(name), data_dir)
     prompts, _ = _requests(task, limit)
@@ -94,29 +94,34 @@ def test_engine_plan_equals_the_engines_plan_requests(name, limit, data_dir, smo
         assert expected.reused_tokens > 0  # a subject's preamble carried into the next call
     # the fast count used for large tasks: the same prefix trees, the kept preambles modelled
     from evalsuite.backends.engine.prefix_tree import truncated_inputs
+    from evalsuite.backends.engine.planner import count_calls
     from evalsuite.backends.engine.tokenize import encode_pairs
-    from evalsuite.dryrun import engine_tokens
 
     encoded = encode_pairs(smollm2_tokenizer, [tuple(i.args) for p in prompts for i in p.instances])
     calls, at = [], 0
     for n in chunks:
         calls.append([tuple(truncated_inputs(c, k, 8192)) for c, k in encoded[at:at + n]])
         at += n
-    fast = engine_tokens(calls)
+    fast = count_calls(calls)
     assert fast.unique == expected.unique_tokens
     assert abs(fast.reused - expected.reused_tokens) <= 0.1 * expected.reused_tokens
 
 
-def test_fast_prefix_tree_is_the_engines_tree(data_dir, smollm2_tokenizer):
-    from evalsuite.backends.engine.prefix_tree import tree_of
+def test_fast_tree_builder_equals_inserting_every_request(data_dir, smollm2_tokenizer):
+    """The engine's ``tree_of`` (reusing the previous request's path) is node for node the trie
+    built by walking every token of every request (``PrefixTree.insert``)."""
+    from evalsuite.backends.engine.prefix_tree import PrefixTree, tree_of, truncated_inputs
     from evalsuite.backends.engine.tokenize import encode_pairs
-    from evalsuite.dryrun import prefix_tree
 
     for name, limit in (("hellaswag", 8), ("mmlu", 1), ("winogrande", 16), ("truthfulqa", 8)):
         _, pairs = _requests(LoadedTask(load_spec(name), data_dir), limit)
         batch = encode_pairs(smollm2_tokenizer, pairs)
         for max_length in (8192, 300):  # and with left truncation
-            fast, slow = prefix_tree(batch, max_length), tree_of(batch, max_length)
+            slow = PrefixTree()
+            for index, (context, continuation) in enumerate(batch):
+                slow.insert(index, truncated_inputs(context, continuation, max_length), continuation)
+            slow.finalize()
+            fast = tree_of(batch, max_length)
             assert (fast.token, fast.parent, fast.depth, fast.size) == (slow.token, slow.parent, slow.depth, slow.size)
             assert [list(c.items()) for c in fast.children] == [list(c.items()) for c in slow.children]
             assert list(fast.scores.items()) == list(slow.scores.items())
@@ -124,23 +129,24 @@ def test_fast_prefix_tree_is_the_engines_tree(data_dir, smollm2_tokenizer):
 
 def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir, data_dir, tmp_path,
                                                                   isolated_cache, monkeypatch):
-    import evalsuite.loading
+    import evalsuite.models.loading
+    import evalsuite.models.source
     from evalsuite.backends.engine import wrap_model
-    from evalsuite.runner import CHUNK_DOCS
+    from evalsuite.config import CHUNK_DOCS
 
     from evalsuite.speed import measured_speed
 
     # the short timed forward is its own step, done once and kept in the cache
-    measured_speed(evalsuite.loading.resolve_and_materialize(str(tiny_llama_dir)), "float32", "cpu")
+    measured_speed(evalsuite.models.source.resolve_and_materialize(str(tiny_llama_dir)), "float32", "cpu")
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the dry run loaded weights")
 
-    monkeypatch.setattr(evalsuite.loading, "load_transformers", no_weights)
+    monkeypatch.setattr(evalsuite.models.loading, "load_transformers", no_weights)
     results = tmp_path / "results"
     plan = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=["arc", "mmlu", "gsm8k"], limit=2,
                               data_dir=data_dir, results_dir=results, dry_run=True)
-    assert isinstance(plan, Plan) and not results.exists()
+    assert isinstance(plan, CostPlan) and not results.exists()
     monkeypatch.undo()
     by_task = {t.task: t for t in plan.models[0].tasks}
 
@@ -173,6 +179,7 @@ def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir
     assert all(name in table for name in ("arc", "mmlu", "gsm8k", "total", "time: from forwards"))
 
 
+@pytest.mark.slow
 def test_cli_dry_run_prints_the_plan_and_writes_no_results(tiny_llama_dir, data_dir, tmp_path, isolated_cache):
     import os
 
@@ -200,7 +207,7 @@ def test_forward_time_fit_is_non_negative_and_exact_on_a_quadratic():
 
 
 def test_plan_to_dict_is_json(tiny_llama_dir, data_dir, isolated_cache):
-    plan = evalsuite.plan(models=[str(tiny_llama_dir)], tasks=["winogrande"], limit=2, data_dir=data_dir, measure=False)
+    plan = evalsuite.plan_cost(models=[str(tiny_llama_dir)], tasks=["winogrande"], limit=2, data_dir=data_dir, measure=False)
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["models"][0]["tasks"][0]["task"] == "winogrande"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsuite import dus
+from evalsuite.commands.dus import build
+from evalsuite.models import dus
 from evalsuite.errors import EvalsuiteError
 
 N = 6
@@ -186,7 +187,7 @@ def test_bad_spec_is_a_clear_error():
 
 
 def test_dry_run_of_shipped_mistral_config_is_solar_sized():
-    report = dus.build("mistral", 8, None, dry_run=True)
+    report = build("mistral", 8, None, dry_run=True)
     assert (report.layers_before, report.layers_after) == (32, 48)
     assert report.params_before == 7_241_732_096  # the registry's Mistral 7B
     assert report.params_after == 10_731_524_096  # SOLAR 10.7B, leaderboard-v1.md §7
@@ -207,11 +208,11 @@ def test_dry_run_of_a_config_json_and_of_a_non_decoder(tmp_path):
 
     path = tmp_path / "config.json"
     path.write_text(tiny_config("llama").to_json_string())
-    report = dus.build(str(path), 2, None, dry_run=True)
+    report = build(str(path), 2, None, dry_run=True)
     assert report.layers_after == 8 and report.params_after > report.params_before
     BertConfig(vocab_size=100).to_json_file(path)
     with pytest.raises(EvalsuiteError, match="pick a Llama/Mistral-family base"):
-        dus.build(str(path), 2, None, dry_run=True)
+        build(str(path), 2, None, dry_run=True)
 
 
 # --- build, save, reload ------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def test_build_from_local_folder_round_trips(tmp_path, cache):
     base.save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     out = tmp_path / "out"
-    report = dus.build(str(tmp_path / "base"), 2, out, dtype="float32")
+    report = build(str(tmp_path / "base"), 2, out, dtype="float32")
     assert report.layers_after == 8 and report.out_dir == str(out.absolute())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]  # temp folder moved into place
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -239,7 +240,7 @@ def test_build_from_local_folder_round_trips(tmp_path, cache):
 
 def test_build_without_out_dir_is_an_error():
     with pytest.raises(EvalsuiteError, match="pass --out DIR"):
-        dus.build("smollm2", 8, None)
+        build("smollm2", 8, None)
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -289,13 +290,13 @@ def test_build_cached_smollm2_gives_a_loadable_44_layer_checkpoint(cache):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from evalsuite.loading import resolve_and_materialize
+    from evalsuite.models.source import resolve_and_materialize
 
-    folder = dus.build_cached("dus:smollm2:8")
+    folder = dus.build_cached(resolve_and_materialize("smollm2"), 8, "smollm2")
     assert folder.parent == cache / "dus" and folder.name.startswith("smollm2-m8-")
     assert {"config.json", "model.safetensors", "tokenizer.json", "dus.json"} <= {p.name for p in folder.iterdir()}
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert dus.build_cached("dus:smollm2:8") == folder  # cached: not rebuilt
+    assert dus.build_cached(resolve_and_materialize("smollm2"), 8, "smollm2") == folder  # cached: not rebuilt
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     source = resolve_and_materialize("smollm2-dus")
     assert Path(source.path) == folder and source.weights_hash.startswith("sha256:")
@@ -352,4 +353,4 @@ def test_recovery_refuses_too_little_text_and_dry_run():
 
 def test_recovery_without_text_fails_before_loading_weights(tmp_path):
     with pytest.raises(EvalsuiteError, match="pass --recover-text FILE"):
-        dus.build("no/such-model", 2, tmp_path / "out", recover_steps=3)
+        build("no/such-model", 2, tmp_path / "out", recover_steps=3)

@@ -32,20 +32,21 @@ class _Req:
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> tuple[Any, Any]:
-    from evalsuite.loading import load_transformers, resolve_and_materialize
+def smollm2(smollm2_source) -> tuple[Any, Any]:
+    """The real SmolLM2, loaded once per module (its tests are in the slow lane: conftest)."""
+    from evalsuite.models.loading import load_transformers
 
-    return load_transformers(resolve_and_materialize("smollm2"), "float32", "cpu")
+    return load_transformers(smollm2_source, "float32", "cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny(smollm2: tuple[Any, Any]) -> tuple[Any, Any]:
+def tiny(tiny_tokenizer: Any) -> tuple[Any, Any]:
     import transformers
 
-    tokenizer = smollm2[1]
+    tokenizer = tiny_tokenizer
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
     )
     return transformers.LlamaForCausalLM(config).eval(), tokenizer
@@ -252,6 +253,7 @@ def test_batches_keep_padding_low_within_the_budget(tiny_pair: tuple[Any, Any]) 
     assert padded - sum(widths) < 0.25 * sum(widths)
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_its_cpu_side(tmp_path: Any) -> None:
     """``benchmarks/gpu_check.py --device cpu --tiny``: every step of the GPU check but the GPU,
     with the CUDA executor (the model's own attention over a cache) forced on the CPU."""

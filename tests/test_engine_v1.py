@@ -74,11 +74,11 @@ class _Upcasting(torch.nn.Module):
         return self.inner.get_output_embeddings()
 
 
-def test_scoring_dtype_follows_the_model_class(smollm2_tokenizer):
+def test_scoring_dtype_follows_the_model_class(tiny_tokenizer):
     """Llama upcast its logits in v1's transformers: float32. A class that did not (Qwen2 here,
     as Falcon and Qwen v1's remote code) is scored in its own bf16, sum included, by both backends.
     A forward that upcasts by itself is detected by the probe."""
-    tok = smollm2_tokenizer
+    tok = tiny_tokenizer
     llama = _tiny(tok, "Llama", torch.bfloat16)
     assert compat.v1_logits_dtype(llama) == torch.float32
     assert compat.v1_logits_dtype(_Upcasting(_tiny(tok, "Qwen2", torch.bfloat16))) == torch.float32
@@ -122,17 +122,17 @@ def test_generation_config_processors_as_generate(smollm2_tokenizer):
 
 
 @pytest.mark.parametrize("setting", [{"num_beams": 2}, {"guidance_scale": 1.5}])
-def test_unsupported_generation_config_is_refused(smollm2_tokenizer, setting):
-    model = _tiny(smollm2_tokenizer)
+def test_unsupported_generation_config_is_refused(tiny_tokenizer, setting):
+    model = _tiny(tiny_tokenizer)
     model.generation_config.update(**setting)
-    engine = wrap_model(model, smollm2_tokenizer, BackendOptions())
+    engine = wrap_model(model, tiny_tokenizer, BackendOptions())
     with pytest.raises(EvalsuiteError, match="lm-eval-hf") as info:
         engine.generate_until(_generation_requests(1))
     assert "\n" not in str(info.value)
 
 
-def test_empty_context_is_eos_in_both_backends(smollm2_tokenizer):
-    tok = smollm2_tokenizer
+def test_empty_context_is_eos_in_both_backends(tiny_tokenizer):
+    tok = tiny_tokenizer
     assert tok.bos_token_id != tok.eos_token_id  # else the test could not tell them apart
     model = _tiny(tok)
     engine, hf = wrap_model(model, tok, BackendOptions()), wrap_hf_model(model, tok, BackendOptions())
@@ -143,11 +143,11 @@ def test_empty_context_is_eos_in_both_backends(smollm2_tokenizer):
         assert lm.loglikelihood([_Req("", "Hello world, again")], **({} if lm is engine else {"disable_tqdm": True}))[0][0] == pytest.approx(manual, abs=1e-4)
 
 
-def test_config_dtype_outside_the_registry(smollm2_tokenizer, tmp_path):
-    from evalsuite.loading import resolve_dtype
-    from evalsuite.models import resolve_model
+def test_config_dtype_outside_the_registry(tiny_tokenizer, tmp_path):
+    from evalsuite.models.loading import resolve_dtype
+    from evalsuite.models.registry import resolve_model
 
-    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "m")
+    folder = build_tiny_llama(tiny_tokenizer, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     config["dtype"] = "bfloat16"
     (folder / "config.json").write_text(json.dumps(config))
@@ -159,18 +159,19 @@ def test_config_dtype_outside_the_registry(smollm2_tokenizer, tmp_path):
     assert resolve_dtype(solar, "cuda", None)[0] == "float16"  # registry aliases keep theirs
 
 
-def test_tokenizer_cleans_up_like_period_transformers(smollm2_tokenizer, tmp_path):
+def test_tokenizer_cleans_up_like_period_transformers(tiny_tokenizer, tmp_path):
     """A tokenizer config without ``clean_up_tokenization_spaces`` decodes " ." as "." (4.3x);
     one that says False keeps the space. Both backends decode with the tokenizer loaded here."""
-    from evalsuite.loading import load_transformers, materialize
-    from evalsuite.models import resolve_model
+    from evalsuite.models.loading import load_transformers
+    from evalsuite.models.registry import resolve_model
+    from evalsuite.models.source import materialize
 
-    folder = build_tiny_llama(smollm2_tokenizer, tmp_path / "m")
+    folder = build_tiny_llama(tiny_tokenizer, tmp_path / "m")
     cfg_path = folder / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("clean_up_tokenization_spaces", None)
     cfg_path.write_text(json.dumps(cfg))
-    ids = smollm2_tokenizer.encode("#### 5 . Done , yes", add_special_tokens=False)
+    ids = tiny_tokenizer.encode("#### 5 . Done , yes", add_special_tokens=False)
     _, tok = load_transformers(materialize(resolve_model(str(folder))), "float32", "cpu")
     assert tok.decode(ids) == "#### 5. Done, yes"
     cfg["clean_up_tokenization_spaces"] = False
@@ -184,25 +185,25 @@ needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="leaderboard da
 
 
 @needs_data
-def test_batched_pair_split_is_template_lm_s(smollm2_tokenizer):
+def test_batched_pair_split_is_template_lm_s(tiny_tokenizer):
     """plan_requests' one-call tokenization gives TemplateLM._encode_pair's ids on real prompts."""
     from evalsuite.tasks import LoadedTask, load_spec
 
-    engine = wrap_model(_tiny(smollm2_tokenizer), smollm2_tokenizer, BackendOptions())
+    engine = wrap_model(_tiny(tiny_tokenizer), tiny_tokenizer, BackendOptions())
     pairs = [("", "Hello"), ("Answer: ", "yes"), ("ctx", " a"), ("ctx  ", "b ")]
     for task in ("arc", "mmlu", "winogrande", "truthfulqa"):
         pairs += [inst.args for p in LoadedTask(load_spec(task), SHARED_DATA).prompts(2)[:4] for inst in p.instances]
-    assert encode_pairs(smollm2_tokenizer, pairs) == [engine.encode_pair(c, x) for c, x in pairs]
+    assert encode_pairs(tiny_tokenizer, pairs) == [engine.encode_pair(c, x) for c, x in pairs]
 
 
 @needs_data
 @pytest.mark.parametrize("attention", ["tree", "cache"])
-def test_plan_requests_counts_what_the_engine_runs(smollm2_tokenizer, attention):
+def test_plan_requests_counts_what_the_engine_runs(tiny_tokenizer, attention):
     """Without a model the plan counts the tokens, forwards and scored positions the engine runs,
     across chunked calls (root trunks kept between them) as the runner sends them."""
     from evalsuite.tasks import LoadedTask, load_spec
 
-    tok = smollm2_tokenizer
+    tok = tiny_tokenizer
     engine = wrap_model(_tiny(tok), tok, BackendOptions(), token_budget=512, attention=attention)
     prompts = LoadedTask(load_spec("mmlu"), SHARED_DATA).prompts(4)[:4]  # one subject
     chunks = [[i for p in prompts[:2] for i in p.instances], [i for p in prompts[2:] for i in p.instances]]
@@ -221,8 +222,8 @@ def test_plan_requests_counts_what_the_engine_runs(smollm2_tokenizer, attention)
     assert gen.generation_budget == 7
 
 
-def test_token_logprobs_match_a_plain_forward(smollm2_tokenizer):
-    tok = smollm2_tokenizer
+def test_token_logprobs_match_a_plain_forward(tiny_tokenizer):
+    tok = tiny_tokenizer
     model = _tiny(tok)
     engine = wrap_model(model, tok, BackendOptions())
     texts = ["The quick brown fox jumps over the lazy dog.", "The quick brown fox", "Zebra", ""]

@@ -54,6 +54,7 @@ def _importable(target: str) -> bool:
     return importlib.util.find_spec(target.split(":")[0]) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", _backends())
 def test_stored_loglikelihoods_equal_manual_and_lm_eval(backend, tiny_llama_dir, data_dir, tmp_path):
     tasks = ["arc", "hellaswag", "mmlu", "truthfulqa", "winogrande"]

@@ -81,9 +81,9 @@ def noised_copy(folder: Path, target: Path, std: float = 0.5, seed: int = 7) -> 
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, smollm2_tokenizer, data_dir) -> tuple[Path, Path]:
+def models(tmp_path_factory, tiny_tokenizer, data_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("nightly-models")
-    good = train_good(smollm2_tokenizer, root / "good", data_dir)
+    good = train_good(tiny_tokenizer, root / "good", data_dir)
     return good, noised_copy(good, root / "degraded")
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +23,7 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_installed_wheel_lists_and_renders_the_six_tasks(tmp_path, data_dir):
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     source = _source_copy(tmp_path / "source")

@@ -41,7 +41,7 @@ def path_tokens(tree: PrefixTree, node: int) -> list[int]:
     return out[::-1]
 
 
-def check_plan(tree: PrefixTree, plan: planner.Plan, budgets: Budgets, memory: list[tuple[int, ...]]) -> None:
+def check_plan(tree: PrefixTree, plan: planner.ForwardPlan, budgets: Budgets, memory: list[tuple[int, ...]]) -> None:
     computed: dict[int, int] = {}
     covered: set[int] = set()
     live: dict[int, int] = {}  # past id -> end node
@@ -122,7 +122,7 @@ def check_plan(tree: PrefixTree, plan: planner.Plan, budgets: Budgets, memory: l
 def test_plan_properties(seed, n_preambles, n_requests, max_preamble, vocab, token_budget, copies_past):
     tree = random_tree(seed, n_preambles, n_requests, max_preamble, vocab)
     budgets = Budgets.for_device("cpu", token_budget, copies_past=copies_past)
-    plan = planner.plan(tree, budgets)
+    plan = planner.plan_forwards(tree, budgets)
     check_plan(tree, plan, budgets, [])
     assert plan.reused_tokens == 0
     summary = planner.summarize(tree, plan, n_requests)
@@ -151,11 +151,11 @@ def test_trunk_memory_is_reused_as_stated(seed, split):
         return tree
 
     first_tree, second_tree = tree_of(requests[:split]), tree_of(requests[split:])
-    first = planner.plan(first_tree, budgets)
+    first = planner.plan_forwards(first_tree, budgets)
     check_plan(first_tree, first, budgets, [])
     memory = [s.key for s in first.steps if isinstance(s, Remember)]
     assert memory and all(len(k) >= len(preamble) for k in memory)
-    second = planner.plan(second_tree, budgets, memory)
+    second = planner.plan_forwards(second_tree, budgets, memory)
     check_plan(second_tree, second, budgets, memory)
     assert second.reused_tokens >= len(preamble)  # the preamble is not computed again
     computed = sum(len(r.nodes) for f in second.forwards for r in f.rows)
@@ -167,6 +167,6 @@ def test_planner_and_plan_requests_import_without_torch():
             "from evalsuite.backends.engine import plan_requests, planner\n"
             "from evalsuite.backends.engine.prefix_tree import tree_of\n"
             "t = tree_of([([1, 2, 3], [4]), ([1, 2, 5], [6, 7])], 2048)\n"
-            "print(planner.summarize(t, planner.plan(t, planner.Budgets.for_device('cpu')), 2).unique_tokens)\n")
+            "print(planner.summarize(t, planner.plan_forwards(t, planner.Budgets.for_device('cpu')), 2).unique_tokens)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "5"  # 1 2 3 | 5 6

@@ -257,9 +257,9 @@ def test_hellaswag_fast_processing_equals_lm_eval_datasets_path(hellaswag_rows):
     from evalsuite.compat import load_lm_eval_yaml
 
     from evalsuite.data import process_rows
-    from evalsuite.tasks import _lm_eval_tasks_root
+    from evalsuite.tasks import lm_eval_tasks_root
 
-    process = load_lm_eval_yaml(_lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]
+    process = load_lm_eval_yaml(lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]
     val, train = hellaswag_rows
     for rows in (val[:1500], train[:1000] + train[-1000:]):
         assert process_rows(process, rows) == [dict(d) for d in process(datasets.Dataset.from_list(rows))]

@@ -26,7 +26,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory, tiny_llama_dir, smollm2_tokenizer, data_dir) -> Path:
+def store_dir(tmp_path_factory, tiny_llama_dir, tiny_tokenizer, data_dir) -> Path:
     """Two tiny real models (different seeds) evaluated on three tasks, plus MMLU subject rows.
 
     A real MMLU run of 57 subjects costs minutes on a shared CPU, so the per-subject score rows
@@ -38,7 +38,7 @@ def store_dir(tmp_path_factory, tiny_llama_dir, smollm2_tokenizer, data_dir) -> 
     import evalsuite
     from evalsuite.store import ResultsStore
 
-    other = build_tiny_llama(smollm2_tokenizer, tmp_path_factory.mktemp("tiny-llama-b"), seed=1)
+    other = build_tiny_llama(tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama-b"), seed=1)
     root = tmp_path_factory.mktemp("report") / "results"
     result = evalsuite.evaluate(models=[str(tiny_llama_dir), str(other)], tasks=TASKS, limit=LIMIT,
                                 data_dir=data_dir, backend="lm-eval-hf", results_dir=root, progress=False)
@@ -96,6 +96,7 @@ def _numbers(keys: list[str]) -> list[float]:
     return [float(k) for k in keys if k]
 
 
+@pytest.mark.slow
 def test_report_renders_sorts_and_filters_in_chromium(report_path, models, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.by import By

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from evalsuite.runner import evaluate
 from evalsuite.store import ResultsStore
@@ -37,6 +38,7 @@ def samples(results: Path, run_id: str) -> pd.DataFrame:
     return df.sort_values(["task", "doc_index"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_kill_9_then_same_command_resumes(tiny_llama_dir, data_dir, tmp_path):
     cache = tmp_path / "cache"
     results = tmp_path / "results"

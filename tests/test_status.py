@@ -98,16 +98,17 @@ def test_a_failed_or_interrupted_run_never_hides_earlier_results(tiny_llama_dir,
                     results_dir=results, progress=False)
     expected = good.views()[0].leaderboard_row().scores
     assert expected["truthfulqa"] > 0  # mc2 is a probability: a distinctive number to look for
-    # a run whose model does not load: recorded as failed, with the reason
+    # a run whose model does not load (an input error): recorded as failed, with the reason
     import evalsuite.runner
+    from evalsuite.errors import EvalsuiteError
 
     def broken_backend(*args, **kwargs):
-        raise RuntimeError("weights are corrupt")
+        raise EvalsuiteError("weights are corrupt")
 
     monkeypatch.setattr(evalsuite.runner, "build_backend", broken_backend)
     assert run("--models", str(tiny_llama_dir), "--tasks", "truthfulqa,winogrande", "--limit", "3", "--data-dir",
                str(data_dir), results=results) == 1
-    assert "truthfulqa: failed: the model did not load (RuntimeError: weights are corrupt)" in capsys.readouterr().out
+    assert "truthfulqa: failed: the model did not load (weights are corrupt)" in capsys.readouterr().out
 
     # Ctrl-C while the model loads: recorded as interrupted, the message says how to resume
     def interrupted(*args, **kwargs):
@@ -173,6 +174,7 @@ def cached_entries(path: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_and_says_how_to_resume(tiny_llama_dir, data_dir, tmp_path):
     cache = tmp_path / "cache" / "requests.sqlite"
     results = tmp_path / "results"

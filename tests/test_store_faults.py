@@ -61,11 +61,13 @@ def test_a_failed_task_is_recorded_and_the_others_are_kept(tiny_llama_dir, data_
     from evalsuite.runner import evaluate
     from evalsuite.tasks import LoadedTask
 
+    from evalsuite.errors import DataFormatError
+
     real_score = LoadedTask.score
 
-    def flaky(self, prompt, responses):
+    def flaky(self, prompt, responses):  # broken data found while scoring (a bug would propagate: test_error_rules)
         if self.spec.name == "winogrande":
-            raise RuntimeError("scorer exploded")
+            raise DataFormatError("winogrande row 2: field 'answer' is empty; fix or remove the row")
         return real_score(self, prompt, responses)
 
     results = tmp_path / "results"
@@ -77,7 +79,7 @@ def test_a_failed_task_is_recorded_and_the_others_are_kept(tiny_llama_dir, data_
     scores = bad.scores().set_index("task")
     assert scores.loc["arc", "status"] == "ok" and scores.loc["arc", "n"] == 3
     assert scores.loc["winogrande", "status"] == "failed"
-    assert scores.loc["winogrande", "error"] == "RuntimeError: scorer exploded"
+    assert scores.loc["winogrande", "error"] == "winogrande row 2: field 'answer' is empty; fix or remove the row"
     assert list(bad.store.runs(run_id=bad.run_id)["status"]) == ["partial"]
     assert len(bad.samples("arc")) == 3
     comparison = compare_runs(results, ok.run_id, bad.run_id)

@@ -28,6 +28,7 @@ def logged_run(tmp_path_factory, tiny_llama_dir, data_dir):
     return {"results": results, "uri": f"file:{mlruns}", "model": tiny_llama_dir.name}
 
 
+@pytest.mark.slow
 def test_mlflow_file_store_read_back(logged_run, monkeypatch, tmp_path):
     import mlflow
 
@@ -72,6 +73,7 @@ def test_bad_targets_are_refused_before_the_run(tiny_llama_dir, capsys, tmp_path
     assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
+@pytest.mark.slow
 def test_wandb_offline_run(logged_run, monkeypatch, tmp_path):
     from evalsuite.store import ResultsStore
     from evalsuite.trackers import log_run

@@ -12,8 +12,8 @@ from evalsuite.backends import BackendOptions, build_backend
 from evalsuite.backends import vllm as backend
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError, ModelTooLargeError
-from evalsuite.loading import ModelSource
-from evalsuite.models import resolve_model
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.registry import resolve_model
 
 H100 = 85_000_000_000  # what torch reports for an H100 80GB (79 GiB)
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -97,7 +97,7 @@ def test_other_backends_refuse_parallel_flags(tmp_path, capsys, data_dir):
 
 def test_gpu_device_map_spreads_only_models_that_need_it():
     """The transformers backends' placement on ``--device cuda`` (fake GPU memory and count)."""
-    from evalsuite.loading import gpu_device_map
+    from evalsuite.models.loading import gpu_device_map
 
     assert gpu_device_map(source("solar"), "bfloat16", gpu_memory=H100, gpu_count=4) == {"": 0}
     assert gpu_device_map(source("mixtral"), "bfloat16", gpu_memory=H100, gpu_count=2) == "auto"

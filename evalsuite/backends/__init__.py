@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EvalsuiteError
-from ..loading import ModelSource
+from ..models.identity import ModelSource
 
 #: name -> "module:function" building the backend from (source, options).
 BACKENDS: dict[str, str] = {
@@ -42,6 +42,9 @@ def build_backend(name: str, source: ModelSource, options: BackendOptions) -> An
     """An lm-eval ``LM`` for ``source`` using backend ``name``."""
     if name not in BACKENDS:
         raise EvalsuiteError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+    from ..compat import check_versions
+
+    check_versions()  # a model is about to be evaluated through transformers' and lm-eval's internals
     module_name, func = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..loading import ModelSource, load_transformers
+from ..models.identity import ModelSource
+from ..models.loading import load_transformers
 from . import BackendOptions
 
 

@@ -15,8 +15,9 @@ import math
 from typing import Any
 
 from ..errors import EvalsuiteError, ModelTooLargeError
-from ..loading import MEMORY_OVERHEAD, ModelSource
-from ..models import DTYPE_BYTES, ModelSpec
+from ..models.identity import ModelSource
+from ..models.memory import required_bytes
+from ..models.registry import ModelSpec
 from . import BackendOptions
 
 #: The memory the registry's ``min_gpus_80gb`` counts in (an A100/H100 80GB card).
@@ -53,11 +54,6 @@ def vllm_kwargs(source: ModelSource, options: BackendOptions) -> dict[str, Any]:
         "data_parallel_size": options.data_parallel,
         "seed": 1234,
     }
-
-
-def required_bytes(params: int, dtype: str) -> int:
-    """Weights plus the runtime headroom ``check_fits`` assumes (x1.2)."""
-    return int(params * DTYPE_BYTES.get(dtype, 4) * MEMORY_OVERHEAD)
 
 
 def default_tensor_parallel(spec: ModelSpec, dtype: str, gpu_memory: int) -> int:

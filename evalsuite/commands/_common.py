@@ -3,39 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..store import DEFAULT_RESULTS_DIR
+from ..config import add_option
+from ..config import positive_int  # noqa: F401  (the argparse type of other commands' counts)
 
 
 def add_results_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
-                        help=f"parquet results store (default: {DEFAULT_RESULTS_DIR}/)")
+    add_option(parser, "results_dir")
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
-                             "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
-    return value
-
-
-def batch_size(text: str) -> int | str:
-    """``auto`` or a positive whole number (argparse type)."""
-    from ..errors import EvalsuiteError
-    from ..runner import parse_batch_size
-
-    try:
-        return parse_batch_size(text)
-    except EvalsuiteError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch-size ")) from None
+    add_option(parser, "data_dir")
 
 
 def add_log_to(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data_dir, add_results_dir, positive_int
+from ..config import add_option, add_run_options
 
 
 def _fraction(text: str) -> float:
@@ -26,13 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "comparison (neighbours sampled by the reference, ranked by the model). Prints per task the "
                     "fraction of documents flagged with a bootstrap 95%% interval and stores every document's "
                     "scores in the results store (table 'contamination'; shown by `evalsuite report`). "
-                    "README: Contamination check.",
+                    "Docs: docs/contamination.md.",
     )
-    parser.add_argument("--models", required=True, help="comma-separated models to check (aliases, Hub ids, folders)")
+    add_option(parser, "models", required=True, help="comma-separated models to check (aliases, Hub ids, folders)")
     parser.add_argument("--reference", help="reference model (e.g. the base the checked model was trained from)")
-    parser.add_argument("--tasks", default="leaderboard", help="tasks or suites (default: leaderboard, all six)")
-    parser.add_argument("--limit", type=positive_int, metavar="N",
-                        help="first N documents of the v1 evaluation order (per subject for MMLU)")
+    add_run_options(parser, ["tasks", "limit"])
     parser.add_argument("--k", type=_fraction, default=0.2, help="fraction of least likely tokens (default: 0.2)")
     parser.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, metavar="N",
                         help=f"with --reference: neighbours sampled per document (default: {DEFAULT_NEIGHBOURS}, "
@@ -40,23 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float,
                         help=f"flag threshold of the rule in use (defaults: neighbour rank < {NEIGHBOUR_THRESHOLD}; "
                              f"Min-K%% difference > 0; without reference Min-K%% > {DEFAULT_MIN_K_THRESHOLD})")
-    add_data_dir(parser)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: float32 on CPU, the registry's dtype on GPU)")
-    add_results_dir(parser)
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(parser, ["data_dir", "device", "dtype", "results_dir", "trust_remote_code", "progress"])
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ..config import RunConfig
     from ..contamination import check
 
-    result = check(args.models, reference=args.reference, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir,
-                   k=args.k, neighbours=args.neighbours, threshold=args.threshold, device=args.device,
-                   dtype=args.dtype, results_dir=args.results_dir, trust_remote_code=args.trust_remote_code,
-                   progress=not args.no_progress)
+    result = check(config=RunConfig.from_args(args), reference=args.reference, k=args.k, neighbours=args.neighbours,
+                   threshold=args.threshold)
     print()
     print(result.table())
     print(f"\ncheck {result.check_id}: per-document scores in {result.results_dir}/contamination/")

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..models.dus import DusReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,13 +42,28 @@ def _overlap(text: str) -> int:
 
 def default_out(base: str, overlap: int) -> str:
     """``./dus-<base>-m<M>``: next to where the user runs it, named after what it holds."""
-    from ..dus import safe_name
+    from ..models.dus import safe_name
 
     return f"dus-{safe_name(base)}-m{overlap}"
 
 
+def build(base: str, overlap: int, out_dir: str | Path | None, dry_run: bool = False, dtype: str | None = None,
+          recover_text: str | Path | None = None, recover_steps: int = 0) -> DusReport:
+    """Up-scale the base a user named (alias, Hub id, local folder, .gguf, or for ``dry_run`` also
+    a config.json): the dry run from its config alone, else from its materialized weights.
+    The request is checked before the base is resolved, so a bad one costs nothing."""
+    from ..models import dus
+    from ..models.source import model_config, resolve_and_materialize
+
+    if dry_run:
+        return dus.dry_run_report(model_config(base), base, overlap)
+    dus.check_request(out_dir, recover_text, recover_steps)
+    return dus.build(resolve_and_materialize(base), overlap, out_dir, name=base, dtype=dtype,
+                     recover_text=recover_text, recover_steps=recover_steps)
+
+
 def handle(args: argparse.Namespace) -> int:
-    from ..dus import DusError, build
+    from ..models.dus import DusError
 
     if args.dry_run and args.recover_steps:
         raise DusError("--recover-steps needs weights; drop --dry-run")

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="write a run as lm-eval results.json, a model-card model-index block and CSV",
         description="Export one stored run: results.json in lm-eval's layout with the v1 task names and metric "
                     "keys (lm-eval's own make_table reads it), model-index.yaml for a Hugging Face model card (the "
-                    "six leaderboard entries as on SOLAR's card), and scores.csv. README: Exports.",
+                    "six leaderboard entries as on SOLAR's card), and scores.csv. Docs: docs/exports.md.",
     )
     parser.add_argument("ref", nargs="?", default="latest",
                         help="run id, RUN@MODEL, model alias (its latest finished run), tag:T, latest (default) "

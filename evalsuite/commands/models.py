@@ -11,12 +11,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..models import list_models
+    from ..models.memory import weight_bytes
+    from ..models.registry import list_models
 
     header = ("alias", "source", "params", "layers", "dtype", "weights", "GPUs(80GB)", "notes")
     rows = []
     for spec in list_models():
-        size = spec.weight_bytes(spec.dtype)
+        size = weight_bytes(spec.params, spec.dtype) if spec.params else None
         flags = [f for f, on in (("remote code", spec.trust_remote_code), ("gated", spec.gated)) if on]
         rows.append((spec.alias, spec.source, f"{spec.params / 1e9:.2f}B" if spec.params else "?",
                      str(spec.layers or "?"), spec.dtype, f"{size / 1e9:.1f} GB" if size else "?",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from ..backends import BACKENDS, DEFAULT_BACKEND
-from ._common import add_data_dir, add_log_to, add_results_dir, check_log_to, log_after, positive_int
+from ..config import add_option, add_run_options
+from ._common import add_log_to, check_log_to, log_after
 from .compare import add_thresholds
 
 
@@ -19,30 +19,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder, alias, Hub id or .gguf file")
     parser.add_argument("--baseline", metavar="REF",
                         help="compare with this run instead of the stored baseline (run id, tag:T, model, latest)")
-    parser.add_argument("--tasks", default="leaderboard", help="comma-separated tasks or suites (default: leaderboard)")
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="first N documents per task (per subject for MMLU)")
-    parser.add_argument("--tag", help="run tag (default: nightly-YYYY-MM-DD)")
-    add_data_dir(parser)
-    add_results_dir(parser)
-    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS), help=f"default: {DEFAULT_BACKEND}")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_run_options(parser, ["tasks", "limit", "data_dir", "backend", "device", "results_dir", "use_cache"])
+    add_option(parser, "tag", help="run tag (default: nightly-YYYY-MM-DD)")
     add_thresholds(parser)
     parser.add_argument("--force", action="store_true", help="compare shared documents even if the runs differ")
-    parser.add_argument("--no-cache", action="store_true", help="bypass the request cache")
     add_log_to(parser)
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ..config import RunConfig
     from ..nightly import nightly
     from .compare import write_outputs
 
     check_log_to(args)
-    result = nightly(
-        args.model, baseline=args.baseline, tasks=args.tasks, limit=args.limit, tag=args.tag, data_dir=args.data_dir,
-        results_dir=args.results_dir, backend=args.backend, device=args.device, max_drop=args.max_drop,
-        alpha=args.alpha, force=args.force, use_cache=not args.no_cache,
-    )
+    config = RunConfig.from_args(args, models=args.model, progress=False)
+    result = nightly(config=config, baseline=args.baseline, max_drop=args.max_drop, alpha=args.alpha, force=args.force)
     if result.comparison is None:
         print(result.markdown_path.read_text())
     else:

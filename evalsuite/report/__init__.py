@@ -13,19 +13,19 @@ from pathlib import Path
 
 from ..errors import EvalsuiteError
 from ..store import DEFAULT_RESULTS_DIR
-from .data import Comparison, collect, load_published
+from .data import ReportData, collect, load_published
 from ..stats import MIN_SHARED
 
-__all__ = ["build_report", "render", "default_out", "Comparison", "collect", "load_published"]
+__all__ = ["build_report", "render", "default_out", "ReportData", "collect", "load_published"]
 
 
-def default_out(comparison: Comparison) -> Path:
+def default_out(comparison: ReportData) -> Path:
     """``reports/<first run id>.html`` unless the user names a file."""
     stamp = comparison.entries[0].run_id if comparison.entries else datetime.now(timezone.utc).strftime("%Y%m%d")
     return Path("reports") / f"report-{stamp}.html"
 
 
-def render(comparison: Comparison, *, baseline: str | None = None, title: str | None = None,
+def render(comparison: ReportData, *, baseline: str | None = None, title: str | None = None,
            published: bool = True) -> str:
     """The report's HTML text for an already collected comparison."""
     import jinja2

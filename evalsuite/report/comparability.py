@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data import Comparison, Entry
+from .data import ReportData, Entry
 
 
 def _as_dict(value: Any) -> dict[str, str]:
@@ -20,7 +20,7 @@ def _as_dict(value: Any) -> dict[str, str]:
     return {k: v for k, v in value}
 
 
-def warnings(comparison: Comparison) -> list[str]:
+def warnings(comparison: ReportData) -> list[str]:
     """One sentence per incomparability among the compared entries."""
     out: list[str] = []
     entries = comparison.entries
@@ -61,7 +61,7 @@ def _map_conflicts(out: list[str], entries: list[Entry], runs: dict[Entry, dict[
                        + ". The runs did not evaluate the same thing.")
 
 
-def _n_conflicts(out: list[str], comparison: Comparison) -> None:
+def _n_conflicts(out: list[str], comparison: ReportData) -> None:
     scores = comparison.scores
     if scores.empty:
         return
@@ -73,7 +73,7 @@ def _n_conflicts(out: list[str], comparison: Comparison) -> None:
                        + ", ".join(f"{k}: {v}" for k, v in ns.items()) + ").")
 
 
-def _prompt_conflicts(out: list[str], comparison: Comparison) -> None:
+def _prompt_conflicts(out: list[str], comparison: ReportData) -> None:
     samples = comparison.samples
     if samples is None or samples.empty:
         return

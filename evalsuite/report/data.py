@@ -47,7 +47,7 @@ class PublishedRow:
 
 
 @dataclass
-class Comparison:
+class ReportData:
     """The frames behind a report: entries, their runs/scores/samples, leaderboard rows."""
 
     entries: list[Entry]
@@ -93,7 +93,7 @@ def load_published(path: str | Path | None = None) -> list[PublishedRow]:
 
 
 def collect(results_dir: str | Path, *, models: list[str] | None = None, runs: list[str] | None = None,
-            tag: str | None = None, with_samples: bool = True) -> Comparison:
+            tag: str | None = None, with_samples: bool = True) -> ReportData:
     """Read everything a report needs about the selected runs through :mod:`evalsuite.results`.
 
     ``runs``: every model of each named run. ``models``: each model's latest finished run (within
@@ -118,7 +118,7 @@ def collect(results_dir: str | Path, *, models: list[str] | None = None, runs: l
         row.model = entry.label
         rows.append(row)
     notes = [note for view in views for note in view.notes]
-    return Comparison(entries, runs_frame, scores, samples, rows, Path(results_dir), notes)
+    return ReportData(entries, runs_frame, scores, samples, rows, Path(results_dir), notes)
 
 
 def fmt_score(value: float | None) -> str:

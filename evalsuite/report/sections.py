@@ -15,7 +15,7 @@ from ..stats import paired
 from ..tasks import LEADERBOARD_TASKS
 from . import charts
 from .comparability import _as_dict
-from .data import Comparison, Entry, PublishedRow, fmt_score, task_label
+from .data import ReportData, Entry, PublishedRow, fmt_score, task_label
 
 #: Documents per task shown in the sample browser (disagreements first).
 SAMPLES_PER_TASK = 12
@@ -34,7 +34,7 @@ def _nan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def leaderboard(comparison: Comparison, published: list[PublishedRow]) -> dict[str, Any]:
+def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[str, Any]:
     """Rows of the sortable table: evaluated models first, then published reference rows."""
     columns = ["h6", *LEADERBOARD_TASKS]
     best: dict[str, float] = {}
@@ -77,7 +77,7 @@ def leaderboard(comparison: Comparison, published: list[PublishedRow]) -> dict[s
     return {"headers": ["H6", *[COLUMNS[t] for t in LEADERBOARD_TASKS]], "rows": rows, "notes": notes}
 
 
-def _task_status(comparison: Comparison) -> dict[tuple[Entry, str], str]:
+def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
     """(entry, task) -> "missing" (no data) or "failed" for task rows that carry no score."""
     scores = comparison.scores
     out: dict[tuple[Entry, str], str] = {}
@@ -100,7 +100,7 @@ def _h6_cell(row: LeaderboardRow, best: dict[str, float]) -> dict[str, Any]:
             "note": "incomplete" if star else "", "title": "mean of the tasks present" if star else ""}
 
 
-def task_charts(comparison: Comparison) -> dict[str, Any]:
+def task_charts(comparison: ReportData) -> dict[str, Any]:
     """One bar chart per task (95% intervals from stderr) and one overall."""
     labels = [e.label for e in comparison.entries]
     scores = comparison.scores
@@ -134,7 +134,7 @@ def task_charts(comparison: Comparison) -> dict[str, Any]:
     return {"overall": overall, "tasks": per_task}
 
 
-def mmlu_heatmap(comparison: Comparison) -> dict[str, Any] | None:
+def mmlu_heatmap(comparison: ReportData) -> dict[str, Any] | None:
     """57 subjects x models from the per-subject score rows, or None when MMLU was not run."""
     scores = comparison.scores
     sub = scores[(scores["task"] == "mmlu") & scores["subtask"].notna()] if len(scores) else scores
@@ -158,7 +158,7 @@ def mmlu_heatmap(comparison: Comparison) -> dict[str, Any] | None:
     return {"svg": charts.heatmap(subjects, labels, matrix, title), "counts": counts, "n_subjects": len(subjects)}
 
 
-def deltas(comparison: Comparison, baseline: Entry) -> dict[str, Any]:
+def deltas(comparison: ReportData, baseline: Entry) -> dict[str, Any]:
     """Paired differences of every other entry against the baseline, per task."""
     samples = comparison.samples
     rows = []
@@ -190,14 +190,14 @@ def deltas(comparison: Comparison, baseline: Entry) -> dict[str, Any]:
     return {"baseline": baseline.label, "rows": rows, "svg": svg}
 
 
-def _metric(comparison: Comparison, task: str) -> str | None:
+def _metric(comparison: ReportData, task: str) -> str | None:
     """The metric a task's stored scores name (decides McNemar vs bootstrap, as in ``compare``)."""
     scores = comparison.scores
     found = scores.loc[(scores["task"] == task) & scores["subtask"].isna(), "metric"].dropna()
     return str(found.iloc[0]) if len(found) else None
 
 
-def manifests(comparison: Comparison) -> list[dict[str, Any]]:
+def manifests(comparison: ReportData) -> list[dict[str, Any]]:
     """Per entry: what was run, field by field, plus its task config and data hashes."""
     out = []
     for entry in comparison.entries:
@@ -220,7 +220,7 @@ def manifests(comparison: Comparison) -> list[dict[str, Any]]:
     return out
 
 
-def sample_browser(comparison: Comparison, per_task: int = SAMPLES_PER_TASK) -> list[dict[str, Any]]:
+def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> list[dict[str, Any]]:
     """Per task, documents shared by the compared runs, disagreements first, with each model's pick."""
     samples = comparison.samples
     if samples is None or samples.empty:
@@ -271,7 +271,7 @@ def _pick(label: str, rec: dict[str, Any]) -> dict[str, Any]:
             "loglikelihoods": lls, "generation": rec["generation"], "extracted": rec["extracted"]}
 
 
-def contamination(comparison: Comparison) -> dict[str, Any]:
+def contamination(comparison: ReportData) -> dict[str, Any]:
     """Each compared model's latest contamination check: per task, the flagged fraction and its interval."""
     from ..contamination import read_checks, summarize
 

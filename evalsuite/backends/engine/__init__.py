@@ -19,7 +19,7 @@ from .planner import DEFAULT_TOKEN_BUDGET, FOLD_TRUNK, FORWARD_COST, SMALL_ROW, 
 from .tokenize import plan_requests
 
 if TYPE_CHECKING:
-    from ...loading import ModelSource
+    from ...models.identity import ModelSource
     from .. import BackendOptions
     from .lm import EngineLM, EngineStats, TokenLogprobs
 
@@ -40,7 +40,7 @@ __all__ = ["EngineLM", "EngineStats", "TokenLogprobs", "PlanSummary", "Budgets",
 
 def build(source: ModelSource, options: BackendOptions) -> EngineLM:
     """The engine for a model source, loaded with the options' dtype on the options' device."""
-    from ...loading import load_transformers
+    from ...models.loading import load_transformers
 
     model, tokenizer = load_transformers(source, options.dtype, options.device)
     return wrap_model(model, tokenizer, options)

@@ -8,7 +8,7 @@ every sequence although only the continuation positions are read.
 The pair split (trailing context spaces move to the continuation, the whole string is encoded
 and the continuation is what follows the context's encoding; an empty context becomes the
 prefix token) is ``TemplateLM``'s own, inherited. The requests' model inputs go into one
-:class:`~.prefix_tree.PrefixTree`, :func:`~.planner.plan` cuts it into forward passes, the
+:class:`~.prefix_tree.PrefixTree`, :func:`~.planner.plan_forwards` cuts it into forward passes, the
 executor chosen at construction runs them, and :mod:`.scoring` reads the targets' log-probs.
 """
 from __future__ import annotations
@@ -29,10 +29,9 @@ from . import planner, scoring
 from .executors import Executor, Past, select_executor
 from .generation import Generator
 from .prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
+from .tokenize import resolve_max_length
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_LENGTH = 2048
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -71,19 +70,6 @@ class TokenLogprobs:
     logprobs: list[float]
 
 
-def resolve_max_length(model: Any, tokenizer: Any) -> int:
-    """The model's context length, resolved like HFLM's (and v1's) ``max_length``."""
-    cfg = getattr(model.config, "text_config", None) or model.config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, attr, None)
-        if value is not None:
-            return int(value)
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if tok_max is not None and tok_max < 10**12:
-        return int(tok_max)
-    return DEFAULT_MAX_LENGTH
-
-
 class EngineLM(TemplateLM):
     """lm-eval ``LM`` whose log-likelihoods compute each shared token prefix once."""
 
@@ -102,7 +88,7 @@ class EngineLM(TemplateLM):
         self.options = options
         self._device = next(model.parameters()).device
         self.max_gen_toks = int(options.max_gen_toks)
-        self._max_length = max_length or resolve_max_length(model, tokenizer)
+        self._max_length = max_length or resolve_max_length(model.config, tokenizer)
         self.executor: Executor = select_executor(model, self._max_length, attention)
         # --batch-size N (an int) caps the rows of one forward pass and the sequences decoded
         # together; by default ("auto") the token budget alone bounds a forward
@@ -185,7 +171,7 @@ class EngineLM(TemplateLM):
 
     def run_plan(self, tree: PrefixTree, tally: scoring.Tally) -> None:
         """Plan the tree against the remembered root trunks, then run the steps in order."""
-        the_plan = planner.plan(tree, self.budgets, list(self._trunk_memory))
+        the_plan = planner.plan_forwards(tree, self.budgets, list(self._trunk_memory))
         self.stats.reused_tokens += the_plan.reused_tokens
         pasts: dict[int, Past] = {}
         for step in the_plan.steps:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .prefix_tree import PrefixTree
+from .prefix_tree import PrefixTree, common_prefix
 
 #: Default tokens per forward pass (rows x padded row length) by device type. CPU matmuls
 #: saturate early; GPUs need large batches to reach peak throughput.
@@ -126,7 +126,10 @@ Step = Forward | Reuse | Remember | Release
 
 
 @dataclass
-class Plan:
+class ForwardPlan:
+    """The forward passes (and trunk bookkeeping) that compute one call's prefix tree; not the
+    dry run's :class:`~evalsuite.dryrun.CostPlan` of a whole run."""
+
     steps: list[Step]
     #: past id -> (tree node it ends at, its length in tokens)
     pasts: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -149,7 +152,19 @@ def remember(keys: list[tuple[int, ...]], key: tuple[int, ...]) -> list[tuple[in
     return evicted
 
 
-def plan(tree: PrefixTree, budgets: Budgets, memory: Sequence[tuple[int, ...]] = ()) -> Plan:
+def reusable(memory: Sequence[tuple[int, ...]], tokens: Sequence[int], limit: int) -> tuple[int, tuple[int, ...] | None]:
+    """The trunk-reuse rule: the longest agreeing prefix (at most ``limit`` tokens) of ``tokens``
+    with a remembered root trunk, and that trunk; ``(0, None)`` when shorter than ``FOLD_TRUNK``
+    (recomputing it is cheaper than a forward of its own)."""
+    common, source = 0, None
+    for key in memory:
+        n = common_prefix(key, tokens[:limit])
+        if n > common:
+            common, source = n, key
+    return (common, source) if common >= FOLD_TRUNK else (0, None)
+
+
+def plan_forwards(tree: PrefixTree, budgets: Budgets, memory: Sequence[tuple[int, ...]] = ()) -> ForwardPlan:
     """The steps that compute every node of ``tree`` (finalized) once; ``memory`` holds the keys
     of root trunks kept from earlier calls, least recent first."""
     return _Planner(tree, budgets, list(memory)).run()
@@ -162,9 +177,9 @@ class _Planner:
         self.tree = tree
         self.budgets = budgets
         self.memory = memory
-        self.out = Plan([])
+        self.out = ForwardPlan([])
 
-    def run(self) -> Plan:
+    def run(self) -> ForwardPlan:
         if self.tree.n_tokens:
             self._walk([(0, None)])
         return self.out
@@ -239,20 +254,12 @@ class _Planner:
         tree = self.tree
         tokens = tuple(tree.token[n] for n in chain)
         scored = next((i for i, n in enumerate(chain) if n in tree.scores), len(chain))
-        common, source = 0, None
-        for key in self.memory:
-            n, limit = 0, min(len(key), scored)
-            while n < limit and key[n] == tokens[n]:
-                n += 1
-            if n > common:
-                common, source = n, key
+        common, source = reusable(self.memory, tokens, scored)
         past: int | None = None
-        if common >= FOLD_TRUNK and source is not None:
+        if source is not None:
             past = self._new_past(chain[common - 1])
             self.out.steps.append(Reuse(past, source, common))
             self.out.reused_tokens += common
-        else:
-            common = 0
         if common < len(chain):
             reused = past
             past = self._trunk(chain[common:], past)
@@ -361,7 +368,7 @@ class PlanSummary:
         return self
 
 
-def summarize(tree: PrefixTree, the_plan: Plan, requests: int) -> PlanSummary:
+def summarize(tree: PrefixTree, the_plan: ForwardPlan, requests: int) -> PlanSummary:
     forwards = the_plan.forwards
     return PlanSummary(
         requests=requests,
@@ -380,9 +387,54 @@ def summarize_calls(trees: Iterable[tuple[PrefixTree, int]], budgets: Budgets) -
     memory: list[tuple[int, ...]] = []
     total = PlanSummary()
     for tree, requests in trees:
-        the_plan = plan(tree, budgets, memory)
+        the_plan = plan_forwards(tree, budgets, memory)
         for step in the_plan.steps:
             if isinstance(step, Remember):
                 remember(memory, step.key)
         total.add(summarize(tree, the_plan, requests))
     return total
+
+
+@dataclass
+class TreeCount:
+    """Prefix-tree tokens of calls, counted without building the trees (:func:`count_calls`)."""
+
+    tokens: int  # prefix-tree tokens over all calls, less the root trunks reused from earlier calls
+    unique: int  # prefix-tree tokens summed over calls
+    reused: int  # root-trunk tokens taken from an earlier call
+
+
+def count_calls(calls: Iterable[Sequence[tuple[int, ...]]]) -> TreeCount:
+    """The prefix-tree tokens of log-likelihood calls, fast, for splits too large to plan.
+
+    Each item is one call's model inputs. The tree of a set of sequences has sum(lengths) -
+    sum(common prefix of neighbours in sorted order) nodes (``PrefixTree.n_tokens``); a call's
+    root trunks are the runs of sorted neighbours sharing at least ``FOLD_TRUNK`` tokens (a
+    shorter opening is recomputed per branch), taken in request order and reused by
+    :func:`reusable`, remembered by :func:`remember`, as :func:`plan_forwards` does. Without
+    padding and without the short openings recomputed per branch; it costs a sort per call
+    instead of a node object per token.
+    """
+    kept: list[tuple[int, ...]] = []
+    unique = reused = 0
+    for call in calls:
+        seqs = sorted(set(call))
+        if not seqs:
+            continue
+        common = [common_prefix(a, b) for a, b in zip(seqs, seqs[1:])]
+        unique += sum(map(len, seqs)) - sum(common)
+        first_seen: dict[tuple[int, ...], int] = {}
+        for position, seq in enumerate(call):
+            first_seen.setdefault(seq, position)
+        trunks: list[tuple[int, tuple[int, ...]]] = []
+        start = 0
+        for end in range(1, len(seqs) + 1):
+            if end < len(seqs) and common[end - 1] >= FOLD_TRUNK:
+                continue
+            trunk = seqs[start] if end - start == 1 else seqs[start][: min(common[start:end - 1])]
+            trunks.append((min(first_seen[x] for x in seqs[start:end]), trunk))
+            start = end
+        for _, trunk in sorted(trunks):
+            reused += reusable(kept, trunk, len(trunk))[0]
+            remember(kept, trunk)
+    return TreeCount(unique - reused, unique, reused)

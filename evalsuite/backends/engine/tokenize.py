@@ -8,13 +8,15 @@ is made with each distinct string encoded once, in one batched call of the fast 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import planner
 from .prefix_tree import empty_context_pair, tree_of
 
 DEFAULT_MAX_GEN = 256
+#: A model's context length when neither its config nor its tokenizer states one (HFLM's default).
+DEFAULT_MAX_LENGTH = 2048
 
 
 def _args(item: Any) -> tuple[Any, ...]:
@@ -30,29 +32,60 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], batch: int = 
     distinct string encoded once, without special tokens (by ``encode`` if given: any function
     giving ``tokenizer(texts, add_special_tokens=False)["input_ids"]``, e.g. a faster exact one)."""
     eos = tokenizer.eos_token_id
-    moved: list[tuple[str | None, str]] = []  # None: the context was empty
-    for context, continuation in pairs:
-        if context == "":
-            moved.append((None, continuation))
-            continue
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        moved.append((context, continuation))
+    moved = [split_pair(context, continuation) for context, continuation in pairs]
     texts = list(dict.fromkeys(t for c, x in moved for t in ((x,) if c is None else (c, c + x))))
     encoded: dict[str, list[int]] = {}
     for begin in range(0, len(texts), batch):
         part = texts[begin:begin + batch]
         ids = encode(part) if encode is not None else tokenizer(part, add_special_tokens=False)["input_ids"]
         encoded.update(zip(part, ids))
-    out: list[tuple[list[int], list[int]]] = []
-    for context, continuation in moved:
-        if context is None:
-            out.append(empty_context_pair(eos, list(encoded[continuation])))
-            continue
-        context_enc = list(encoded[context])
-        out.append((context_enc, list(encoded[context + continuation])[len(context_enc):]))
-    return out
+    return [pair_ids(None, encoded[x], eos) if c is None else pair_ids(encoded[c], encoded[c + x], eos)
+            for c, x in moved]
+
+
+def split_pair(context: str, continuation: str) -> tuple[str | None, str]:
+    """``TemplateLM``'s text split of a request: the context's trailing spaces move to the
+    continuation; ``None`` for an empty context (its ids are the v1 prefix, :func:`pair_ids`)."""
+    if context == "":
+        return None, continuation
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def pair_ids(context_enc: Sequence[int] | None, whole_enc: Sequence[int], prefix_token: int) -> tuple[list[int], list[int]]:
+    """``TemplateLM``'s id split: the continuation is what follows the context's own encoding in
+    the encoding of context + continuation (``whole_enc``); an empty context (``None``) is the
+    prefix token (v1: EOS), ``whole_enc`` then the continuation's encoding."""
+    if context_enc is None:
+        return empty_context_pair(prefix_token, list(whole_enc))
+    return list(context_enc), list(whole_enc)[len(context_enc):]
+
+
+def resolve_max_length(config: Any, tokenizer: Any) -> int:
+    """The model's context length from its config, resolved like HFLM's (and v1's) ``max_length``:
+    the config's ``n_positions``, ``max_position_embeddings`` or ``n_ctx``, else the tokenizer's
+    ``model_max_length`` when it is a real value, else ``DEFAULT_MAX_LENGTH``."""
+    config = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max is not None and tok_max < 10**12:
+        return int(tok_max)
+    return DEFAULT_MAX_LENGTH
+
+
+def plan_calls(calls: Iterable[Sequence[tuple[list[int], list[int]]]], max_length: int, device_type: str = "cpu",
+               token_budget: int | None = None, attention: str | None = None) -> planner.PlanSummary:
+    """What the engine runs for encoded ``(context, continuation)`` requests sent a call at a
+    time: per call its prefix tree, planned with the root trunks kept between calls, the
+    device's budgets (``attention``: the executor, see :func:`plan_requests`)."""
+    copies_past = None if attention is None else attention == "cache"
+    budgets = planner.Budgets.for_device(device_type, token_budget, copies_past)
+    return planner.summarize_calls(((tree_of(b, max_length), len(b)) for b in calls if b), budgets)
 
 
 def plan_requests(
@@ -92,8 +125,6 @@ def plan_requests(
     if not ll:
         return summary
     encoded = dict(zip(ll, encode_pairs(tokenizer, [items[i][:2] for i in ll], encode=encode)))
-    copies_past = None if attention is None else attention == "cache"
-    budgets = planner.Budgets.for_device(device_type, token_budget, copies_past)
     sizes = list(chunks) if chunks else [len(items)]
     calls, at = [], 0
     for size in sizes:
@@ -101,7 +132,7 @@ def plan_requests(
         at += size
         if batch:
             calls.append(batch)
-    return summary.add(planner.summarize_calls(((tree_of(b, max_length), len(b)) for b in calls), budgets))
+    return summary.add(plan_calls(calls, max_length, device_type, token_budget, attention))
 
 
-__all__ = ["encode_pairs", "plan_requests"]
+__all__ = ["encode_pairs", "pair_ids", "plan_calls", "plan_requests", "resolve_max_length", "split_pair"]

@@ -8,6 +8,10 @@ below its base and SOLAR recovers it with continued pretraining (recipe unconfir
 Layers are deep copies, so the two halves can be trained apart later; each copy gets its new
 index written into ``layer_idx`` (the key/value cache is addressed by it, so a stale index
 makes two layers overwrite each other's cache) and ``config.layer_types`` follows the map.
+
+The base comes in resolved (a :class:`ModelSource`, or a config for the dry run): turning a name
+into a source is :mod:`evalsuite.models.source`'s job, which builds ``dus:BASE:M`` models through
+:func:`build_cached`, so this module never imports it back.
 """
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EvalsuiteError
+from ..errors import EvalsuiteError
+from ..fsutil import cache_dir, file_sha256, replace_dir
+from .identity import ModelSource
+from .loading import load_transformers
+from .memory import check_fits
+from .registry import DUS_SPEC
 
 #: Decoder families whose blocks live in ``model.model.layers``, each block self-contained
 #: (attention + MLP + norms) and addressed by ``layer_idx``; per-layer config is only
@@ -30,14 +37,12 @@ from .errors import EvalsuiteError
 #: routers with per-layer settings, encoders) are refused rather than silently mis-built.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
+CONFIGS_DIR = Path(__file__).parent.parent / "configs"
 #: Configs shipped with evalsuite, so a dry run of the paper's base works offline.
 SHIPPED_CONFIGS = {
     "mistral": CONFIGS_DIR / "mistral-7b-v0.1.json",
     "mistralai/Mistral-7B-v0.1": CONFIGS_DIR / "mistral-7b-v0.1.json",
 }
-
-_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
 
 
 class DusError(EvalsuiteError):
@@ -168,45 +173,20 @@ def count_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# --- configs and bases ----------------------------------------------------------------------
+# --- from a config or a resolved base -------------------------------------------------------
 
 
-def load_config(base: str) -> Any:
-    """The base's config without weights: shipped JSON, local folder/JSON, converted GGUF or Hub."""
-    from transformers import AutoConfig
-
-    from .loading import materialize
-    from .models import resolve_model
-
-    if base in SHIPPED_CONFIGS:
-        return AutoConfig.from_pretrained(SHIPPED_CONFIGS[base])
-    path = Path(os.path.expanduser(base))
-    if path.suffix == ".json" and path.is_file():
-        return AutoConfig.from_pretrained(path)
-    spec = resolve_model(base)
-    if spec.kind == "hub":
-        try:
-            return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-        except OSError:
-            raise DusError(
-                f"cannot fetch the config of {spec.source} (offline or gated?); give a local model folder or a config.json path"
-            ) from None
-    source = materialize(spec)  # local folders as they are; GGUF/wheel converted once and cached
-    return AutoConfig.from_pretrained(source.path)
-
-
-def dry_run_report(base: str, overlap: int) -> DusReport:
-    """Build on the meta device from the config alone: layer and parameter counts, no weights."""
+def dry_run_report(config: Any, name: str, overlap: int) -> DusReport:
+    """Build on the meta device from the base's config alone: layer and parameter counts, no weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = load_config(base)
     check_config(config)
     check_overlap(config.num_hidden_layers, overlap)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     new = upscale(model, overlap)
-    return _report(base, model, new, overlap, dry_run=True)
+    return _report(name, model, new, overlap, dry_run=True)
 
 
 def _report(base: str, model: Any, new: Any, overlap: int, **extra: Any) -> DusReport:
@@ -224,78 +204,78 @@ def _report(base: str, model: Any, new: Any, overlap: int, **extra: Any) -> DusR
     )
 
 
+def check_request(out_dir: str | Path | None, recover_text: str | Path | None, recover_steps: int) -> None:
+    """Refuse a build without an output folder, or recovery without its text, before any weight loads."""
+    if out_dir is None:
+        raise DusError("no output folder; pass --out DIR (or use --dry-run)")
+    if recover_steps and (recover_text is None or not Path(recover_text).is_file()):
+        raise DusError(f"recovery needs text: pass --recover-text FILE, an existing plain-text file that is not benchmark data (got {recover_text})")
+
+
 def build(
-    base_name_or_path: str,
+    base: ModelSource,
     overlap: int,
     out_dir: str | Path | None,
-    dry_run: bool = False,
+    *,
+    name: str | None = None,
     dtype: str | None = None,
     recover_text: str | Path | None = None,
     recover_steps: int = 0,
 ) -> DusReport:
-    """Up-scale a base (alias, Hub id, local folder or .gguf) and save it as an HF checkpoint.
+    """Up-scale a resolved base and save it as an HF checkpoint; ``name`` is how the user named
+    the base (default: its alias), recorded in the report.
 
     ``dtype`` defaults to the registry's dtype for the base (what the leaderboard ran). The
     checkpoint is written to a temporary folder and moved into place, so a crash never leaves
     a half-written model that a later run would take for a finished one. ``recover_steps`` > 0
     runs a few continued-pretraining steps on ``recover_text`` (see :func:`recover`) first.
     """
-    if dry_run:
-        return dry_run_report(base_name_or_path, overlap)
-    if out_dir is None:
-        raise DusError("no output folder; pass --out DIR (or use --dry-run)")
-    if recover_steps and (recover_text is None or not Path(recover_text).is_file()):
-        raise DusError(f"recovery needs text: pass --recover-text FILE, an existing plain-text file that is not benchmark data (got {recover_text})")
-    from .loading import check_fits, load_transformers, resolve_and_materialize
-
-    source = resolve_and_materialize(base_name_or_path)
-    dtype = dtype or source.spec.dtype
-    config = load_config_from_source(source)
+    check_request(out_dir, recover_text, recover_steps)
+    assert out_dir is not None
+    dtype = dtype or base.spec.dtype
+    config = load_config_from_source(base)
     check_config(config)
     check_overlap(config.num_hidden_layers, overlap)
-    if source.spec.params:  # base and up-scaled copy are both in memory while building
-        grown = source.spec.params * (2 * (config.num_hidden_layers - overlap)) // config.num_hidden_layers
-        check_fits(source.spec, dtype, "cpu", params=source.spec.params + grown)
-    model, tokenizer = load_transformers(source, dtype, "cpu")
+    if base.spec.params:  # base and up-scaled copy are both in memory while building
+        grown = base.spec.params * (2 * (config.num_hidden_layers - overlap)) // config.num_hidden_layers
+        check_fits(base.spec, dtype, "cpu", params=base.spec.params + grown)
+    model, tokenizer = load_transformers(base, dtype, "cpu")
     new = upscale(model, overlap)
     report = _report(
-        base_name_or_path, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir).absolute()), dtype=dtype,
-        base_identity=source.identity,
+        name or base.spec.alias, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir).absolute()),
+        dtype=dtype, base_identity=base.identity,
     )
     del model
     if recover_steps:
         assert recover_text is not None
         result = recover(new, tokenizer, Path(recover_text).read_text(), steps=recover_steps)
-        report.recovery = {"text": str(Path(recover_text).absolute()), "text_sha256": file_sha(Path(recover_text)),
+        report.recovery = {"text": str(Path(recover_text).absolute()), "text_sha256": file_sha256(Path(recover_text)),
                            **asdict(result)}
         report.notes.append(result.summary())
     save_atomically(new, tokenizer, Path(out_dir), report)
     return report
 
 
-def load_config_from_source(source: Any) -> Any:
+def load_config_from_source(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code)
 
 
 def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport) -> None:
-    """Save into a sibling temp folder, then ``os.replace`` it onto ``target``."""
+    """Save into a sibling temp folder, then move it onto ``target`` (:func:`fsutil.replace_dir`)."""
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise DusError(f"{target} exists and is not a folder; pass another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "dus.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(folder)
+        (folder / "dus.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+
+    replace_dir(target, save)
 
 
 # --- optional recovery -------------------------------------------------------------------------
@@ -371,40 +351,37 @@ def recover(
     return RecoveryResult(steps, lr, seq_len, batch_size, len(train), len(heldout), before, after, train_losses)
 
 
-def file_sha(path: Path) -> str:
-    from .data import file_sha256
-
-    return file_sha256(path)
-
-
 # --- the loader's entry point ---------------------------------------------------------------
 
 
 def parse_spec(spec: str) -> tuple[str, int]:
     """``dus:BASE:M`` -> (BASE, M)."""
-    match = _SPEC.match(spec.strip())
+    match = DUS_SPEC.match(spec.strip())
     if not match:
         raise DusError(f"bad DUS spec '{spec}'; write dus:BASE:M, e.g. dus:smollm2:8")
     return match["base"], int(match["overlap"])
 
 
-def build_cached(spec: str) -> Path:
-    """The folder of the up-scaled model for ``dus:BASE:M``, built once per base weights.
+def cached_folder(base: ModelSource, overlap: int, name: str) -> Path:
+    """Where :func:`build_cached` keeps the build of base ``name`` (as the user wrote it) with
+    ``overlap``: the folder name carries the base's weights hash (or a hash of its Hub identity)."""
+    identity = base.identity
+    digest = identity.split(":", 1)[1] if identity.split(":", 1)[0].endswith("sha256") else hashlib.sha256(identity.encode()).hexdigest()
+    return cache_dir() / "dus" / f"{safe_name(name)}-m{overlap}-{digest[:12]}"
+
+
+def build_cached(base: ModelSource, overlap: int, name: str) -> Path:
+    """The folder of the up-scaled model of ``base`` (named ``name`` in ``dus:NAME:M``), built
+    once per base weights.
 
     The folder name carries the base's weights hash, so new base weights give a new build
     instead of a stale one under the same name.
     """
-    from .loading import cache_dir, resolve_and_materialize
-
-    base, overlap = parse_spec(spec)
-    source = resolve_and_materialize(base)
-    identity = source.identity
-    digest = identity.split(":", 1)[1] if identity.split(":", 1)[0].endswith("sha256") else hashlib.sha256(identity.encode()).hexdigest()
-    target = cache_dir() / "dus" / f"{safe_name(base)}-m{overlap}-{digest[:12]}"
+    target = cached_folder(base, overlap, name)
     if (target / "config.json").is_file():
         return target
-    print(f"evalsuite: building {spec} once into {target}", flush=True)
-    build(base, overlap, target, dtype=source.spec.dtype)
+    print(f"evalsuite: building dus:{name}:{overlap} once into {target}", flush=True)
+    build(base, overlap, target, name=name, dtype=base.spec.dtype)
     return target
 
 

@@ -1,5 +1,7 @@
 """The model registry: short aliases for the models of the SOLAR paper's comparison.
 
+Standard library only (no torch, transformers or lm-eval): the read side resolves aliases with it.
+
 An alias pins what the leaderboard evaluated (Hub id, revision where known, dtype, whether
 remote code is needed) and what it costs (parameters, layers, memory), so evalsuite can
 refuse a model that cannot fit before downloading a byte. Anything else a user names (a Hub
@@ -14,7 +16,7 @@ from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
 
-from .errors import UnknownModelError
+from ..errors import UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,6 @@ class ModelSpec:
     min_gpus_80gb: int = 1
     notes: str = ""
 
-    def weight_bytes(self, dtype: str) -> int | None:
-        if self.params is None:
-            return None
-        return self.params * DTYPE_BYTES.get(dtype, 4)
-
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.alias: spec
@@ -77,7 +72,8 @@ REGISTRY: dict[str, ModelSpec] = {
     ]
 }
 
-_DUS_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
+#: ``dus:BASE:M``: the base model's name and the overlap M of a depth up-scaled model.
+DUS_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -104,7 +100,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
     if name in REGISTRY:
         spec = REGISTRY[name]
         return replace(spec, revision=revision) if revision else spec
-    if match := _DUS_SPEC.match(name):
+    if match := DUS_SPEC.match(name):
         resolve_model(match["base"])  # the base must resolve too
         return ModelSpec(name, name, kind="dus", arch=None, dtype="float32", notes=f"depth up-scaled {match['base']}")
     path = Path(os.path.expanduser(name))

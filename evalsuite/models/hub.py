@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import EvalsuiteError
+from ..errors import EvalsuiteError
 
 #: The files fetched to identify a model: everything but the weights.
 SMALL_FILES = ["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
@@ -41,6 +41,14 @@ def hub_reachable() -> bool:
             return True
     except OSError:
         return False
+
+
+def local_only(kind: str) -> dict[str, bool]:
+    """``local_files_only`` for a Hub model while the Hub is unreachable (no minute of retries);
+    nothing for other kinds of model (``kind`` is :attr:`ModelSpec.kind`)."""
+    if kind != "hub":
+        return {}
+    return {} if hub_reachable() else {"local_files_only": True}
 
 
 @cache

@@ -1,4 +1,7 @@
-"""Leaderboard v1 tasks: definitions from ``tasks/*.yaml`` built on lm-eval 0.4.13's task configs.
+"""The lm-eval adapter: leaderboard v1 tasks built on lm-eval 0.4.13's task configs.
+
+The run side's half of :mod:`evalsuite.tasks` (the catalogue, :mod:`~evalsuite.tasks.catalogue`,
+is the read side's): it loads a task's data, renders its prompts and scores its answers.
 
 A task YAML names the lm-eval config whose templates it uses (they are byte-identical to v1)
 and states where v1 differs: the split shots come from, the few-shot stream, the generation
@@ -12,138 +15,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from difflib import get_close_matches
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from jinja2.exceptions import UndefinedError
 
-from . import compat
-from .data import DatasetRef, SplitData, load_split, process_rows, row_location
-from .errors import DataFormatError, UnknownTaskError
-from .fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
+from .. import compat
+from ..data import SplitData, load_split, process_rows, row_location
+from ..errors import DataFormatError
+from ..fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
+from .catalogue import TaskSpec, lm_eval_tasks_root, load_spec
 
-LEADERBOARD = "leaderboard"
-#: Column order of the leaderboard and of the SOLAR paper's Table 2.
-LEADERBOARD_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
-
-
-def tasks_dir() -> Path:
-    """The task definitions: ``$EVALSUITE_TASKS_DIR``, else the copy shipped inside the package
-    (``evalsuite/task_defs``, the top-level ``tasks/`` folder mapped in at build time), else the
-    ``tasks/`` folder beside the package (a source checkout run without installing)."""
-    import os
-    from importlib import resources
-
-    env = os.environ.get("EVALSUITE_TASKS_DIR")
-    if env:
-        return Path(env)
-    shipped = Path(str(resources.files("evalsuite") / "task_defs"))
-    if shipped.is_dir() and any(shipped.glob("*.yaml")):
-        return shipped
-    return Path(__file__).resolve().parent.parent / "tasks"
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task as ``tasks/<name>.yaml`` defines it."""
-
-    name: str
-    title: str
-    lm_eval_config: str
-    dataset: DatasetRef
-    eval_split: str
-    fewshot_split: str | None
-    num_fewshot: int
-    shots: str  # "v1_random" | "first_n" | "none"
-    metric: str
-    result_key: str
-    scorer: str = "lm_eval"
-    group_by: str | None = None
-    aggregate: str = "mean"
-    description: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    config_hash: str = ""
-
-    @property
-    def is_generation(self) -> bool:
-        return self.scorer == "gsm8k_v1_strict"
-
-
-def _lm_eval_tasks_root() -> Path:
-    import lm_eval.tasks
-
-    return Path(lm_eval.tasks.__file__).resolve().parent
-
-
-def available_tasks() -> list[str]:
-    return sorted(p.stem for p in tasks_dir().glob("*.yaml") if "suite" not in _read_yaml(p))
-
-
-def available_suites() -> list[str]:
-    return sorted(p.stem for p in tasks_dir().glob("*.yaml") if "suite" in _read_yaml(p))
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-
-
-def expand_tasks(names: Sequence[str] | str | None) -> list[str]:
-    """Task names with suites expanded, in leaderboard order where it applies; None means the suite."""
-    if names is None:
-        names = [LEADERBOARD]
-    if isinstance(names, str):
-        names = [n for n in names.split(",") if n.strip()]
-    tasks: list[str] = []
-    for raw in names:
-        name = raw.strip()
-        path = tasks_dir() / f"{name}.yaml"
-        if not path.is_file():
-            known = available_tasks() + available_suites()
-            close = get_close_matches(name, known, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UnknownTaskError(f"unknown task '{name}'{hint}; known tasks: {', '.join(known)}")
-        doc = _read_yaml(path)
-        for task in doc.get("tasks", [name]) if "suite" in doc else [name]:
-            if task not in tasks:
-                tasks.append(task)
-    return tasks
-
-
-def load_spec(name: str) -> TaskSpec:
-    path = tasks_dir() / f"{name}.yaml"
-    if not path.is_file():
-        expand_tasks([name])  # raises the helpful error
-    raw = path.read_bytes()
-    doc = yaml.safe_load(raw)
-    base = _lm_eval_tasks_root() / doc["lm_eval_config"]
-    digest = hashlib.sha256(raw + b"\0" + base.read_bytes()).hexdigest()[:16]
-    ds = doc["dataset"]
-    return TaskSpec(
-        name=doc["name"],
-        title=doc.get("title", doc["name"]),
-        lm_eval_config=doc["lm_eval_config"],
-        dataset=DatasetRef(ds["hub_id"], ds.get("config"), tuple(ds.get("local_names", ()))),
-        eval_split=doc["eval_split"],
-        fewshot_split=doc.get("fewshot_split"),
-        num_fewshot=int(doc.get("num_fewshot", 0)),
-        shots=doc.get("shots", "none"),
-        metric=doc["metric"],
-        result_key=doc.get("result_key", doc["metric"]),
-        scorer=doc.get("scorer", "lm_eval"),
-        group_by=doc.get("group_by"),
-        aggregate=doc.get("aggregate", "mean"),
-        description=doc.get("description"),
-        overrides=doc.get("overrides") or {},
-        config_hash=digest,
-    )
-
+#: What a document's own content raises in lm-eval's processing and templates: a field missing
+#: (KeyError, Jinja's UndefinedError), null or of the wrong type (TypeError, AttributeError on
+#: None), a gold answer that is not among the choices or a value pyarrow cannot type (ValueError,
+#: ArrowInvalid is one), an index out of range (IndexError). Only these become a one-line
+#: DataFormatError naming the file and row; any other exception is a bug and keeps its traceback.
+DATA_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, IndexError, AttributeError, UndefinedError)
 
 @dataclass(frozen=True)
 class DocPrompt:
@@ -212,6 +105,7 @@ class LoadedTask:
     """A task with its data loaded: renders v1 prompts in evaluation order and scores results."""
 
     def __init__(self, spec: TaskSpec, data_dir: Path | None):
+        compat.check_versions()  # prompts come from lm-eval's internals: refuse a release they may differ in
         self.spec = spec
         self.data_files: dict[str, str] = {}
         eval_data = self._load(spec.eval_split, data_dir)
@@ -222,9 +116,7 @@ class LoadedTask:
         try:
             with compat.compiled_templates():
                 self.units = self._build_units(eval_data, shot_data)
-        except DataFormatError:
-            raise
-        except Exception as exc:  # lm-eval's document processing met a row it cannot read
+        except DATA_ERRORS as exc:  # lm-eval's document processing met a row it cannot read
             for data in (eval_data, shot_data):
                 if data is not None and (found := _odd_row(data.rows)) is not None:
                     row, what = found
@@ -272,12 +164,12 @@ class LoadedTask:
                 order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
                 try:
                     unit.pool.prepare(i for local in order for i in unit.schedule.shots[local])
-                except Exception as exc:  # lm-eval's document processing met a training row it cannot read
+                except DATA_ERRORS as exc:  # lm-eval's document processing met a training row it cannot read
                     raise DataFormatError(self._shot_problem(exc)) from None
                 for position, local in enumerate(order):
                     try:
                         out.append(self._prompt(unit, local, position))
-                    except Exception as exc:  # a row the templates cannot render: say which, and which fields
+                    except DATA_ERRORS as exc:  # a row the templates cannot render: say which, and which fields
                         raise DataFormatError(self._row_problem(unit, local, exc)) from None
         return out
 
@@ -322,7 +214,7 @@ class LoadedTask:
             context, gen_kwargs = instances[0].args
             return DocPrompt(
                 spec.name, unit.subtask, doc_index, position, "generate_until", (context,), (),
-                tuple(gen_kwargs["until"]), _gsm8k_extract(doc["answer"]), doc, instances,
+                tuple(gen_kwargs["until"]), gsm8k_extract(doc["answer"]), doc, instances,
             )
         pairs = [inst.args for inst in instances]
         contexts = tuple(dict.fromkeys(p[0] for p in pairs))
@@ -345,7 +237,7 @@ class LoadedTask:
         """Score one document from the backend's responses to its instances (in order)."""
         if self.spec.is_generation:
             text = responses[0]
-            extracted = _gsm8k_extract(text)
+            extracted = gsm8k_extract(text)
             return SampleScore(float(extracted == prompt.gold), extracted, generation=text, extracted=extracted)
         unit = self._unit(prompt.subtask)
         results = [(float(ll), bool(greedy)) for ll, greedy in responses]
@@ -367,7 +259,7 @@ class LoadedTask:
 
 def load_tasks(names: Sequence[str], data_dir: Path | None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
     """The tasks whose data loads, and for the others why not (a missing or unreadable file)."""
-    from .errors import MissingDataError
+    from ..errors import MissingDataError
 
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, str] = {}
@@ -407,43 +299,11 @@ def _odd_row(rows: list[dict[str, Any]]) -> tuple[int, str] | None:
     return None
 
 
-def aggregate(spec: TaskSpec, values: Sequence[float], groups: Sequence[str | None]) -> tuple[float, float]:
-    """The task score and its standard error from per-document values.
-
-    Plain tasks: the mean and the sample standard error. MMLU (``mean_of_groups``): the plain
-    mean of per-subject means, with the standard error of that mean of independent subjects.
-    """
-    if spec.aggregate != "mean_of_groups":
-        return mean_stderr(values)
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    by_group: dict[str | None, list[float]] = {}
-    for value, group in zip(arr, groups, strict=True):
-        by_group.setdefault(group, []).append(value)
-    means = [float(np.mean(v)) for v in by_group.values()]
-    errors = [_stderr(np.asarray(v)) for v in by_group.values()]
-    stderr = math.sqrt(sum(e * e for e in errors if not math.isnan(e))) / len(means)
-    return float(np.mean(means)), stderr
-
-
-def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """The mean and its sample standard error (NaN for the error of a single value)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), _stderr(arr)
-
-
-def _stderr(arr: np.ndarray) -> float:
-    return float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else math.nan
-
-
 _GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")
 GSM8K_INVALID = "[invalid]"
 
 
-def _gsm8k_extract(text: str) -> str:
+def gsm8k_extract(text: str) -> str:
     """v1's strict GSM8K extraction: the first ``#### <number>``, commas removed."""
     match = _GSM8K_ANSWER.search(text)
     return match.group(1).strip().replace(",", "") if match else GSM8K_INVALID
@@ -500,7 +360,7 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    config = compat.load_lm_eval_yaml(_lm_eval_tasks_root() / spec.lm_eval_config)
+    config = compat.load_lm_eval_yaml(lm_eval_tasks_root() / spec.lm_eval_config)
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)
     config.update(spec.overrides)

@@ -1,0 +1,276 @@
+"""One run's options, declared once: :class:`RunConfig`.
+
+Every option of a run (models, tasks, limit, data, backend settings, shard, cache, tag, ...) is
+one field here, and the field carries what the command line needs to offer it: its flag, help
+text and parser (:func:`add_run_options` builds the ``argparse`` options from the fields). The
+Python API (``evaluate(**options)`` or ``evaluate(config=...)``), the dry run, nightly, the Ray
+launcher and the contamination check all take a ``RunConfig``, so a new option is one new
+field: the CLI, ``evaluate`` and every entry point see it without further edits
+(``tests/test_config.py`` checks that every field is reachable from the parser and ``evaluate``).
+
+:meth:`RunConfig.validate` is the one input check of a run, before anything loads: it returns
+the normalized config (model and task names split and expanded, the batch size and shard
+parsed, the device vLLM needs) or raises a one-line :class:`~evalsuite.errors.EvalsuiteError`.
+What a run sends to a backend at once (:data:`CHUNK_DOCS`) and which backend settings can change
+a number (:func:`backend_settings`, part of the request cache's key and the run row) live here
+too, so the runner, the dry run, the speed estimate and the cache share them without importing
+each other.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES, BackendOptions
+from .errors import EvalsuiteError
+from .store import DEFAULT_RESULTS_DIR
+
+#: Documents sent to the backend at once: large enough to batch and share prefixes, small
+#: enough for a lively progress bar and little lost work when a run is killed.
+CHUNK_DOCS = 32
+#: Weight dtypes a run may ask for (default: float32 on CPU, the registry's dtype on GPU).
+DTYPES = ("float32", "bfloat16", "float16")
+#: The model a run evaluates when none is named.
+DEFAULT_MODEL = "smollm2"
+
+
+# -- command-line parsers (argparse types) ------------------------------------------------------
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
+    return value
+
+
+def batch_size_arg(text: str) -> int | str:
+    """``auto`` or a positive whole number (argparse type)."""
+    try:
+        return parse_batch_size(text)
+    except EvalsuiteError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch-size ")) from None
+
+
+def _option(default: Any, help: str, *, flag: str | None = None, parse: Any = None, metavar: str | None = None,
+            choices: Sequence[str] | None = None, group: str | None = None) -> Any:
+    """A field with its command-line form. A bool field is a switch: ``flag`` turns a default of
+    False on (``--resume``) or a default of True off (``--no-cache``)."""
+    meta = {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "group": group}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of a run. Build it with keyword arguments (or :meth:`from_args`), then
+    :meth:`validate` it; the validated config is what the entry points pass on."""
+
+    models: Sequence[str] | str | None = _option(
+        None, "comma-separated aliases (see `evalsuite models`), Hub ids, model folders, .gguf files or dus:BASE:M "
+              f"(default: {DEFAULT_MODEL})")
+    tasks: Sequence[str] | str | None = _option(
+        None, "comma-separated tasks or suites: arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, leaderboard "
+              "(default: leaderboard, all six with H6)")
+    limit: int | None = _option(
+        None, "evaluate the first N documents of the v1 evaluation order (per subject for MMLU)",
+        parse=positive_int, metavar="N")
+    data_dir: str | Path | None = _option(
+        None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
+              "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
+    backend: str = _option(
+        DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
+        choices=sorted(BACKENDS))
+    device: str = _option("cpu", "cpu, cuda or cuda:N (default: cpu)")
+    dtype: str | None = _option(
+        None, "weights dtype (default: float32 on CPU, the registry's dtype on GPU)", choices=DTYPES)
+    batch_size: int | str = _option(
+        "auto", "a positive whole number or auto (default). lm-eval-hf: requests per batch; evalsuite engine: at most "
+                "this many rows per forward pass and sequences decoded together (its token budget batches by itself "
+                "under auto)", parse=batch_size_arg)
+    generation: str = _option(
+        GENERATION_MODES[0], "evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
+                             "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)",
+        choices=GENERATION_MODES)
+    results_dir: str | Path = _option(
+        DEFAULT_RESULTS_DIR, f"parquet results store (default: {DEFAULT_RESULTS_DIR}/)", metavar="DIR")
+    tag: str | None = _option(None, "label stored with the run, e.g. nightly-2026-11-26")
+    run_id: str | None = _option(None, "run id to use (default: a new one)")
+    tensor_parallel: int | None = _option(
+        None, "vllm: GPUs one model is split over (default: from the registry and GPU memory)",
+        parse=positive_int, metavar="N", group="scale")
+    data_parallel: int = _option(
+        1, "vllm: model replicas on this machine, through Ray (default: 1)", parse=positive_int, metavar="M",
+        group="scale")
+    shard: tuple[int, int] | str | None = _option(
+        None, "evaluate documents p %% N == I of each task; N machines with one --run-id form one run",
+        metavar="I/N", group="scale")
+    trust_remote_code: bool = _option(
+        False, "allow a model's own Python code (registry models that need it are allowed already)")
+    measure: bool = _option(
+        True, "with --dry-run: skip the short timed forward of the model (no time estimate)", flag="--no-measure")
+    remeasure: bool = _option(
+        False, "with --dry-run: time the forwards again instead of using the measurement kept for this machine")
+    progress: bool = _option(True, "hide progress bars", flag="--no-progress")
+    use_cache: bool = _option(
+        True, "compute every request again, bypassing the request cache (`evalsuite cache info`)", flag="--no-cache")
+    resume: bool = _option(
+        False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "
+               "its run id; says so when there is none. Without it an existing --run-id is refused. Cached requests "
+               "are never recomputed either way")
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: RunConfig | None = None, **options: Any) -> RunConfig:
+        """``config`` with ``options`` replaced, or a new config of ``options`` (``None`` for
+        ``models``/``tasks`` keeps the config's)."""
+        for name in ("models", "tasks"):
+            if config is not None and options.get(name, 0) is None:
+                del options[name]
+        if config is None:
+            return cls(**options)
+        return replace(config, **options) if options else config
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> RunConfig:
+        """The options a command's parser offered (:func:`add_run_options`), plus ``overrides``."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**given, **overrides})
+
+    # -- the input check -----------------------------------------------------------------------
+    def validate(self, *, gpu: bool = True) -> RunConfig:
+        """The checks every run shares, before anything loads; the normalized config.
+
+        ``models`` and ``tasks`` become tuples of names (the default model; suites expanded),
+        ``batch_size`` ``"auto"`` or an int, ``shard`` an ``(I, N)`` tuple, and vLLM's device
+        ``cuda``. Each bad value raises a one-line :class:`EvalsuiteError` naming the fix.
+        ``gpu=False`` leaves out whether the device's GPU is present (``check_device``):
+        ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
+        parallel sizes), so those errors come first on a machine without one.
+        """
+        from .sharding import check_shard, parse_shard
+
+        limit = self.limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
+        if self.backend not in BACKENDS:
+            raise EvalsuiteError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
+        device = "cuda" if self.backend == "vllm" and self.device == "cpu" else self.device
+        model_names, task_names = self.selection()
+        batch_size = parse_batch_size(self.batch_size)
+        shard = self.shard
+        if shard is not None:
+            shard = parse_shard(shard) if isinstance(shard, str) else tuple(shard)
+            check_shard(shard)  # type: ignore[arg-type]
+            if self.run_id is None:
+                raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise EvalsuiteError(f"unknown --dtype '{self.dtype}'; choose one of {', '.join(DTYPES)}")
+        if self.generation not in GENERATION_MODES:
+            raise EvalsuiteError(f"unknown --generation '{self.generation}'; choose one of {', '.join(GENERATION_MODES)}")
+        for flag, value in (("--tensor-parallel", self.tensor_parallel), ("--data-parallel", self.data_parallel)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EvalsuiteError(f"{flag} must be a positive whole number, got {value!r}")
+        check_device(device, present=gpu)
+        return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
+
+    def selection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The model names (default ``smollm2``) and the task names, suites expanded."""
+        from .tasks import expand_tasks
+
+        tasks = self.tasks
+        if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not split_names(tasks)):
+            raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
+        task_names = tuple(expand_tasks(tasks if tasks is None or isinstance(tasks, str) else list(tasks)))
+        return tuple(split_names(self.models) or [DEFAULT_MODEL]), task_names
+
+    # -- what the backend gets -----------------------------------------------------------------
+    def backend_options(self, dtype: str, tensor_parallel: int = 1, data_parallel: int = 1) -> BackendOptions:
+        """The backend's options for one model (its resolved dtype and parallel sizes)."""
+        return BackendOptions(device=self.device, dtype=dtype, batch_size=self.batch_size,
+                              tensor_parallel=tensor_parallel, data_parallel=data_parallel, generation=self.generation)
+
+
+def backend_settings(options: BackendOptions) -> dict[str, Any]:
+    """The backend options that can change a number (the device only by its type)."""
+    from dataclasses import asdict
+
+    settings = asdict(options)
+    settings["device"] = options.device.partition(":")[0]
+    return settings
+
+
+# -- single checks (also used where only one option is taken) --------------------------------------
+def parse_batch_size(value: int | str) -> int | str:
+    """``auto`` or a positive whole number; anything else is refused (it would be stored and ignored)."""
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise EvalsuiteError(f"--batch-size must be a positive whole number or auto, got '{value}'")
+    return int(text)
+
+
+def check_device(device: str, present: bool = True) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present (``present``); refused before any weight loads."""
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
+        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
+    if kind == "cuda" and present:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise EvalsuiteError(f"--device {device}: no CUDA GPU is visible to this process; use --device cpu")
+        if index and int(index) >= count:
+            raise EvalsuiteError(f"--device {device}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})")
+
+
+def split_names(value: Sequence[str] | str | None) -> list[str]:
+    """Comma-separated names (or a list of them), blanks dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [v.strip() for v in value if v and v.strip()]
+
+
+# -- the command line ----------------------------------------------------------------------------
+def add_option(parser: Any, name: str, **overrides: Any) -> None:
+    """Offer the RunConfig field ``name`` on ``parser`` (an argparse parser or group);
+    ``overrides`` replace argparse keywords (a command's own help or default)."""
+    spec = next(f for f in fields(RunConfig) if f.name == name)
+    meta = spec.metadata
+    flag = meta["flag"] or "--" + name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": name, "help": meta["help"]}
+    if isinstance(spec.default, bool):
+        kwargs.update(action="store_false" if spec.default else "store_true", default=spec.default)
+    else:
+        kwargs["default"] = spec.default
+        for key, arg in (("parse", "type"), ("metavar", "metavar"), ("choices", "choices")):
+            if meta[key] is not None:
+                kwargs[arg] = meta[key]
+    kwargs.update(overrides)
+    parser.add_argument(flag, **kwargs)
+
+
+def add_run_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
+                    groups: dict[str, Any] | None = None) -> None:
+    """Offer the run options ``names`` (default: all) in field order; a field with a ``group``
+    goes into ``groups[group]`` when given (e.g. "running at scale")."""
+    for spec in fields(RunConfig):
+        if names is None or spec.name in names:
+            target = (groups or {}).get(spec.metadata["group"], parser)
+            add_option(target, spec.name)
+
+
+def run_option_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+__all__ = ["CHUNK_DOCS", "DTYPES", "RunConfig", "add_option", "add_run_options", "backend_settings",
+           "batch_size_arg", "check_device", "parse_batch_size", "positive_int", "split_names"]
