@@ -71,6 +71,7 @@ class EvalResult:
     models: list[str]
     tasks: list[str]
     unavailable: dict[str, str] = field(default_factory=dict)  # task -> why (missing or failed data)
+    shard: tuple[int, int] | None = None  # the one shard this process evaluated
 
     @property
     def store(self) -> ResultsStore:
@@ -108,7 +109,16 @@ class EvalResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every requested task of every model is ``ok``, else 1 (a task failed or had no data)."""
+        """0 when every requested task of every model is ``ok``, else 1 (a task failed or had no data).
+
+        For one shard: 0 when its own part is done (its run rows ``ok``); other shards still
+        missing are the normal state of a sharded run, not this shard's failure."""
+        if self.shard is not None:
+            text = f"{self.shard[0]}/{self.shard[1]}"
+            rows = self.store.runs(run_id=self.run_id)
+            mine = rows[rows["shard"] == text]
+            done = set(mine[mine["status"] == "ok"]["model"])
+            return EXIT_OK if set(self.models) <= done else EXIT_TASK_PROBLEM
         for view in self.views():
             statuses = {t: s.status for t, s in view.task_scores().items()}
             if any(statuses.get(task) != "ok" for task in self.tasks):
@@ -163,6 +173,12 @@ def evaluate(
         return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
                     trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
+    from .names import check_name
+
+    if run_id is not None:
+        check_name(run_id, "--run-id")
+    if tag is not None:
+        check_name(tag, "--tag")
     device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
     batch_size = parse_batch_size(batch_size)
     if shard is not None:
@@ -195,7 +211,9 @@ def evaluate(
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
     store.check_writable()
-    run_id = _choose_run_id(store, run_id, resume, shard, [s.alias for s in specs], task_names, limit, backend, tag)
+    from .ownership import assign_model_keys
+
+    specs = assign_model_keys(store, specs)
 
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
@@ -209,17 +227,25 @@ def evaluate(
             unavailable[name] = ("failed", str(exc))
     if not loaded:
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
+    start = _start_run(store, run_id, resume, shard, specs, list(loaded), task_names, limit, backend, device, dtype,
+                       tag, generation)
+    run_id = start.run_id
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
-    with _signals_raise(run_id, str(results_dir)):
-        for spec in specs:
-            _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
-                            progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                            use_cache=use_cache, generation=generation)
+    try:
+        with _signals_raise(run_id, str(results_dir)):
+            for spec in specs:
+                if spec.alias in start.keep:
+                    continue
+                _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size,
+                                tag, progress, shard=shard, tensor_parallel=tensor_parallel,
+                                data_parallel=data_parallel, use_cache=use_cache, generation=generation)
+    finally:
+        store.release_claim(start.claim)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
-                      {t: why for t, (_, why) in unavailable.items()})
+                      {t: why for t, (_, why) in unavailable.items()}, shard)
 
 
 # -- input checks ------------------------------------------------------------------------------
@@ -248,26 +274,18 @@ def check_device(device: str) -> None:
             raise EvalsuiteError(f"--device {device}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})")
 
 
-def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard: tuple[int, int] | None,
-                   models: list[str], tasks: list[str], limit: int | None, backend: str, tag: str | None) -> str:
-    """The run id to write under: a new one, the given one, or the interrupted run's with ``resume``."""
-    from .results import resumable_run_id, run_exists
+def _start_run(store: ResultsStore, run_id: str | None, resume: bool, shard: tuple[int, int] | None,
+               specs: list[ModelSpec], loaded: list[str], task_names: list[str], limit: int | None, backend: str,
+               device: str, dtype: str | None, tag: str | None, generation: str) -> Any:
+    """The run id to write under, claimed, with the resume rules checked (:mod:`evalsuite.ownership`)."""
+    from .ownership import Settings, start_run
+    from .results import resumable_run_id
 
-    if shard is not None:  # shards share their id by design; a rerun of a shard replaces its own files
-        return run_id  # type: ignore[return-value]
-    if run_id is not None:
-        if run_exists(store, run_id) and not resume:
-            raise EvalsuiteError(f"run '{run_id}' already exists in {store.root}/; pass --resume to continue it, "
-                                 f"or choose a new --run-id")
-        return run_id
-    if resume:
-        found = resumable_run_id(store, models, tasks, limit, backend, tag)
-        if found:
-            _say(f"resuming run {found}")
-            return found
-        _say(f"nothing to resume: no interrupted run of {', '.join(models)} with these tasks, limit, backend and "
-             f"tag in {store.root}/; starting a new run")
-    return new_run_id()
+    def wanted(spec: ModelSpec) -> Settings:
+        return Settings(tuple(loaded), limit, backend, default_dtype(spec, device, dtype), generation, tag)
+
+    return start_run(store, run_id, resume, shard, specs, wanted, new_run_id,
+                     lambda: resumable_run_id(store, [s.alias for s in specs], task_names, limit, backend, tag))
 
 
 def check_selection(models: Sequence[str] | str | None, tasks: Sequence[str] | str | None, limit: int | None,

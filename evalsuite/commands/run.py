@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
                              "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)")
     add_results_dir(parser)
-    parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26")
-    parser.add_argument("--run-id", help="run id to use (default: a new one)")
+    parser.add_argument("--tag", help="label stored with the run, e.g. nightly-2026-11-26 (run-id characters)")
+    parser.add_argument("--run-id", help="run id to use (default: a new one): 1-64 of A-Z a-z 0-9 . _ -, starting "
+                                         "with a letter or digit, no '__'")
     add_log_to(parser)
     scale = parser.add_argument_group("running at scale (README: Running at scale)")
     scale.add_argument("--tensor-parallel", type=positive_int, metavar="N",
@@ -65,13 +66,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted run of the same models/tasks/limit/backend/tag (or "
                              "--run-id's) under its run id; says so when there is none. Without it an existing "
-                             "--run-id is refused. Cached requests are never recomputed either way")
+                             "--run-id is refused; with it a different configuration is refused, and models "
+                             "already ok in the run are kept, never rewritten. Cached requests are never recomputed")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
+    from ..names import check_name
+
+    for option, value in (("--run-id", args.run_id), ("--tag", args.tag)):
+        if value is not None:
+            check_name(value, option)
     scale = _scale_kwargs(args)
     if args.dry_run:
         from ..dryrun import plan
