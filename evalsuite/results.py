@@ -204,6 +204,9 @@ def run_views(results_dir: str | os.PathLike | ResultsStore, run_id: str) -> lis
     store = _store(results_dir)
     index = _Index(store)
     keys = [k for k in index.ordered() if k[0] == run_id]
+    bad = [why for path, why in store.unreadable.items() if path.name.startswith(f"{run_id}__")]
+    if bad:
+        raise EvalsuiteError(f"run '{run_id}' is unreadable: {bad[0]}")
     if not keys:
         raise EvalsuiteError(f"no run '{run_id}' in {store.root}/; {_recent(index)}")
     scores = store.read("scores", run_id=run_id)
