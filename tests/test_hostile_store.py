@@ -19,6 +19,7 @@ import pytest
 from conftest import build_tiny_llama
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError, StoreError
+from evalsuite.names import file_part
 from evalsuite.results import latest_runs, run_views
 from evalsuite.store import ResultsStore
 
@@ -114,6 +115,21 @@ def test_the_store_proves_every_path_is_inside_it(tmp_path):
     path = store.write_run({"run_id": "r", "model": "../../evil/model", "status": "ok"})
     assert path.parent == (tmp_path / "results" / "runs").resolve() and ".." not in path.name
     assert list(store.runs()["model"]) == ["../../evil/model"]
+
+
+def test_a_model_folder_with_a_hostile_name_is_stored_as_data(tiny_llama_dir, data_dir, tmp_path, capsys):
+    """A folder name that is not a valid name (``__``, spaces, a leading dash) is the model key as
+    data; its files get a derived name inside the store."""
+    folder = tmp_path / "models" / "-we__ird name"
+    folder.parent.mkdir()
+    folder.symlink_to(tiny_llama_dir, target_is_directory=True)
+    results = tmp_path / "results"
+    code, out, err = cli(capsys, *run_args(folder, data_dir, results, "--run-id", "odd"))
+    assert code == 0, err
+    assert list(ResultsStore(results).runs(run_id="odd")["model"]) == ["-we__ird name"]
+    written = [p for p in results.rglob("*.parquet")]
+    assert written and all(p.resolve().is_relative_to(results.resolve()) for p in written)
+    assert {p.stem.split("__")[1] for p in written} == {f"we-ird-name-{file_part('-we__ird name')[-8:]}"}
 
 
 # -- 2. never overwrite a finished result -----------------------------------------------------
