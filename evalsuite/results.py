@@ -140,12 +140,8 @@ class _Index:
 
     def __init__(self, store: ResultsStore):
         self.store = store
-        frame = store.read("runs")
         self.parts: dict[tuple[str, str], list[RunRecord]] = {}
-        for rec in frame.to_dict("records"):
-            row = records.from_row(RunRecord, rec)
-            if not row.shard and rec.get("part"):  # version-1 shard rows named their shard in the file only
-                row.shard = _shard_text(rec["part"])
+        for row in _run_rows(store.read("runs")):
             self.parts.setdefault((row.run_id, row.model), []).append(row)
         self.unreadable = list(store.unreadable.values())  # notes: files skipped, and what to do
 
@@ -188,6 +184,16 @@ class _Index:
 
     def tag(self, key: tuple[str, str]) -> str | None:
         return next((r.tag for r in self.parts[key] if r.tag), None)
+
+
+def _run_rows(frame: Any) -> list[RunRecord]:
+    rows = []
+    for rec in frame.to_dict("records"):
+        row = records.from_row(RunRecord, rec)
+        if not row.shard and rec.get("part"):  # version-1 shard rows named their shard in the file only
+            row.shard = _shard_text(rec["part"])
+        rows.append(row)
+    return rows
 
 
 def _shard_text(part: str) -> str | None:
@@ -375,20 +381,7 @@ def stored_runs(results_dir: str | os.PathLike | ResultsStore, run_id: str | Non
     store = _store(results_dir)
     if run_id is None:
         return [r for parts in _Index(store).parts.values() for r in parts]
-    rows = []
-    for rec in store.read("runs", run_id=run_id).to_dict("records"):
-        row = records.from_row(RunRecord, rec)
-        if not row.shard and rec.get("part"):  # version-1 shard rows named their shard in the file only
-            row.shard = _shard_text(rec["part"])
-        rows.append(row)
-    return rows
-
-
-def run_exists(results_dir: str | os.PathLike | ResultsStore, run_id: str, model: str | None = None) -> bool:
-    """Whether the store already holds rows of ``run_id`` (for ``model``), shards aside."""
-    index = _Index(_store(results_dir))
-    return any(r == run_id and (model is None or m == model) and not any(p.shard for p in parts)
-               for (r, m), parts in index.parts.items())
+    return _run_rows(store.read("runs", run_id=run_id))
 
 
 def resumable_run_id(results_dir: str | os.PathLike, models: list[str], tasks: list[str], limit: int | None,

@@ -159,7 +159,8 @@ def evaluate(
     without data or with broken data is recorded (``missing``/``failed``) and the others run;
     ``result.exit_code`` says whether every task was scored. ``resume=True`` continues the
     latest interrupted run of the same models, tasks, limit, backend and tag under its run id
-    (or ``run_id``'s); without it an existing ``run_id`` is refused. ``shard=(I, N)`` evaluates
+    (or ``run_id``'s), only with the same configuration, keeping models already ``ok``; without
+    it an existing ``run_id`` is refused (:mod:`evalsuite.ownership`). ``shard=(I, N)`` evaluates
     only documents ``p % N == I`` of each task (see :mod:`evalsuite.sharding`); the N shards
     share ``run_id``. ``tensor_parallel`` and ``data_parallel`` apply to ``vllm``. ``generation``:
     the evalsuite engine's greedy decoding, ``batched`` (default) or ``exact`` (one prompt at a
