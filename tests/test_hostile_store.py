@@ -20,7 +20,7 @@ from conftest import build_tiny_llama
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError, StoreError
 from evalsuite.names import file_part
-from evalsuite.results import latest_runs, run_views
+from evalsuite.results import latest_runs, load_run, run_views
 from evalsuite.store import ResultsStore
 
 LIMIT = "3"
@@ -264,6 +264,7 @@ def test_shards_exit_zero_never_hide_a_finished_run_and_must_match(tiny_llama_di
     # the incomplete sharded run is named, the earlier finished run is still what readers show
     (view,) = latest_runs(results)
     assert view.run_id == "full" and any("run S incomplete" in n for n in view.notes)
+    assert load_run("latest", results).run_id == "full" and load_run(str(tiny_llama_dir), results).run_id == "full"
     code, out, _ = cli(capsys, "results", "--results-dir", results)
     assert code == 0 and "newer run S incomplete" in out
     assert cli(capsys, "table", "--results-dir", results)[0] == 0
