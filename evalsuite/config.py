@@ -98,8 +98,9 @@ class RunConfig:
         choices=GENERATION_MODES)
     results_dir: str | Path = _option(
         DEFAULT_RESULTS_DIR, f"parquet results store (default: {DEFAULT_RESULTS_DIR}/)", metavar="DIR")
-    tag: str | None = _option(None, "label stored with the run, e.g. nightly-2026-11-26")
-    run_id: str | None = _option(None, "run id to use (default: a new one)")
+    tag: str | None = _option(None, "label stored with the run, e.g. nightly-2026-11-26 (run-id characters)")
+    run_id: str | None = _option(None, "run id to use (default: a new one): 1-64 of A-Z a-z 0-9 . _ -, starting "
+                                       "with a letter or digit, no '__'")
     tensor_parallel: int | None = _option(
         None, "vllm: GPUs one model is split over (default: from the registry and GPU memory)",
         parse=positive_int, metavar="N", group="scale")
@@ -120,8 +121,9 @@ class RunConfig:
         True, "compute every request again, bypassing the request cache (`evalsuite cache info`)", flag="--no-cache")
     resume: bool = _option(
         False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "
-               "its run id; says so when there is none. Without it an existing --run-id is refused. Cached requests "
-               "are never recomputed either way")
+               "its run id; says so when there is none. Without it an existing --run-id is refused; with it a different "
+               "configuration is refused, and models already ok in the run are kept, never rewritten. Cached "
+               "requests are never recomputed either way")
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -152,8 +154,12 @@ class RunConfig:
         ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
         parallel sizes), so those errors come first on a machine without one.
         """
+        from .names import check_name
         from .sharding import check_shard, parse_shard
 
+        for flag, name in (("--run-id", self.run_id), ("--tag", self.tag)):  # names are data, never paths
+            if name is not None:
+                check_name(name, flag)
         limit = self.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")

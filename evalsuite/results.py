@@ -11,8 +11,10 @@ same thing:
   shards' samples with :mod:`evalsuite.aggregation`, the runner's own aggregation; a task whose
   shards are not all in yet is ``incomplete``, never a partial score shown as a score.
 * **"Latest".** A model's latest run is its most recent run that *finished* with scores
-  (``ok`` or ``partial``): a failed, interrupted or still running run never hides earlier
-  results (it is mentioned in the notes instead).
+  (``ok`` or ``partial``): a failed, interrupted, still running, incomplete (shards missing) or
+  unreadable run never hides earlier results (it is mentioned in the notes instead).
+* **Unreadable files.** A file that cannot be read makes its run unreadable, not the store:
+  whole-table reads skip it and the readers name it in a note, with what to do.
 
 References (``ref``) name runs the same way everywhere: a run id (``RUN@MODEL`` for a run of
 several models), a model alias or model folder (its latest run), ``tag:T`` (the latest run with
@@ -138,19 +140,39 @@ class _Index:
 
     def __init__(self, store: ResultsStore):
         self.store = store
-        frame = store.read("runs")
         self.parts: dict[tuple[str, str], list[RunRecord]] = {}
-        for rec in frame.to_dict("records"):
-            row = records.from_row(RunRecord, rec)
-            if not row.shard and rec.get("part"):  # version-1 shard rows named their shard in the file only
-                row.shard = _shard_text(rec["part"])
+        for row in _run_rows(store.read("runs")):
             self.parts.setdefault((row.run_id, row.model), []).append(row)
+        self.unreadable = list(store.unreadable.values())  # notes: files skipped, and what to do
 
     def __bool__(self) -> bool:
         return bool(self.parts)
 
     def status(self, key: tuple[str, str]) -> str:
-        return _combined_status([effective_status(r) for r in self.parts[key]])
+        """The combined status; ``incomplete`` for a finished sharded run with shards absent."""
+        status = _combined_status([effective_status(r) for r in self.parts[key]])
+        if status not in ("running", "interrupted") and self.shards_missing(key):
+            return "incomplete"
+        return status
+
+    def shards_missing(self, key: tuple[str, str]) -> bool:
+        """Whether the run rows of a sharded run lack a shard (or mix shard counts)."""
+        shards = {r.shard for r in self.parts[key] if r.shard}
+        if not shards:
+            return False
+        counts = {s.partition("/")[2] for s in shards}
+        return len(counts) > 1 or {s.partition("/")[0] for s in shards} != {str(i) for i in range(int(counts.pop()))}
+
+    def model_of(self, name: str) -> str | None:
+        """The model key of a folder or GGUF path ``name`` (it may be ``NAME-<hash>``), if stored."""
+        path = Path(os.path.expanduser(name))
+        if not path.exists():
+            return None
+        resolved = str(path.resolve())
+        for (_, model), parts in reversed(list(self.parts.items())):
+            if any(r.model_id == resolved or f"dequantized from {resolved}" in (r.notes or "") for r in parts):
+                return model
+        return None
 
     def started(self, key: tuple[str, str]) -> datetime:
         times = [r.started_at for r in self.parts[key] if r.started_at is not None]
@@ -162,6 +184,16 @@ class _Index:
 
     def tag(self, key: tuple[str, str]) -> str | None:
         return next((r.tag for r in self.parts[key] if r.tag), None)
+
+
+def _run_rows(frame: Any) -> list[RunRecord]:
+    rows = []
+    for rec in frame.to_dict("records"):
+        row = records.from_row(RunRecord, rec)
+        if not row.shard and rec.get("part"):  # version-1 shard rows named their shard in the file only
+            row.shard = _shard_text(rec["part"])
+        rows.append(row)
+    return rows
 
 
 def _shard_text(part: str) -> str | None:
@@ -178,6 +210,9 @@ def run_views(results_dir: str | os.PathLike | ResultsStore, run_id: str) -> lis
     store = _store(results_dir)
     index = _Index(store)
     keys = [k for k in index.ordered() if k[0] == run_id]
+    bad = [why for path, why in store.unreadable.items() if path.name.startswith(f"{run_id}__")]
+    if bad:
+        raise EvalsuiteError(f"run '{run_id}' is unreadable: {bad[0]}")
     if not keys:
         raise EvalsuiteError(f"no run '{run_id}' in {store.root}/; {_recent(index)}")
     scores = store.read("scores", run_id=run_id)
@@ -245,7 +280,7 @@ def _resolve(store: ResultsStore, index: _Index, ref: str) -> tuple[str, str]:
         elif len(models) > 1:
             raise EvalsuiteError(f"run {run_id} evaluated {', '.join(models)}; name one as {run_id}@MODEL")
         return run_id, model or models[0]
-    for name in dict.fromkeys([ref, Path(os.path.expanduser(ref)).name]):
+    for name in dict.fromkeys(n for n in (ref, index.model_of(ref), Path(os.path.expanduser(ref)).name) if n):
         mine = [k for k in finished if k[1] == name]
         if mine:
             return mine[-1]
@@ -267,24 +302,30 @@ def latest_runs(results_dir: str | os.PathLike | ResultsStore = DEFAULT_RESULTS_
     """
     store = _store(results_dir)
     index = _Index(store)
-    latest: dict[str, tuple[str, str]] = {}
-    newer: dict[str, list[tuple[str, str]]] = {}
+    by_model: dict[str, list[tuple[str, str]]] = {}
     for key in index.ordered():
-        if tag is not None and index.tag(key) != tag:
-            continue
-        model = key[1]
-        if index.status(key) in FINISHED:
-            latest[model] = key
-            newer[model] = []
-        else:
-            newer.setdefault(model, []).append(key)
+        if tag is None or index.tag(key) == tag:
+            by_model.setdefault(key[1], []).append(key)
     views = []
-    for model, key in latest.items():
-        view = _view(store, index, key, store.read("scores", run_id=key[0], model=model))
-        for other in newer.get(model, []):
-            view.notes.append(f"{model}: newer run {other[0]} {index.status(other)} (not shown; "
-                              f"`evalsuite results --run {other[0]}` shows what it stored)")
-        views.append(view)
+    for model, keys in by_model.items():
+        notes: list[str] = []
+        for key in reversed(keys):
+            status = index.status(key)
+            if status in FINISHED:
+                try:
+                    view = _view(store, index, key, store.read("scores", run_id=key[0], model=model))
+                except EvalsuiteError as exc:  # an unreadable file makes that run unreadable, not the store
+                    notes.append(f"{model}: run {key[0]} is unreadable, not shown: {exc}")
+                    continue
+                if view.usable:
+                    view.notes.extend(reversed(notes))
+                    views.append(view)
+                    break
+                status = view.status
+            notes.append(f"{model}: newer run {key[0]} {status} (not shown; "
+                         f"`evalsuite results --run {key[0]}` shows what it stored)")
+    if views:
+        views[0].notes.extend(index.unreadable)
     return views
 
 
@@ -316,9 +357,11 @@ def select_runs(results_dir: str | os.PathLike | ResultsStore = DEFAULT_RESULTS_
     if not models:
         return latest
     by_model = {v.model: v for v in latest}
+    index = _Index(store)
     chosen = []
     for name in models:
-        view = by_model.get(name) or by_model.get(Path(os.path.expanduser(name)).name)
+        keys = (name, index.model_of(name), Path(os.path.expanduser(name)).name)
+        view = next((by_model[k] for k in keys if k in by_model), None)
         if view is None:
             raise EvalsuiteError(f"no finished run of '{name}' in {where}" + (f" tagged '{tag}'" if tag else "")
                                  + f"; stored models: {', '.join(by_model) or 'none'}")
@@ -333,11 +376,12 @@ def _unique(views: list[RunView]) -> list[RunView]:
     return list(seen.values())
 
 
-def run_exists(results_dir: str | os.PathLike | ResultsStore, run_id: str, model: str | None = None) -> bool:
-    """Whether the store already holds rows of ``run_id`` (for ``model``), shards aside."""
-    index = _Index(_store(results_dir))
-    return any(r == run_id and (model is None or m == model) and not any(p.shard for p in parts)
-               for (r, m), parts in index.parts.items())
+def stored_runs(results_dir: str | os.PathLike | ResultsStore, run_id: str | None = None) -> list[RunRecord]:
+    """The run rows (of ``run_id``): the store's unreadable files skipped, except ``run_id``'s own."""
+    store = _store(results_dir)
+    if run_id is None:
+        return [r for parts in _Index(store).parts.values() for r in parts]
+    return _run_rows(store.read("runs", run_id=run_id))
 
 
 def resumable_run_id(results_dir: str | os.PathLike, models: list[str], tasks: list[str], limit: int | None,

@@ -75,6 +75,7 @@ class EvalResult:
     models: list[str]
     tasks: list[str]
     unavailable: dict[str, str] = field(default_factory=dict)  # task -> why (missing or failed data)
+    shard: tuple[int, int] | None = None  # the one shard this process evaluated
 
     @property
     def store(self) -> ResultsStore:
@@ -112,7 +113,16 @@ class EvalResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every requested task of every model is ``ok``, else 1 (a task failed or had no data)."""
+        """0 when every requested task of every model is ``ok``, else 1 (a task failed or had no data).
+
+        For one shard: 0 when its own part is done (its run rows ``ok``); other shards still
+        missing are the normal state of a sharded run, not this shard's failure."""
+        if self.shard is not None:
+            text = f"{self.shard[0]}/{self.shard[1]}"
+            rows = self.store.runs(run_id=self.run_id)
+            mine = rows[rows["shard"] == text]
+            done = set(mine[mine["status"] == "ok"]["model"])
+            return EXIT_OK if set(self.models) <= done else EXIT_TASK_PROBLEM
         for view in self.views():
             statuses = {t: s.status for t, s in view.task_scores().items()}
             if any(statuses.get(task) != "ok" for task in self.tasks):
@@ -140,8 +150,9 @@ def evaluate(
     before anything loads. A task without data or with broken data is recorded
     (``missing``/``failed``) and the others run; ``result.exit_code`` says whether every task
     was scored. ``resume=True`` continues the latest interrupted run of the same models, tasks,
-    limit, backend and tag under its run id (or ``run_id``'s); without it an existing ``run_id``
-    is refused. ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
+    limit, backend and tag under its run id (or ``run_id``'s), only with the same
+    configuration, keeping models already ``ok``; without it an existing ``run_id`` is refused
+    (:mod:`evalsuite.ownership`). ``shard=(I, N)`` evaluates only documents ``p % N == I`` of each task (see
     :mod:`evalsuite.sharding`); the N shards share ``run_id``. ``tensor_parallel`` and
     ``data_parallel`` apply to ``vllm``. ``generation``: the evalsuite engine's greedy decoding,
     ``batched`` (default) or ``exact`` (one prompt at a time, batch-size-1 arithmetic).
@@ -182,8 +193,9 @@ def evaluate(
     root = resolve_data_dir(config.data_dir)
     store = ResultsStore(config.results_dir)
     store.check_writable()
-    run_id = _choose_run_id(store, config.run_id, config.resume, config.shard, [s.alias for s in specs], task_names,
-                            config.limit, backend, config.tag)
+    from .ownership import assign_model_keys
+
+    specs = assign_model_keys(store, specs)
 
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
@@ -197,38 +209,39 @@ def evaluate(
             unavailable[name] = ("failed", str(exc))
     if not loaded:
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
+    start = _start_run(store, config, specs, list(loaded))
+    run_id = start.run_id
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
-    with _signals_raise(run_id, str(config.results_dir)):
-        for spec in specs:
-            _evaluate_model(spec, loaded, unavailable, store, run_id, config)
+    try:
+        with _signals_raise(run_id, str(config.results_dir)):
+            for spec in specs:
+                if spec.alias in start.keep:
+                    continue
+                _evaluate_model(spec, loaded, unavailable, store, run_id, config)
+    finally:
+        store.release_claim(start.claim)
     return EvalResult(run_id, Path(config.results_dir), [s.alias for s in specs], task_names,
-                      {t: why for t, (_, why) in unavailable.items()})
+                      {t: why for t, (_, why) in unavailable.items()}, config.shard)
 
 
 # -- input checks (the rest are RunConfig.validate) ------------------------------------------
-def _choose_run_id(store: ResultsStore, run_id: str | None, resume: bool, shard: tuple[int, int] | None,
-                   models: list[str], tasks: list[str], limit: int | None, backend: str, tag: str | None) -> str:
-    """The run id to write under: a new one, the given one, or the interrupted run's with ``resume``."""
-    from .results import resumable_run_id, run_exists
+def _start_run(store: ResultsStore, config: RunConfig, specs: list[ModelSpec], loaded: list[str]) -> Any:
+    """The run id to write under, claimed, with the resume rules checked (:mod:`evalsuite.ownership`)."""
+    from .ownership import Settings, start_run
+    from .results import resumable_run_id
 
-    if shard is not None:  # shards share their id by design; a rerun of a shard replaces its own files
-        return run_id  # type: ignore[return-value]
-    if run_id is not None:
-        if run_exists(store, run_id) and not resume:
-            raise EvalsuiteError(f"run '{run_id}' already exists in {store.root}/; pass --resume to continue it, "
-                                 f"or choose a new --run-id")
-        return run_id
-    if resume:
-        found = resumable_run_id(store, models, tasks, limit, backend, tag)
-        if found:
-            _say(f"resuming run {found}")
-            return found
-        _say(f"nothing to resume: no interrupted run of {', '.join(models)} with these tasks, limit, backend and "
-             f"tag in {store.root}/; starting a new run")
-    return new_run_id()
+    task_names = list(config.tasks)
+
+    def wanted(spec: ModelSpec) -> Settings:
+        return Settings(tuple(loaded), config.limit, config.backend,
+                        default_dtype(spec, config.device, config.dtype), config.generation, config.tag)
+
+    return start_run(store, config.run_id, config.resume, config.shard, specs, wanted, new_run_id,
+                     lambda: resumable_run_id(store, [s.alias for s in specs], task_names, config.limit,
+                                              config.backend, config.tag))
 
 
 def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:

@@ -59,5 +59,6 @@ def test_files_from_a_newer_evalsuite_are_refused_by_name(tmp_path):
     path = tmp_path / "runs" / "r9__m.parquet"
     pq.write_table(pa.Table.from_pylist([{"run_id": "r9", "model": "m"}], schema=schema), path)
     with pytest.raises(StoreError, match="upgrade evalsuite") as err:
-        store.runs()
+        store.runs(run_id="r9")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert store.runs().empty and store.unreadable == {path: str(err.value)}  # other runs stay readable

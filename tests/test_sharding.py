@@ -142,12 +142,19 @@ def test_mixed_counts_and_duplicates_are_errors(runs, tmp_path):
         run_views(_copy_shard0_as(runs, tmp_path / "dup", "shard1of2"), "sh")
 
 
-def test_rerun_of_a_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp_path):
+def test_rerun_of_an_interrupted_shard_replaces_its_files(runs, tiny_llama_dir, data_dir, tmp_path):
     rerun = tmp_path / "results"
     shutil.copytree(runs, rerun)
     before = sorted(p.name for p in (rerun / "samples").iterdir())
-    evaluate(str(tiny_llama_dir), "arc", limit=LIMITS, data_dir=data_dir, backend=BACKEND, results_dir=rerun,
-             progress=False, run_id="sh", shard=(1, 2))
+    store = ResultsStore(rerun)
+    row = {k: None if isinstance(v, float) and math.isnan(v) else v
+           for k, v in store.runs(run_id="sh", shard="1/2").drop(columns=["part"]).to_dict("records")[0].items()}
+    store.write_run({**row, "status": "interrupted"}, "shard1of2")
+    with pytest.raises(EvalsuiteError, match="already exists"):  # never rewritten without --resume
+        evaluate(str(tiny_llama_dir), TASKS, limit=LIMITS, data_dir=data_dir, backend=BACKEND, results_dir=rerun,
+                 progress=False, run_id="sh", shard=(1, 2))
+    evaluate(str(tiny_llama_dir), TASKS, limit=LIMITS, data_dir=data_dir, backend=BACKEND, results_dir=rerun,
+             progress=False, run_id="sh", shard=(1, 2), resume=True)
     assert sorted(p.name for p in (rerun / "samples").iterdir()) == before
     store = ResultsStore(rerun)
     assert len(store.samples(run_id="sh")) == len(store.samples(run_id="full"))

@@ -157,7 +157,8 @@ def test_run_id_reuse_and_resume_say_what_happens(tiny_llama_dir, data_dir, tmp_
     assert run(*common, "--run-id", "nightly", results=results) == 0
     assert run(*common, "--run-id", "nightly", results=results) == 2
     assert "run 'nightly' already exists" in capsys.readouterr().err
-    assert run(*common, "--run-id", "nightly", "--resume", results=results) == 0  # continue it explicitly
+    assert run(*common, "--run-id", "nightly", "--resume", results=results) == 2  # finished: never rewritten
+    assert "is finished (ok)" in capsys.readouterr().err
     assert len(run_views(results, "nightly")) == 1
     capsys.readouterr()
     assert run(*common, "--resume", "--tag", "other", results=results) == 0

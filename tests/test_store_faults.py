@@ -34,9 +34,10 @@ def test_an_unreadable_file_is_named_and_other_tables_stay_readable(tmp_path):
     broken = store.table_dir("scores") / "r0__m__arc.parquet"
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(StoreError) as err:
-        store.scores()
+        store.scores(run_id="r0")  # a read of the broken file's run names it
     message = str(err.value)
     assert str(broken) in message and "\n" not in message and "move it out" in message
+    assert len(store.scores()) == 1 and store.unreadable[broken] == message  # whole-table reads skip it, noted
     assert list(store.runs()["run_id"]) == ["r1"]  # the runs table is unaffected
     assert len(store.scores(run_id="r1")) == 1  # reads of other runs skip the broken file
 

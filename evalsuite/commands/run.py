@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="evaluate models on the leaderboard tasks",
         description="Evaluate models on tasks exactly as the Open LLM Leaderboard (v1) did, print the "
                     "leaderboard table and store every score and per-sample result as parquet. "
-                    "Exit status: 0 every task scored; 1 a task failed or had no data (the others still ran "
+                    "Exit status: 0 every task scored (with --shard: every task of this shard's part); 1 a task failed or had no data (the others still ran "
                     "and are stored; the table says why); 2 bad input found before anything ran; 130 "
                     "interrupted (Ctrl-C or SIGTERM: rerun with --resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
