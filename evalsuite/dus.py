@@ -60,6 +60,7 @@ class DusReport:
     out_dir: str | None = None
     dtype: str | None = None
     base_identity: str | None = None
+    base_files_hash: str | None = None
     notes: list[str] = field(default_factory=list)
     recovery: dict[str, Any] | None = None
 
@@ -171,40 +172,37 @@ def count_params(model: Any) -> int:
 # --- configs and bases ----------------------------------------------------------------------
 
 
-def load_config(base: str) -> Any:
-    """The base's config without weights: shipped JSON, local folder/JSON, converted GGUF or Hub."""
+def load_config(base: str, trust_remote_code: bool = False) -> Any:
+    """The base's config without weights: shipped JSON, local folder/JSON, converted GGUF or Hub.
+
+    A config that names its own code (``auto_map``) is refused without ``trust_remote_code``
+    before transformers sees it (:func:`evalsuite.models.check_remote_code`)."""
     from transformers import AutoConfig
 
     from .loading import materialize
-    from .models import resolve_model
+    from .models import check_remote_code, resolve_model
 
     if base in SHIPPED_CONFIGS:
-        return AutoConfig.from_pretrained(SHIPPED_CONFIGS[base])
+        return AutoConfig.from_pretrained(SHIPPED_CONFIGS[base], trust_remote_code=False)
     path = Path(os.path.expanduser(base))
     if path.suffix == ".json" and path.is_file():
-        return AutoConfig.from_pretrained(path)
-    spec = resolve_model(base)
-    if spec.kind == "hub":
-        try:
-            return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-        except OSError:
-            raise DusError(
-                f"cannot fetch the config of {spec.source} (offline or gated?); give a local model folder or a config.json path"
-            ) from None
-    source = materialize(spec)  # local folders as they are; GGUF/wheel converted once and cached
-    return AutoConfig.from_pretrained(source.path)
+        check_remote_code(path, trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    spec = resolve_model(base, trust_remote_code=trust_remote_code)
+    source = materialize(spec)  # local folders as they are; GGUF/wheel converted once; Hub: small files, pinned
+    return load_config_from_source(source)
 
 
-def dry_run_report(base: str, overlap: int) -> DusReport:
+def dry_run_report(base: str, overlap: int, trust_remote_code: bool = False) -> DusReport:
     """Build on the meta device from the config alone: layer and parameter counts, no weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = load_config(base)
+    config = load_config(base, trust_remote_code)
     check_config(config)
     check_overlap(config.num_hidden_layers, overlap)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     new = upscale(model, overlap)
     return _report(base, model, new, overlap, dry_run=True)
 
@@ -232,6 +230,8 @@ def build(
     dtype: str | None = None,
     recover_text: str | Path | None = None,
     recover_steps: int = 0,
+    trust_remote_code: bool = False,
+    verify_weights: bool = False,
 ) -> DusReport:
     """Up-scale a base (alias, Hub id, local folder or .gguf) and save it as an HF checkpoint.
 
@@ -239,16 +239,18 @@ def build(
     checkpoint is written to a temporary folder and moved into place, so a crash never leaves
     a half-written model that a later run would take for a finished one. ``recover_steps`` > 0
     runs a few continued-pretraining steps on ``recover_text`` (see :func:`recover`) first.
+    ``trust_remote_code`` allows a base that ships its own code; ``verify_weights`` hashes the
+    base's weights in full for its identity (see :func:`evalsuite.loading.weights_hash`).
     """
     if dry_run:
-        return dry_run_report(base_name_or_path, overlap)
+        return dry_run_report(base_name_or_path, overlap, trust_remote_code)
     if out_dir is None:
         raise DusError("no output folder; pass --out DIR (or use --dry-run)")
     if recover_steps and (recover_text is None or not Path(recover_text).is_file()):
         raise DusError(f"recovery needs text: pass --recover-text FILE, an existing plain-text file that is not benchmark data (got {recover_text})")
     from .loading import check_fits, load_transformers, resolve_and_materialize
 
-    source = resolve_and_materialize(base_name_or_path)
+    source = resolve_and_materialize(base_name_or_path, verify_weights, trust_remote_code=trust_remote_code)
     dtype = dtype or source.spec.dtype
     config = load_config_from_source(source)
     check_config(config)
@@ -260,7 +262,7 @@ def build(
     new = upscale(model, overlap)
     report = _report(
         base_name_or_path, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir).absolute()), dtype=dtype,
-        base_identity=source.identity,
+        base_identity=source.identity, base_files_hash=source.files_hash,
     )
     del model
     if recover_steps:
@@ -276,7 +278,15 @@ def build(
 def load_config_from_source(source: Any) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code)
+    from .models import check_remote_code
+
+    if Path(source.path).is_dir():
+        check_remote_code(source.path, source.spec.trust_remote_code, source.spec.source)
+    try:
+        return AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                          trust_remote_code=bool(source.spec.trust_remote_code))
+    except OSError:
+        raise DusError(f"cannot read the config of {source.path}; give a local model folder or a config.json path") from None
 
 
 def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport) -> None:
@@ -388,24 +398,30 @@ def parse_spec(spec: str) -> tuple[str, int]:
     return match["base"], int(match["overlap"])
 
 
-def build_cached(spec: str) -> Path:
-    """The folder of the up-scaled model for ``dus:BASE:M``, built once per base weights.
+def build_cached(spec: str, trust_remote_code: bool = False, verify_weights: bool = False) -> Path:
+    """The folder of the up-scaled model for ``dus:BASE:M``, built once per base content.
 
-    The folder name carries the base's weights hash, so new base weights give a new build
-    instead of a stale one under the same name.
+    The folder name carries a hash of the base's identity as the request cache keys it: the
+    weights (hash, or Hub commit) AND the other files (config, tokenizer, generation config,
+    code). A base whose weights or config changed gets a new build instead of a stale one under
+    the same name; the same base reuses its build. Weight hashes follow the size + mtime rule
+    of :func:`evalsuite.loading.weights_hash` unless ``verify_weights``.
     """
     from .loading import cache_dir, resolve_and_materialize
 
     base, overlap = parse_spec(spec)
-    source = resolve_and_materialize(base)
-    identity = source.identity
-    digest = identity.split(":", 1)[1] if identity.split(":", 1)[0].endswith("sha256") else hashlib.sha256(identity.encode()).hexdigest()
-    target = cache_dir() / "dus" / f"{safe_name(base)}-m{overlap}-{digest[:12]}"
+    source = resolve_and_materialize(base, verify_weights, trust_remote_code=trust_remote_code)
+    target = cache_dir() / "dus" / f"{safe_name(base)}-m{overlap}-{build_key(source)[:16]}"
     if (target / "config.json").is_file():
         return target
     print(f"evalsuite: building {spec} once into {target}", flush=True)
-    build(base, overlap, target, dtype=source.spec.dtype)
+    build(base, overlap, target, dtype=source.spec.dtype, trust_remote_code=trust_remote_code)  # hashes just refreshed
     return target
+
+
+def build_key(source: Any) -> str:
+    """sha256 over the base's weights identity and files hash (what a DUS build depends on)."""
+    return hashlib.sha256(json.dumps([source.identity, source.files_hash]).encode()).hexdigest()
 
 
 def safe_name(name: str) -> str:

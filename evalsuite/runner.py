@@ -142,6 +142,8 @@ def evaluate(
     data_parallel: int = 1,
     generation: str = "batched",
     dry_run: bool = False,
+    # -- issue 18 (consent branch): options for the lead to move into RunConfig ----------------
+    verify_weights: bool = False,
 ) -> EvalResult | Plan:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
@@ -155,13 +157,15 @@ def evaluate(
     the evalsuite engine's greedy decoding, ``batched`` (default) or ``exact`` (one prompt at a
     time, batch-size-1 arithmetic). ``dry_run=True`` evaluates and writes nothing and returns the
     :class:`~evalsuite.dryrun.Plan`: documents, requests, tokens per backend and estimated time
-    (:func:`evalsuite.dryrun.plan`).
+    (:func:`evalsuite.dryrun.plan`). ``verify_weights`` hashes local weights in full instead of
+    trusting the size + mtime cache (docs/safety.md).
     """
     if dry_run:
         from .dryrun import plan
 
         return plan(models, tasks, limit=limit, data_dir=data_dir, backend=backend, device=device, dtype=dtype,
-                    trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation)
+                    trust_remote_code=trust_remote_code, shard=shard, progress=progress, generation=generation,
+                    verify_weights=verify_weights)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
     device, model_names, task_names = check_selection(models, tasks, limit, backend, device)
     batch_size = parse_batch_size(batch_size)
@@ -188,13 +192,18 @@ def evaluate(
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from .hub import resolve_snapshot
+            from .models import check_remote_code
 
-            resolve_snapshot(spec.source, spec.revision)
+            check_remote_code(resolve_snapshot(spec.source, spec.revision)[1], spec.trust_remote_code, spec.source)
         if not spec.params:
             check_parallel(spec)
     root = resolve_data_dir(data_dir)
     store = ResultsStore(results_dir)
     store.check_writable()
+    if use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
+        from .cache import check_usable
+
+        check_usable()
     run_id = _choose_run_id(store, run_id, resume, shard, [s.alias for s in specs], task_names, limit, backend, tag)
 
     # -- phase 2: the tasks' data --------------------------------------------------------------
@@ -217,7 +226,7 @@ def evaluate(
         for spec in specs:
             _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
                             progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                            use_cache=use_cache, generation=generation)
+                            use_cache=use_cache, generation=generation, verify_weights=verify_weights)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
                       {t: why for t, (_, why) in unavailable.items()})
 
@@ -312,6 +321,7 @@ def _evaluate_model(
     data_parallel: int = 1,
     use_cache: bool = True,
     generation: str = "batched",
+    verify_weights: bool = False,
 ) -> None:
     dtype, dtype_note = resolve_dtype(spec, device, dtype)
     run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
@@ -338,7 +348,7 @@ def _evaluate_model(
 
     source = None
     try:
-        source = materialize(spec)
+        source = materialize(spec, verify_weights)
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
             check_fits(spec, dtype, device, params=param_count(source))
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)

@@ -25,14 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "prints held-out loss before and after")
     parser.add_argument("--recover-text", metavar="FILE",
                         help="plain text for --recover-steps; must not be benchmark data")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a base that ships its own Python code (auto_map) to run it; without it such a "
+                             "base is refused")
+    parser.add_argument("--verify-weights", action="store_true",
+                        help="hash the base's weight files in full instead of trusting the size + mtime cache "
+                             "(docs/safety.md)")
     parser.set_defaults(func=handle)
 
 
 def _overlap(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of layers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def default_out(base: str, overlap: int) -> str:
@@ -51,7 +60,8 @@ def handle(args: argparse.Namespace) -> int:
         raise DusError("--recover-text is used only with --recover-steps N; add it or drop --recover-text")
     out = None if args.dry_run else (args.out or default_out(args.base, args.overlap))
     report = build(args.base, args.overlap, out, dry_run=args.dry_run, dtype=args.dtype,
-                   recover_text=args.recover_text, recover_steps=args.recover_steps)
+                   recover_text=args.recover_text, recover_steps=args.recover_steps,
+                   trust_remote_code=args.trust_remote_code, verify_weights=args.verify_weights)
     for line in report.lines():
         print(line)
     if not args.dry_run:
