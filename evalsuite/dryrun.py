@@ -147,6 +147,12 @@ class Plan:
     def table(self) -> str:
         return "\n\n".join(m.table() for m in self.models)
 
+    @property
+    def exit_code(self) -> int:
+        """What the real run would exit with: 1 when a task has no data or broken data (it would be
+        recorded ``missing``/``failed`` and the others run), else 0."""
+        return 1 if any(m.unavailable for m in self.models) else 0
+
     def to_dict(self) -> dict[str, Any]:
         return {"models": [m.to_dict() for m in self.models]}
 
@@ -291,6 +297,7 @@ def plan(
     remeasure: bool = False,
     progress: bool = False,
     generation: str = "batched",
+    verify_weights: bool = False,
 ) -> Plan:
     """The dry-run plan of ``evaluate`` with the same arguments: counts and estimated time.
 
@@ -317,7 +324,7 @@ def plan(
     out = []
     for name in model_names:
         spec = resolve_model(name, trust_remote_code=trust_remote_code)
-        source = materialize(spec)
+        source = materialize(spec, verify_weights)
         chosen_dtype = default_dtype(spec, device, dtype)
         tokenizer, max_length = _tokenizer_and_length(source)
         speed = None
@@ -350,7 +357,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
     from .errors import EvalsuiteError
 
-    kwargs = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code}
+    kwargs = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         config = AutoConfig.from_pretrained(source.path, **kwargs)

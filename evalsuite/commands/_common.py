@@ -67,3 +67,17 @@ def log_after(args: argparse.Namespace, run_id: str) -> None:
         except EvalsuiteError as exc:
             print(f"warning: {exc}; retry with evalsuite.trackers.log_run('{args.log_to}', '{run_id}', "
                   f"'{args.results_dir}')", file=sys.stderr)
+
+
+def quiet_progress() -> None:
+    """``--no-progress``: off for every library's bars too, not only evalsuite's: transformers'
+    weight loading, the Hugging Face Hub's downloads and datasets' processing."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data_dir, add_results_dir, positive_int
+from ._common import add_data_dir, add_results_dir, positive_int, quiet_progress
 
 
 def _fraction(text: str) -> float:
@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from ..contamination import check
 
+    if args.no_progress:
+        quiet_progress()
     result = check(args.models, reference=args.reference, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir,
                    k=args.k, neighbours=args.neighbours, threshold=args.threshold, device=args.device,
                    dtype=args.dtype, results_dir=args.results_dir, trust_remote_code=args.trust_remote_code,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES
-from ._common import add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int
+from ._common import (add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int,
+                      quiet_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "leaderboard table and store every score and per-sample result as parquet. "
                     "Exit status: 0 every task scored; 1 a task failed or had no data (the others still ran "
                     "and are stored; the table says why); 2 bad input found before anything ran; 130 "
-                    "interrupted (Ctrl-C or SIGTERM: rerun with --resume).",
+                    "interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (rerun with --resume). A dry run exits as the "
+                    "run would: 1 when a task has no data or broken data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", default="smollm2",
@@ -66,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the latest interrupted run of the same models/tasks/limit/backend/tag (or "
                              "--run-id's) under its run id; says so when there is none. Without it an existing "
                              "--run-id is refused. Cached requests are never recomputed either way")
+    # -- issue 18 (consent branch): options for the lead to move into RunConfig ----------------
+    parser.add_argument("--verify-weights", action="store_true",
+                        help="hash local weight files in full instead of trusting the hash cached under their size "
+                             "and modification time (docs/safety.md)")
     parser.set_defaults(func=handle)
 
 
@@ -73,14 +79,17 @@ def handle(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
     scale = _scale_kwargs(args)
+    if args.no_progress:
+        quiet_progress()
     if args.dry_run:
         from ..dryrun import plan
 
-        print(plan(args.models, args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
-                   device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                   shard=scale["shard"], measure=not args.no_measure, progress=not args.no_progress,
-                   generation=args.generation).table())
-        return 0
+        planned = plan(args.models, args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
+                       device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                       shard=scale["shard"], measure=not args.no_measure, progress=not args.no_progress,
+                       generation=args.generation, verify_weights=args.verify_weights)
+        print(planned.table())
+        return planned.exit_code
     check_log_to(args)
     if args.log_to and scale["shard"]:
         from ..errors import EvalsuiteError
@@ -94,7 +103,7 @@ def handle(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, results_dir=args.results_dir, tag=args.tag,
         run_id=args.run_id, resume=args.resume, trust_remote_code=args.trust_remote_code,
         progress=not args.no_progress, use_cache=not args.no_cache, generation=args.generation,
-        **scale,
+        verify_weights=args.verify_weights, **scale,
     )
     print()
     print(result.table())
