@@ -71,9 +71,12 @@ def log_after(args: argparse.Namespace, run_id: str) -> None:
 
 def quiet_progress() -> None:
     """``--no-progress``: off for every library's bars too, not only evalsuite's: transformers'
-    weight loading, the Hugging Face Hub's downloads and datasets' processing."""
+    weight loading and GGUF conversion, the Hugging Face Hub's downloads and datasets'
+    processing (``TQDM_DISABLE`` is tqdm's default for bars that do not say; evalsuite's own
+    bars pass ``disable`` themselves)."""
     import os
 
+    os.environ["TQDM_DISABLE"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     from huggingface_hub.utils import disable_progress_bars
