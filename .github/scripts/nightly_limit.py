@@ -16,7 +16,7 @@ import sys
 #: Documents per task (per MMLU subject) on a CPU runner when NIGHTLY_LIMIT is unset.
 CPU_DEFAULT_LIMIT = 100
 #: The dry run's estimate for that limit on the reference CPU (hours), see docs/nightly.md.
-CPU_ESTIMATE_H = 2.6
+CPU_ESTIMATE_H = 2.9
 
 
 def choose_limit(limit: str, device: str) -> int | None:
