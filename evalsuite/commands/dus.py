@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_verify_weights
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a base that ships its own Python code (auto_map) to run it; without it such a "
                              "base is refused")
-    parser.add_argument("--verify-weights", action="store_true",
-                        help="hash the base's weight files in full instead of trusting the size + mtime cache "
-                             "(docs/safety.md)")
+    add_verify_weights(parser)
     parser.set_defaults(func=handle)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES
-from ._common import (add_data_dir, add_log_to, add_results_dir, batch_size, check_log_to, log_after, positive_int,
-                      quiet_progress)
+from ._common import (add_data_dir, add_log_to, add_results_dir, add_verify_weights, batch_size, check_log_to,
+                      log_after, positive_int, quiet_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,9 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--run-id's) under its run id; says so when there is none. Without it an existing "
                              "--run-id is refused. Cached requests are never recomputed either way")
     # -- issue 18 (consent branch): options for the lead to move into RunConfig ----------------
-    parser.add_argument("--verify-weights", action="store_true",
-                        help="hash local weight files in full instead of trusting the hash cached under their size "
-                             "and modification time (docs/safety.md)")
+    add_verify_weights(parser)
     parser.set_defaults(func=handle)
 
 
