@@ -122,9 +122,28 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
             if locked and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            raise EvalsuiteError(
+            raise UnusableCacheError(
                 f"request cache {path} is unusable ({exc}); delete it with `evalsuite cache clear` or run with --no-cache"
             ) from None
+
+
+class UnusableCacheError(EvalsuiteError):
+    """The request cache file is not a usable SQLite database (truncated, overwritten, corrupt)."""
+
+
+def check_usable(path: str | os.PathLike | None = None) -> None:
+    """Open the cache and read from it once, so that a corrupt file is refused before a run starts
+    (and before a run row is written) rather than after its first chunk of work."""
+    conn = connect(path or cache_path())
+    try:
+        conn.execute("SELECT key FROM requests LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise UnusableCacheError(
+            f"request cache {path or cache_path()} is unusable ({exc}); delete it with `evalsuite cache clear` or run "
+            f"with --no-cache"
+        ) from None
+    finally:
+        conn.close()
 
 
 class CachedLM(LM):
@@ -254,10 +273,27 @@ def info(path: str | os.PathLike | None = None) -> CacheInfo:
 
 
 def clear(path: str | os.PathLike | None = None, model: str | None = None) -> int:
-    """Delete every entry (or one model identity's); returns how many were deleted."""
+    """Delete every entry (or one model identity's); returns how many were deleted.
+
+    A file that is not a usable database (the error of every other command names this fix) is
+    removed with its WAL and shared-memory files when everything is cleared; -1 says so. Clearing
+    one model's entries from it is refused: its entries cannot be told apart."""
     path = Path(path or cache_path())
     if not path.exists():
         return 0
+    try:
+        check_usable(path)
+    except UnusableCacheError:
+        if model:
+            raise UnusableCacheError(f"request cache {path} is unusable, so one model's entries cannot be picked out "
+                                     f"of it; clear it all with `evalsuite cache clear` (no --model)") from None
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                file.unlink(missing_ok=True)
+            except OSError as exc:
+                raise EvalsuiteError(f"could not delete the unusable request cache {file} ({exc.strerror}); "
+                                     f"delete it by hand") from None
+        return -1
     conn = connect(path)
     try:
         if model:

@@ -161,11 +161,21 @@ def _ref(view: RunView, ref: str) -> RunRef:
 
 
 # -- the comparison ------------------------------------------------------------------------
+def check_thresholds(max_drop: float, alpha: float) -> None:
+    """--max-drop finite and >= 0, --alpha in (0, 1): NaN or infinity would make every verdict
+    "no regression" (every comparison with NaN is false), so they are refused, not used."""
+    import math
+
+    if not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EvalsuiteError(f"--max-drop must be a finite number of points >= 0 (e.g. 1.0), got {max_drop}")
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise EvalsuiteError(f"--alpha must be a significance level between 0 and 1 (e.g. 0.05), got {alpha}")
+
+
 def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, candidate_ref: str,
                  max_drop: float = DEFAULT_MAX_DROP, alpha: float = DEFAULT_ALPHA, force: bool = False) -> RunComparison:
     """Compare two stored runs task by task; raises :class:`ComparisonRefused` unless comparable."""
-    if max_drop < 0 or not 0 < alpha < 1:
-        raise EvalsuiteError(f"--max-drop must be >= 0 and --alpha in (0, 1), got {max_drop} and {alpha}")
+    check_thresholds(max_drop, alpha)
     base, cand = load_run(baseline_ref, store), load_run(candidate_ref, store)
     for side, view in (("baseline", base), ("candidate", cand)):
         if view.status in ("running", "incomplete"):

@@ -112,6 +112,9 @@ class RunConfig:
         metavar="I/N", group="scale")
     trust_remote_code: bool = _option(
         False, "allow a model's own Python code (registry models that need it are allowed already)")
+    verify_weights: bool = _option(
+        False, "hash every weight file in full for the model's identity (cache keys, DUS builds) instead of "
+               "trusting the size + mtime shortcut (docs/safety.md)")
     measure: bool = _option(
         True, "with --dry-run: skip the short timed forward of the model (no time estimate)", flag="--no-measure")
     remeasure: bool = _option(

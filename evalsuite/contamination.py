@@ -123,6 +123,16 @@ def default_rule(reference: bool, neighbours: int, threshold: float | None = Non
     return Rule("min_k", DEFAULT_MIN_K_THRESHOLD if threshold is None else threshold)
 
 
+def check_threshold(rule: Rule) -> None:
+    """A finite threshold, and for the neighbour rank (a fraction of neighbours) one in (0, 1]:
+    NaN flags nothing and 0 or infinity flag nothing or everything, whatever the model did."""
+    if not math.isfinite(rule.threshold):
+        raise EvalsuiteError(f"--threshold must be a finite number, got {rule.threshold}")
+    if rule.score == "neighbour_rank" and not 0 < rule.threshold <= 1:
+        raise EvalsuiteError(f"--threshold is a fraction of neighbours with --reference, in (0, 1] (default "
+                             f"{NEIGHBOUR_THRESHOLD}), got {rule.threshold}")
+
+
 # -- documents -------------------------------------------------------------------------------
 def document_text(task: str, doc: dict[str, Any]) -> str:
     """The text whose likelihood is checked: the benchmark's own fields, no prompt template."""
@@ -368,6 +378,7 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     config = config.validate()
     names, device, dtype, batch_size = list(config.models), config.device, config.dtype, config.batch_size
     trust_remote_code, progress, results_dir = config.trust_remote_code, config.progress, config.results_dir
+    check_threshold(default_rule(reference is not None, neighbours, threshold))
     _check_models([*names, *([reference] if reference is not None else [])], device, dtype, trust_remote_code)
     rule = default_rule(reference is not None, neighbours, threshold)
     docs = load_documents(list(config.tasks), config.data_dir, config.limit)

@@ -149,6 +149,12 @@ class CostPlan:
     def table(self) -> str:
         return "\n\n".join(m.table() for m in self.models)
 
+    @property
+    def exit_code(self) -> int:
+        """What the real run would exit with: 1 when a task has no data or broken data (it would be
+        recorded ``missing``/``failed`` and the others run), else 0."""
+        return 1 if any(m.unavailable for m in self.models) else 0
+
     def to_dict(self) -> dict[str, Any]:
         return {"models": [m.to_dict() for m in self.models]}
 
@@ -186,7 +192,7 @@ def plan_cost(
     out = []
     for name in config.models:
         spec = resolve_model(name, trust_remote_code=config.trust_remote_code)
-        source = materialize(spec)
+        source = materialize(spec, config.verify_weights)
         chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
         tokenizer, max_length = _tokenizer_and_length(source)
         speed = None
@@ -221,7 +227,7 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
     from .backends.engine.tokenize import resolve_max_length
 
-    kwargs = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code}
+    kwargs = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         config = AutoConfig.from_pretrained(source.path, **kwargs)

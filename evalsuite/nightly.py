@@ -49,13 +49,16 @@ def nightly(
 
     The run's options are a :class:`~evalsuite.config.RunConfig` (or its fields as keyword
     arguments, without progress bars unless asked); the run is tagged ``nightly-YYYY-MM-DD``
-    unless it has a tag, and resumes an interrupted run of the same command.
+    unless it has a tag, and resumes an interrupted run of the same command. The baseline ref
+    and the thresholds are checked before anything is evaluated: a ref that names no run costs
+    nothing and stores nothing (:func:`check_inputs`).
     """
     from .runner import evaluate
 
     if config is None:
         options.setdefault("progress", False)
     config = RunConfig.build(config, models=model, **options)
+    baseline = check_inputs(config.results_dir, baseline, max_drop, alpha)
     tag = config.tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
     result = evaluate(config=RunConfig.build(config, tag=tag, resume=True))
     results_dir = config.results_dir
@@ -82,6 +85,25 @@ def nightly(
     md_path.write_text(comparison.markdown())
     json_path.write_text(comparison.to_json())
     return NightlyResult(result.run_id, result.models[0], comparison, False, md_path, json_path, run_code)
+
+
+def check_inputs(results_dir: str | Path, baseline: str | None, max_drop: float, alpha: float) -> str | None:
+    """What the comparison will need, checked up front: finite thresholds, and a baseline that
+    resolves now (the given ref, else the stored baseline file when there is one: unreadable or
+    pointing at a run that is gone is refused; none at all is the first night).
+
+    A given ref is returned pinned as ``RUN@MODEL``: ``latest`` or a model name resolved after
+    the run would name the new run itself."""
+    from .compare import check_thresholds
+    from .results import load_run
+
+    check_thresholds(max_drop, alpha)
+    if baseline is not None:
+        view = load_run(baseline, results_dir)
+        return f"{view.run_id}@{view.model}"
+    if read_baseline(results_dir) is not None:
+        load_run("baseline", results_dir)
+    return None
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -158,7 +158,8 @@ def evaluate(
     ``batched`` (default) or ``exact`` (one prompt at a time, batch-size-1 arithmetic).
     ``dry_run=True`` evaluates and writes nothing and returns the
     :class:`~evalsuite.dryrun.CostPlan`: documents, requests, tokens per backend and estimated
-    time (:func:`evalsuite.dryrun.plan_cost`).
+    time (:func:`evalsuite.dryrun.plan_cost`). ``verify_weights`` hashes local weights in full
+    instead of trusting the size + mtime cache (docs/safety.md).
     """
     config = RunConfig.build(config, models=models, tasks=tasks, **options)
     if dry_run:
@@ -186,8 +187,9 @@ def evaluate(
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from .models.hub import resolve_snapshot
+            from .models.registry import check_remote_code
 
-            resolve_snapshot(spec.source, spec.revision)
+            check_remote_code(resolve_snapshot(spec.source, spec.revision)[1], spec.trust_remote_code, spec.source)
         if not spec.params:
             check_parallel(spec)
     root = resolve_data_dir(config.data_dir)
@@ -196,6 +198,10 @@ def evaluate(
     from .ownership import assign_model_keys
 
     specs = assign_model_keys(store, specs)
+    if config.use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
+        from .cache import check_usable
+
+        check_usable()
 
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
@@ -279,7 +285,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
     source = None
     try:
-        source = materialize(spec)
+        source = materialize(spec, config.verify_weights)
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
             check_fits(spec, dtype, device, params=param_count(source))
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)

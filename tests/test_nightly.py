@@ -118,3 +118,69 @@ def test_nightly_passes_on_itself_and_fails_on_a_degraded_copy(models, data_dir,
     # comparing against an explicit ref works too, and the baseline did not move
     assert main(["compare", "tag:night-1", "tag:night-2", "--results-dir", str(results)]) == 0
     assert read_baseline(results)["tag"] == "night-1"
+
+
+# -- the workflow (issue 18: a nightly that finishes and remembers) -------------------------------
+WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "nightly-eval.yml"
+LIMIT_SCRIPT = WORKFLOW.parent.parent / "scripts" / "nightly_limit.py"
+
+
+def _limit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nightly_limit", LIMIT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workflow_keeps_the_store_in_an_artifact_chain_and_caches_only_the_request_cache():
+    import yaml
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    job = workflow["jobs"]["nightly"]
+    steps = {step.get("name"): step for step in job["steps"]}
+    assert job["timeout-minutes"] <= 360
+    assert workflow["permissions"]["actions"] == "read"
+    restore = steps["Restore the results store"]
+    assert restore["uses"].startswith("actions/download-artifact@") and restore["with"]["name"] == "nightly-store"
+    assert "steps.previous.outputs.run_id" in restore["with"]["run-id"]
+    keep = steps["Keep the results store for the next night"]
+    assert keep["uses"].startswith("actions/upload-artifact@") and "always()" in keep["if"]
+    assert "steps.nightly.outcome != 'skipped'" in keep["if"]
+    assert keep["with"]["name"] == "nightly-store" and keep["with"]["retention-days"] >= 30
+    for step in job["steps"]:  # the Actions cache holds the request cache only, never the store
+        if str(step.get("uses", "")).startswith("actions/cache"):
+            assert step["with"]["path"].strip() == "${{ env.EVALSUITE_CACHE }}"
+    choose = steps["Choose the document limit"]["run"]
+    assert "nightly_limit.py" in choose and "GITHUB_ENV" in choose
+    order = [step.get("name") for step in job["steps"]]
+    assert order.index("Choose the document limit") < order.index("Evaluate and compare with the baseline")
+    assert order.index("Restore the results store") < order.index("Evaluate and compare with the baseline")
+
+
+@pytest.mark.parametrize("limit,device,expected", [
+    ("", "cpu", "default"), ("", "", "default"), ("", "cuda", None), ("", "cuda:1", None),
+    ("25", "cpu", 25), ("25", "cuda", 25), ("all", "cpu", None), (" ALL ", "cuda", None),
+])
+def test_nightly_limit_defaults(limit, device, expected):
+    module = _limit_module()
+    want = module.CPU_DEFAULT_LIMIT if expected == "default" else expected
+    assert module.choose_limit(limit, device) == want
+
+
+@pytest.mark.parametrize("limit,device", [("0", "cpu"), ("-3", "cpu"), ("1.5", "cpu"), ("ten", "cpu"), ("", "tpu")])
+def test_nightly_limit_refuses_bad_values(limit, device, capsys):
+    module = _limit_module()
+    assert module.main([limit, device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: NIGHTLY_")
+
+
+def test_default_cpu_limit_fits_the_job_limit_by_the_documented_estimate():
+    """The default's dry-run estimate (docs/nightly.md) leaves more than half of the 6 h job for
+    installing, converting the model and the estimate's own error (GSM8K runs up to 1.7x over)."""
+    module = _limit_module()
+    assert 0 < module.CPU_ESTIMATE_H * 1.7 < 6 - 1
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "nightly.md").read_text()
+    assert f"--limit {module.CPU_DEFAULT_LIMIT}" in docs

@@ -44,3 +44,26 @@ def log_after(args: argparse.Namespace, run_id: str) -> None:
         except EvalsuiteError as exc:
             print(f"warning: {exc}; retry with evalsuite.trackers.log_run('{args.log_to}', '{run_id}', "
                   f"'{args.results_dir}')", file=sys.stderr)
+
+
+def quiet_progress() -> None:
+    """``--no-progress``: off for every library's bars too, not only evalsuite's: transformers'
+    weight loading and GGUF conversion, the Hugging Face Hub's downloads and datasets'
+    processing (``TQDM_DISABLE`` is tqdm's default for bars that do not say; evalsuite's own
+    bars pass ``disable`` themselves)."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
+def add_verify_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify-weights", action="store_true",
+                        help="hash local weight files in full instead of trusting the hash cached under their size "
+                             "and modification time (docs/safety.md)")

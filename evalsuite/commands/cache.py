@@ -36,5 +36,8 @@ def handle_clear(args: argparse.Namespace) -> int:
     from ..cache import cache_path, clear
 
     deleted = clear(model=args.model)
-    print(f"deleted {deleted} cached responses from {cache_path()}")
+    if deleted < 0:
+        print(f"deleted the unusable request cache {cache_path()} (a new one is created on the next run)")
+    else:
+        print(f"deleted {deleted} cached responses from {cache_path()}")
     return 0

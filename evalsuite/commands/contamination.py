@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import add_option, add_run_options
+from ._common import quiet_progress
 
 
 def _fraction(text: str) -> float:
@@ -46,7 +47,10 @@ def handle(args: argparse.Namespace) -> int:
     from ..config import RunConfig
     from ..contamination import check
 
-    result = check(config=RunConfig.from_args(args), reference=args.reference, k=args.k, neighbours=args.neighbours,
+    config = RunConfig.from_args(args)
+    if not config.progress:
+        quiet_progress()
+    result = check(config=config, reference=args.reference, k=args.k, neighbours=args.neighbours,
                    threshold=args.threshold)
     print()
     print(result.table())

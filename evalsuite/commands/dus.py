@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..models.dus import DusReport
 
+from ._common import add_verify_weights
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,14 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "prints held-out loss before and after")
     parser.add_argument("--recover-text", metavar="FILE",
                         help="plain text for --recover-steps; must not be benchmark data")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a base that ships its own Python code (auto_map) to run it; without it such a "
+                             "base is refused")
+    add_verify_weights(parser)
     parser.set_defaults(func=handle)
 
 
 def _overlap(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of layers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def default_out(base: str, overlap: int) -> str:
@@ -48,18 +57,22 @@ def default_out(base: str, overlap: int) -> str:
 
 
 def build(base: str, overlap: int, out_dir: str | Path | None, dry_run: bool = False, dtype: str | None = None,
-          recover_text: str | Path | None = None, recover_steps: int = 0) -> DusReport:
+          recover_text: str | Path | None = None, recover_steps: int = 0, trust_remote_code: bool = False,
+          verify_weights: bool = False) -> DusReport:
     """Up-scale the base a user named (alias, Hub id, local folder, .gguf, or for ``dry_run`` also
     a config.json): the dry run from its config alone, else from its materialized weights.
-    The request is checked before the base is resolved, so a bad one costs nothing."""
+    The request is checked before the base is resolved, so a bad one costs nothing. A base that
+    ships its own code is refused without ``trust_remote_code``; ``verify_weights`` hashes the
+    base's weights in full for its identity."""
     from ..models import dus
     from ..models.source import model_config, resolve_and_materialize
 
     if dry_run:
-        return dus.dry_run_report(model_config(base), base, overlap)
+        return dus.dry_run_report(model_config(base, trust_remote_code), base, overlap, trust_remote_code)
     dus.check_request(out_dir, recover_text, recover_steps)
-    return dus.build(resolve_and_materialize(base), overlap, out_dir, name=base, dtype=dtype,
-                     recover_text=recover_text, recover_steps=recover_steps)
+    source = resolve_and_materialize(base, verify_weights, trust_remote_code=trust_remote_code)
+    return dus.build(source, overlap, out_dir, name=base, dtype=dtype, recover_text=recover_text,
+                     recover_steps=recover_steps)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -71,7 +84,8 @@ def handle(args: argparse.Namespace) -> int:
         raise DusError("--recover-text is used only with --recover-steps N; add it or drop --recover-text")
     out = None if args.dry_run else (args.out or default_out(args.base, args.overlap))
     report = build(args.base, args.overlap, out, dry_run=args.dry_run, dtype=args.dtype,
-                   recover_text=args.recover_text, recover_steps=args.recover_steps)
+                   recover_text=args.recover_text, recover_steps=args.recover_steps,
+                   trust_remote_code=args.trust_remote_code, verify_weights=args.verify_weights)
     for line in report.lines():
         print(line)
     if not args.dry_run:

@@ -27,7 +27,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..tasks import LoadedTask, expand_tasks, load_spec
 
     names = expand_tasks([args.task])
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    out = _open_out(args.out) if args.out else sys.stdout
     try:
         for name in names:
             task = LoadedTask(load_spec(name), resolve_data_dir(args.data_dir))
@@ -37,3 +37,15 @@ def handle(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def _open_out(path: str):
+    """``--out FILE`` opened for writing; a folder, a path under a file or a missing or read-only
+    folder is one line naming the path, not a traceback."""
+    from ..errors import EvalsuiteError
+
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise EvalsuiteError(f"cannot write --out {path} ({exc.strerror}); give a file path in an existing, "
+                             f"writable folder") from None

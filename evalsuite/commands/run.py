@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..config import add_run_options
-from ._common import add_log_to, check_log_to, log_after, positive_int
+from ._common import add_log_to, check_log_to, log_after, positive_int, quiet_progress
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "leaderboard table and store every score and per-sample result as parquet. "
                     "Exit status: 0 every task scored (with --shard: every task of this shard's part); 1 a task failed or had no data (the others still ran "
                     "and are stored; the table says why); 2 bad input found before anything ran; 130 "
-                    "interrupted (Ctrl-C or SIGTERM: rerun with --resume).",
+                    "interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (rerun with --resume). A dry run exits as the "
+                    "run would: 1 when a task has no data or broken data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scale = parser.add_argument_group("running at scale (docs/scaling.md)")
@@ -42,11 +43,14 @@ def handle(args: argparse.Namespace) -> int:
     if args.shard and (args.ray or args.shards):
         raise EvalsuiteError("--shard runs one shard here; --ray with --shards N runs all N: give one or the other")
     config = RunConfig.from_args(args).validate(gpu=False)  # the GPU is checked after the models (evaluate)
+    if not config.progress:
+        quiet_progress()
     if args.dry_run:
         from ..dryrun import plan_cost
 
-        print(plan_cost(config=config).table())
-        return 0
+        planned = plan_cost(config=config)
+        print(planned.table())
+        return planned.exit_code
     check_log_to(args)
     if args.log_to and config.shard:
         raise EvalsuiteError("--log-to logs a whole run, not one shard: once all shards are in, log the merged "

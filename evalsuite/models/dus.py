@@ -65,6 +65,7 @@ class DusReport:
     out_dir: str | None = None
     dtype: str | None = None
     base_identity: str | None = None
+    base_files_hash: str | None = None
     notes: list[str] = field(default_factory=list)
     recovery: dict[str, Any] | None = None
 
@@ -176,7 +177,7 @@ def count_params(model: Any) -> int:
 # --- from a config or a resolved base -------------------------------------------------------
 
 
-def dry_run_report(config: Any, name: str, overlap: int) -> DusReport:
+def dry_run_report(config: Any, name: str, overlap: int, trust_remote_code: bool = False) -> DusReport:
     """Build on the meta device from the base's config alone: layer and parameter counts, no weights."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -184,7 +185,7 @@ def dry_run_report(config: Any, name: str, overlap: int) -> DusReport:
     check_config(config)
     check_overlap(config.num_hidden_layers, overlap)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     new = upscale(model, overlap)
     return _report(name, model, new, overlap, dry_run=True)
 
@@ -229,6 +230,8 @@ def build(
     checkpoint is written to a temporary folder and moved into place, so a crash never leaves
     a half-written model that a later run would take for a finished one. ``recover_steps`` > 0
     runs a few continued-pretraining steps on ``recover_text`` (see :func:`recover`) first.
+    The base's remote code and weights identity were settled when it was materialized
+    (``--trust-remote-code``, ``--verify-weights``: :func:`evalsuite.models.source.materialize`).
     """
     check_request(out_dir, recover_text, recover_steps)
     assert out_dir is not None
@@ -243,7 +246,7 @@ def build(
     new = upscale(model, overlap)
     report = _report(
         name or base.spec.alias, model, new, overlap, dry_run=False, out_dir=str(Path(out_dir).absolute()),
-        dtype=dtype, base_identity=base.identity,
+        dtype=dtype, base_identity=base.identity, base_files_hash=base.files_hash,
     )
     del model
     if recover_steps:
@@ -259,7 +262,15 @@ def build(
 def load_config_from_source(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.spec.trust_remote_code)
+    from .registry import check_remote_code
+
+    if Path(source.path).is_dir():
+        check_remote_code(source.path, source.spec.trust_remote_code, source.spec.source)
+    try:
+        return AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                          trust_remote_code=bool(source.spec.trust_remote_code))
+    except OSError:
+        raise DusError(f"cannot read the config of {source.path}; give a local model folder or a config.json path") from None
 
 
 def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport) -> None:
@@ -364,18 +375,19 @@ def parse_spec(spec: str) -> tuple[str, int]:
 
 def cached_folder(base: ModelSource, overlap: int, name: str) -> Path:
     """Where :func:`build_cached` keeps the build of base ``name`` (as the user wrote it) with
-    ``overlap``: the folder name carries the base's weights hash (or a hash of its Hub identity)."""
-    identity = base.identity
-    digest = identity.split(":", 1)[1] if identity.split(":", 1)[0].endswith("sha256") else hashlib.sha256(identity.encode()).hexdigest()
-    return cache_dir() / "dus" / f"{safe_name(name)}-m{overlap}-{digest[:12]}"
+    ``overlap``: the folder name carries :func:`build_key` of the base."""
+    return cache_dir() / "dus" / f"{safe_name(name)}-m{overlap}-{build_key(base)[:16]}"
 
 
 def build_cached(base: ModelSource, overlap: int, name: str) -> Path:
     """The folder of the up-scaled model of ``base`` (named ``name`` in ``dus:NAME:M``), built
-    once per base weights.
+    once per base content.
 
-    The folder name carries the base's weights hash, so new base weights give a new build
-    instead of a stale one under the same name.
+    The folder name carries a hash of the base's identity as the request cache keys it: the
+    weights (hash, or Hub commit) AND the other files (config, tokenizer, generation config,
+    code). A base whose weights or config changed gets a new build instead of a stale one under
+    the same name; the same base reuses its build. Weight hashes follow the size + mtime rule
+    of :func:`evalsuite.models.identity.weights_hash` unless ``--verify-weights``.
     """
     target = cached_folder(base, overlap, name)
     if (target / "config.json").is_file():
@@ -383,6 +395,11 @@ def build_cached(base: ModelSource, overlap: int, name: str) -> Path:
     print(f"evalsuite: building dus:{name}:{overlap} once into {target}", flush=True)
     build(base, overlap, target, name=name, dtype=base.spec.dtype)
     return target
+
+
+def build_key(source: Any) -> str:
+    """sha256 over the base's weights identity and files hash (what a DUS build depends on)."""
+    return hashlib.sha256(json.dumps([source.identity, source.files_hash]).encode()).hexdigest()
 
 
 def safe_name(name: str) -> str:

@@ -76,8 +76,8 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF file to a safetensors Hugging Face folder, written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     # The dequantized tensors are plain floats; drop the GGUF marker so the model can be saved.
     model.config.quantization_config = None
     delattr(model.config, "quantization_config")

@@ -45,15 +45,21 @@ class ModelSource:
         return self.weights_hash or f"{self.path}@{self.revision or 'main'}"
 
 
-def weights_hash(folder: Path) -> str:
-    """A hash of the weight files in ``folder`` (cached by size and mtime): what was evaluated."""
+def weights_hash(folder: Path, verify: bool = False) -> str:
+    """A hash of the weight files in ``folder``: what was evaluated.
+
+    Hashing gigabytes on every run costs minutes, so a file's hash is cached under its path,
+    size and modification time (:func:`cached_file_hash`): a file rewritten in place with the
+    same size AND its old mtime restored (``cp -p``, ``touch -r``, some sync tools) keeps its
+    old hash. ``verify=True`` (``--verify-weights``) hashes every file in full and refreshes
+    the cache."""
     files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
         raise UnknownModelError(f"{folder} holds no weight files (*.safetensors or *.bin)")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        digest.update(cached_file_hash(path).encode())
+        digest.update(cached_file_hash(path, verify).encode())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -70,8 +76,9 @@ def files_hash(folder: str | os.PathLike) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def cached_file_hash(path: Path) -> str:
-    """The sha256 of one file, from the index while its path, size and mtime are unchanged."""
+def cached_file_hash(path: Path, verify: bool = False) -> str:
+    """The sha256 of one file, from the index while its path, size and mtime are unchanged
+    (``verify``: computed afresh and the index refreshed)."""
     stat = path.stat()
     index_path = cache_dir() / HASH_INDEX
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -79,7 +86,7 @@ def cached_file_hash(path: Path) -> str:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    if key not in index:
+    if verify or key not in index:
         index[key] = file_sha256(path)
         write_text(index_path, json.dumps(index))
     return index[key]

@@ -30,7 +30,7 @@ def config_dtype(spec: ModelSpec) -> str | None:
     if spec.kind not in ("hub", "local"):
         return None
     try:
-        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=bool(spec.trust_remote_code),
                                             **local_only(spec.kind))
     except (OSError, ValueError):
         return None
@@ -65,7 +65,7 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
 
     from ..compat import clean_up_like_period_transformers
 
-    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.spec.trust_remote_code,
+    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code),
                               **local_only(source.spec.kind)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)

@@ -10,6 +10,7 @@ id, a local directory, a ``.gguf`` file, a ``dus:BASE:M`` spec) resolves to the 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -101,8 +102,9 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
         spec = REGISTRY[name]
         return replace(spec, revision=revision) if revision else spec
     if match := DUS_SPEC.match(name):
-        resolve_model(match["base"])  # the base must resolve too
-        return ModelSpec(name, name, kind="dus", arch=None, dtype="float32", notes=f"depth up-scaled {match['base']}")
+        base = resolve_model(match["base"], trust_remote_code=trust_remote_code)  # the base must resolve too
+        return ModelSpec(name, name, kind="dus", arch=None, dtype="float32", notes=f"depth up-scaled {match['base']}",
+                         trust_remote_code=base.trust_remote_code)
     path = Path(os.path.expanduser(name))
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -111,6 +113,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"{path} has no config.json; give a Hugging Face model folder (save_pretrained output)")
+        check_remote_code(path, trust_remote_code)
         return ModelSpec(path.name, str(path.resolve()), kind="local", dtype="float32", trust_remote_code=trust_remote_code)
     if path.is_file():
         raise UnknownModelError(f"{path} is a file; give a model folder (with config.json), a .gguf file or a Hub id")
@@ -125,3 +128,44 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
         f"unknown model '{name}': {hint}use an alias from `evalsuite models`, a Hub id (org/name), "
         f"a local model folder, a .gguf file or dus:BASE:M"
     )
+
+
+#: Files of a model folder whose ``auto_map`` names Python code that transformers would import.
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def remote_code_of(target: str | os.PathLike) -> list[str]:
+    """The ``auto_map`` entries (e.g. ``modeling_x.XForCausalLM``) a model folder, or a single
+    config ``.json`` file, asks transformers to import: its own Python code. Unreadable files
+    name none (transformers then fails on them with its own error, which callers report)."""
+    path = Path(target)
+    files = [path] if path.is_file() else [path / name for name in REMOTE_CODE_FILES]
+    found: list[str] = []
+    for file in files:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if isinstance(auto_map, dict):
+            for value in auto_map.values():
+                found.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+        elif auto_map:
+            found.append(str(auto_map))
+    return sorted(set(found))
+
+
+def check_remote_code(target: str | os.PathLike, trust_remote_code: bool, name: str | None = None) -> None:
+    """Refuse, before transformers sees it, a model that brings its own Python code unless the
+    user passed ``--trust-remote-code``. transformers would otherwise ask "run the custom code?
+    [y/N]" on the terminal (and run it on "y") or raise a multi-line error: consent must be
+    the user's flag, never an answer to a prompt they did not expect."""
+    if trust_remote_code:
+        return
+    code = remote_code_of(target)
+    if code:
+        shown = ", ".join(code[:3]) + (", ..." if len(code) > 3 else "")
+        raise UnknownModelError(
+            f"{name or target} ships its own Python code ({shown}) that loading it would run; read that code and "
+            f"pass --trust-remote-code to allow it, or use a model without auto_map"
+        )

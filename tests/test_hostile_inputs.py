@@ -1,0 +1,293 @@
+"""Issue 18, items 3, 4, 7 and the smaller cases: hostile input meets the real command line.
+
+Every case runs the real CLI on real files and checks the exit status, that the error is one
+line naming the fix, and what the results store (and the caches) held before and after:
+refused input writes nothing, a model's own Python code never runs without consent, a DUS
+build never outlives a change of its base, and every check happens before any evaluation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalsuite.cli import main
+from evalsuite.fewshot import v1_schedule
+
+ARC = Path("allenai__ai2_arc") / "ARC-Challenge"
+WINOGRANDE = Path("winogrande")
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real command in a fresh process, standard input closed (no prompt can be answered)."""
+    return subprocess.run([sys.executable, "-m", "evalsuite.cli", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=timeout)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its content (empty when ``root`` does not exist)."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def winogrande_only(tmp_path: Path, data_dir: Path) -> Path:
+    """A data folder with Winogrande only (ARC and the others have no data there)."""
+    root = tmp_path / "data"
+    shutil.copytree(data_dir / WINOGRANDE, root / WINOGRANDE)
+    return root
+
+
+# -- remote code only with consent ---------------------------------------------------------------
+def remote_code_model(folder: Path, marker: Path, *, in_tokenizer: bool = False) -> Path:
+    """A model folder whose config names its own Python code (``auto_map``); importing that code
+    writes ``marker``, so a test sees whether it ran. The rest is a real tiny Llama checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
+    code = (f"from pathlib import Path\nPath({str(marker)!r}).write_text('the custom code ran')\n"
+            "from transformers import LlamaConfig, LlamaForCausalLM\n"
+            "class MarkerConfig(LlamaConfig):\n    model_type = 'marker_llama'\n"
+            "class MarkerForCausalLM(LlamaForCausalLM):\n    config_class = MarkerConfig\n")
+    (folder / "modeling_marker.py").write_text(code)
+    auto_map = {"AutoConfig": "modeling_marker.MarkerConfig", "AutoModelForCausalLM": "modeling_marker.MarkerForCausalLM"}
+    config = json.loads((folder / "config.json").read_text())
+    if in_tokenizer:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": [
+            "modeling_marker.MarkerTokenizer", None]}}))
+    else:
+        config.update(model_type="marker_llama", auto_map=auto_map)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+REMOTE_CODE_COMMANDS = {
+    "run": ["run", "--models", "{model}", "--tasks", "winogrande", "--limit", "2"],
+    "run --dry-run": ["run", "--dry-run", "--models", "{model}", "--tasks", "winogrande", "--limit", "2"],
+    "run dus:": ["run", "--models", "dus:{model}:1", "--tasks", "winogrande", "--limit", "2"],
+    "contamination": ["contamination", "--models", "{model}", "--tasks", "winogrande", "--limit", "2"],
+    "contamination --reference": ["contamination", "--models", "smollm2", "--reference", "{model}",
+                                  "--tasks", "winogrande", "--limit", "2"],
+    "dus": ["dus", "{model}", "--overlap", "1", "--out", "{tmp}/built"],
+    "dus --dry-run": ["dus", "{model}", "--overlap", "1", "--dry-run"],
+    "dus config.json": ["dus", "{model}/config.json", "--overlap", "1", "--dry-run"],
+}
+
+
+@pytest.mark.parametrize("in_tokenizer", [False, True], ids=["config", "tokenizer_config"])
+@pytest.mark.parametrize("command", list(REMOTE_CODE_COMMANDS))
+def test_remote_code_never_runs_without_the_flag(command, in_tokenizer, tmp_path, data_dir):
+    if in_tokenizer and command == "dus config.json":
+        pytest.skip("a config.json file alone has no tokenizer config")
+    marker = tmp_path / "marker"
+    model = remote_code_model(tmp_path / "custom", marker, in_tokenizer=in_tokenizer)
+    results = tmp_path / "results"
+    args = [a.format(model=model, tmp=tmp_path) for a in REMOTE_CODE_COMMANDS[command]]
+    if args[0] in ("run", "contamination"):
+        args += ["--data-dir", str(data_dir), "--results-dir", str(results)]
+    before = files(tmp_path)
+    proc = cli(*args, env={"EVALSUITE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "--trust-remote-code" in one_line(proc) and "modeling_marker" in one_line(proc)
+    assert "[y/N]" not in proc.stdout + proc.stderr
+    assert not marker.exists()
+    assert files(tmp_path) == before  # nothing written: no results, no build, no cache entries
+
+
+def test_the_flag_is_what_lets_the_code_run(tmp_path):
+    """The control: with --trust-remote-code the same folder's code does run (so the marker test
+    above can fail), and DUS then refuses the unknown model type in one line."""
+    marker = tmp_path / "marker"
+    model = remote_code_model(tmp_path / "custom", marker)
+    proc = cli("dus", str(model), "--overlap", "1", "--dry-run", "--trust-remote-code",
+               env={"EVALSUITE_CACHE": str(tmp_path / "cache")})
+    assert marker.exists()
+    assert proc.returncode == 2 and "marker_llama" in one_line(proc)
+
+
+# -- content-keyed DUS builds ----------------------------------------------------------------------
+def dus_builds(cache: Path) -> list[str]:
+    root = cache / "dus"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def test_dus_build_follows_the_base_content(tmp_path, data_dir, tiny_llama_dir):
+    """dus:BASE:M rebuilds when the base's config or weights change; the same base reuses its build;
+    weights rewritten with the same size and mtime need --verify-weights (the documented rule)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama_dir, base)
+    cache = tmp_path / "cache"
+    data = winogrande_only(tmp_path, data_dir)
+    env = {"EVALSUITE_CACHE": str(cache)}
+
+    def dry_run(*extra: str) -> list[str]:
+        proc = cli("run", "--dry-run", "--no-measure", "--models", f"dus:{base}:1", "--tasks", "winogrande",
+                   "--limit", "2", "--data-dir", str(data), *extra, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return dus_builds(cache)
+
+    first = dry_run()
+    assert len(first) == 1
+    assert dry_run() == first  # same base: the build is reused
+    config = json.loads((base / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-3
+    (base / "config.json").write_text(json.dumps(config))
+    second = dry_run()
+    assert len(second) == 2  # the changed config gets its own build, the old one is not served
+    new = (set(second) - set(first)).pop()
+    assert json.loads((cache / "dus" / new / "config.json").read_text())["rms_norm_eps"] == 1e-3
+
+    weights = base / "model.safetensors"
+    stat = weights.stat()
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0  # same shapes and dtypes: the same size on disk
+    save_file(tensors, weights, metadata={"format": "pt"})
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
+    assert dry_run() == second  # size + mtime unchanged: the cached hash stands (documented)
+    third = dry_run("--verify-weights")
+    assert len(third) == 3  # hashed in full: new weights, new build
+    rebuilt = (set(third) - set(second)).pop()
+    built = load_file(cache / "dus" / rebuilt / "model.safetensors")
+    torch.testing.assert_close(built[name], tensors[name])
+
+
+# -- validate everything first -------------------------------------------------------------------
+def test_corrupt_request_cache_fix_works(tmp_path, data_dir, tiny_llama_dir):
+    """A corrupt cache: one line naming `evalsuite cache clear`, no run row; the fix works; the run works."""
+    data = winogrande_only(tmp_path, data_dir)
+    results = tmp_path / "results"
+    sqlite = tmp_path / "request-cache" / "requests.sqlite"
+    sqlite.parent.mkdir()
+    sqlite.write_bytes(b"this is not a database" * 100)
+    env = {"EVALSUITE_REQUEST_CACHE": str(sqlite)}
+    run = ["run", "--models", str(tiny_llama_dir), "--tasks", "winogrande", "--limit", "2", "--data-dir", str(data),
+           "--results-dir", str(results), "--no-progress"]
+    proc = cli(*run, env=env)
+    assert proc.returncode == 2
+    assert "`evalsuite cache clear`" in one_line(proc) and str(sqlite) in one_line(proc)
+    assert files(results) == {}  # no `failed` run row for a run that never started
+    info = cli("cache", "info", env=env)
+    assert info.returncode == 2 and "`evalsuite cache clear`" in one_line(info)
+    assert cli("cache", "clear", "--model", "x", env=env).returncode == 2  # entries cannot be picked out
+    cleared = cli("cache", "clear", env=env)
+    assert cleared.returncode == 0, cleared.stderr
+    assert not sqlite.exists()
+    proc = cli(*run, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "%|" not in proc.stderr  # --no-progress: no bar at all, weight loading included
+    assert any(name.startswith("runs") for name in files(results))
+    assert cli("cache", "info", env=env).returncode == 0
+
+
+def test_nightly_refuses_a_missing_baseline_before_evaluating(tmp_path, data_dir, tiny_llama_dir):
+    results = tmp_path / "results"
+    shutil.copytree(data_dir / WINOGRANDE, tmp_path / "data" / WINOGRANDE)
+    args = ["nightly", "--model", str(tiny_llama_dir), "--tasks", "winogrande", "--limit", "2", "--data-dir",
+            str(tmp_path / "data"), "--results-dir", str(results)]
+    proc = cli(*args, "--baseline", "nosuchrun")
+    assert proc.returncode == 2 and "run `evalsuite run` first" in one_line(proc)
+    assert files(results) == {}
+    results.mkdir()
+    (results / "baseline.json").write_text(json.dumps({"run_id": "gone", "model": "x"}))
+    before = files(results)
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert files(results) == before
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["compare", "a", "b", "--max-drop", "nan"], "--max-drop"),
+    (["compare", "a", "b", "--max-drop", "inf"], "--max-drop"),
+    (["compare", "a", "b", "--alpha", "1.5"], "--alpha"),
+    (["nightly", "--model", "smollm2", "--max-drop", "nan"], "--max-drop"),
+    (["nightly", "--model", "smollm2", "--alpha", "0"], "--alpha"),
+    (["nightly", "--model", "smollm2", "--limit", "0"], "--limit"),
+    (["contamination", "--models", "smollm2", "--threshold", "nan"], "--threshold"),
+    (["contamination", "--models", "smollm2", "--threshold", "inf"], "--threshold"),
+    (["contamination", "--models", "smollm2", "--reference", "smollm2", "--threshold", "5"], "--threshold"),
+    (["contamination", "--models", "smollm2", "--neighbours", "-1"], "--neighbours"),
+    (["contamination", "--models", "smollm2", "--k", "nan"], "k must be"),
+    (["dus", "smollm2", "--overlap", "-1"], "--overlap"),
+    (["dus", "smollm2", "--overlap", "1", "--recover-steps", "-3"], "--recover-steps"),
+    (["run", "--limit", "-5"], "--limit"),
+    (["run", "--batch-size", "0"], "--batch-size"),
+    (["run", "--shard", "3/2", "--run-id", "x"], "--shard"),
+    (["run", "--tensor-parallel", "0"], "--tensor-parallel"),
+])
+def test_numeric_options_are_checked_before_anything_runs(args, expected, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main([*args, "--results-dir", str(results)] if args[0] != "dus" else args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert files(results) == {}
+
+
+# -- the smaller cases ---------------------------------------------------------------------------
+def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path, capsys):
+    folder = tmp_path / ARC
+    folder.mkdir(parents=True)
+    shutil.copy(data_dir / ARC / "test.jsonl", folder / "test.jsonl")
+    test_rows = (data_dir / ARC / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    train = (data_dir / ARC / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    schedule = v1_schedule(len(test_rows), len(train), 25)
+    shot = schedule.shots[schedule.order[0]][3]  # a shot of the first evaluated document
+    row = json.loads(train[shot])
+    row.pop("answerKey")
+    train[shot] = json.dumps(row)
+    (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    assert main(["prompts", "--task", "arc", "--limit", "1", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder / 'train.jsonl'} line {shot + 1} (a few-shot row): field 'answerKey' is missing" \
+        in err[0], err
+    assert "test.jsonl" not in err[0]
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "missing folder"])
+def test_prompts_out_into_a_bad_path_is_one_line(where, data_dir, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("keep me")
+    out = {"under a file": tmp_path / "file.txt" / "prompts.jsonl", "a folder": tmp_path,
+           "missing folder": tmp_path / "nope" / "prompts.jsonl"}[where]
+    assert main(["prompts", "--task", "winogrande", "--limit", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write --out") and str(out) in err[0], err
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+
+
+def test_run_help_states_the_real_sigterm_status(capsys):
+    from evalsuite.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "143 by SIGTERM" in text and "130 interrupted by Ctrl-C (SIGINT)" in text
+
+
+def test_dry_run_exits_as_the_run_would(tmp_path, data_dir, tiny_llama_dir):
+    """ARC has no data in this folder: the run exits 1 (Winogrande scored, ARC missing), and so does
+    its dry run; with data for every task both exit 0."""
+    data = winogrande_only(tmp_path, data_dir)
+    common = ["--models", str(tiny_llama_dir), "--limit", "2", "--data-dir", str(data), "--no-progress"]
+    dry = cli("run", "--dry-run", "--no-measure", "--tasks", "winogrande,arc", *common)
+    real = cli("run", "--tasks", "winogrande,arc", "--results-dir", str(tmp_path / "r"), *common)
+    assert (dry.returncode, real.returncode) == (1, 1), (dry.stderr[-2000:], real.stderr[-2000:])
+    assert cli("run", "--dry-run", "--no-measure", "--tasks", "winogrande", *common).returncode == 0
