@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -36,25 +35,11 @@ from . import records
 from .errors import EvalsuiteError
 from .fsutil import write_json
 from .records import RunRecord, ScoreRecord
-from .store import DEFAULT_RESULTS_DIR, SHARD_PART, ResultsStore
+from .store import DEFAULT_RESULTS_DIR, SHARD_PART, ResultsStore, process_alive
 
 #: Runs whose scores a reader shows by default ("latest").
 FINISHED = ("ok", "partial")
 BASELINE_FILE = "baseline.json"
-
-
-# -- process liveness ------------------------------------------------------------------------
-def process_alive(host: str | None, pid: int | None, started: float | None) -> bool | None:
-    """Whether the process that wrote a ``running`` row still runs: None when this host cannot tell."""
-    if pid is None or host != socket.gethostname():
-        return None
-    import psutil
-
-    try:
-        proc = psutil.Process(int(pid))
-        return started is None or abs(proc.create_time() - float(started)) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
 
 
 def effective_status(row: RunRecord) -> str:

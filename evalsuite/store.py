@@ -203,8 +203,6 @@ class ResultsStore:
                     held = _read_claim(path)
                     if held is None:
                         continue  # released between our attempt and the read: try once more
-                    from .results import process_alive
-
                     alive = process_alive(held.get("host"), held.get("pid"), held.get("pid_started"))
                     if alive is False and take_over_dead:
                         path.unlink(missing_ok=True)
@@ -230,6 +228,20 @@ class ResultsStore:
         if held is not None and held.get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def process_alive(host: str | None, pid: int | None, started: float | None) -> bool | None:
+    """Whether the process that wrote a ``running`` row still runs: None when this host cannot tell."""
+    if pid is None or host != socket.gethostname():
+        return None
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
 
 
 def _process_started() -> float | None:
