@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import subprocess
@@ -173,7 +174,7 @@ def test_models_package_imports_run_one_way():
 # --- DUS through the source of its base -----------------------------------------------------------
 
 
-def test_dus_spec_builds_from_the_base_source_keyed_as_before(tmp_path, monkeypatch):
+def test_dus_spec_builds_from_the_base_source_keyed_on_its_content(tmp_path, monkeypatch):
     import torch
 
     from evalsuite.models import dus
@@ -191,9 +192,9 @@ def test_dus_spec_builds_from_the_base_source_keyed_as_before(tmp_path, monkeypa
         source = materialize(resolve_model(f"dus:{base}:1"))
     finally:
         torch.set_num_threads(threads)
-    digest = base_source.weights_hash.split(":", 1)[1]
+    digest = hashlib.sha256(json.dumps([base_source.identity, base_source.files_hash]).encode()).hexdigest()
     folder = Path(source.path)
-    assert folder == tmp_path / "cache" / "dus" / f"tinybase-m1-{digest[:12]}"
+    assert folder == tmp_path / "cache" / "dus" / f"tinybase-m1-{digest[:16]}"  # weights AND files of the base
     saved = json.loads((folder / "dus.json").read_text())
     assert (saved["base"], saved["layers_after"], saved["base_identity"]) == (str(base), 6, base_source.identity)
     assert source.weights_hash == weights_hash(folder) != base_source.weights_hash
