@@ -104,7 +104,9 @@ class EvalResult:
         notes = [n for v in views for n in v.notes]
         problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
                     if s.status not in ("ok", "shard")]
-        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *notes])
+        from .audit import summary_lines
+
+        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views), *notes])
 
     @property
     def exit_code(self) -> int:
@@ -142,6 +144,7 @@ def evaluate(
     data_parallel: int = 1,
     generation: str = "batched",
     dry_run: bool = False,
+    audit: bool = True,  # the self-audit (issue 17, evalsuite.audit); --no-audit turns it off
 ) -> EvalResult | Plan:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
@@ -155,7 +158,8 @@ def evaluate(
     the evalsuite engine's greedy decoding, ``batched`` (default) or ``exact`` (one prompt at a
     time, batch-size-1 arithmetic). ``dry_run=True`` evaluates and writes nothing and returns the
     :class:`~evalsuite.dryrun.Plan`: documents, requests, tokens per backend and estimated time
-    (:func:`evalsuite.dryrun.plan`).
+    (:func:`evalsuite.dryrun.plan`). ``audit=False`` skips the engine's self-audit of each task
+    (:mod:`evalsuite.audit`); its score rows then say "not audited".
     """
     if dry_run:
         from .dryrun import plan
@@ -217,7 +221,7 @@ def evaluate(
         for spec in specs:
             _evaluate_model(spec, loaded, unavailable, store, run_id, limit, backend, device, dtype, batch_size, tag,
                             progress, shard=shard, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                            use_cache=use_cache, generation=generation)
+                            use_cache=use_cache, generation=generation, audit=audit)
     return EvalResult(run_id, Path(results_dir), [s.alias for s in specs], task_names,
                       {t: why for t, (_, why) in unavailable.items()})
 
@@ -312,6 +316,7 @@ def _evaluate_model(
     data_parallel: int = 1,
     use_cache: bool = True,
     generation: str = "batched",
+    audit: bool = True,
 ) -> None:
     dtype, dtype_note = resolve_dtype(spec, device, dtype)
     run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if generation == "exact" else None) if x)
@@ -348,6 +353,9 @@ def _evaluate_model(
             from .cache import wrap
 
             lm = wrap(lm, source, options, backend)
+        from .audit import Auditor
+
+        auditor = Auditor(lm, enabled=audit)
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
@@ -368,7 +376,7 @@ def _evaluate_model(
     try:
         for name, task in loaded.items():
             try:
-                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
                 outcomes.append("ok")
             except Exception as exc:  # keep what other tasks computed, record why, go on
                 if isinstance(exc, EvalsuiteError) and not isinstance(exc, DataFormatError):
@@ -444,24 +452,24 @@ def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
 
 # -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
-                   limit: int | None, progress: bool, shard: tuple[int, int] | None = None) -> None:
-    from tqdm.auto import tqdm
-
+                   limit: int | None, progress: bool, shard: tuple[int, int] | None = None,
+                   auditor: Any = None) -> None:
+    """Score the task, audit it (a sample re-scored the plain way; beyond tolerance the whole
+    task is scored again on the plain executor), then write its samples and scores."""
     from .sharding import select, shard_part, shard_score_rows
 
     prompts = select(task.prompts(limit), shard)
     spec = task.spec
-    samples: list[SampleRecord] = []
-    bar = tqdm(total=len(prompts), desc=f"{model} {spec.name}", unit="doc", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    for start in range(0, len(prompts), CHUNK_DOCS):
-        chunk = prompts[start:start + CHUNK_DOCS]
-        responses = run_requests(lm, chunk)
-        for prompt, response in zip(chunk, responses, strict=True):
-            samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(chunk))
-    bar.close()
+    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    audited = auditor.check(task, prompts, responses, run_id) if auditor is not None else None
+    if audited is not None and audited.status == "rerun":
+        auditor.forget_cached(prompts)
+        _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
+             f"on the plain executor")
+        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
     scores = score_records(run_id, model, task, samples)
+    if audited is not None:
+        scores[0] = replace(scores[0], **audited.fields())
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -469,6 +477,26 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     # A shard's scores are partial: stored as merge metadata and scored at read time.
     store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
     store.write_scores(run_id, model, spec.name, shard_score_rows(scores), part=shard_part(shard))
+
+
+def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
+                   progress: bool) -> tuple[list[SampleRecord], list[list[Any]]]:
+    """The documents' sample records and the backend's responses (per document), chunk by chunk."""
+    from tqdm.auto import tqdm
+
+    samples: list[SampleRecord] = []
+    answered: list[list[Any]] = []
+    bar = tqdm(total=len(prompts), desc=f"{model} {task.spec.name}", unit="doc", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for start in range(0, len(prompts), CHUNK_DOCS):
+        chunk = prompts[start:start + CHUNK_DOCS]
+        responses = run_requests(lm, chunk)
+        answered.extend(responses)
+        for prompt, response in zip(chunk, responses, strict=True):
+            samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
+        bar.update(len(chunk))
+    bar.close()
+    return samples, answered
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:

@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-cache", action="store_true",
                         help="compute every request again, bypassing the request cache (`evalsuite cache info`)")
+    # the self-audit option (issue 17; evalsuite.audit)
+    parser.add_argument("--no-audit", action="store_true",
+                        help="skip the evalsuite engine's self-audit (after each task a seeded ~1%% sample, at least "
+                             "8 requests, re-scored by the model's plain forward; beyond tolerance the task is "
+                             "scored again the plain way); score rows then say 'not audited'")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted run of the same models/tasks/limit/backend/tag (or "
                              "--run-id's) under its run id; says so when there is none. Without it an existing "
@@ -94,7 +99,7 @@ def handle(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, results_dir=args.results_dir, tag=args.tag,
         run_id=args.run_id, resume=args.resume, trust_remote_code=args.trust_remote_code,
         progress=not args.no_progress, use_cache=not args.no_cache, generation=args.generation,
-        **scale,
+        audit=not args.no_audit, **scale,
     )
     print()
     print(result.table())
@@ -134,7 +139,8 @@ def _handle_ray(args: argparse.Namespace, batch: int | str, scale: dict) -> int:
         args.ray, args.shards, run_id=args.run_id,
         models=args.models, tasks=args.tasks, limit=args.limit, data_dir=args.data_dir, backend=args.backend,
         device=args.device, dtype=args.dtype, batch_size=batch, results_dir=args.results_dir, tag=args.tag,
-        trust_remote_code=args.trust_remote_code, use_cache=not getattr(args, "no_cache", False), **scale,
+        trust_remote_code=args.trust_remote_code, use_cache=not getattr(args, "no_cache", False),
+        audit=not getattr(args, "no_audit", False), **scale,
     )
     print()
     print(result.table())
