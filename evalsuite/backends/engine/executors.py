@@ -20,6 +20,7 @@ import torch
 from ... import compat
 from . import tree_attention
 from .planner import Row
+from .plain import PlainExecutor
 from .tree_attention import Past
 from .prefix_tree import PrefixTree
 
@@ -155,9 +156,9 @@ def sliding_window(model: Any) -> int | None:
     return window
 
 
-def select_executor(model: Any, max_length: int, attention: str | None = None) -> Executor:
-    """``attention``: "tree", "cache" or None (tree attention where supported: a CPU model that
-    routes attention through the registry, without a sliding window shorter than the context)."""
+def select_executor(model: Any, max_length: int, attention: str | None = None) -> Executor | PlainExecutor:
+    """``attention``: "tree", "cache", "plain" or None (tree attention where supported: a CPU model
+    that routes attention through the registry, without a sliding window shorter than the context)."""
     if attention is None:
         window = sliding_window(model)
         attention = "tree" if tree_attention.supported(model) and (window is None or window >= max_length) else "cache"
@@ -167,4 +168,6 @@ def select_executor(model: Any, max_length: int, attention: str | None = None) -
         return TreeAttentionExecutor(model)
     if attention == "cache":
         return CacheExecutor(model)
-    raise ValueError(f"unknown attention {attention!r}: tree or cache")
+    if attention == "plain":
+        return PlainExecutor(model)
+    raise ValueError(f"unknown attention {attention!r}: tree, cache or plain")

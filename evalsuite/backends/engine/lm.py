@@ -28,11 +28,14 @@ from .. import BackendOptions
 from . import planner, scoring
 from .executors import Executor, Past, select_executor
 from .generation import Generator
+from .plain import plain_tally
 from .prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048
+#: Rows of one plain-executor forward when --batch-size is "auto".
+PLAIN_ROWS = 8
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -172,6 +175,10 @@ class EngineLM(TemplateLM):
         if not requests:
             return []
         start = time.perf_counter()
+        if self.executor.name == "plain":
+            tally = self._plain([(ctx, cont) for _, ctx, cont in requests])
+            self.stats.seconds += time.perf_counter() - start
+            return tally.results(self.logits_dtype)
         tree = tree_of([(ctx, cont) for _, ctx, cont in requests], self.max_length)
         tally = scoring.Tally(len(requests))
         self.stats.unique_tokens += tree.n_tokens
@@ -179,6 +186,14 @@ class EngineLM(TemplateLM):
             self.run_plan(tree, tally)
         self.stats.seconds += time.perf_counter() - start
         return tally.results(self.logits_dtype)
+
+    def _plain(self, requests: Sequence[tuple[list[int], list[int]]]) -> scoring.Tally:
+        """The requests through the plain executor (the model's own full forward per input)."""
+        rows = self.options.batch_size if isinstance(self.options.batch_size, int) else PLAIN_ROWS
+        tally = plain_tally(self.model, requests, max_length=self.max_length, batch_size=rows,
+                            logits_dtype=self.logits_dtype)
+        self.stats.forward_calls += -(-len({tuple(c + x) for c, x in requests}) // rows)
+        return tally
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError("the leaderboard tasks need no rolling log-likelihoods")
@@ -240,13 +255,16 @@ class EngineLM(TemplateLM):
                 continue
             inputs = truncated_inputs([self.prefix_token_id], ids, self.max_length)
             requests.append((inputs, ids[-len(inputs):]))
-        tree = PrefixTree()
-        for index, (inputs, targets) in enumerate(requests):
-            tree.insert(index, inputs, targets)
-        tree.finalize()
-        tally = scoring.Tally(len(requests))
-        with torch.inference_mode():
-            self.run_plan(tree, tally)
+        if self.executor.name == "plain":  # (inputs + the last target, targets): the same positions scored
+            tally = self._plain([(inputs[:1], inputs[1:] + targets[-1:]) for inputs, targets in requests])
+        else:
+            tree = PrefixTree()
+            for index, (inputs, targets) in enumerate(requests):
+                tree.insert(index, inputs, targets)
+            tree.finalize()
+            tally = scoring.Tally(len(requests))
+            with torch.inference_mode():
+                self.run_plan(tree, tally)
         out, at = [], 0
         for ids in encoded:
             if not ids:
