@@ -256,7 +256,13 @@ def say(message: str) -> None:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN or pandas' NA (nullable columns read back)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:  # pandas.NA: its comparisons are NA
+        return True
 
 
 def _int(value: Any) -> int:

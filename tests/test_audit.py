@@ -148,3 +148,25 @@ def test_no_audit_says_not_audited(tiny_llama_dir, data_dir, results_dir, isolat
     assert "arc not audited" in capsys.readouterr().out
     scores = pd.read_parquet(next((results_dir / "scores").rglob("*.parquet")))
     assert scores.loc[scores["subtask"].isna(), "audit_status"].tolist() == ["not audited"]
+
+
+def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
+    """``benchmarks/gpu_check.py --device cpu --quick``: the speed figures, the audit of the
+    engine's ARC answers and the family matrix (one family here), everything but the GPU."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--families", "llama",
+                           "--backends", "evalsuite,lm-eval-hf", "--data-dir", str(data_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["audit"]["status"] == "agree" and result["audit"]["n"] == 4  # one ARC document, 4 choices
+    assert all(entry["tokens_per_s"] > 0 for entry in result["backends"]["evalsuite"].values())
+    if (script.parent.parent / "tests" / "families.py").exists():
+        llama = result["families"]["llama"]
+        assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []
+    else:  # the matrix's builders come with the family matrix (tests/families.py)
+        assert "families" in result["skipped"]
