@@ -99,26 +99,30 @@ def test_clean_run_agrees_and_is_shown_everywhere(tiny_llama_dir, data_dir, resu
 
 def test_broken_engine_is_caught_and_not_stored(tiny_llama_dir, data_dir, results_dir, isolated_cache,
                                                 monkeypatch) -> None:
-    """The fast path's head scaled by 1.5 (Cohere's logit_scale missed, as in issue 17) and the
-    batched generation's texts altered: the audit rejects both tasks, they are scored again on
-    the plain executor, and what is stored is what lm-eval's hf model computes."""
+    """The fast path's head scaled by 1.5 once the engine is built (Cohere's logit_scale missed,
+    as in issue 17; after the capability probe, which would otherwise decline the broken path)
+    and the batched generation's texts altered: the audit rejects both tasks, they are scored
+    again on the plain executor, and what is stored is what lm-eval's hf model computes."""
     from evalsuite import cache
-    from evalsuite.backends.engine import generation, scoring
+    from evalsuite.backends.engine import generation
+    from evalsuite.backends.engine.lm import EngineLM
 
     reference = _run(tiny_llama_dir, data_dir, results_dir, backend="lm-eval-hf", run_id="reference",
                      use_cache=False)
     assert _task_row(reference, "arc")["audit_status"] == "not applicable"
 
-    real_score, real_generate = scoring.score, generation.Generator.generate
+    real_init, real_generate = EngineLM.__init__, generation.Generator.generate
 
-    def scaled_head_score(lm_head, hidden, *args, **kwargs):
-        return real_score(lambda h: 1.5 * lm_head(h), hidden, *args, **kwargs)
+    def init_then_break_head(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        head = self.lm_head  # what the fast path scores through (the plain executor uses the model's forward)
+        self.lm_head = lambda hidden: 1.5 * head(hidden)
 
     def altered_generate(self, requests):
         texts = real_generate(self, requests)
-        return [t + " 42" for t in texts] if self.mode == "batched" else texts
+        return [t + " 42" for t in texts] if getattr(self, "route", self.mode) == "batched" else texts
 
-    monkeypatch.setattr(scoring, "score", scaled_head_score)
+    monkeypatch.setattr(EngineLM, "__init__", init_then_break_head)
     monkeypatch.setattr(generation.Generator, "generate", altered_generate)
     broken = _run(tiny_llama_dir, data_dir, results_dir, run_id="broken")
 
