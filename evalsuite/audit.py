@@ -61,7 +61,8 @@ HALF_TOLERANCE_PER_TOKEN = {"bfloat16": 0.1, "float16": 0.025}
 
 #: ``audit_status`` values of a score row. ``agree``: the sample matched; ``rerun``: it did
 #: not, and the stored scores come from the plain executor; ``not audited``: ``--no-audit``;
-#: ``not applicable``: a backend other than the evalsuite engine (nothing to audit against).
+#: ``not applicable``: a backend other than the evalsuite engine, or an engine that already
+#: runs the task on the audit's own path (plain executor, one-prompt-at-a-time generation).
 AUDIT_STATUSES = ("agree", "rerun", "not audited", "not applicable")
 
 
@@ -156,8 +157,11 @@ class PlainLM:
         from .backends.engine.generation import Generator
 
         self.engine = engine
+        # one prompt at a time over the model's cache; where the capabilities found that cache
+        # use inexact (remote code with its own cache format), the full forward per step
+        route = "plain" if getattr(engine.generator, "route", None) == "plain" else "exact"
         self.generator = Generator(engine.model, engine.tokenizer, engine.max_length, engine.max_gen_toks,
-                                   mode="exact")
+                                   mode="exact", route=route)
 
     def pairs(self, requests: Sequence[Any]) -> list[tuple[list[int], list[int]]]:
         return [self.engine.encode_pair(*req.args) for req in requests]
@@ -207,6 +211,12 @@ class Auditor:
             return Audit("not audited")
         if not prompts:
             return Audit("agree", 0, 0, None, "no documents")
+        if task.spec.is_generation and getattr(self.engine.generator, "route", "batched") != "batched":
+            return Audit("not applicable", note="generation already runs one prompt at a time "
+                                                f"({self.engine.generator.route}): the audit's own path")
+        if not task.spec.is_generation and self.engine.executor.name == "plain":
+            return Audit("not applicable", note="log-likelihoods already run on the plain executor (the model's "
+                                                "capabilities declined the fast paths): the audit's own path")
         picked = sample_documents(prompts, run_id, task.spec.name)
         if task.spec.is_generation:
             return self._check_generation(prompts, responses, picked)

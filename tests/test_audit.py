@@ -120,7 +120,7 @@ def test_broken_engine_is_caught_and_not_stored(tiny_llama_dir, data_dir, result
 
     def altered_generate(self, requests):
         texts = real_generate(self, requests)
-        return [t + " 42" for t in texts] if getattr(self, "route", self.mode) == "batched" else texts
+        return [t + " 42" for t in texts] if self.route == "batched" else texts
 
     monkeypatch.setattr(EngineLM, "__init__", init_then_break_head)
     monkeypatch.setattr(generation.Generator, "generate", altered_generate)
