@@ -203,8 +203,13 @@ class Auditor:
     def dtype(self) -> str:
         return str(next(self.engine.model.parameters()).dtype).replace("torch.", "")
 
-    def check(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], run_id: str) -> Audit:
-        """The audit of one task from its documents and what was answered (per document)."""
+    def check(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], run_id: str,
+              population: Sequence[Any] | None = None) -> Audit:
+        """The audit of one task from its documents and what was answered (per document).
+
+        ``population``: all the task's documents when ``prompts`` is one shard of them; the
+        sample is drawn from it and each shard audits its part, so the shards' audits add up to
+        the unsharded run's."""
         if self.engine is None:
             return Audit("not applicable")
         if not self.enabled:
@@ -218,6 +223,12 @@ class Auditor:
             return Audit("not applicable", note="log-likelihoods already run on the plain executor (the model's "
                                                 "capabilities declined the fast paths): the audit's own path")
         picked = sample_documents(prompts, run_id, task.spec.name)
+        if population is not None:
+            mine = {(p.subtask, p.doc_index): i for i, p in enumerate(prompts)}
+            drawn = [population[i] for i in sample_documents(population, run_id, task.spec.name)]
+            picked = sorted(mine[key] for key in ((p.subtask, p.doc_index) for p in drawn) if key in mine)
+        if not picked:
+            return Audit("agree", 0, 0, None, "no document of this shard drawn")
         if task.spec.is_generation:
             return self._check_generation(prompts, responses, picked)
         return self._check_loglikelihood(task, prompts, responses, picked)

@@ -458,10 +458,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     task is scored again on the plain executor), then write its samples and scores."""
     from .sharding import select, shard_part, shard_score_rows
 
-    prompts = select(task.prompts(limit), shard)
+    everything = task.prompts(limit)
+    prompts = select(everything, shard)
     spec = task.spec
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
-    audited = auditor.check(task, prompts, responses, run_id) if auditor is not None else None
+    audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
+               if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
         auditor.forget_cached(prompts)
         _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
