@@ -349,6 +349,8 @@ def _evaluate_model(
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
         lm = build_backend(backend, source, options)
+        if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+            _say(f"{spec.alias}: {lm.engine_note}")
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
             from .cache import wrap
 
@@ -399,8 +401,9 @@ def _evaluate_model(
 
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
-    """The run's notes say how much came from the request cache."""
-    return lm.stats() if use_cache and hasattr(lm, "stats") else None
+    """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
+    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None)
+    return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
 def _interrupt_text(exc: BaseException) -> str:

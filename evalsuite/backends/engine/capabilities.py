@@ -358,7 +358,8 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
     if head_steps:
         reasons.append("head: lm_head + " + ", ".join(head_steps))
     device = next(model.parameters()).device.type
-    order = [requested] if requested in ("tree", "cache") else (["tree", "cache"] if device == "cpu" else ["cache"])
+    default = ["tree", "cache"] if device == "cpu" else ["cache"]
+    order = [requested, *(n for n in default if n != requested)] if requested in ("tree", "cache") else default
     chosen = "plain"
     if requested != "plain":
         reference = plain_tally(model, requests, max_length=max_length, logits_dtype=torch.float32).logprobs
