@@ -14,6 +14,13 @@ The whole suite is reported two ways: time-weighted over the sampled documents (
 seconds over sum of engine seconds), and projected to the full splits (each task's seconds
 per document times its full document count, summed per backend).
 
+The self-audit (:mod:`evalsuite.audit`) runs after each task exactly as ``evalsuite run`` runs
+it (a seeded sample, at least 8 requests and about 1 %, re-scored by the plain executor, or
+re-generated one prompt at a time) and its time is reported as a share of the engine's time on
+the task: measured at the sampled size (where the floor of 8 requests dominates) and projected
+to the full split (seconds per audited request x the full split's audit size, over the engine's
+seconds per document x the full split's documents).
+
 A roofline measures the model's peak forward throughput on this machine (best of a few batch
 shapes, before and after the tasks); engine efficiency is the time a perfect engine would need
 for the unique tokens at that peak over the engine's wall time.
@@ -145,6 +152,7 @@ def compare_loglikelihood(
         with count_tokens(base) as eng_count:
             ours, seconds = timed(lambda: engine.loglikelihood(instances))
         eng_time = min(eng_time, seconds)
+    audit = measure_audit(engine, loaded, prompts, ours)
     best_bs = min(hf_times, key=hf_times.__getitem__)
     # what one plain causal forward achieves at this task's document length (no prefix sharing,
     # no output layer): attention over long few-shot contexts costs throughput no engine recovers
@@ -177,7 +185,36 @@ def compare_loglikelihood(
         "median_doc_tokens": length[len(length) // 2],
         "plain_forward_tokens_per_s_at_doc_length": context_rate,
         "disagreements": disagreements,
+        **audit_share(audit, eng_time, len(prompts), len(instances), loaded.spec.name),
     }
+
+
+def measure_audit(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt], answers: list[Any]) -> dict[str, Any]:
+    """The runner's self-audit of the task on the engine's answers, timed."""
+    from evalsuite.audit import Auditor
+
+    grouped, at = [], 0
+    for prompt in prompts:
+        grouped.append(list(answers[at:at + len(prompt.instances)]))
+        at += len(prompt.instances)
+    result, seconds = timed(lambda: Auditor(engine).check(loaded, prompts, grouped, "benchmark"))
+    return {"audit_seconds": seconds, "audit_n": result.n, "audit_agree": result.agree, "audit_status": result.status,
+            "audit_max_abs_diff": result.max_abs_diff}
+
+
+def audit_share(audit: dict[str, Any], engine_seconds: float, docs: int, requests: int, task: str) -> dict[str, Any]:
+    """The audit's time over the task's engine time, measured and projected to the full split."""
+    import math
+
+    from evalsuite.audit import MIN_REQUESTS, SHARE
+
+    full_requests = requests / docs * FULL_DOCS[task]
+    full_audited = min(full_requests, max(MIN_REQUESTS, math.ceil(SHARE * full_requests)))
+    projected_audit = audit["audit_seconds"] / max(1, audit["audit_n"] or 1) * full_audited
+    projected_engine = engine_seconds / docs * FULL_DOCS[task]
+    return {**audit, "audit_share": audit["audit_seconds"] / engine_seconds,
+            "audit_seconds_projected_full": projected_audit, "engine_seconds_projected_full": projected_engine,
+            "audit_share_projected_full": projected_audit / projected_engine}
 
 
 def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask, prompts: list[DocPrompt],
@@ -222,6 +259,8 @@ def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask
         "hf_self_agreement_by_batch_size": {bs: sum(a == b for a, b in zip(t, ref)) / len(ref) for bs, t in texts.items()},
         "generated_tokens_engine": sum(len(engine.tokenizer.encode(t, add_special_tokens=False)) for t in ours),
         "disagreements": differ,
+        **audit_share(measure_audit(engine, loaded, prompts, ours), eng_time, len(prompts), len(instances),
+                      loaded.spec.name),
     }
     if exact:
         exact_engine = wrap_model(engine.model, engine.tokenizer, replace(engine.options, generation="exact"))
@@ -240,7 +279,12 @@ def whole_suite(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     eng_s = sum(v["engine_seconds"] for v in tasks.values())
     hf_full = sum(v["hf_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
     eng_full = sum(v["engine_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
-    return {
+    audited = [v for v in tasks.values() if "audit_seconds" in v]
+    audit = {} if not audited else {"audit": {
+        "share_sampled": sum(v["audit_seconds"] for v in audited) / sum(v["engine_seconds"] for v in audited),
+        "share_projected_full": sum(v["audit_seconds_projected_full"] for v in audited)
+        / sum(v["engine_seconds_projected_full"] for v in audited)}}
+    return {**audit,
         "tasks": list(tasks),
         "sampled": {"docs": sum(v["docs"] for v in tasks.values()), "hf_seconds": hf_s, "engine_seconds": eng_s,
                     "speedup": hf_s / eng_s},
@@ -428,6 +472,16 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"whole suite ({', '.join(w['tasks'])}): {w['sampled']['speedup']:.2f}x time-weighted over "
               f"{w['sampled']['docs']} sampled documents; {w['projected_full']['speedup']:.2f}x projected to the full "
               f"splits (hf {w['projected_full']['hf_hours']:.1f} h, engine {w['projected_full']['engine_hours']:.1f} h)")
+    for task, r in report["tasks"].items():
+        if "audit_seconds" in r:
+            delta = "" if r["audit_max_abs_diff"] is None else f", max |d| {r['audit_max_abs_diff']:.1e}"
+            print(f"{task}: audit {r['audit_agree']}/{r['audit_n']} {r['audit_status']}{delta}, {r['audit_seconds']:.2f}s "
+                  f"= {r['audit_share']:.1%} of the engine's time here, {r['audit_share_projected_full']:.2%} "
+                  f"projected to the full split")
+    if "audit" in report.get("whole_suite", {}):
+        a = report["whole_suite"]["audit"]
+        print(f"audit: {a['share_sampled']:.1%} of the engine's time over the sampled documents, "
+              f"{a['share_projected_full']:.2%} projected to the full splits")
     for task, r in report["tasks"].items():
         if "strict_match_engine" in r and r["agreement"] is not None:
             print(f"{task}: strict match engine {r['strict_match_engine']:.3f}, hf {r['strict_match_hf']:.3f}; "

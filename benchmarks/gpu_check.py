@@ -18,7 +18,24 @@ min, vLLM start ~1 min):
 
     python benchmarks/gpu_check.py --data-dir /path/to/data --out gpu_check.json
 
-``--device cpu --tiny`` runs the same code on a 2-layer model with a few documents (a smoke
+Beside the speed figures, two exactness checks (issue 17):
+
+* the family matrix on the device: each tiny random model of ``tests/families.py`` (Llama,
+  Mistral with short and long windows, Mixtral, Qwen2/3, Gemma/Gemma-2, Phi/Phi-3, Falcon, GPT-2,
+  GPT-NeoX, OPT, BLOOM, StableLM, Cohere, a remote-code model), in bf16 on CUDA, through the
+  engine (the executor it picks there: cache, or plain where a fast path is declined) and
+  lm-eval ``hf`` on the same ARC documents and one GSM8K prompt: |Δ ll| within the audit's bf16
+  tolerance (:func:`evalsuite.audit.tolerance`), same predictions, same text;
+* the self-audit on the device: :class:`evalsuite.audit.Auditor` on each family's ARC answers
+  and on the SOLAR-shaped model's ARC answers, which must agree.
+
+A family beyond tolerance, an error or an audit that does not agree makes the exit status 1.
+The matrix adds 18 tiny models (about 10 s each on a loaded 2-core CPU, mostly building and
+loading; expected one to two minutes on a GPU, not yet measured there): with vLLM skipped or
+``--gsm8k-docs 32`` the whole check stays under 8 minutes.
+
+``--device cpu --quick`` is the smoke mode: ``--tiny`` plus the matrix on two families
+(llama, mistral-short) in float32. ``--device cpu --tiny`` runs the same code on a 2-layer model with a few documents (a smoke
 test of everything but the GPU; ``--attention cache`` forces the CUDA executor there too).
 
 The tokenizer: ``--tokenizer`` (a local folder, e.g. a SOLAR or Mistral tokenizer, 32000 tokens),
@@ -60,8 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: a smoke test)")
     parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 128, 1 document per task, 8 new tokens")
     parser.add_argument("--attention", choices=["tree", "cache"], help="force the engine's executor (default: by device)")
+    parser.add_argument("--families", default=None,
+                        help="family matrix: all (default on cuda), none (default on cpu), or names from "
+                             "tests/families.py, comma-separated")
+    parser.add_argument("--family-docs", type=int, default=2, help="ARC documents per family (default 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: --tiny and two families")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.tiny = True
+        args.families = args.families or "llama,mistral-short"
+    if args.families is None:
+        args.families = "all" if args.device.startswith("cuda") else "none"
 
     import torch
 
@@ -111,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
     compare(responses, prompts, results)
     print(report(results))
+    failed = check_families(args, tokenizer, prompts, results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 def load_tokenizer(path: str | None) -> Any:
@@ -205,6 +233,101 @@ def make_vllm(folder: Path) -> Any:
     return lm
 
 
+def audit_entry(audit: Any) -> dict[str, Any]:
+    from evalsuite.audit import describe
+
+    return {"status": audit.status, "n": audit.n, "agree": audit.agree, "max_abs_diff": audit.max_abs_diff,
+            "text": describe(audit.status, audit.n, audit.agree, audit.max_abs_diff)}
+
+
+def check_families(args: Any, tokenizer: Any, prompts: dict, results: dict) -> list[str]:
+    """The family matrix and the audit on the device (see the module docstring); the failures."""
+    import torch
+
+    failures = []
+    solar_audit = results.pop("_solar_audit", None)
+    if solar_audit is not None:
+        results["audit"] = solar_audit
+        if results["audit"]["status"] != "agree":
+            failures.append(f"solar-shaped model: {results['audit']['text']}")
+    names = [n.strip() for n in str(args.families).split(",") if n.strip() and n.strip() != "none"]
+    if not names:
+        return failures
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        import families
+    except ImportError:
+        results["skipped"]["families"] = "tests/families.py (the family matrix's model builders) is not present"
+        return failures
+    if names == ["all"]:
+        names = list(families.FAMILIES)
+    arc_task, arc_prompts = prompts["arc"][0], prompts["arc"][1][:args.family_docs]
+    gsm_task, gsm_prompts = prompts["gsm8k"][0], prompts["gsm8k"][1][:1]
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype_name = str(dtype).replace("torch.", "")
+    results["families"] = {}
+    root = Path(tempfile.mkdtemp(prefix="gpu-check-families-"))
+    for name in names:
+        clock = time.perf_counter()
+        try:
+            entry = check_family(families, name, tokenizer, root / name, args, dtype, arc_task, arc_prompts,
+                                 gsm_task, gsm_prompts)
+        except Exception as exc:  # noqa: BLE001 - one family's crash is that family's result
+            entry = {"error": (f"{type(exc).__name__}: {exc}".splitlines() or ["error"])[0][:300]}
+        entry["seconds"] = round(time.perf_counter() - clock, 2)
+        results["families"][name] = entry
+        if "error" in entry or not entry["within_tolerance"] or entry["audit"]["status"] != "agree":
+            failures.append(f"{name}: {entry.get('error') or entry}")
+        ok = "error" not in entry and entry["within_tolerance"]
+        print(f"gpu_check: family {name}: " + (entry["error"] if "error" in entry else
+              f"{entry['executor']}, max |dLL| {entry['max_abs_dll']:.1e} (tolerance {dtype_name}) "
+              f"{'ok' if ok else 'BEYOND TOLERANCE'}, same prediction {entry['same_prediction']:.0%}, "
+              f"same text {entry['same_text']:.0%}, {entry['audit']['text']}") + f" ({entry['seconds']:.1f} s)",
+              flush=True)
+    print("gpu_check: " + ("family matrix and audit ok" if not failures else f"{len(failures)} failure(s): "
+                           + "; ".join(failures)), flush=True)
+    results["failures"] = failures
+    return failures
+
+
+def check_family(families: Any, name: str, tokenizer: Any, folder: Path, args: Any, dtype: Any, arc_task: Any,
+                 arc_prompts: list, gsm_task: Any, gsm_prompts: list) -> dict[str, Any]:
+    """One family: engine vs lm-eval hf on ARC (|Δ ll|, predictions) and one GSM8K prompt (text), and the audit."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evalsuite.audit import Auditor, tolerance
+    from evalsuite.backends import BackendOptions
+    from evalsuite.backends.engine import wrap_model
+    from evalsuite.backends.lmeval_hf import wrap_hf_model
+    from evalsuite.runner import run_requests
+
+    families.build_family(name, tokenizer, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=True).to(args.device).eval()
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    options = BackendOptions(device=args.device, dtype=str(dtype).replace("torch.", ""), max_gen_toks=32)
+    engine = wrap_model(model, tok, options, attention=args.attention)
+    hf = wrap_hf_model(model, tok, replace(options, batch_size=8))
+    got, ref = run_requests(engine, arc_prompts), run_requests(hf, arc_prompts)
+    worst, within = 0.0, True
+    for prompt, mine, theirs in zip(arc_prompts, got, ref, strict=True):
+        for inst, (ll, _), (ref_ll, _) in zip(prompt.instances, mine, theirs, strict=True):
+            delta = abs(ll - ref_ll)
+            worst = max(worst, delta)
+            within &= delta <= tolerance(options.dtype, len(engine.encode_pair(*inst.args)[1]))
+    same = [arc_task.score(p, a).prediction == arc_task.score(p, b).prediction
+            for p, a, b in zip(arc_prompts, got, ref, strict=True)]
+    texts, ref_texts = run_requests(engine, gsm_prompts), run_requests(hf, gsm_prompts)
+    with torch.inference_mode():
+        audit = Auditor(engine).check(arc_task, arc_prompts, got, f"gpu-check-{name}")
+    return {"executor": engine.executor.name, "max_abs_dll": worst, "within_tolerance": bool(within),
+            "same_prediction": sum(same) / len(same),
+            "same_text": sum(a == b for a, b in zip(texts, ref_texts, strict=True)) / len(texts),
+            "audit": audit_entry(audit)}
+
+
 def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) -> dict[str, Any]:
     """Each task's requests in one call (after a one-document warm-up); timings into ``results``."""
     import torch
@@ -230,6 +353,16 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
             count = tokens[task_name]
         results["backends"][name][task_name] = {"seconds": round(seconds, 3), "tokens_per_s": round(count / seconds)}
         print(f"gpu_check: {name} {task_name}: {seconds:.1f} s, {count / seconds:,.0f} tokens/s", flush=True)
+        if name == "evalsuite" and task_name == "arc":  # the self-audit on the device, timed
+            from evalsuite.audit import Auditor
+
+            clock = time.perf_counter()
+            audit = Auditor(lm).check(task, task_prompts, out[task_name], "gpu-check")
+            sync()
+            results["_solar_audit"] = {**audit_entry(audit), "seconds": round(time.perf_counter() - clock, 3),
+                                       "share_of_task": round((time.perf_counter() - clock) / seconds, 4)}
+            print(f"gpu_check: audit of the engine's ARC answers: {results['_solar_audit']['text']} "
+                  f"({results['_solar_audit']['seconds']:.1f} s)", flush=True)
     return out
 
 

@@ -228,6 +228,17 @@ class CachedLM(LM):
                 f"could not write the request cache {self.cache_path} ({exc}); free disk space or run with --no-cache"
             ) from None
 
+    def discard(self, kind: str, requests: list[Any]) -> int:
+        """Delete these requests' answers (the self-audit rejected them); how many were stored."""
+        keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
+        deleted = 0
+        with self.conn:
+            for start in range(0, len(keys), 500):
+                batch = keys[start:start + 500]
+                deleted += self.conn.execute(f"DELETE FROM requests WHERE key IN ({','.join('?' * len(batch))})",
+                                             batch).rowcount
+        return deleted
+
     def stats(self) -> str:
         return f"request cache: {self.hits} answered from cache, {self.misses} computed"
 

@@ -122,6 +122,10 @@ class RunConfig:
     progress: bool = _option(True, "hide progress bars", flag="--no-progress")
     use_cache: bool = _option(
         True, "compute every request again, bypassing the request cache (`evalsuite cache info`)", flag="--no-cache")
+    audit: bool = _option(
+        True, "skip the evalsuite engine's self-audit (after each task a seeded ~1%% sample, at least 8 requests, "
+              "re-scored by the model's plain forward; beyond tolerance the task is scored again the plain way); "
+              "score rows then say 'not audited'", flag="--no-audit")
     resume: bool = _option(
         False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "
                "its run id; says so when there is none. Without it an existing --run-id is refused; with it a different "

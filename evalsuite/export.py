@@ -15,6 +15,10 @@
   unless another is given).
 * ``scores_csv``: one row per task and MMLU subject, plus H6.
 
+Each task's self-audit (:mod:`evalsuite.audit`) goes along: ``evalsuite.audit`` in the lm-eval
+JSON (status, n, agree, max |Δ|, note), the ``source`` name of each model-index entry
+("audit: 8/8, max |Δ| 2e-05"), and the ``audit_*`` columns of the CSV task rows.
+
 A limited run (``--limit``) is not a leaderboard result: the model-index refuses it unless
 ``allow_limited``, and then says "n = a of b" in each metric's name.
 """
@@ -94,8 +98,11 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
     versions: dict[str, int] = {}
     n_shot: dict[str, int] = {}
     n_samples: dict[str, dict[str, int]] = {}
+    audits: dict[str, dict[str, Any]] = {}
     for task in LEADERBOARD_TASKS:
         v1 = V1_TASKS[task]
+        if (task, None) in rows and isinstance(rows[(task, None)].get("audit_status"), str):
+            audits[task] = _audit_fields(rows[(task, None)])
         if task == "mmlu":
             entries = [(f"{v1.harness}-{sub}", rec) for (t, sub), rec in sorted(rows.items(), key=lambda kv: str(kv[0][1]))
                        if t == "mmlu" and sub is not None]
@@ -128,8 +135,19 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
         "evalsuite": {"version": __version__, "run_id": view.run_id, "model": view.model,
                       "status": view.status, "protocol": "Open LLM Leaderboard v1 (lm-eval b281b09)",
                       "naming": naming,
-                      "leaderboard": leaderboard_values(view)},
+                      "leaderboard": leaderboard_values(view), "audit": audits},
     }
+
+
+def _audit_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """A task row's self-audit (:mod:`evalsuite.audit`) with JSON-ready values."""
+    from .audit import describe_row
+
+    return {"status": rec["audit_status"], "n": None if is_missing(rec.get("audit_n")) else int(rec["audit_n"]),
+            "agree": None if is_missing(rec.get("audit_agree")) else int(rec["audit_agree"]),
+            "max_abs_diff": None if is_missing(rec.get("audit_max_abs_diff")) else float(rec["audit_max_abs_diff"]),
+            "note": rec.get("audit_note") if isinstance(rec.get("audit_note"), str) else None,
+            "text": describe_row(rec)}
 
 
 def leaderboard_values(view: Any) -> dict[str, Any]:
@@ -167,9 +185,13 @@ def model_index(view: Any, *, name: str | None = None, allow_limited: bool = Fal
         if v1.config:
             dataset["config"] = v1.config
         dataset.update(split=v1.split, args={"num_few_shot": v1.shots})
+        from .audit import describe_row
+
+        audit = describe_row(rec)  # the card's source name says how the number was checked
         results.append({"task": {"type": "text-generation", "name": "Text Generation"}, "dataset": dataset,
                         "metrics": [metric],
-                        "source": {"url": source_url, "name": f"evalsuite {__version__} (run {view.run_id})"}})
+                        "source": {"url": source_url, "name": f"evalsuite {__version__} (run {view.run_id}"
+                                                              f"{'; ' + audit if audit else ''})"}})
     if not results:
         raise EvalsuiteError(f"run {view.run_id} of {view.model} has no finished leaderboard task to export")
     if limited and not allow_limited:
@@ -194,7 +216,7 @@ def model_index_yaml(index: dict[str, Any]) -> str:
 
 # -- CSV -------------------------------------------------------------------------------------
 CSV_COLUMNS = ["run_id", "model", "model_id", "task", "lm_eval_task", "subtask", "metric", "score", "stderr", "n",
-               "n_total", "status"]
+               "n_total", "status", "audit_status", "audit_n", "audit_agree", "audit_max_abs_diff"]
 
 
 def scores_csv(view: Any) -> str:
@@ -212,13 +234,24 @@ def scores_csv(view: Any) -> str:
                          "lm_eval_task": name, "subtask": sub, "metric": rec["metric"],
                          "score": _pct(rec["value"]), "stderr": _pct(rec["stderr"]),
                          "n": int(rec["n"] or 0), "n_total": "" if is_missing(rec["n_total"])
-                         else int(rec["n_total"]), "status": rec["status"]})
+                         else int(rec["n_total"]), "status": rec["status"],
+                         **_audit_csv(rec)})
     values = leaderboard_values(view)
     if values.get("h6") is not None:
         writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": "h6",
                          "metric": "mean of six" if values["h6_complete"] else "mean of tasks present (incomplete)",
                          "score": f"{values['h6']:.4f}", "status": "ok" if values["h6_complete"] else "incomplete"})
     return buffer.getvalue()
+
+
+def _audit_csv(rec: dict[str, Any]) -> dict[str, Any]:
+    """The audit columns of a CSV row (empty for subject rows and rows without an audit)."""
+    if not isinstance(rec.get("audit_status"), str):
+        return {}
+    fields = _audit_fields(rec)
+    return {"audit_status": fields["status"], "audit_n": "" if fields["n"] is None else fields["n"],
+            "audit_agree": "" if fields["agree"] is None else fields["agree"],
+            "audit_max_abs_diff": "" if fields["max_abs_diff"] is None else f"{fields['max_abs_diff']:.3g}"}
 
 
 def _pct(value: Any) -> str:

@@ -90,6 +90,13 @@ class ScoreRecord:
     n_total: int | None = None  # documents in the split (per subject for subject rows)
     status: str | None = None  # see TASK_STATUSES
     error: str | None = None  # missing: the expected files; failed: file/row/field or model error
+    # The task's self-audit (task rows of the evalsuite engine; see evalsuite.audit). Added
+    # within schema 2 without a bump: conform() reads them as null from older files (no audit).
+    audit_status: str | None = None  # agree | rerun | not audited | not applicable
+    audit_n: int | None = None  # requests re-scored (or prompts re-generated) by the plain executor
+    audit_agree: int | None = None  # of those, how many matched within tolerance
+    audit_max_abs_diff: float | None = None  # max |Δ log-likelihood| over the sample
+    audit_note: str | None = None  # what was sampled, and what was done when it did not match
 
 
 @dataclass

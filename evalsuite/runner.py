@@ -109,7 +109,9 @@ class EvalResult:
         notes = [n for v in views for n in v.notes]
         problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
                     if s.status not in ("ok", "shard")]
-        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *notes])
+        from .audit import summary_lines
+
+        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views), *notes])
 
     @property
     def exit_code(self) -> int:
@@ -159,7 +161,8 @@ def evaluate(
     ``dry_run=True`` evaluates and writes nothing and returns the
     :class:`~evalsuite.dryrun.CostPlan`: documents, requests, tokens per backend and estimated
     time (:func:`evalsuite.dryrun.plan_cost`). ``verify_weights`` hashes local weights in full
-    instead of trusting the size + mtime cache (docs/safety.md).
+    instead of trusting the size + mtime cache (docs/safety.md). ``audit=False`` skips the
+    engine's self-audit of each task (:mod:`evalsuite.audit`); its score rows then say "not audited".
     """
     config = RunConfig.build(config, models=models, tasks=tasks, **options)
     if dry_run:
@@ -291,10 +294,15 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
         lm = build_backend(backend, source, options)
+        if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+            _say(f"{spec.alias}: {lm.engine_note}")
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
             from .cache import wrap
 
             lm = wrap(lm, source, options, backend)
+        from .audit import Auditor
+
+        auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
@@ -320,7 +328,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     try:
         for name, task in loaded.items():
             try:
-                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard)
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
                 outcomes.append("ok")
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
@@ -341,8 +349,9 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
-    """The run's notes say how much came from the request cache."""
-    return lm.stats() if use_cache and hasattr(lm, "stats") else None
+    """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
+    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None)
+    return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
 def _interrupt_text(exc: BaseException) -> str:
@@ -412,24 +421,26 @@ def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
 
 # -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
-                   limit: int | None, progress: bool, shard: tuple[int, int] | None = None) -> None:
-    from tqdm.auto import tqdm
-
+                   limit: int | None, progress: bool, shard: tuple[int, int] | None = None,
+                   auditor: Any = None) -> None:
+    """Score the task, audit it (a sample re-scored the plain way; beyond tolerance the whole
+    task is scored again on the plain executor), then write its samples and scores."""
     from .sharding import select, shard_part, shard_score_rows
 
-    prompts = select(task.prompts(limit), shard)
+    everything = task.prompts(limit)
+    prompts = select(everything, shard)
     spec = task.spec
-    samples: list[SampleRecord] = []
-    bar = tqdm(total=len(prompts), desc=f"{model} {spec.name}", unit="doc", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    for start in range(0, len(prompts), CHUNK_DOCS):
-        chunk = prompts[start:start + CHUNK_DOCS]
-        responses = run_requests(lm, chunk)
-        for prompt, response in zip(chunk, responses, strict=True):
-            samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(chunk))
-    bar.close()
+    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
+               if auditor is not None else None)
+    if audited is not None and audited.status == "rerun":
+        auditor.forget_cached(prompts)
+        _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
+             f"on the plain executor")
+        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
     scores = score_samples(run_id, model, task, samples)
+    if audited is not None:
+        scores[0] = replace(scores[0], **audited.fields())
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -437,6 +448,26 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     # A shard's scores are partial: stored as merge metadata and scored at read time.
     store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
     store.write_scores(run_id, model, spec.name, shard_score_rows(scores), part=shard_part(shard))
+
+
+def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
+                   progress: bool) -> tuple[list[SampleRecord], list[list[Any]]]:
+    """The documents' sample records and the backend's responses (per document), chunk by chunk."""
+    from tqdm.auto import tqdm
+
+    samples: list[SampleRecord] = []
+    answered: list[list[Any]] = []
+    bar = tqdm(total=len(prompts), desc=f"{model} {task.spec.name}", unit="doc", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for start in range(0, len(prompts), CHUNK_DOCS):
+        chunk = prompts[start:start + CHUNK_DOCS]
+        responses = run_requests(lm, chunk)
+        answered.extend(responses)
+        for prompt, response in zip(chunk, responses, strict=True):
+            samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
+        bar.update(len(chunk))
+    bar.close()
+    return samples, answered
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:

@@ -162,7 +162,11 @@ def _merged_rows(run_id: str, model: str, task: str, score_rows: Any, samples: A
     made = score_records(run_id, model, load_spec(task), ordered["value"].tolist(), groups,
                          n_total=None if head["n_total"] is None or math.isnan(head["n_total"]) else int(head["n_total"]),
                          subjects=subjects)
-    return [records.as_row("scores", r) for r in made]
+    from .audit import combine
+
+    merged = [records.as_row("scores", r) for r in made]
+    merged[0].update(combine(heads.to_dict("records")))  # the shards' audits, summed
+    return merged
 
 
 # -- writing -------------------------------------------------------------------------------

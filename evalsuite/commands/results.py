@@ -29,6 +29,8 @@ def handle(args: argparse.Namespace) -> int:
         raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
     problems = [f"{v.model} {task}: {score.status}: {score.error}" for v in views
                 for task, score in v.task_scores().items() if score.status not in ("ok",) and score.error]
-    print("\n".join([format_table([v.leaderboard_row() for v in views]), *problems,
+    from ..audit import summary_lines
+
+    print("\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views),
                      *[note for v in views for note in v.notes]]))
     return 0

@@ -212,12 +212,29 @@ def manifests(comparison: ReportData) -> list[dict[str, Any]]:
             fields.append((label, "—" if _nan(value) or value == "" else str(value)))
         tasks = run.get("tasks")
         out.append({
-            "label": entry.label, "fields": fields,
+            "label": entry.label, "fields": fields, "audits": _audits(comparison, entry),
             "tasks": ", ".join(tasks) if tasks is not None else "—",
             "config_hashes": sorted(_as_dict(run.get("task_config_hashes")).items()),
             "data_hashes": sorted(_as_dict(run.get("data_hashes")).items()),
         })
     return out
+
+
+def _audits(comparison: ReportData, entry: Entry) -> list[tuple[str, str, str]]:
+    """(task, "audit: 8/8, max |Δ| 2e-05", note) per task row of the entry that carries a self-audit."""
+    from ..audit import describe_row
+
+    scores = comparison.scores
+    if "audit_status" not in scores.columns:
+        return []
+    mine = scores[(scores["run_id"] == entry.run_id) & (scores["model"] == entry.model) & scores["subtask"].isna()]
+    out = []
+    for rec in mine.to_dict("records"):
+        text = describe_row(rec)
+        if text:
+            note = rec.get("audit_note")
+            out.append((str(rec["task"]), text, note if isinstance(note, str) else ""))
+    return sorted(out)
 
 
 def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> list[dict[str, Any]]:

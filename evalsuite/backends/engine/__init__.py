@@ -6,6 +6,8 @@ Files, one job each:
 * :mod:`.planner`: pure Python, the tree and budgets -> forward passes (no torch, no model);
 * :mod:`.executors`: how a planned forward runs (CPU tree attention, or the model's own
   attention over a cache), chosen once per engine; :mod:`.tree_attention` is the CPU kernel;
+* :mod:`.capabilities`: which fast paths are exact for the loaded model (inspection + probe);
+* :mod:`.plain`: the always-exact floor, the model's own full forward per distinct input;
 * :mod:`.scoring`: log-probabilities at the scored positions only;
 * :mod:`.generation`: greedy generation, batched or exactly one prompt at a time;
 * :mod:`.lm`: ``EngineLM``, lm-eval's ``TemplateLM`` tying them together;

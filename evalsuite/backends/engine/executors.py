@@ -1,15 +1,17 @@
 """Executors: how one planned forward pass of packed rows below computed pasts runs on a model.
 
-One interface, two implementations, chosen once when the engine is built:
+One interface, two implementations, chosen once when the engine is built (by
+:mod:`.capabilities`, which probes them against the model's own forward):
 
 * :class:`TreeAttentionExecutor` (CPU, models that dispatch attention through transformers'
-  registry, no sliding window shorter than the context): rows attend to their shared past in
-  place through :mod:`.tree_attention`, nothing copied;
-* :class:`CacheExecutor` (CUDA, sliding-window models, anything else): the model's own
+  registry without extras it cannot reproduce): rows attend to their shared past in place
+  through :mod:`.tree_attention`, nothing copied;
+* :class:`CacheExecutor` (CUDA, or where tree attention is declined): the model's own
   attention over a ``DynamicCache`` holding each row's past.
 
-Both return the decoder's last hidden states (the output layer runs only where scored) and,
-for a trunk, its past extended by the row.
+Both apply each layer's sliding window (``windows``, per layer, from the capabilities) and
+return the decoder's last hidden states (the output layer runs only where scored) and, for a
+trunk, its past extended by the row. Where neither is exact the engine uses :mod:`.plain`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from ... import compat
 from . import tree_attention
 from .planner import Row
+from .plain import PlainExecutor
 from .tree_attention import Past
 from .prefix_tree import PrefixTree
 
@@ -36,10 +39,12 @@ class Executor:
     #: whether each row gets its own copy of its past (the planner then bounds rows x past)
     copies_past = True
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, windows: tuple[int | None, ...] = ()) -> None:
         self.model = model
         self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         self.device = next(model.parameters()).device
+        #: per layer, the sliding window (None: full attention)
+        self.windows = tuple(windows)
 
     def forward(self, rows: list[Row], pasts: list[Past | None], tree: PrefixTree, keep: bool) -> tuple[torch.Tensor, Past | None]:
         """Hidden states ``[rows, width, hidden]`` of the rows (positions = tree depth - 1) and,
@@ -74,8 +79,8 @@ class TreeAttentionExecutor(Executor):
     name = "tree"
     copies_past = False
 
-    def __init__(self, model: Any) -> None:
-        super().__init__(model)
+    def __init__(self, model: Any, windows: tuple[int | None, ...] = ()) -> None:
+        super().__init__(model, windows)
         compat.register_attention(tree_attention.NAME, tree_attention.tree_attention)
 
     def _run(self, ids, pos, local, pasts, keep):
@@ -87,7 +92,8 @@ class TreeAttentionExecutor(Executor):
         mask = None
         if local is not None:
             mask = torch.zeros(local.shape, dtype=torch.float32).masked_fill_(~local, float("-inf"))[:, None]
-        ctx = tree_attention.TreeContext(groups, mask, keep)
+        ctx = tree_attention.TreeContext(groups, mask, keep, windows=self.windows if any(self.windows) else (),
+                                         positions=pos)
         with compat.attention(self.model, tree_attention.NAME):
             out = self.base(input_ids=ids, position_ids=pos, use_cache=False, evalsuite_tree=ctx)
         return out.last_hidden_state, (ctx.kept_past() if keep else None)
@@ -98,10 +104,16 @@ class CacheExecutor(Executor):
 
     name = "cache"
 
-    def __init__(self, model: Any) -> None:
-        super().__init__(model)
+    def __init__(self, model: Any, windows: tuple[int | None, ...] = (), layer_types: list[str] | None = None) -> None:
+        super().__init__(model, windows)
         self.float_mask = (compat.attention_implementation(model) or "sdpa") == "eager"
         self.cache_kw = compat.cache_keyword(self.base)
+        #: the model's mask key per layer (config.layer_types): masks differ per window only
+        #: through a {layer type: mask} mapping, which such models accept in place of one mask
+        self.layer_types = layer_types
+        if len(set(self.windows)) > 1 and not (layer_types and len(layer_types) == len(self.windows) and all(
+                len({w for w, t in zip(self.windows, layer_types) if t == kind}) == 1 for kind in set(layer_types))):
+            raise ValueError("per-layer windows need the model's layer_types to pass one mask per window")
 
     def _cache(self, pasts: list[Past | None], batch: int) -> tuple[Any, int]:
         """Rows below one past see it through broadcast views; rows below different pasts get
@@ -129,16 +141,24 @@ class CacheExecutor(Executor):
     def _run(self, ids, pos, local, pasts, keep):
         batch, width = ids.shape
         cache, past = self._cache(pasts, batch)
-        mask: torch.Tensor | None = None
-        if local is not None or (past > 0 and batch > 1):
+        mask: Any = None
+        windowed = any(w is not None and w < past + width for w in self.windows)
+        if local is not None or (past > 0 and batch > 1) or windowed:
             if local is None:
                 local = torch.ones(width, width, dtype=torch.bool).tril()[None].expand(batch, width, width)
             seen = torch.tensor([past_length(p) for p in pasts])
             visible = (torch.arange(past)[None, :] < seen[:, None])[:, None, :].expand(batch, width, past)
-            mask = torch.cat([visible, local], dim=2)[:, None].to(self.device)
-            if self.float_mask:
-                dtype = next(self.model.parameters()).dtype
-                mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
+            full = torch.cat([visible, local], dim=2)
+            if windowed:  # keys at positions 0..past-1 (the past), then the row's own positions
+                key_pos = torch.cat([torch.arange(past)[None].expand(batch, past), pos], dim=1)
+                masks = {w: full if w is None else full & ((pos[:, :, None] - key_pos[:, None, :]) < w)
+                         for w in set(self.windows)}
+                if len(masks) == 1:
+                    mask = self._mask(next(iter(masks.values())))
+                else:
+                    mask = {kind: self._mask(masks[w]) for w, kind in zip(self.windows, self.layer_types)}
+            else:
+                mask = self._mask(full)
         # else: causal attention, which the model builds itself (fast kernels when nothing is
         # cached); right padding is harmless as no real token attends to a later position
         if keep and cache is None:
@@ -147,24 +167,25 @@ class CacheExecutor(Executor):
                         use_cache=cache is not None, **{self.cache_kw: cache})
         return out.last_hidden_state, (compat.cache_layers(cache) if keep else None)
 
+    def _mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """``[batch, queries, keys]`` booleans -> the model's 4-D mask (additive floats for eager)."""
+        mask = visible[:, None].to(self.device)
+        if self.float_mask:
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
 
-def sliding_window(model: Any) -> int | None:
-    window = getattr(model.config, "sliding_window", None)
-    if not getattr(model.config, "use_sliding_window", True):
-        return None
-    return window
 
-
-def select_executor(model: Any, max_length: int, attention: str | None = None) -> Executor:
-    """``attention``: "tree", "cache" or None (tree attention where supported: a CPU model that
-    routes attention through the registry, without a sliding window shorter than the context)."""
-    if attention is None:
-        window = sliding_window(model)
-        attention = "tree" if tree_attention.supported(model) and (window is None or window >= max_length) else "cache"
+def select_executor(model: Any, attention: str, windows: tuple[int | None, ...] = (),
+                    layer_types: list[str] | None = None) -> Executor | PlainExecutor:
+    """The executor named ``attention`` ("tree", "cache" or "plain"; :mod:`.capabilities` decides
+    which one is exact for the model) applying ``windows`` (per layer)."""
     if attention == "tree":
         if not tree_attention.supported(model):
-            raise ValueError("tree attention needs a CPU model that routes attention through transformers' registry")
-        return TreeAttentionExecutor(model)
+            raise ValueError("tree attention needs a CPU model in sdpa or eager mode and torch's CPU flash kernel")
+        return TreeAttentionExecutor(model, windows)
     if attention == "cache":
-        return CacheExecutor(model)
-    raise ValueError(f"unknown attention {attention!r}: tree or cache")
+        return CacheExecutor(model, windows, layer_types)
+    if attention == "plain":
+        return PlainExecutor(model)
+    raise ValueError(f"unknown attention {attention!r}: tree, cache or plain")

@@ -8,16 +8,20 @@ row's own tokens as at batch size 1); a row stops at an EOS id, once a stop stri
 its text, or after ``max_gen_toks`` tokens; the text is decoded without special tokens and cut
 at each stop string in turn.
 
-Two modes:
+Two modes (and a floor):
 
 * ``exact``: one prompt at a time, prefill then one token per step over a ``DynamicCache``: the
   same calls as ``generate`` at batch size 1.
+* ``plain`` (not a user mode: the route :mod:`.capabilities` takes where the model's own cache
+  use does not reproduce its full forward, e.g. remote code with its own cache format): one
+  prompt at a time, each step the model's full forward over the prompt and the tokens so far.
 * ``batched`` (default): prompts of any lengths decode together. Each prompt is prefilled alone
   (the same numerics as batch size 1), its keys and values are copied into a slot of a
   preallocated per-layer buffer, and every decode step runs the active slots as one batch, each
   row at its own position and attending to its own slot only (:func:`slot_attention`). A row
   that stops leaves at once and the next prompt is prefilled into its slot; once none is left
-  the last slot moves into the hole, so the batch stays dense. Per row the arithmetic is that of
+  the last slot moves into the hole, so the batch stays dense. Each layer's sliding window (per
+  layer, from the capabilities) limits what a row attends to. Per row the arithmetic is that of
   batch size 1 except for kernel blocking at a different batch size (float rounding in the last
   bits; the benchmark checks the texts against lm-eval's ``hf`` model).
 """
@@ -33,7 +37,6 @@ import torch
 from ... import compat
 from ...errors import EvalsuiteError
 from .. import GENERATION_MODES
-from .executors import sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Generator:
     """Greedy decoding for an :class:`~.lm.EngineLM`'s model and tokenizer."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, default_max_gen: int, mode: str = "batched",
-                 max_rows: int | None = None) -> None:
+                 max_rows: int | None = None, windows: tuple[int | None, ...] = (), route: str | None = None) -> None:
         if mode not in MODES:
             raise EvalsuiteError(f"unknown generation mode {mode!r}; choose one of {', '.join(MODES)}")
         self.model = model
@@ -102,7 +105,14 @@ class Generator:
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
         self.cache_kw = compat.cache_keyword(model)
-        self.window = sliding_window(model)
+        #: per layer, the sliding window batched decoding applies (None: full attention)
+        self.windows = tuple(windows)
+        #: how requests are decoded: "batched", "exact" or "plain" (see the module docstring);
+        #: by default exact in exact mode or for models outside the attention registry
+        self.route = route or ("exact" if mode == "exact" or not compat.routes_attention_through_registry(model)
+                               else "batched")
+        #: when a list, each decoded row's logits are appended (the capability probe reads them)
+        self.record: list[tuple[int, torch.Tensor]] | None = None
         self._processors: dict[tuple[int, int], tuple[Any, frozenset[int]]] = {}
         self.forward_calls = 0
         self.forwarded_tokens = 0
@@ -146,16 +156,22 @@ class Generator:
         jobs = self.jobs(requests)
         if not jobs:
             return []
-        with torch.inference_mode():
-            if self.mode == "exact" or not compat.routes_attention_through_registry(self.model):
-                for job in jobs:
-                    self._exact(job)
-            else:
-                self._batched(jobs)
+        self.run(jobs)
         return [job.text(self.tokenizer) for job in jobs]
+
+    def run(self, jobs: list[Job]) -> None:
+        """Decode the jobs on this generator's route."""
+        with torch.inference_mode():
+            if self.route == "batched":
+                self._batched(jobs)
+            else:
+                for job in jobs:
+                    (self._exact if self.route == "exact" else self._plain)(job)
 
     def _next(self, job: Job, logits: torch.Tensor) -> int:
         """The greedy token from one row's last logits ``[vocab]`` after the processors."""
+        if self.record is not None:
+            self.record.append((job.index, logits.float().cpu()))
         if job.processors is not None:
             ids = torch.tensor([job.prompt + job.new], dtype=torch.long, device=logits.device)
             logits = job.processors(ids, logits[None].float())[0]
@@ -176,6 +192,16 @@ class Generator:
                 return
             step = torch.tensor([[token]], dtype=torch.long, device=self.device)
             attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype, device=self.device)], dim=1)
+
+    # ------------------------------------------------------------------ plain: full forward per step
+    def _plain(self, job: Job) -> None:
+        while True:
+            ids = torch.tensor([job.prompt + job.new], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits
+            self.forward_calls += 1
+            self.forwarded_tokens += ids.numel()
+            if job.push(self._next(job, logits[0, -1]), self.tokenizer):
+                return
 
     # ------------------------------------------------------------------ batched: slots
     def _slots(self, jobs: list[Job]) -> tuple[int, int]:
@@ -211,7 +237,7 @@ class Generator:
                 continue
             ids = torch.tensor([[j.new[-1]] for j in active], dtype=torch.long, device=self.device)
             pos = torch.tensor([[j.length - 1] for j in active], dtype=torch.long, device=self.device)
-            state.begin_step(torch.tensor([j.length - 1 for j in active], device=self.device), self.window)
+            state.begin_step(torch.tensor([j.length - 1 for j in active], device=self.device), self.windows)
             with compat.attention(self.model, SLOT_ATTENTION):
                 out = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1,
                                  evalsuite_slots=state)
@@ -257,7 +283,9 @@ class SlotState:
         self.values: list[torch.Tensor] = []
         self.lengths: dict[int, int] = {}
         self.positions: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None
+        #: per layer, its window; per distinct window, this step's mask
+        self.windows: tuple[int | None, ...] = ()
+        self.masks: dict[int | None, torch.Tensor] = {}
         self.width = 0
 
     def store(self, slot: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -279,7 +307,7 @@ class SlotState:
             v[target, :, :n] = v[source, :, :n]
         self.lengths[target] = n
 
-    def begin_step(self, positions: torch.Tensor, window: int | None) -> None:
+    def begin_step(self, positions: torch.Tensor, windows: tuple[int | None, ...] = ()) -> None:
         rows = positions.shape[0]
         for b in range(rows):
             self.lengths[b] = int(positions[b]) + 1
@@ -287,9 +315,13 @@ class SlotState:
         self.width = int(positions.max()) + 1
         keys = torch.arange(self.width, device=positions.device)
         visible = keys[None, :] <= positions[:, None]
-        if window is not None:
-            visible &= keys[None, :] > positions[:, None] - window
-        self.mask = visible[:, None, None, :]
+        self.windows = tuple(windows)
+        self.masks = {None: visible[:, None, None, :]}
+        for window in set(self.windows) - {None}:  # transformers' sliding masks: keys > position - window
+            self.masks[window] = (visible & (keys[None, :] > positions[:, None] - window))[:, None, None, :]
+
+    def mask(self, layer: int) -> torch.Tensor:
+        return self.masks[self.windows[layer] if layer < len(self.windows) else None]
 
 
 def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -310,6 +342,6 @@ def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
     values[index, :, state.positions] = value[:, :, 0]
     q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, keys[:rows, :, :state.width], values[:rows, :, :state.width], attn_mask=state.mask, scale=scaling
+        q, keys[:rows, :, :state.width], values[:rows, :, :state.width], attn_mask=state.mask(layer), scale=scaling
     )
     return out.reshape(rows, heads, 1, dim).transpose(1, 2), None

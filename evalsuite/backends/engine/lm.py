@@ -25,13 +25,17 @@ from lm_eval.api.model import TemplateLM
 
 from ... import compat
 from .. import BackendOptions
-from . import planner, scoring
+from . import capabilities, planner, scoring
 from .executors import Executor, Past, select_executor
 from .generation import Generator
+from .plain import PlainExecutor, plain_tally
 from .prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
 from .tokenize import resolve_max_length
 
 log = logging.getLogger(__name__)
+
+#: Rows of one plain-executor forward when --batch-size is "auto".
+PLAIN_ROWS = 8
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -89,18 +93,48 @@ class EngineLM(TemplateLM):
         self._device = next(model.parameters()).device
         self.max_gen_toks = int(options.max_gen_toks)
         self._max_length = max_length or resolve_max_length(model.config, tokenizer)
-        self.executor: Executor = select_executor(model, self._max_length, attention)
         # --batch-size N (an int) caps the rows of one forward pass and the sequences decoded
         # together; by default ("auto") the token budget alone bounds a forward
         max_rows = options.batch_size if isinstance(options.batch_size, int) else None
-        self.budgets = planner.Budgets.for_device(self._device.type, token_budget, self.executor.copies_past, max_rows)
-        self.lm_head = model.get_output_embeddings()
         self.logits_dtype = compat.v1_logits_dtype(model)
-        self.generator = Generator(model, tokenizer, self._max_length, self.max_gen_toks,
-                                   options.generation, max_rows)
-        self.stats = EngineStats()
         #: root trunks kept across calls (key: their tokens), least recent first
         self._trunk_memory: OrderedDict[tuple[int, ...], Past] = OrderedDict()
+        self.stats = EngineStats()
+        self.lm_head = capabilities.head_function(model)[0]  # the probe scores through it
+        #: what is exact for this model, decided by inspection and a probe (:mod:`.capabilities`)
+        self.capabilities, self.lm_head = capabilities.decide(model, tokenizer, self._max_length, attention,
+                                                              self._probe, options.generation)
+        self.executor = self._executor(self.capabilities.loglikelihood, self.capabilities.windows)
+        self.budgets = planner.Budgets.for_device(self._device.type, token_budget, self.executor.copies_past, max_rows)
+        self.generator = Generator(model, tokenizer, self._max_length, self.max_gen_toks, options.generation, max_rows,
+                                   windows=self.capabilities.windows, route=self.capabilities.generation)
+        self.stats.reset()  # the probe's forwards are not the run's
+
+    @property
+    def engine_note(self) -> str:
+        """Which executor and generation route this model runs on and why (for the run notes)."""
+        return self.capabilities.note
+
+    def _executor(self, name: str, windows: tuple[int | None, ...]) -> Executor | PlainExecutor:
+        return select_executor(self.model, name, windows, capabilities.layer_types(self.model))
+
+    def _probe(self, name: str, windows: tuple[int | None, ...], layer_types: list[str] | None,
+               requests: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per-request log-probs (float32) of ``requests`` through executor ``name``, with a small
+        token budget so that trunks are kept and rows attend to pasts as in a real run."""
+        saved = self.__dict__.get("executor"), self.__dict__.get("budgets"), self._trunk_memory
+        self.executor = select_executor(self.model, name, windows, layer_types)
+        budget = max(16, max(len(c) + len(x) for c, x in requests) // 3)
+        self.budgets = planner.Budgets.for_device(self._device.type, budget, self.executor.copies_past, 4)
+        self._trunk_memory = OrderedDict()
+        try:
+            tree = tree_of(requests, self.max_length)
+            tally = scoring.Tally(len(requests))
+            with torch.inference_mode():
+                self.run_plan(tree, tally, logits_dtype=torch.float32)
+            return tally.logprobs
+        finally:
+            self.executor, self.budgets, self._trunk_memory = saved
 
     @property
     def token_budget(self) -> int:
@@ -158,6 +192,10 @@ class EngineLM(TemplateLM):
         if not requests:
             return []
         start = time.perf_counter()
+        if self.executor.name == "plain":
+            tally = self._plain([(ctx, cont) for _, ctx, cont in requests])
+            self.stats.seconds += time.perf_counter() - start
+            return tally.results(self.logits_dtype)
         tree = tree_of([(ctx, cont) for _, ctx, cont in requests], self.max_length)
         tally = scoring.Tally(len(requests))
         self.stats.unique_tokens += tree.n_tokens
@@ -166,17 +204,26 @@ class EngineLM(TemplateLM):
         self.stats.seconds += time.perf_counter() - start
         return tally.results(self.logits_dtype)
 
+    def _plain(self, requests: Sequence[tuple[list[int], list[int]]]) -> scoring.Tally:
+        """The requests through the plain executor (the model's own full forward per input)."""
+        rows = self.options.batch_size if isinstance(self.options.batch_size, int) else PLAIN_ROWS
+        tally = plain_tally(self.model, requests, max_length=self.max_length, batch_size=rows,
+                            logits_dtype=self.logits_dtype)
+        self.stats.forward_calls += -(-len({tuple(c + x) for c, x in requests}) // rows)
+        return tally
+
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError("the leaderboard tasks need no rolling log-likelihoods")
 
-    def run_plan(self, tree: PrefixTree, tally: scoring.Tally) -> None:
+    def run_plan(self, tree: PrefixTree, tally: scoring.Tally, logits_dtype: torch.dtype | None = None) -> None:
         """Plan the tree against the remembered root trunks, then run the steps in order."""
         the_plan = planner.plan_forwards(tree, self.budgets, list(self._trunk_memory))
         self.stats.reused_tokens += the_plan.reused_tokens
         pasts: dict[int, Past] = {}
         for step in the_plan.steps:
             if isinstance(step, planner.Forward):
-                kept = self._forward_safe(step.rows, pasts, tree, tally, keep=step.keep is not None)
+                kept = self._forward_safe(step.rows, pasts, tree, tally, keep=step.keep is not None,
+                                          logits_dtype=logits_dtype)
                 if step.keep is not None:
                     pasts[step.keep] = kept
             elif isinstance(step, planner.Reuse):
@@ -192,7 +239,7 @@ class EngineLM(TemplateLM):
                     pasts.pop(past, None)
 
     def _forward_safe(self, rows: list[planner.Row], pasts: dict[int, Past], tree: PrefixTree,
-                      tally: scoring.Tally, keep: bool = False) -> Past | None:
+                      tally: scoring.Tally, keep: bool = False, logits_dtype: torch.dtype | None = None) -> Past | None:
         """One planned forward; on out-of-memory split the batch in halves and retry each."""
         try:
             hidden, kept = self.executor.forward(rows, [None if r.past is None else pasts[r.past] for r in rows],
@@ -205,14 +252,15 @@ class EngineLM(TemplateLM):
             self.stats.oom_splits += 1
             log.warning("out of memory on a batch of %d rows; splitting it in two", len(rows))
             half = len(rows) // 2
-            self._forward_safe(rows[:half], pasts, tree, tally)
-            self._forward_safe(rows[half:], pasts, tree, tally)
+            self._forward_safe(rows[:half], pasts, tree, tally, logits_dtype=logits_dtype)
+            self._forward_safe(rows[half:], pasts, tree, tally, logits_dtype=logits_dtype)
             return None
         width = max(len(r.nodes) for r in rows)
         self.stats.forward_calls += 1
         self.stats.forwarded_tokens += len(rows) * width
         self.stats.real_tokens += sum(len(r.nodes) for r in rows)
-        self.stats.scored_positions += scoring.score(self.lm_head, hidden, rows, tree, tally, self.logits_dtype)
+        self.stats.scored_positions += scoring.score(self.lm_head, hidden, rows, tree, tally,
+                                                     logits_dtype or self.logits_dtype)
         return kept
 
     # ------------------------------------------------------------------ per-token log-probs
@@ -226,13 +274,16 @@ class EngineLM(TemplateLM):
                 continue
             inputs = truncated_inputs([self.prefix_token_id], ids, self.max_length)
             requests.append((inputs, ids[-len(inputs):]))
-        tree = PrefixTree()
-        for index, (inputs, targets) in enumerate(requests):
-            tree.insert(index, inputs, targets)
-        tree.finalize()
-        tally = scoring.Tally(len(requests))
-        with torch.inference_mode():
-            self.run_plan(tree, tally)
+        if self.executor.name == "plain":  # (inputs + the last target, targets): the same positions scored
+            tally = self._plain([(inputs[:1], inputs[1:] + targets[-1:]) for inputs, targets in requests])
+        else:
+            tree = PrefixTree()
+            for index, (inputs, targets) in enumerate(requests):
+                tree.insert(index, inputs, targets)
+            tree.finalize()
+            tally = scoring.Tally(len(requests))
+            with torch.inference_mode():
+                self.run_plan(tree, tally)
         out, at = [], 0
         for ids in encoded:
             if not ids:

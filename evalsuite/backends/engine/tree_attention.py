@@ -39,24 +39,47 @@ class TreeContext:
     ``groups``: the rows (batch indices) below each past; rows in no group have none.
     ``local_mask``: additive ``[batch, 1, width, width]`` mask of the rows' own tokens, or None
     for plain causal rows. With ``keep`` (one row) each layer's past extended by the row's keys
-    and values is collected in ``kept``.
+    and values is collected in ``kept``. ``windows``: per layer, the sliding window (a query at
+    position p sees keys at positions > p - window, as transformers' sliding masks) or None;
+    ``positions`` ``[batch, width]``: the rows' token positions (a past holds positions 0..n-1).
     """
 
     groups: list[tuple[torch.Tensor, Past]]
     local_mask: torch.Tensor | None
     keep: bool = False
     kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    windows: tuple[int | None, ...] = ()
+    positions: torch.Tensor | None = None
+    _window_masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def kept_past(self) -> Past:
         return [self.kept[i] for i in sorted(self.kept)]
 
+    def window(self, layer: int) -> int | None:
+        return self.windows[layer] if layer < len(self.windows) else None
+
+    def local_window_mask(self, window: int) -> torch.Tensor:
+        """The additive mask of the rows' own tokens with the window applied (made once per forward)."""
+        if window not in self._window_masks:
+            pos = self.positions
+            width = pos.shape[1]
+            near = (pos[:, :, None] - pos[:, None, :]) < window
+            if self.local_mask is None:
+                near &= torch.ones(width, width, dtype=torch.bool).tril()[None]
+                mask = torch.zeros(near.shape, dtype=torch.float32).masked_fill_(~near, float("-inf"))[:, None]
+            else:
+                mask = self.local_mask.masked_fill(~near[:, None], float("-inf"))
+            self._window_masks[window] = mask
+        return self._window_masks[window]
+
 
 def supported(model: Any) -> bool:
-    """CPU models that route attention through transformers' registry (flash kernel with lse)."""
+    """CPU models in sdpa or eager mode where torch has the CPU flash kernel with lse. Whether the
+    model's layers look attention up in transformers' registry (and pass the engine's context
+    on) is what :mod:`.capabilities` checks, by watching and probing them."""
     device = next(model.parameters()).device
     return (
         device.type == "cpu"
-        and compat.routes_attention_through_registry(model)
         and compat.attention_implementation(model) in ("sdpa", "eager")
         and compat.cpu_flash_attention() is not None
     )
@@ -100,16 +123,32 @@ def tree_attention(
             ctx.kept[layer] = (key, value)
     local_k = key.repeat_interleave(group, dim=1) if group > 1 else key
     local_v = value.repeat_interleave(group, dim=1) if group > 1 else value
-    mask = None if ctx.local_mask is None else ctx.local_mask.to(dtype)
+    window = ctx.window(module.layer_idx)
+    if window is not None and ctx.positions is not None:
+        mask = ctx.local_window_mask(window).to(dtype)
+    else:
+        window = None
+        mask = None if ctx.local_mask is None else ctx.local_mask.to(dtype)
     out, lse = flash(query, local_k, local_v, 0.0, mask is None, attn_mask=mask, scale=scaling)[:2]
     if ctx.groups:
         out = out.clone()
         for rows, past in ctx.groups:
             past_k, past_v = past[module.layer_idx]
             n = rows.numel()
+            past_mask = None
+            if window is not None:  # past keys sit at positions 0..n-1; a query sees those > p - window
+                qpos = ctx.positions[rows][:, None, :].expand(n, group, width).reshape(-1)
+                near = (qpos[:, None] - torch.arange(past_k.shape[2])[None, :]) < window
+                if not bool(near.any()):
+                    continue
+                past_mask = torch.zeros(near.shape, dtype=dtype).masked_fill_(~near, float("-inf"))[None, None]
             # [n, heads, width, dim] -> [1, kv_heads, n * group * width, dim]: one long query sequence per key/value head
             q = query[rows].view(n, kv_heads, group, width, dim).transpose(0, 1).reshape(1, kv_heads, n * group * width, dim)
-            past_out, past_lse = flash(q, past_k, past_v, 0.0, False, scale=scaling)[:2]
+            past_out, past_lse = flash(q, past_k, past_v, 0.0, False, attn_mask=past_mask, scale=scaling)[:2]
+            if past_mask is not None:  # queries that see no past key (the kernel gives them lse 0): weight 0
+                seen = near.any(dim=1)[None, None]
+                past_out = torch.where(seen[..., None], past_out, torch.zeros((), dtype=past_out.dtype))
+                past_lse = torch.where(seen, past_lse, torch.full((), float("-inf"), dtype=past_lse.dtype))
             past_out = past_out.view(kv_heads, n, group, width, dim).transpose(0, 1).reshape(n, heads, width, dim)
             past_lse = past_lse.view(kv_heads, n, group, width).transpose(0, 1).reshape(n, heads, width)
             out[rows] = _merge(out[rows], lse[rows], past_out, past_lse).to(out.dtype)

@@ -1,0 +1,99 @@
+"""The plain executor: the model's own full forward on each distinct input, as lm-eval's ``hf`` does.
+
+Why it exists: the tree and cache executors reimplement parts of a forward pass (positions,
+masks, the output layer) to share prefixes. Where a model does something they cannot reproduce
+exactly (ALiBi positions, an unknown head transform, a window the probe rejects), the engine
+must not approximate: it falls back to this path, which calls ``model(input_ids).logits`` (the
+family's own code, causal-LM head included) and is exact by construction.
+
+What it mirrors of lm-eval's ``HFLM._loglikelihood_tokens`` (causal models): each request's
+input is ``(context + continuation)[-(max_length + 1):][:-1]``; inputs are batched by length
+(longest first), right-padded with id 0 and run without an attention mask (HFLM passes none:
+right padding is never attended to by a real token of a causal model); the log-softmax is taken
+in ``logits_dtype`` (HFLM's ``softmax_dtype``; None = the logits' own dtype) and the greedy flag
+compares the argmax at every continuation position. Unlike HFLM, requests whose inputs are equal
+(single-token continuations of one context) share one forward, and only the positions from the
+first continuation position on go through the output layer where the model's forward accepts
+``logits_to_keep`` (the head is per position, so the values are the same).
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .prefix_tree import truncated_inputs
+from .scoring import Tally
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def plain_tally(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, max_length: int,
+                batch_size: int = 8, logits_dtype: torch.dtype | None = None) -> Tally:
+    """Per-request continuation log-probs and greedy flags from the model's own full forward."""
+    tally = Tally(len(requests))
+    if not requests:
+        return tally
+    device = next(model.parameters()).device
+    by_input: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, continuation) in enumerate(requests):
+        if not continuation:
+            raise ValueError("a log-likelihood request needs a non-empty continuation")
+        if len(continuation) > max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length {max_length}")
+        by_input.setdefault(tuple(truncated_inputs(list(context), list(continuation), max_length)), []).append(index)
+    inputs = sorted(by_input, key=lambda x: (-len(x), x))
+    keep_kw = _accepts_logits_to_keep(model)
+    with torch.inference_mode():
+        for begin in range(0, len(inputs), max(1, int(batch_size))):
+            chunk = inputs[begin:begin + max(1, int(batch_size))]
+            width = len(chunk[0])
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            for b, inp in enumerate(chunk):
+                ids[b, :len(inp)] = torch.tensor(inp, dtype=torch.long)
+            # the earliest position any request of the chunk reads: only those go through the head
+            first = min(len(inp) - len(requests[i][1]) for inp in chunk for i in by_input[inp])
+            first = max(first, 0)
+            kwargs = {"logits_to_keep": width - first} if keep_kw and first > 0 else {}
+            logits = model(ids.to(device), **kwargs).logits
+            offset = width - logits.shape[1]  # positions dropped in front by logits_to_keep
+            logprobs = torch.log_softmax(logits, dim=-1, dtype=logits_dtype)
+            for b, inp in enumerate(chunk):
+                for request in by_input[inp]:
+                    cont = requests[request][1]
+                    n = len(cont)
+                    rows = logprobs[b, len(inp) - n - offset:len(inp) - offset]
+                    target = torch.tensor(cont, dtype=torch.long, device=rows.device)
+                    tally.logprobs[request] = rows.gather(1, target[:, None])[:, 0].float().tolist()
+                    tally.greedy[request] = bool((rows.argmax(dim=-1) == target).all())
+    return tally
+
+
+def plain_loglikelihoods(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, max_length: int,
+                         batch_size: int = 8, logits_dtype: torch.dtype | None = None) -> list[tuple[float, bool]]:
+    """The model's own full forward (``model(input_ids).logits``, its whole causal-LM head
+    included) on each distinct input (context+continuation ids, left-truncated to ``max_length``
+    exactly as lm-eval's hf model does: ``inputs = (ctx+cont)[-(max_length+1):][:-1]``), batched
+    by length with right padding like HFLM, no prefix sharing; returns (sum of continuation
+    log-probs, greedy?) per request. The sum is taken in ``logits_dtype`` as HFLM takes it."""
+    tally = plain_tally(model, requests, max_length=max_length, batch_size=batch_size, logits_dtype=logits_dtype)
+    dtype = logits_dtype or next(model.parameters()).dtype
+    return tally.results(dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
+
+
+class PlainExecutor:
+    """The executor name the engine reports when every log-likelihood goes through
+    :func:`plain_tally` (no planned forwards, no pasts)."""
+
+    name = "plain"
+    copies_past = True
+
+    def __init__(self, model: Any) -> None:
+        self.model = model

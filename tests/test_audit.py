@@ -1,0 +1,177 @@
+"""The self-audit (evalsuite.audit): a clean run agrees, a broken engine is caught and its task
+is scored again the plain way (the stored numbers are lm-eval hf's), --no-audit says so, and the
+audit reaches `evalsuite results`, the HTML report and the exports.
+
+Real tiny Llama (conftest.build_tiny_llama), real ARC and GSM8K documents, small limits.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+#: Documents per task: ARC 3 x 4 = 12 requests (the audit takes >= 8 of them), GSM8K all 3 prompts.
+LIMIT = 3
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "requests.sqlite"
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(path))
+    return path
+
+
+def _run(model: Path, data_dir: Path, results: Path, **kwargs: Any):
+    from evalsuite.runner import evaluate
+
+    options = {"tasks": "arc,gsm8k", "limit": LIMIT, "progress": False, **kwargs}
+    return evaluate(str(model), data_dir=data_dir, results_dir=results, batch_size=4, **options)
+
+
+def _task_row(result, task: str) -> dict[str, Any]:
+    scores = result.scores()
+    return scores[(scores["task"] == task) & scores["subtask"].isna()].iloc[0].to_dict()
+
+
+def _samples(result, task: str) -> pd.DataFrame:
+    return result.samples(task).sort_values("eval_position").reset_index(drop=True)
+
+
+def test_sample_is_seeded_whole_documents_and_about_one_percent() -> None:
+    from types import SimpleNamespace
+
+    from evalsuite.audit import MIN_REQUESTS, sample_documents
+
+    prompts = [SimpleNamespace(instances=(0, 1, 2, 3)) for _ in range(1000)]
+    first = sample_documents(prompts, "run-a", "arc")
+    assert first == sample_documents(prompts, "run-a", "arc")  # reproducible from run id + task
+    assert first != sample_documents(prompts, "run-b", "arc") != sample_documents(prompts, "run-a", "mmlu")
+    assert sum(len(prompts[i].instances) for i in first) == 40  # 1 % of 4000 requests
+    few = [SimpleNamespace(instances=(0, 1)) for _ in range(3)]
+    assert sorted(sample_documents(few, "r", "arc")) == [0, 1, 2]  # fewer than MIN_REQUESTS: all of them
+    assert MIN_REQUESTS == 8
+
+
+def test_tolerances() -> None:
+    from evalsuite.audit import FP32_TOLERANCE, tolerance
+
+    assert tolerance("float32", 1) == tolerance("float32", 30) == FP32_TOLERANCE == 1e-3
+    assert tolerance("float32", 100) == pytest.approx(3e-3)  # a long HellaSwag ending
+    assert tolerance("bfloat16", 4) == pytest.approx(4 * tolerance("bfloat16", 1))
+    assert tolerance("float16", 1) < tolerance("bfloat16", 1)
+
+
+def test_clean_run_agrees_and_is_shown_everywhere(tiny_llama_dir, data_dir, results_dir, isolated_cache, tmp_path,
+                                                  capsys) -> None:
+    from evalsuite.cli import main
+    from evalsuite.export import lm_eval_results, load_run, model_index, scores_csv
+
+    result = _run(tiny_llama_dir, data_dir, results_dir, run_id="clean")
+    arc, gsm = _task_row(result, "arc"), _task_row(result, "gsm8k")
+    assert arc["audit_status"] == "agree" and arc["audit_n"] >= 8 and arc["audit_agree"] == arc["audit_n"]
+    assert 0 <= arc["audit_max_abs_diff"] < 1e-3
+    assert gsm["audit_status"] == "agree" and gsm["audit_n"] == gsm["audit_agree"] == LIMIT
+    assert "re-generated one at a time" in gsm["audit_note"]
+
+    assert main(["results", "--results-dir", str(results_dir), "--run", "clean"]) == 0
+    out = capsys.readouterr().out
+    assert f"arc {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in out and "gsm8k 3/3 same text" in out
+
+    report = tmp_path / "report.html"
+    assert main(["report", "--results-dir", str(results_dir), "--out", str(report)]) == 0
+    html = report.read_text(encoding="utf-8")
+    assert f"audit: {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in html and "audit: 3/3 same text" in html
+
+    view = load_run("clean", results_dir)
+    exported = lm_eval_results(view)["evalsuite"]["audit"]
+    assert exported["arc"]["status"] == "agree" and exported["arc"]["n"] == arc["audit_n"]
+    assert exported["gsm8k"]["text"] == "audit: 3/3 same text"
+    json.dumps(exported)  # JSON-ready
+    csv = pd.read_csv(io.StringIO(scores_csv(view))).set_index("task")
+    assert csv.loc["arc", "audit_status"] == "agree" and int(csv.loc["arc", "audit_n"]) == arc["audit_n"]
+    card = model_index(view, allow_limited=True)["model-index"][0]["results"]
+    assert all("audit: " in entry["source"]["name"] for entry in card)
+
+
+def test_broken_engine_is_caught_and_not_stored(tiny_llama_dir, data_dir, results_dir, isolated_cache,
+                                                monkeypatch) -> None:
+    """The fast path's head scaled by 1.5 once the engine is built (Cohere's logit_scale missed,
+    as in issue 17; after the capability probe, which would otherwise decline the broken path)
+    and the batched generation's texts altered: the audit rejects both tasks, they are scored
+    again on the plain executor, and what is stored is what lm-eval's hf model computes."""
+    from evalsuite import cache
+    from evalsuite.backends.engine import generation
+    from evalsuite.backends.engine.lm import EngineLM
+
+    reference = _run(tiny_llama_dir, data_dir, results_dir, backend="lm-eval-hf", run_id="reference",
+                     use_cache=False)
+    assert _task_row(reference, "arc")["audit_status"] == "not applicable"
+
+    real_init, real_generate = EngineLM.__init__, generation.Generator.generate
+
+    def init_then_break_head(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        head = self.lm_head  # what the fast path scores through (the plain executor uses the model's forward)
+        self.lm_head = lambda hidden: 1.5 * head(hidden)
+
+    def altered_generate(self, requests):
+        texts = real_generate(self, requests)
+        return [t + " 42" for t in texts] if self.route == "batched" else texts
+
+    monkeypatch.setattr(EngineLM, "__init__", init_then_break_head)
+    monkeypatch.setattr(generation.Generator, "generate", altered_generate)
+    broken = _run(tiny_llama_dir, data_dir, results_dir, run_id="broken")
+
+    arc, gsm = _task_row(broken, "arc"), _task_row(broken, "gsm8k")
+    assert arc["audit_status"] == "rerun" and arc["audit_agree"] < arc["audit_n"] and arc["audit_max_abs_diff"] > 1e-2
+    assert "plain executor" in arc["audit_note"]
+    assert gsm["audit_status"] == "rerun" and gsm["audit_agree"] == 0
+    # stored numbers: lm-eval hf's, not the broken engine's
+    mine, ref = _samples(broken, "arc"), _samples(reference, "arc")
+    for got, want in zip(mine["loglikelihoods"], ref["loglikelihoods"], strict=True):
+        assert list(got) == pytest.approx(list(want), abs=1e-4)
+    assert list(mine["prediction"]) == list(ref["prediction"])
+    assert arc["value"] == pytest.approx(_task_row(reference, "arc")["value"])
+    assert list(_samples(broken, "gsm8k")["generation"]) == list(_samples(reference, "gsm8k")["generation"])
+    # the rejected answers are gone from the request cache: a later run cannot be served them
+    assert cache.info(isolated_cache).entries == 0
+    assert f"arc {arc['audit_agree']}/{arc['audit_n']}" in broken.table() and "re-run on the plain executor" in broken.table()
+
+
+def test_no_audit_says_not_audited(tiny_llama_dir, data_dir, results_dir, isolated_cache, capsys) -> None:
+    from evalsuite.cli import main
+
+    assert main(["run", "--models", str(tiny_llama_dir), "--tasks", "arc", "--limit", "2", "--data-dir",
+                 str(data_dir), "--results-dir", str(results_dir), "--run-id", "unaudited", "--no-audit",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["results", "--results-dir", str(results_dir), "--run", "unaudited"]) == 0
+    assert "arc not audited" in capsys.readouterr().out
+    scores = pd.read_parquet(next((results_dir / "scores").rglob("*.parquet")))
+    assert scores.loc[scores["subtask"].isna(), "audit_status"].tolist() == ["not audited"]
+
+
+def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
+    """``benchmarks/gpu_check.py --device cpu --quick``: the speed figures, the audit of the
+    engine's ARC answers and the family matrix (one family here), everything but the GPU."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--families", "llama",
+                           "--backends", "evalsuite,lm-eval-hf", "--data-dir", str(data_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["audit"]["status"] == "agree" and result["audit"]["n"] == 4  # one ARC document, 4 choices
+    assert all(entry["tokens_per_s"] > 0 for entry in result["backends"]["evalsuite"].values())
+    if (script.parent.parent / "tests" / "families.py").exists():
+        llama = result["families"]["llama"]
+        assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []
+    else:  # the matrix's builders come with the family matrix (tests/families.py)
+        assert "families" in result["skipped"]

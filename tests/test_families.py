@@ -1,0 +1,194 @@
+"""Every model family, exactly: the engine gives lm-eval ``hf``'s answers or declines a fast path.
+
+Tiny random models of each causal-LM family (seeded, built once per session) run real ARC,
+HellaSwag and GSM8K prompts through the engine and through lm-eval's own ``HFLM`` (v1 settings).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from families import FAMILIES, build_family, load_family
+from evalsuite.backends import BackendOptions
+from evalsuite.backends.engine import wrap_model
+from evalsuite.backends.engine.plain import plain_loglikelihoods
+from evalsuite.backends.lmeval_hf import wrap_hf_model
+from evalsuite.runner import run_requests
+from evalsuite.tasks import LoadedTask, load_spec
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="leaderboard data not available")
+
+#: |Δ log-likelihood| allowed against lm-eval's hf model in float32.
+TOL = 1e-4
+#: Fast paths a family must decline, and a word its reason must contain (everything else must
+#: be taken: a decline where none is due is a slowdown the matrix should show).
+DECLINED = {
+    "bloom": ({"tree", "cache", "batched"}, "ALiBi"),
+    "remote": ({"tree", "cache", "batched", "exact"}, "registry"),
+    "gemma2": ({"tree", "batched"}, "soft-capping"),
+}
+#: Families whose attention does not pass the engine's context to the attention function
+#: (the probe finds it): on the CPU they run on the cache executor and exact generation.
+NO_CONTEXT_PASSING = {"falcon", "stablelm"}
+GEN_TOKENS = 24
+
+
+def _prompts(task: str, n: int) -> list[Any]:
+    return LoadedTask(load_spec(task), SHARED_DATA).prompts(n)
+
+
+def _assert_same_lls(got: list[list[Any]], ref: list[list[Any]], label: str) -> None:
+    for a, b in zip(got, ref, strict=True):
+        for (ll, greedy), (ref_ll, ref_greedy) in zip(a, b, strict=True):
+            assert abs(ll - ref_ll) <= TOL, f"{label}: {ll} vs lm-eval hf {ref_ll}"
+            assert greedy == ref_greedy, f"{label}: greedy flag differs"
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, smollm2_tokenizer) -> dict[str, Any]:
+    """Every family's tiny model, saved once per session as a local folder."""
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family(name, smollm2_tokenizer, root / name) for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def prompts() -> dict[str, list[Any]]:
+    """Real 25-shot ARC and 10-shot HellaSwag prompts (past every short window) and 5-shot GSM8K."""
+    return {"arc": _prompts("arc", 2), "hellaswag": _prompts("hellaswag", 1), "gsm8k": _prompts("gsm8k", 2)}
+
+
+def _expected(family: str, path: str) -> str:
+    """What the engine must choose on this CPU for a fast path ``path`` asked for."""
+    declined = DECLINED.get(family, (set(), ""))[0]
+    if path in ("tree", "cache"):
+        if path in declined:
+            return "cache" if path == "tree" and "cache" not in declined else "plain"
+        if path == "tree" and family in NO_CONTEXT_PASSING:
+            return "cache"
+        return path
+    if path == "batched" and "batched" not in declined and family not in NO_CONTEXT_PASSING:
+        return "batched"
+    return "exact" if "exact" not in declined else "plain"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_matches_lm_eval_hf(family, family_dirs, prompts):
+    """Both executors and both generation modes give lm-eval hf's numbers, or the fast path is
+    declined (the plain path taken, the reason said)."""
+    model, tokenizer = load_family(family_dirs[family])
+    options = BackendOptions(batch_size=4, max_gen_toks=GEN_TOKENS)
+    reference = wrap_hf_model(model, tokenizer, options)
+    ref = {task: run_requests(reference, p) for task, p in prompts.items()}
+    for attention in ("tree", "cache"):
+        engine = wrap_model(model, tokenizer, options, attention=attention)
+        chosen = engine.capabilities.loglikelihood
+        assert chosen == _expected(family, attention), f"{family}: {engine.engine_note}"
+        if chosen != attention:  # only the tree executor may fall back to the cache one
+            assert chosen in ("plain", "cache") and engine.capabilities.reasons
+            if family in DECLINED and chosen == "plain":
+                assert DECLINED[family][1] in engine.engine_note
+        for task in ("arc", "hellaswag"):
+            _assert_same_lls(run_requests(engine, prompts[task]), ref[task], f"{family} {attention}->{chosen} {task}")
+    for mode in ("batched", "exact"):
+        engine = wrap_model(model, tokenizer, BackendOptions(batch_size=4, max_gen_toks=GEN_TOKENS, generation=mode))
+        route = engine.capabilities.generation
+        assert route == (_expected(family, mode) if mode == "batched" else _expected(family, "exact")), engine.engine_note
+        assert run_requests(engine, prompts["gsm8k"]) == ref["gsm8k"], f"{family} generation {mode}->{route}"
+
+
+def test_probe_declines_a_wrong_fast_path(family_dirs):
+    """A head the engine does not know (patched into the model) is caught by the probe: the
+    fast paths are declined and the plain forward gives the model's own numbers."""
+    model, tokenizer = load_family(family_dirs["llama"])
+    forward = type(model).forward
+
+    def skewed(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 1.5
+        return out
+
+    model.forward = skewed.__get__(model)
+    engine = wrap_model(model, tokenizer, BackendOptions(batch_size=4))
+    assert engine.capabilities.loglikelihood == "plain"
+    assert "not lm_head(hidden)" in engine.engine_note
+    prompts = _prompts("arc", 1)
+    _assert_same_lls(run_requests(engine, prompts), run_requests(wrap_hf_model(model, tokenizer, BackendOptions()),
+                                                                 prompts), "patched head")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def test_plain_executor_is_lm_eval_hf(tiny_llama):
+    """The plain executor (the model's own forward per distinct input) gives HFLM's numbers, and
+    a whole engine runs on it (log-likelihoods and per-token log-probs)."""
+    model, tokenizer = tiny_llama
+    options = BackendOptions(batch_size=3)
+    reference = wrap_hf_model(model, tokenizer, options)
+    engine = wrap_model(model, tokenizer, options, attention="plain")
+    tree = wrap_model(model, tokenizer, options, attention="tree")
+    assert engine.executor.name == "plain"
+    for task in ("arc", "hellaswag"):
+        prompts = _prompts(task, 3)
+        ref = run_requests(reference, prompts)
+        _assert_same_lls(run_requests(engine, prompts), ref, f"plain engine {task}")
+        pairs = [engine.encode_pair(*inst.args) for p in prompts for inst in p.instances]
+        direct = plain_loglikelihoods(model, pairs, max_length=engine.max_length, batch_size=2)
+        _assert_same_lls([direct], [[r for resp in ref for r in resp]], f"plain_loglikelihoods {task}")
+    # left truncation exactly as HFLM's: a max_length shorter than the prompts
+    pairs = [p for p in pairs if len(p[1]) <= 40]
+    short = plain_loglikelihoods(model, pairs, max_length=40)
+    short_hf = wrap_hf_model(model, tokenizer, options)
+    short_hf._max_length = 40
+    _assert_same_lls([short], [short_hf._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs])], "truncated")
+    text = ["The quick brown fox jumps over the lazy dog."]
+    got, want = engine.token_logprobs(text)[0], tree.token_logprobs(text)[0]
+    assert got.tokens == want.tokens
+    assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs)) <= TOL
+
+
+#: The families that needed new work, through the CLI: short window, soft-capping, logit
+#: scale, ALiBi, remote code.
+CLI_FAMILIES = ("mistral-short", "gemma2", "cohere", "bloom", "remote")
+
+
+@pytest.mark.parametrize("family", CLI_FAMILIES)
+def test_cli_run_default_backend_matches_lm_eval_hf(family, family_dirs, tmp_path):
+    """``evalsuite run`` with the default backend on a local folder stores lm-eval hf's numbers
+    and texts (no traceback), and the run notes say which executor ran and why."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import REPO
+
+    stored = {}
+    for backend in ("evalsuite", "lm-eval-hf"):
+        results = tmp_path / backend
+        proc = subprocess.run(
+            [sys.executable, "-m", "evalsuite.cli", "run", "--models", str(family_dirs[family]), "--tasks", "arc,gsm8k",
+             "--limit", "2", "--data-dir", str(SHARED_DATA), "--results-dir", str(results), "--backend", backend,
+             "--trust-remote-code", "--no-cache"],
+            capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        samples = pd.read_parquet(results / "samples").sort_values(["task", "doc_index"])
+        runs = pd.read_parquet(results / "runs")
+        assert set(samples["task"]) == {"arc", "gsm8k"} and (runs["status"] == "ok").all()
+        stored[backend] = (samples, runs)
+    (ours, runs), (ref, _) = stored["evalsuite"], stored["lm-eval-hf"]
+    note = runs["notes"].iloc[0] or ""
+    assert "log-likelihoods" in note and "generation" in note, note
+    arc, ref_arc = ours[ours["task"] == "arc"], ref[ref["task"] == "arc"]
+    for got, want in zip(arc["loglikelihoods"], ref_arc["loglikelihoods"], strict=True):
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= TOL, family
+    assert list(arc["prediction"]) == list(ref_arc["prediction"])
+    assert list(ours[ours["task"] == "gsm8k"]["generation"]) == list(ref[ref["task"] == "gsm8k"]["generation"])
