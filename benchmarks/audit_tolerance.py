@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from evalsuite.loading import load_transformers, resolve_and_materialize
+    from evalsuite.models.loading import load_transformers
+    from evalsuite.models.source import resolve_and_materialize
 
     model, tokenizer = load_transformers(resolve_and_materialize(args.model), args.dtype, args.device)
     engine = wrap_model(model, tokenizer, BackendOptions(device=args.device, dtype=args.dtype))
