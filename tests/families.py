@@ -168,7 +168,7 @@ def _sharpen(model: Any, seed: int) -> None:
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
 
 
 def build_family(name: str, tokenizer: Any, folder: Path, seed: int = 0) -> Path:

@@ -33,7 +33,7 @@ DECLINED = {
 #: Families whose attention does not pass the engine's context to the attention function
 #: (the probe finds it): on the CPU they run on the cache executor and exact generation.
 NO_CONTEXT_PASSING = {"falcon", "stablelm"}
-GEN_TOKENS = 24
+GEN_TOKENS = 16
 
 
 def _prompts(task: str, n: int) -> list[Any]:
@@ -80,7 +80,9 @@ def test_family_matches_lm_eval_hf(family, family_dirs, prompts):
     declined (the plain path taken, the reason said)."""
     model, tokenizer = load_family(family_dirs[family])
     options = BackendOptions(batch_size=4, max_gen_toks=GEN_TOKENS)
-    reference = wrap_hf_model(model, tokenizer, options)
+    # lm-eval hf as v1 ran it (batch size 1: its left-padded generation batches are not the
+    # unpadded arithmetic for models that ignore the attention mask, such as the remote one)
+    reference = wrap_hf_model(model, tokenizer, BackendOptions(max_gen_toks=GEN_TOKENS))
     ref = {task: run_requests(reference, p) for task, p in prompts.items()}
     for attention in ("tree", "cache"):
         engine = wrap_model(model, tokenizer, options, attention=attention)
@@ -92,11 +94,14 @@ def test_family_matches_lm_eval_hf(family, family_dirs, prompts):
                 assert DECLINED[family][1] in engine.engine_note
         for task in ("arc", "hellaswag"):
             _assert_same_lls(run_requests(engine, prompts[task]), ref[task], f"{family} {attention}->{chosen} {task}")
+    checked = set()
     for mode in ("batched", "exact"):
         engine = wrap_model(model, tokenizer, BackendOptions(batch_size=4, max_gen_toks=GEN_TOKENS, generation=mode))
         route = engine.capabilities.generation
         assert route == (_expected(family, mode) if mode == "batched" else _expected(family, "exact")), engine.engine_note
-        assert run_requests(engine, prompts["gsm8k"]) == ref["gsm8k"], f"{family} generation {mode}->{route}"
+        if route not in checked:  # the plain route (a full forward per token) is slow: checked once
+            assert run_requests(engine, prompts["gsm8k"]) == ref["gsm8k"], f"{family} generation {mode}->{route}"
+            checked.add(route)
 
 
 def test_probe_declines_a_wrong_fast_path(family_dirs):

@@ -195,9 +195,12 @@ class Generator:
 
     # ------------------------------------------------------------------ plain: full forward per step
     def _plain(self, job: Job) -> None:
+        from .plain import accepts_logits_to_keep
+
+        keep = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         while True:
             ids = torch.tensor([job.prompt + job.new], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False).logits
+            logits = self.model(input_ids=ids, use_cache=False, **keep).logits
             self.forward_calls += 1
             self.forwarded_tokens += ids.numel()
             if job.push(self._next(job, logits[0, -1]), self.tokenizer):

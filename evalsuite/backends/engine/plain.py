@@ -28,7 +28,7 @@ from .prefix_tree import truncated_inputs
 from .scoring import Tally
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Any) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -50,7 +50,7 @@ def plain_tally(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, 
             raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length {max_length}")
         by_input.setdefault(tuple(truncated_inputs(list(context), list(continuation), max_length)), []).append(index)
     inputs = sorted(by_input, key=lambda x: (-len(x), x))
-    keep_kw = _accepts_logits_to_keep(model)
+    keep_kw = accepts_logits_to_keep(model)
     with torch.inference_mode():
         for begin in range(0, len(inputs), max(1, int(batch_size))):
             chunk = inputs[begin:begin + max(1, int(batch_size))]
