@@ -156,20 +156,26 @@ def test_no_audit_says_not_audited(tiny_llama_dir, data_dir, results_dir, isolat
 
 
 def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
-    """``benchmarks/gpu_check.py --device cpu --quick``: the speed figures, the audit of the
-    engine's ARC answers and the family matrix (one family here), everything but the GPU."""
+    """``benchmarks/gpu_check.py --device cpu --quick``: every step of the GPU check but the GPU
+    (speed figures of both backends, the audit of the engine's ARC answers, the family matrix
+    with one family here), with the CUDA executor (the model's own attention over a cache)
+    forced on the CPU."""
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--families", "llama",
-                           "--backends", "evalsuite,lm-eval-hf", "--data-dir", str(data_dir), "--out", str(out)],
+                           "--attention", "cache", "--backends", "evalsuite,lm-eval-hf", "--data-dir", str(data_dir), "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["audit"]["status"] == "agree" and result["audit"]["n"] == 4  # one ARC document, 4 choices
-    assert all(entry["tokens_per_s"] > 0 for entry in result["backends"]["evalsuite"].values())
+    assert result["engine_executor"] == "cache"
+    for backend in ("evalsuite", "lm-eval-hf"):
+        assert set(result["backends"][backend]) == {"arc", "mmlu", "gsm8k"}
+        assert all(entry["tokens_per_s"] > 0 for entry in result["backends"][backend].values())
+    assert "tokens/s" in proc.stdout
     if (script.parent.parent / "tests" / "families.py").exists():
         llama = result["families"]["llama"]
         assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []

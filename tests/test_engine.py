@@ -253,26 +253,3 @@ def test_batches_keep_padding_low_within_the_budget(tiny_pair: tuple[Any, Any]) 
     assert padded - sum(widths) < 0.25 * sum(widths)
 
 
-@pytest.mark.slow
-def test_gpu_check_runs_its_cpu_side(tmp_path: Any) -> None:
-    """``benchmarks/gpu_check.py --device cpu --tiny``: every step of the GPU check but the GPU,
-    with the CUDA executor (the model's own attention over a cache) forced on the CPU."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    out = tmp_path / "gpu_check.json"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu", "--tiny", "--attention", "cache", "--backends",
-         "evalsuite,lm-eval-hf", "--data-dir", str(DATA_DIR), "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert result["engine_executor"] == "cache"
-    for backend in ("evalsuite", "lm-eval-hf"):
-        assert set(result["backends"][backend]) == {"arc", "mmlu", "gsm8k"}
-        assert all(entry["tokens_per_s"] > 0 for entry in result["backends"][backend].values())
-    assert "tokens/s" in proc.stdout
