@@ -45,8 +45,10 @@ test-system-deps:
 		{ echo "error: the browser test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test" >&2; exit 1; }; \
 	fi
 
+# Two pytest workers, one torch thread each (pytest-xdist): the suite is mostly tiny models and
+# subprocesses, so two processes use this 2-core machine better than one process with two threads.
 test: setup test-system-deps
-	$(BIN)/python -m pytest -q --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=25
 
 # The fast lane while you work: every module's unit tests, not the tests marked slow (those that
 # need SmolLM2's ~20 s conversion or run for more than a few seconds; tests/conftest.py). One

@@ -184,3 +184,12 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture()
 def results_dir(tmp_path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, smollm2_tokenizer) -> dict[str, Path]:
+    """Every family of the matrix (tests/families.py) as a tiny model folder, built once per session."""
+    from families import FAMILIES, build_family
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family(name, smollm2_tokenizer, root / name) for name in FAMILIES}

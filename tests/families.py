@@ -155,8 +155,9 @@ def _configs(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-FAMILIES = ("llama", "mistral-short", "mistral-long", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3",
-            "falcon", "gpt2", "gpt_neox", "opt", "bloom", "stablelm", "cohere", "remote")
+#: The slowest first (remote code generates without a cache), so a parallel test run starts it early.
+FAMILIES = ("remote", "llama", "mistral-short", "mistral-long", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi",
+            "phi3", "falcon", "gpt2", "gpt_neox", "opt", "bloom", "stablelm", "cohere")
 
 
 def _sharpen(model: Any, seed: int) -> None:
