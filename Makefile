@@ -54,7 +54,7 @@ test: setup test-system-deps
 # need SmolLM2's ~20 s conversion or run for more than a few seconds; tests/conftest.py). One
 # torch thread: the fast lane's models are tiny and threads only contend on a shared machine.
 test-fast: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10
 
 # Engine vs lm-eval's hf model on all six tasks (HFLM at its fastest of batch 1, 8, 32), one
 # torch thread (the CPU is shared): log-likelihood tasks, then 64 GSM8K documents, then one

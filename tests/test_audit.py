@@ -97,6 +97,7 @@ def test_clean_run_agrees_and_is_shown_everywhere(tiny_llama_dir, data_dir, resu
     assert all("audit: " in entry["source"]["name"] for entry in card)
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_broken_engine_is_caught_and_not_stored(tiny_llama_dir, data_dir, results_dir, isolated_cache,
                                                 monkeypatch) -> None:
     """The fast path's head scaled by 1.5 once the engine is built (Cohere's logit_scale missed,
@@ -155,6 +156,7 @@ def test_no_audit_says_not_audited(tiny_llama_dir, data_dir, results_dir, isolat
     assert scores.loc[scores["subtask"].isna(), "audit_status"].tolist() == ["not audited"]
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
     """``benchmarks/gpu_check.py --device cpu --quick``: every step of the GPU check but the GPU
     (speed figures of both backends, the audit of the engine's ARC answers, the family matrix

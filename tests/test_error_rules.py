@@ -127,6 +127,7 @@ def test_a_bad_value_found_mid_run_is_one_line_and_closes_the_row(tiny_llama_dir
     assert row["status"] == "failed" and "longer than the model's context" in row["error"]
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_ray_shards_split_input_errors_from_bugs():
     """A shard that hit a bug makes the launcher raise it (with the worker's traceback); a shard
     refused for bad input is listed to rerun; Ray itself is real (a local cluster)."""

@@ -89,6 +89,7 @@ REMOTE_CODE_COMMANDS = {
 }
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 @pytest.mark.parametrize("in_tokenizer", [False, True], ids=["config", "tokenizer_config"])
 @pytest.mark.parametrize("command", list(REMOTE_CODE_COMMANDS))
 def test_remote_code_never_runs_without_the_flag(command, in_tokenizer, tmp_path, data_dir):
@@ -109,6 +110,7 @@ def test_remote_code_never_runs_without_the_flag(command, in_tokenizer, tmp_path
     assert files(tmp_path) == before  # nothing written: no results, no build, no cache entries
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_the_flag_is_what_lets_the_code_run(tmp_path):
     """The control: with --trust-remote-code the same folder's code does run (so the marker test
     above can fail), and DUS then refuses the unknown model type in one line."""
@@ -126,6 +128,7 @@ def dus_builds(cache: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_dus_build_follows_the_base_content(tmp_path, data_dir, tiny_llama_dir):
     """dus:BASE:M rebuilds when the base's config or weights change; the same base reuses its build;
     weights rewritten with the same size and mtime need --verify-weights (the documented rule)."""
@@ -172,6 +175,7 @@ def test_dus_build_follows_the_base_content(tmp_path, data_dir, tiny_llama_dir):
 
 
 # -- validate everything first -------------------------------------------------------------------
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_corrupt_request_cache_fix_works(tmp_path, data_dir, tiny_llama_dir):
     """A corrupt cache: one line naming `evalsuite cache clear`, no run row; the fix works; the run works."""
     data = winogrande_only(tmp_path, data_dir)
@@ -282,6 +286,7 @@ def test_run_help_states_the_real_sigterm_status(capsys):
     assert "143 by SIGTERM" in text and "130 interrupted by Ctrl-C (SIGINT)" in text
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_dry_run_exits_as_the_run_would(tmp_path, data_dir, tiny_llama_dir):
     """ARC has no data in this folder: the run exits 1 (Winogrande scored, ARC missing), and so does
     its dry run; with data for every task both exit 0."""

@@ -237,6 +237,7 @@ def test_a_run_id_is_claimed_before_evaluating(tiny_llama_dir, data_dir, tmp_pat
     assert [v.status for v in run_views(results, "C")] == ["ok"]
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite, not the fast lane
 def test_two_processes_with_one_run_id(tiny_llama_dir, data_dir, tmp_path):
     """Started together: one evaluates and exits 0, the other is refused (one line, exit 2)."""
     results = tmp_path / "results"
