@@ -38,15 +38,20 @@ DEFAULT_MODEL = "smollm2"
 
 
 # -- command-line parsers (argparse types) ------------------------------------------------------
-def positive_int(text: str) -> int:
-    """A whole number of at least 1 (argparse type)."""
+def whole_number(text: str, minimum: int, hint: str = "") -> int:
+    """``text`` as a whole number of at least ``minimum`` (for argparse types)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --limit to evaluate every document")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}{hint}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    return whole_number(text, 1, "; omit --limit to evaluate every document")
 
 
 def batch_size_arg(text: str) -> int | str:

@@ -40,13 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _overlap(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    """A whole number of at least 0 (argparse type: --overlap, --recover-steps)."""
+    from ..config import whole_number
+
+    return whole_number(text, 0)
 
 
 def default_out(base: str, overlap: int) -> str:
