@@ -61,9 +61,3 @@ def quiet_progress() -> None:
 
     disable_progress_bars()
     transformers_logging.disable_progress_bar()
-
-
-def add_verify_weights(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verify-weights", action="store_true",
-                        help="hash local weight files in full instead of trusting the hash cached under their size "
-                             "and modification time (docs/safety.md)")

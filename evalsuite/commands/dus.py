@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..models.dus import DusReport
 
-from ._common import add_verify_weights
+from ..config import add_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "prints held-out loss before and after")
     parser.add_argument("--recover-text", metavar="FILE",
                         help="plain text for --recover-steps; must not be benchmark data")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow a base that ships its own Python code (auto_map) to run it; without it such a "
-                             "base is refused")
-    add_verify_weights(parser)
+    add_option(parser, "trust_remote_code", help="allow a base that ships its own Python code (auto_map) to run it; "
+                                                 "without it such a base is refused")
+    add_option(parser, "verify_weights")
     parser.set_defaults(func=handle)
 
 

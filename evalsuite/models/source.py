@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalsuiteError
 from . import dus
 from .gguf import converted, smollm2_gguf_path
 from .hub import resolve_snapshot
