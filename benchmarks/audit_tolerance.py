@@ -1,6 +1,6 @@
 """Measure the half-precision noise the self-audit must tolerate: the engine's fast path against
 the plain executor (both correct, batched differently) on real prompts, per request and per
-continuation token. The audit's bf16/fp16 tolerances (evalsuite.audit.HALF_TOLERANCE_PER_TOKEN)
+continuation token. The audit's bf16/fp16 tolerances (evalsuite.run.audit.HALF_TOLERANCE_PER_TOKEN)
 are chosen above what this measures, with margin; the numbers go to docs/exactness.md.
 
     python benchmarks/audit_tolerance.py --model smollm2 --dtype bfloat16 --limit 3 \\
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evalsuite.audit import tolerance  # noqa: E402
+from evalsuite.run.audit import tolerance  # noqa: E402
 from evalsuite.backends import BackendOptions  # noqa: E402
 from evalsuite.backends.engine import wrap_model  # noqa: E402
 from evalsuite.backends.engine.plain import plain_loglikelihoods  # noqa: E402

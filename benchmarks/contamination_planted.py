@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from evalsuite import contamination as cm  # noqa: E402
+from evalsuite.run import contamination as cm  # noqa: E402
 
 
 def auc(positive: list[float], negative: list[float]) -> float:

@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 import evalsuite  # noqa: E402
 from evalsuite.backends import BackendOptions, build_backend  # noqa: E402
 from evalsuite.config import CHUNK_DOCS  # noqa: E402
-from evalsuite.data import resolve_data_dir  # noqa: E402
-from evalsuite.leaderboard import LEADERBOARD_TASKS  # noqa: E402
+from evalsuite.tasks.data import resolve_data_dir  # noqa: E402
+from evalsuite.analysis.leaderboard import LEADERBOARD_TASKS  # noqa: E402
 from evalsuite.models.source import resolve_and_materialize  # noqa: E402
-from evalsuite.runner import run_requests  # noqa: E402
+from evalsuite.run.evaluation import run_requests  # noqa: E402
 from evalsuite.tasks import LoadedTask, load_spec  # noqa: E402
 
 

@@ -14,7 +14,7 @@ The whole suite is reported two ways: time-weighted over the sampled documents (
 seconds over sum of engine seconds), and projected to the full splits (each task's seconds
 per document times its full document count, summed per backend).
 
-The self-audit (:mod:`evalsuite.audit`) runs after each task exactly as ``evalsuite run`` runs
+The self-audit (:mod:`evalsuite.run.audit`) runs after each task exactly as ``evalsuite run`` runs
 it (a seeded sample, at least 8 requests and about 1 %, re-scored by the plain executor, or
 re-generated one prompt at a time) and its time is reported as a share of the engine's time on
 the task: measured at the sampled size (where the floor of 8 requests dominates) and projected
@@ -191,7 +191,7 @@ def compare_loglikelihood(
 
 def measure_audit(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt], answers: list[Any]) -> dict[str, Any]:
     """The runner's self-audit of the task on the engine's answers, timed."""
-    from evalsuite.audit import Auditor
+    from evalsuite.run.audit import Auditor
 
     grouped, at = [], 0
     for prompt in prompts:
@@ -206,7 +206,7 @@ def audit_share(audit: dict[str, Any], engine_seconds: float, docs: int, request
     """The audit's time over the task's engine time, measured and projected to the full split."""
     import math
 
-    from evalsuite.audit import MIN_REQUESTS, SHARE
+    from evalsuite.run.audit import MIN_REQUESTS, SHARE
 
     full_requests = requests / docs * FULL_DOCS[task]
     full_audited = min(full_requests, max(MIN_REQUESTS, math.ceil(SHARE * full_requests)))

@@ -25,8 +25,8 @@ Beside the speed figures, two exactness checks (issue 17):
   GPT-NeoX, OPT, BLOOM, StableLM, Cohere, a remote-code model), in bf16 on CUDA, through the
   engine (the executor it picks there: cache, or plain where a fast path is declined) and
   lm-eval ``hf`` on the same ARC documents and one GSM8K prompt: |Δ ll| within the audit's bf16
-  tolerance (:func:`evalsuite.audit.tolerance`), same predictions, same text;
-* the self-audit on the device: :class:`evalsuite.audit.Auditor` on each family's ARC answers
+  tolerance (:func:`evalsuite.run.audit.tolerance`), same predictions, same text;
+* the self-audit on the device: :class:`evalsuite.run.audit.Auditor` on each family's ARC answers
   and on the SOLAR-shaped model's ARC answers, which must agree.
 
 A family beyond tolerance, an error or an audit that does not agree makes the exit status 1.
@@ -157,7 +157,7 @@ def load_tokenizer(path: str | None) -> Any:
 
 def load_prompts(data_dir: str | None, arc_docs: int, mmlu_docs: int, gsm8k_docs: int) -> dict[str, tuple[Any, list[Any]]]:
     """ARC's and GSM8K's first documents in v1 order; MMLU's first document of each of the first subjects."""
-    from evalsuite.data import resolve_data_dir
+    from evalsuite.tasks.data import resolve_data_dir
     from evalsuite.tasks import LoadedTask, load_spec
 
     root = resolve_data_dir(data_dir)
@@ -234,7 +234,7 @@ def make_vllm(folder: Path) -> Any:
 
 
 def audit_entry(audit: Any) -> dict[str, Any]:
-    from evalsuite.audit import describe
+    from evalsuite.run.audit import describe
 
     return {"status": audit.status, "n": audit.n, "agree": audit.agree, "max_abs_diff": audit.max_abs_diff,
             "text": describe(audit.status, audit.n, audit.agree, audit.max_abs_diff)}
@@ -298,11 +298,11 @@ def check_family(families: Any, name: str, tokenizer: Any, folder: Path, args: A
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evalsuite.audit import Auditor, tolerance
+    from evalsuite.run.audit import Auditor, tolerance
     from evalsuite.backends import BackendOptions
     from evalsuite.backends.engine import wrap_model
     from evalsuite.backends.lmeval_hf import wrap_hf_model
-    from evalsuite.runner import run_requests
+    from evalsuite.run.evaluation import run_requests
 
     families.build_family(name, tokenizer, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=True).to(args.device).eval()
@@ -332,7 +332,7 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
     """Each task's requests in one call (after a one-document warm-up); timings into ``results``."""
     import torch
 
-    from evalsuite.runner import run_requests
+    from evalsuite.run.evaluation import run_requests
 
     def sync() -> None:
         if torch.cuda.is_available():
@@ -354,7 +354,7 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
         results["backends"][name][task_name] = {"seconds": round(seconds, 3), "tokens_per_s": round(count / seconds)}
         print(f"gpu_check: {name} {task_name}: {seconds:.1f} s, {count / seconds:,.0f} tokens/s", flush=True)
         if name == "evalsuite" and task_name == "arc":  # the self-audit on the device, timed
-            from evalsuite.audit import Auditor
+            from evalsuite.run.audit import Auditor
 
             clock = time.perf_counter()
             audit = Auditor(lm).check(task, task_prompts, out[task_name], "gpu-check")

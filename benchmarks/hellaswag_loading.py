@@ -56,7 +56,7 @@ def stages(data_dir: Path) -> dict[str, float]:
         process = load_lm_eval_yaml(lm_eval_tasks_root() / spec.lm_eval_config)["process_docs"]
         processed = timed("train: process_docs via datasets.map", lambda: process(dataset))
         timed("train: list(processed)", lambda: list(processed))
-        from evalsuite.data import process_rows
+        from evalsuite.tasks.data import process_rows
 
         timed("train: process_docs over plain rows (evalsuite)", lambda: process_rows(process, rows))
     return out

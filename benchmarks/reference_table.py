@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import evalsuite  # noqa: E402
-from evalsuite.leaderboard import LEADERBOARD_TASKS, LeaderboardRow, format_table  # noqa: E402
+from evalsuite.analysis.leaderboard import LEADERBOARD_TASKS, LeaderboardRow, format_table  # noqa: E402
 
 TAG = "reference-limit200"
 
@@ -40,7 +40,7 @@ TAG = "reference-limit200"
 def stored_task_scores(store_dir: Path, summary: dict) -> dict[str, dict]:
     """task -> its stored task score (status ok) from the run the summary names for it."""
     from evalsuite.errors import EvalsuiteError
-    from evalsuite.results import load_run
+    from evalsuite.store.run_views import load_run
 
     out: dict[str, dict] = {}
     for task, info in summary.get("tasks", {}).items():

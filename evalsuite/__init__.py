@@ -13,11 +13,12 @@ __version__ = "0.1.0"
 
 from typing import Any  # noqa: E402
 
-from .results import RunView, latest_runs, load_run, select_runs  # noqa: E402
+from evalsuite.store.run_views import RunView, latest_runs, load_run, select_runs  # noqa: E402
 
 #: The run side's entry points, imported when first used: reading stored results (``load_run``,
 #: the CLI's ``results``/``report``/``table``/``export``) must not import lm-eval or torch.
-_RUN_SIDE = {"evaluate": ".runner", "EvalResult": ".runner", "plan_cost": ".dryrun", "CostPlan": ".dryrun",
+_RUN_SIDE = {"evaluate": ".run.evaluation", "EvalResult": ".run.evaluation", "plan_cost": ".run.dry_run",
+             "CostPlan": ".run.dry_run",
              "RunConfig": ".config"}
 
 

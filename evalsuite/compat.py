@@ -38,7 +38,7 @@ from functools import lru_cache
 from importlib.metadata import version as _installed_version
 from typing import Any
 
-from .errors import EvalsuiteError
+from evalsuite.errors import EvalsuiteError
 
 #: (minimum inclusive, maximum exclusive) release of each library this module was written for.
 #: transformers 4.56 introduced ``DynamicCache.layers``/``DynamicLayer``; tested on 5.24.

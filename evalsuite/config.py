@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES, BackendOptions
-from .errors import EvalsuiteError
-from .store import DEFAULT_RESULTS_DIR
+from evalsuite.backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES, BackendOptions
+from evalsuite.errors import EvalsuiteError
+from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR
 
 #: Documents sent to the backend at once: large enough to batch and share prefixes, small
 #: enough for a lively progress bar and little lost work when a run is killed.
@@ -166,8 +166,8 @@ class RunConfig:
         ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
         parallel sizes), so those errors come first on a machine without one.
         """
-        from .names import check_name
-        from .sharding import check_shard, parse_shard
+        from evalsuite.store.names import check_name
+        from evalsuite.store.shards import check_shard, parse_shard
 
         for flag, name in (("--run-id", self.run_id), ("--tag", self.tag)):  # names are data, never paths
             if name is not None:
@@ -198,7 +198,7 @@ class RunConfig:
 
     def selection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The model names (default ``smollm2``) and the task names, suites expanded."""
-        from .tasks import expand_tasks
+        from evalsuite.tasks import expand_tasks
 
         tasks = self.tasks
         if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not split_names(tasks)):

@@ -28,16 +28,16 @@ STORE = REPO / "benchmarks" / "results" / "reference-smollm2" / "store"
 HEAVY = ("lm_eval", "transformers", "torch", "datasets")
 #: The read side: reading, merging, aggregating, comparing and presenting stored results.
 READ_SIDE = (
-    "evalsuite", "evalsuite.records", "evalsuite.store", "evalsuite.results", "evalsuite.sharding",
-    "evalsuite.aggregation", "evalsuite.stats", "evalsuite.leaderboard", "evalsuite.tables", "evalsuite.export",
-    "evalsuite.compare", "evalsuite.tasks", "evalsuite.tasks.catalogue", "evalsuite.report",
-    "evalsuite.report.charts", "evalsuite.report.comparability", "evalsuite.report.data", "evalsuite.report.sections",
-    "evalsuite.cli", "evalsuite.commands.results", "evalsuite.commands.report", "evalsuite.commands.table",
-    "evalsuite.commands.export", "evalsuite.commands.compare", "evalsuite.commands.baseline",
-    "evalsuite.commands.tasks",
+    "evalsuite", "evalsuite.store.records", "evalsuite.store.parquet_store", "evalsuite.store.run_views", "evalsuite.store.shards",
+    "evalsuite.analysis.aggregation", "evalsuite.analysis.paired_stats", "evalsuite.analysis.leaderboard", "evalsuite.outputs.paper_table", "evalsuite.outputs.exports",
+    "evalsuite.analysis.comparison", "evalsuite.tasks", "evalsuite.tasks.catalogue", "evalsuite.outputs.report",
+    "evalsuite.outputs.report.charts", "evalsuite.outputs.report.comparability", "evalsuite.outputs.report.data", "evalsuite.outputs.report.sections",
+    "evalsuite.cli", "evalsuite.cli.results", "evalsuite.cli.report", "evalsuite.cli.table",
+    "evalsuite.cli.export", "evalsuite.cli.compare", "evalsuite.cli.baseline",
+    "evalsuite.cli.tasks",
 )
 #: ``evalsuite.cli`` imports every command module to build its parser: each must be light at import.
-COMMANDS = tuple(sorted(f"evalsuite.commands.{p.stem}" for p in (REPO / "evalsuite" / "commands").glob("[!_]*.py")))
+COMMANDS = tuple(sorted(f"evalsuite.cli.{p.stem}" for p in (REPO / "evalsuite" / "commands").glob("[!_]*.py")))
 
 
 def _module_name(path: Path) -> str:
@@ -163,11 +163,11 @@ def import_chain(graph: dict[str, set[str]], start: str, wanted: set[str]) -> li
 def test_the_graph_sees_the_imports():
     """The checker itself: it finds what is plainly there (so the tests below can fail)."""
     graph = import_graph()
-    assert {"evalsuite.records", "evalsuite.store"} <= graph["evalsuite.results"]
-    assert "lm_eval" in graph["evalsuite.fewshot"]
-    assert import_chain(graph, "evalsuite.tasks.lm_adapter", {"lm_eval"})[-2:] == ["evalsuite.fewshot", "lm_eval"]
-    assert "evalsuite.runner" not in graph["evalsuite.cli"]  # imported inside a handler only
-    assert "evalsuite.runner" in import_graph(in_functions=True)["evalsuite.cli"]
+    assert {"evalsuite.store.records", "evalsuite.store.parquet_store"} <= graph["evalsuite.store.run_views"]
+    assert "lm_eval" in graph["evalsuite.tasks.fewshot"]
+    assert import_chain(graph, "evalsuite.tasks.lm_adapter", {"lm_eval"})[-2:] == ["evalsuite.tasks.fewshot", "lm_eval"]
+    assert "evalsuite.run.evaluation" not in graph["evalsuite.cli"]  # imported inside a handler only
+    assert "evalsuite.run.evaluation" in import_graph(in_functions=True)["evalsuite.cli"]
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

@@ -1,4 +1,4 @@
-"""The self-audit (evalsuite.audit): a clean run agrees, a broken engine is caught and its task
+"""The self-audit (evalsuite.run.audit): a clean run agrees, a broken engine is caught and its task
 is scored again the plain way (the stored numbers are lm-eval hf's), --no-audit says so, and the
 audit reaches `evalsuite results`, the HTML report and the exports.
 
@@ -26,7 +26,7 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 
 
 def _run(model: Path, data_dir: Path, results: Path, **kwargs: Any):
-    from evalsuite.runner import evaluate
+    from evalsuite.run.evaluation import evaluate
 
     options = {"tasks": "arc,gsm8k", "limit": LIMIT, "progress": False, **kwargs}
     return evaluate(str(model), data_dir=data_dir, results_dir=results, batch_size=4, **options)
@@ -44,7 +44,7 @@ def _samples(result, task: str) -> pd.DataFrame:
 def test_sample_is_seeded_whole_documents_and_about_one_percent() -> None:
     from types import SimpleNamespace
 
-    from evalsuite.audit import MIN_REQUESTS, sample_documents
+    from evalsuite.run.audit import MIN_REQUESTS, sample_documents
 
     prompts = [SimpleNamespace(instances=(0, 1, 2, 3)) for _ in range(1000)]
     first = sample_documents(prompts, "run-a", "arc")
@@ -57,7 +57,7 @@ def test_sample_is_seeded_whole_documents_and_about_one_percent() -> None:
 
 
 def test_tolerances() -> None:
-    from evalsuite.audit import FP32_TOLERANCE, tolerance
+    from evalsuite.run.audit import FP32_TOLERANCE, tolerance
 
     assert tolerance("float32", 1) == tolerance("float32", 30) == FP32_TOLERANCE == 1e-3
     assert tolerance("float32", 100) == pytest.approx(3e-3)  # a long HellaSwag ending
@@ -68,7 +68,7 @@ def test_tolerances() -> None:
 def test_clean_run_agrees_and_is_shown_everywhere(tiny_llama_dir, data_dir, results_dir, isolated_cache, tmp_path,
                                                   capsys) -> None:
     from evalsuite.cli import main
-    from evalsuite.export import lm_eval_results, load_run, model_index, scores_csv
+    from evalsuite.outputs.exports import lm_eval_results, load_run, model_index, scores_csv
 
     result = _run(tiny_llama_dir, data_dir, results_dir, run_id="clean")
     arc, gsm = _task_row(result, "arc"), _task_row(result, "gsm8k")
@@ -104,7 +104,7 @@ def test_broken_engine_is_caught_and_not_stored(tiny_llama_dir, data_dir, result
     as in issue 17; after the capability probe, which would otherwise decline the broken path)
     and the batched generation's texts altered: the audit rejects both tasks, they are scored
     again on the plain executor, and what is stored is what lm-eval's hf model computes."""
-    from evalsuite import cache
+    from evalsuite.run import request_cache as cache
     from evalsuite.backends.engine import generation
     from evalsuite.backends.engine.lm import EngineLM
 

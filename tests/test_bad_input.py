@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evalsuite.cli import main
-from evalsuite.fewshot import v1_schedule
+from evalsuite.tasks.fewshot import v1_schedule
 
 ARC = Path("allenai__ai2_arc") / "ARC-Challenge"
 
@@ -112,7 +112,7 @@ def test_results_folder_under_a_file(tmp_path, capsys, tiny_llama_dir):
                  str(blocker / "inner")]) == 2
     assert f"cannot write results to {blocker / 'inner'}" in one_line_error(capsys)
     from evalsuite.errors import StoreError
-    from evalsuite.store import ResultsStore
+    from evalsuite.store.parquet_store import ResultsStore
 
     with pytest.raises(StoreError, match="could not write"):  # the writer itself, no secondary traceback
         ResultsStore(blocker).write_run({"run_id": "r", "model": "m"})

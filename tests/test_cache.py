@@ -9,7 +9,7 @@ from lm_eval.api.instance import Instance
 
 from conftest import build_tiny_llama, run_concurrently
 from evalsuite.backends import BackendOptions, build_backend
-from evalsuite.cache import CachedLM, info, key_prefix, wrap
+from evalsuite.run.request_cache import CachedLM, info, key_prefix, wrap
 from evalsuite.cli import main
 from evalsuite.models.registry import resolve_model
 from evalsuite.models.source import materialize
@@ -103,7 +103,7 @@ def test_same_weights_with_another_config_recompute(tiny_tokenizer, data_dir, tm
     answers must not be served (they were: TruthfulQA 7.83 from cache where the real value is 0.00)."""
     import json
 
-    from evalsuite.runner import evaluate
+    from evalsuite.run.evaluation import evaluate
 
     folder = build_tiny_llama(tiny_tokenizer, tmp_path / "ckpt", seed=3)
     common = dict(models=str(folder), tasks="truthfulqa", limit=4, data_dir=data_dir, progress=False)
@@ -124,7 +124,7 @@ def test_code_version_follows_the_scoring_code(tmp_path):
     """An engine fix changes the key by itself: the version is a hash of the source files."""
     import shutil
 
-    from evalsuite.cache import SCORING_CODE, code_version
+    from evalsuite.run.request_cache import SCORING_CODE, code_version
 
     package = Path(__file__).resolve().parent.parent / "evalsuite"
     copy = tmp_path / "evalsuite"

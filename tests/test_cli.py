@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from evalsuite.cli import main
-from evalsuite.data import file_sha256
+from evalsuite.tasks.data import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 

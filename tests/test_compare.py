@@ -14,9 +14,9 @@ import pytest
 from scipy.stats import binomtest
 
 from evalsuite.cli import main
-from evalsuite.compare import ComparisonRefused, compare_runs, read_baseline, resolve_ref, set_baseline
+from evalsuite.analysis.comparison import ComparisonRefused, compare_runs, read_baseline, resolve_ref, set_baseline
 from evalsuite.errors import EvalsuiteError
-from evalsuite.store import ResultsStore
+from evalsuite.store.parquet_store import ResultsStore
 
 T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
 

@@ -54,11 +54,11 @@ def test_every_field_reaches_the_config_from_the_command_line(spec):
 @pytest.mark.parametrize("spec", FIELDS, ids=[f.name for f in FIELDS])
 def test_every_field_reaches_the_config_through_evaluate(spec, monkeypatch):
     """``evaluate(**{field: value})`` hands the value on (seen where the dry run receives it)."""
-    import evalsuite.dryrun
-    from evalsuite.runner import evaluate
+    import evalsuite.run.dry_run
+    from evalsuite.run.evaluation import evaluate
 
     seen = []
-    monkeypatch.setattr(evalsuite.dryrun, "plan_cost", lambda config: seen.append(config) or "planned")
+    monkeypatch.setattr(evalsuite.run.dry_run, "plan_cost", lambda config: seen.append(config) or "planned")
     _, value = _cli_value(spec)
     assert evaluate(dry_run=True, **{spec.name: value}) == "planned"
     assert getattr(seen[0], spec.name) == value
@@ -118,7 +118,7 @@ def test_each_bad_value_is_one_line(options, message):
 
 
 def test_an_unknown_option_is_refused_by_name():
-    from evalsuite.runner import evaluate
+    from evalsuite.run.evaluation import evaluate
 
     with pytest.raises(TypeError, match="limt"):
         evaluate(limt=5)

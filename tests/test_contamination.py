@@ -19,7 +19,7 @@ PLANTED = 2
 
 
 def test_min_k_prob_and_rules():
-    from evalsuite.contamination import default_rule, min_k_prob, neighbour_rank
+    from evalsuite.run.contamination import default_rule, min_k_prob, neighbour_rank
     from evalsuite.errors import EvalsuiteError
 
     logprobs = [-1.0, -5.0, -0.5, -3.0, -2.0, -0.1, -0.2, -0.3, -4.0, -0.4]
@@ -40,7 +40,7 @@ def test_min_k_prob_and_rules():
 
 def test_document_texts(data_dir):
     """Question + gold answer from the raw rows, in the v1 evaluation order a --limit run uses."""
-    from evalsuite.contamination import document_text, load_documents
+    from evalsuite.run.contamination import document_text, load_documents
     from evalsuite.tasks import LoadedTask, load_spec
 
     docs = load_documents("arc,winogrande,truthfulqa,gsm8k", data_dir, limit=3)
@@ -71,7 +71,7 @@ def _engine(folder: Path):
 
 def test_token_logprobs_agree_with_engine_loglikelihood(tiny_llama_dir):
     """Each text scored after the EOS token equals the engine's log-likelihood of it after EOS."""
-    from evalsuite.contamination import token_logprobs
+    from evalsuite.run.contamination import token_logprobs
 
     lm = _engine(tiny_llama_dir)
     texts = ["The air stays cleaner.", "Cities control the amount of pollution that is allowed to come from cars.",
@@ -111,7 +111,7 @@ def _train_copy(source: Path, target: Path, texts: list[str], steps: int = 40) -
 def planted_store(tmp_path_factory, tiny_llama_dir, data_dir):
     """A run of the trained copy, and a contamination check of it against the original."""
     import evalsuite
-    from evalsuite.contamination import check, load_documents
+    from evalsuite.run.contamination import check, load_documents
 
     root = tmp_path_factory.mktemp("contamination")
     docs = load_documents("arc", data_dir, limit=LIMIT)
@@ -126,7 +126,7 @@ def planted_store(tmp_path_factory, tiny_llama_dir, data_dir):
 
 
 def test_planted_documents_stand_out(planted_store):
-    from evalsuite.contamination import read_checks
+    from evalsuite.run.contamination import read_checks
 
     frame = read_checks(planted_store["results"], check_id=planted_store["check"].check_id)
     assert len(frame) == LIMIT and set(frame["reference"]) == {planted_store["reference"]}
@@ -142,7 +142,7 @@ def test_planted_documents_stand_out(planted_store):
 
 
 def test_summary_and_interval(planted_store):
-    from evalsuite.contamination import read_checks, summarize
+    from evalsuite.run.contamination import read_checks, summarize
 
     result = planted_store["check"]
     [summary] = result.summaries
@@ -156,7 +156,7 @@ def test_summary_and_interval(planted_store):
 
 def test_cli_check_and_errors(planted_store, data_dir, capsys):
     from evalsuite.cli import main
-    from evalsuite.contamination import read_checks
+    from evalsuite.run.contamination import read_checks
 
     results = planted_store["results"]
     args = ["contamination", "--models", planted_store["reference_dir"], "--tasks", "arc", "--limit", "2",
@@ -176,8 +176,8 @@ def test_cli_check_and_errors(planted_store, data_dir, capsys):
 def test_report_shows_the_check_in_chromium(planted_store, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from evalsuite.contamination import read_checks
-    from evalsuite.report import build_report
+    from evalsuite.run.contamination import read_checks
+    from evalsuite.outputs.report import build_report
     from test_report import _driver
 
     out = build_report(runs=[planted_store["run"].run_id], results_dir=planted_store["results"],

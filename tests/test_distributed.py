@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from evalsuite.cli import main
-from evalsuite.distributed import run_on_ray, shard_resources
-from evalsuite.runner import evaluate
-from evalsuite.store import ResultsStore
+from evalsuite.run.ray_shards import run_on_ray, shard_resources
+from evalsuite.run.evaluation import evaluate
+from evalsuite.store.parquet_store import ResultsStore
 
 TASKS = "arc,mmlu"
 LIMIT = 2

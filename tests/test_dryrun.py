@@ -15,9 +15,9 @@ import pytest
 
 import evalsuite
 from evalsuite.backends import BackendOptions
-from evalsuite.dryrun import CostPlan
-from evalsuite.piecewise import PiecewiseEncoder
-from evalsuite.speed import fit_forward_time
+from evalsuite.run.dry_run import CostPlan
+from evalsuite.tasks.piecewise import PiecewiseEncoder
+from evalsuite.run.speed_profile import fit_forward_time
 from evalsuite.tasks import LoadedTask, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def test_engine_plan_equals_the_engines_plan_requests(name, limit, data_dir, smo
     span subjects across calls (preambles kept between calls), HellaSwag/Winogrande/TruthfulQA's
     40 documents are two calls."""
     from evalsuite.backends.engine import plan_requests
-    from evalsuite.dryrun import _plan_task
+    from evalsuite.run.dry_run import _plan_task
     from evalsuite.config import CHUNK_DOCS
 
     task = LoadedTask(load_spec(name), data_dir)
@@ -134,7 +134,7 @@ def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir
     from evalsuite.backends.engine import wrap_model
     from evalsuite.config import CHUNK_DOCS
 
-    from evalsuite.speed import measured_speed
+    from evalsuite.run.speed_profile import measured_speed
 
     # the short timed forward is its own step, done once and kept in the cache
     measured_speed(evalsuite.models.source.resolve_and_materialize(str(tiny_llama_dir)), "float32", "cpu")
@@ -213,7 +213,7 @@ def test_plan_to_dict_is_json(tiny_llama_dir, data_dir, isolated_cache):
 
 
 def test_durations_carry_the_hour():
-    from evalsuite.dryrun import _duration
+    from evalsuite.run.dry_run import _duration
 
     assert _duration(1079.7 * 60) == "18 h 00 min"
     assert _duration(61 * 60) == "61 min"

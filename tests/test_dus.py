@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsuite.commands.dus import build
+from evalsuite.cli.dus import build
 from evalsuite.models import dus
 from evalsuite.errors import EvalsuiteError
 
@@ -247,7 +247,7 @@ def test_build_without_out_dir_is_an_error():
 
 
 def _parser() -> argparse.ArgumentParser:
-    from evalsuite.commands import dus as command
+    from evalsuite.cli import dus as command
 
     parser = argparse.ArgumentParser(prog="evalsuite")
     command.register(parser.add_subparsers(dest="command"))

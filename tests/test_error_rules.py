@@ -15,7 +15,7 @@ import pytest
 
 from evalsuite.cli import main
 from evalsuite.errors import DataFormatError, EvalsuiteError, ModelTooLargeError
-from evalsuite.store import ResultsStore
+from evalsuite.store.parquet_store import ResultsStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,12 +48,12 @@ def test_a_bug_in_the_backend_fails_the_run_loudly_and_the_row_says_failed(tiny_
 
 def test_an_assertion_while_the_model_loads_is_a_bug_not_a_model_that_did_not_load(tiny_llama_dir, data_dir,
                                                                                   tmp_path, monkeypatch):
-    import evalsuite.runner
+    import evalsuite.run.evaluation
 
     def broken(*args, **kwargs):
         raise AssertionError("planted bug in the backend's construction")
 
-    monkeypatch.setattr(evalsuite.runner, "build_backend", broken)
+    monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", broken)
     results = tmp_path / "results"
     with pytest.raises(AssertionError, match="planted bug"):
         run("--models", str(tiny_llama_dir), "--tasks", "winogrande", "--limit", "2", "--data-dir", str(data_dir),
@@ -65,12 +65,12 @@ def test_an_assertion_while_the_model_loads_is_a_bug_not_a_model_that_did_not_lo
 
 def test_a_model_that_does_not_load_for_an_input_reason_fails_its_tasks_in_one_line(tiny_llama_dir, data_dir,
                                                                                    tmp_path, monkeypatch, capsys):
-    import evalsuite.runner
+    import evalsuite.run.evaluation
 
     def too_large(*args, **kwargs):
         raise ModelTooLargeError("needs 99 GB, 8 GB free; use --dtype bfloat16 or a GPU")
 
-    monkeypatch.setattr(evalsuite.runner, "build_backend", too_large)
+    monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", too_large)
     results = tmp_path / "results"
     assert run("--models", str(tiny_llama_dir), "--tasks", "winogrande", "--limit", "2", "--data-dir", str(data_dir),
                results=results) == 1
@@ -132,7 +132,7 @@ def test_ray_shards_split_input_errors_from_bugs():
     """A shard that hit a bug makes the launcher raise it (with the worker's traceback); a shard
     refused for bad input is listed to rerun; Ray itself is real (a local cluster)."""
     ray = pytest.importorskip("ray")
-    from evalsuite.distributed import _connect, _wait_all
+    from evalsuite.run.ray_shards import _connect, _wait_all
 
     def shard(kind: str) -> str:
         if kind == "bug":

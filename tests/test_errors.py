@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evalsuite.data import process_rows
+from evalsuite.tasks.data import process_rows
 from evalsuite.errors import DataFormatError
-from evalsuite.fewshot import ScheduledSampler
+from evalsuite.tasks.fewshot import ScheduledSampler
 from evalsuite.tasks import lm_adapter
 from evalsuite.tasks.catalogue import load_spec
 from evalsuite.tasks.lm_adapter import LoadedTask

@@ -33,7 +33,7 @@ def _task_rows(store, run):
 
 
 def test_run_references(store):
-    from evalsuite.export import load_run
+    from evalsuite.outputs.exports import load_run
 
     root, first, second = store["root"], store["first"], store["second"]
     assert load_run("latest", root).run_id == second.run_id
@@ -73,7 +73,7 @@ def test_lm_eval_results_read_by_lm_eval(store, tmp_path):
 
 def test_leaderboard_naming_read_like_the_leaderboard(store):
     """The leaderboard's read_evals: per column, the mean of its metric over keys containing the benchmark."""
-    from evalsuite.export import lm_eval_results, load_run
+    from evalsuite.outputs.exports import lm_eval_results, load_run
 
     results = lm_eval_results(load_run("tag:first", store["root"]), naming="leaderboard")["results"]
     assert "harness|arc:challenge|25" in results and "harness|truthfulqa:mc|0" in results
@@ -114,7 +114,7 @@ def test_model_index_read_by_yaml_and_huggingface_hub(store, tmp_path):
 
 
 def test_csv(store, tmp_path):
-    from evalsuite.export import load_run, scores_csv
+    from evalsuite.outputs.exports import load_run, scores_csv
 
     frame = pd.read_csv(io.StringIO(scores_csv(load_run("tag:first", store["root"]))))
     tasks = frame[frame["subtask"].isna() & (frame["task"] != "h6")].set_index("task")

@@ -16,7 +16,7 @@ from evalsuite.backends import BackendOptions
 from evalsuite.backends.engine import wrap_model
 from evalsuite.backends.engine.plain import plain_loglikelihoods
 from evalsuite.backends.lmeval_hf import wrap_hf_model
-from evalsuite.runner import run_requests
+from evalsuite.run.evaluation import run_requests
 from evalsuite.tasks import LoadedTask, load_spec
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="leaderboard data not available")

@@ -16,8 +16,8 @@ import torch
 import evalsuite
 from evalsuite.backends import BACKENDS, BackendOptions
 from evalsuite.backends.lmeval_hf import wrap_hf_model
-from evalsuite.data import file_sha256
-from evalsuite.runner import run_requests
+from evalsuite.tasks.data import file_sha256
+from evalsuite.run.evaluation import run_requests
 from evalsuite.tasks import LoadedTask, load_spec
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from evalsuite.cli import main
-from evalsuite.fewshot import v1_schedule
+from evalsuite.tasks.fewshot import v1_schedule
 
 ARC = Path("allenai__ai2_arc") / "ARC-Challenge"
 WINOGRANDE = Path("winogrande")

@@ -19,9 +19,9 @@ import pytest
 from conftest import build_tiny_llama
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError, StoreError
-from evalsuite.names import file_part
-from evalsuite.results import latest_runs, load_run, run_views
-from evalsuite.store import ResultsStore
+from evalsuite.store.names import file_part
+from evalsuite.store.run_views import latest_runs, load_run, run_views
+from evalsuite.store.parquet_store import ResultsStore
 
 LIMIT = "3"
 

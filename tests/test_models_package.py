@@ -149,11 +149,11 @@ def _imports(path: Path) -> set[str]:
     """The sibling modules of evalsuite/models that ``path`` imports, lazily or not."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evalsuite.models"):
+            if node.module == "evalsuite.models":
                 found.update(alias.name for alias in node.names)
+            else:
+                found.add(node.module.split(".")[2])
     return found
 
 

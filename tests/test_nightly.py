@@ -17,7 +17,7 @@ import pytest
 
 from conftest import build_tiny_llama
 from evalsuite.cli import main
-from evalsuite.compare import read_baseline
+from evalsuite.analysis.comparison import read_baseline
 
 TASK, LIMIT = "winogrande", 40
 

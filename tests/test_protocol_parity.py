@@ -38,7 +38,7 @@ def prompts(task: str, data_dir: Path, limit: int):
 
 # -- the first documents and their shots, as the v1 recipe picks them ------------------------
 def test_v1_stream_first_documents_and_shots():
-    from evalsuite.fewshot import v1_schedule
+    from evalsuite.tasks.fewshot import v1_schedule
 
     arc = v1_schedule(1172, 1119, 25)
     assert arc.order[:3] == (595, 716, 511)
@@ -256,7 +256,7 @@ def test_hellaswag_fast_processing_equals_lm_eval_datasets_path(hellaswag_rows):
     import datasets
     from evalsuite.compat import load_lm_eval_yaml
 
-    from evalsuite.data import process_rows
+    from evalsuite.tasks.data import process_rows
     from evalsuite.tasks import lm_eval_tasks_root
 
     process = load_lm_eval_yaml(lm_eval_tasks_root() / load_spec("hellaswag").lm_eval_config)["process_docs"]

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evalsuite import records
+from evalsuite.store import records
 from evalsuite.errors import StoreError
-from evalsuite.records import RunRecord, SampleRecord, ScoreRecord
-from evalsuite.results import load_run
-from evalsuite.store import ResultsStore
+from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
+from evalsuite.store.run_views import load_run
+from evalsuite.store.parquet_store import ResultsStore
 
 
 def test_schemas_are_the_dataclasses():

@@ -36,7 +36,7 @@ def store_dir(tmp_path_factory, tiny_llama_dir, tiny_tokenizer, data_dir) -> Pat
     import numpy as np
 
     import evalsuite
-    from evalsuite.store import ResultsStore
+    from evalsuite.store.parquet_store import ResultsStore
 
     other = build_tiny_llama(tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama-b"), seed=1)
     root = tmp_path_factory.mktemp("report") / "results"
@@ -55,7 +55,7 @@ def store_dir(tmp_path_factory, tiny_llama_dir, tiny_tokenizer, data_dir) -> Pat
 
 @pytest.fixture(scope="module")
 def models(store_dir) -> list[str]:
-    from evalsuite.results import latest_runs
+    from evalsuite.store.run_views import latest_runs
 
     return [view.model for view in latest_runs(store_dir)]
 
@@ -165,8 +165,8 @@ def test_report_states_partial_results(report_path):
 
 
 def test_comparability_warnings(store_dir, models):
-    from evalsuite.report import collect
-    from evalsuite.report.comparability import warnings
+    from evalsuite.outputs.report import collect
+    from evalsuite.outputs.report.comparability import warnings
 
     comparison = collect(store_dir)
     assert warnings(comparison) == []  # same run, same settings
@@ -182,10 +182,10 @@ def test_comparability_warnings(store_dir, models):
 
 
 def test_paired_statistics_are_the_ones_compare_uses(store_dir, models):
-    from evalsuite.compare import compare_runs
-    from evalsuite.report import collect
-    from evalsuite.report.sections import deltas
-    from evalsuite.stats import paired
+    from evalsuite.analysis.comparison import compare_runs
+    from evalsuite.outputs.report import collect
+    from evalsuite.outputs.report.sections import deltas
+    from evalsuite.analysis.paired_stats import paired
 
     n = 200
     base = pd.DataFrame({"task": "arc", "subtask": None, "doc_index": range(n), "value": [0.0] * n,
@@ -213,9 +213,9 @@ def _markdown_rows(text: str) -> list[list[str]]:
 
 
 def test_markdown_table_matches_scores(store_dir, models):
-    from evalsuite.leaderboard import COLUMNS
-    from evalsuite.store import ResultsStore
-    from evalsuite.tables import HEADER, paper_table
+    from evalsuite.analysis.leaderboard import COLUMNS
+    from evalsuite.store.parquet_store import ResultsStore
+    from evalsuite.outputs.paper_table import HEADER, paper_table
 
     text = paper_table("md", results_dir=store_dir)
     assert text.splitlines()[0] == "| " + " | ".join(HEADER) + " |"
@@ -253,7 +253,7 @@ def _braces_balanced(text: str) -> bool:
 
 
 def test_latex_table_is_well_formed(store_dir):
-    from evalsuite.tables import paper_table
+    from evalsuite.outputs.paper_table import paper_table
 
     text = paper_table("latex", results_dir=store_dir, published=True)
     lines = text.splitlines()
@@ -272,7 +272,7 @@ def test_latex_table_is_well_formed(store_dir):
 
 
 def test_csv_and_html_tables(store_dir, models):
-    from evalsuite.tables import paper_table
+    from evalsuite.outputs.paper_table import paper_table
 
     frame = pd.read_csv(io.StringIO(paper_table("csv", results_dir=store_dir, published=True)))
     assert len(frame) == 17 and set(models) <= set(frame["Model"])
@@ -294,8 +294,8 @@ def test_cli_errors_are_one_line(store_dir, capsys):
 
 def test_selection_by_run_tag_and_baseline(store_dir, models, tmp_path):
     from evalsuite.errors import EvalsuiteError
-    from evalsuite.report import build_report, collect
-    from evalsuite.results import latest_runs
+    from evalsuite.outputs.report import build_report, collect
+    from evalsuite.store.run_views import latest_runs
 
     run_id = {v.model: v.run_id for v in latest_runs(store_dir)}[models[0]]
     out = build_report(runs=[run_id], baseline=models[1], results_dir=store_dir, out=tmp_path / "r.html",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evalsuite.runner import evaluate
-from evalsuite.store import ResultsStore
+from evalsuite.run.evaluation import evaluate
+from evalsuite.store.parquet_store import ResultsStore
 
 TASKS, LIMIT = "arc,winogrande", 64
 COLUMNS = ["task", "subtask", "doc_index", "prompt_hash", "loglikelihoods", "prediction", "value"]
@@ -58,7 +58,7 @@ def test_kill_9_then_same_command_resumes(tiny_llama_dir, data_dir, tmp_path):
     assert killed_at > 0
     (killed_run,) = ResultsStore(results).runs()["run_id"]
     assert set(ResultsStore(results).runs()["status"]) == {"running"}
-    from evalsuite.results import run_views
+    from evalsuite.store.run_views import run_views
 
     assert [v.status for v in run_views(results, killed_run)] == ["interrupted"]  # its process is gone
 

@@ -11,10 +11,10 @@ import torch
 
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError
-from evalsuite.results import latest_runs, load_run, run_views
-from evalsuite.runner import evaluate
-from evalsuite.sharding import SHARD_STATUS, parse_shard, select
-from evalsuite.store import ResultsStore
+from evalsuite.store.run_views import latest_runs, load_run, run_views
+from evalsuite.run.evaluation import evaluate
+from evalsuite.store.shards import SHARD_STATUS, parse_shard, select
+from evalsuite.store.parquet_store import ResultsStore
 
 #: MMLU exercises subjects and the mean of subject means; GSM8K a generation task.
 TASKS = "arc,mmlu,gsm8k"
@@ -181,9 +181,9 @@ def test_shards_with_different_settings_are_an_error(runs, tmp_path):
 
 def test_compare_report_and_table_read_a_sharded_run_like_the_unsharded_one(runs, tmp_path):
     """Every reader goes through the results API: a sharded run is one run to all of them."""
-    from evalsuite.compare import compare_runs
-    from evalsuite.report import build_report
-    from evalsuite.tables import paper_table
+    from evalsuite.analysis.comparison import compare_runs
+    from evalsuite.outputs.report import build_report
+    from evalsuite.outputs.paper_table import paper_table
 
     model = run_views(runs, "sh")[0].model
     for candidate in ("sh", f"sh@{model}"):

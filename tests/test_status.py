@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from evalsuite.cli import main
-from evalsuite.fewshot import v1_schedule
-from evalsuite.results import latest_runs, load_run, run_views
-from evalsuite.runner import evaluate
-from evalsuite.store import ResultsStore
+from evalsuite.tasks.fewshot import v1_schedule
+from evalsuite.store.run_views import latest_runs, load_run, run_views
+from evalsuite.run.evaluation import evaluate
+from evalsuite.store.parquet_store import ResultsStore
 
 ARC = Path("allenai__ai2_arc") / "ARC-Challenge"
 
@@ -99,13 +99,13 @@ def test_a_failed_or_interrupted_run_never_hides_earlier_results(tiny_llama_dir,
     expected = good.views()[0].leaderboard_row().scores
     assert expected["truthfulqa"] > 0  # mc2 is a probability: a distinctive number to look for
     # a run whose model does not load (an input error): recorded as failed, with the reason
-    import evalsuite.runner
+    import evalsuite.run.evaluation
     from evalsuite.errors import EvalsuiteError
 
     def broken_backend(*args, **kwargs):
         raise EvalsuiteError("weights are corrupt")
 
-    monkeypatch.setattr(evalsuite.runner, "build_backend", broken_backend)
+    monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", broken_backend)
     assert run("--models", str(tiny_llama_dir), "--tasks", "truthfulqa,winogrande", "--limit", "3", "--data-dir",
                str(data_dir), results=results) == 1
     assert "truthfulqa: failed: the model did not load (weights are corrupt)" in capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_a_failed_or_interrupted_run_never_hides_earlier_results(tiny_llama_dir,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evalsuite.runner, "build_backend", interrupted)
+    monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", interrupted)
     assert run("--models", str(tiny_llama_dir), "--tasks", "truthfulqa,winogrande", "--limit", "3", "--data-dir",
                str(data_dir), results=results) == 130
     assert "rerun the same command with --resume" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_concurrently
 from evalsuite.errors import StoreError
-from evalsuite.store import ResultsStore
+from evalsuite.store.parquet_store import ResultsStore
 
 
 def _write_many(root: str, writer: int) -> None:
@@ -49,7 +49,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monke
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("evalsuite.store.pq.write_table", full)
+    monkeypatch.setattr("evalsuite.store.parquet_store.pq.write_table", full)
     with pytest.raises(StoreError, match="disk full while writing .*r2__m.parquet; free space and rerun"):
         store.write_run({"run_id": "r2", "model": "m", "status": "ok"})
     monkeypatch.undo()
@@ -58,8 +58,8 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monke
 
 
 def test_a_failed_task_is_recorded_and_the_others_are_kept(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
-    from evalsuite.compare import compare_runs
-    from evalsuite.runner import evaluate
+    from evalsuite.analysis.comparison import compare_runs
+    from evalsuite.run.evaluation import evaluate
     from evalsuite.tasks import LoadedTask
 
     from evalsuite.errors import DataFormatError

@@ -32,7 +32,7 @@ def logged_run(tmp_path_factory, tiny_llama_dir, data_dir):
 def test_mlflow_file_store_read_back(logged_run, monkeypatch, tmp_path):
     import mlflow
 
-    from evalsuite.store import ResultsStore
+    from evalsuite.store.parquet_store import ResultsStore
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -75,8 +75,8 @@ def test_bad_targets_are_refused_before_the_run(tiny_llama_dir, capsys, tmp_path
 
 @pytest.mark.slow
 def test_wandb_offline_run(logged_run, monkeypatch, tmp_path):
-    from evalsuite.store import ResultsStore
-    from evalsuite.trackers import log_run
+    from evalsuite.store.parquet_store import ResultsStore
+    from evalsuite.outputs.trackers import log_run
 
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
@@ -113,7 +113,7 @@ def test_nightly_logs_its_run(tiny_llama_dir, data_dir, monkeypatch, tmp_path):
 
 def test_a_tracker_failure_keeps_the_run(tiny_llama_dir, data_dir, monkeypatch, tmp_path, capsys):
     from evalsuite.cli import main
-    from evalsuite.results import load_run
+    from evalsuite.store.run_views import load_run
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -124,5 +124,5 @@ def test_a_tracker_failure_keeps_the_run(tiny_llama_dir, data_dir, monkeypatch, 
                  str(data_dir), "--results-dir", str(results), "--no-progress", "--log-to",
                  f"mlflow:file:{blocker}/mlruns"])
     err = capsys.readouterr().err
-    assert code == 0 and "warning: logging run" in err and "evalsuite.trackers.log_run(" in err
+    assert code == 0 and "warning: logging run" in err and "evalsuite.outputs.trackers.log_run(" in err
     assert load_run("latest", results).status == "ok"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from evalsuite import leaderboard, tasks
+from evalsuite import tasks
+from evalsuite.analysis import leaderboard
 from evalsuite.errors import EvalsuiteError
-from evalsuite.records import ScoreRecord
-from evalsuite.store import ResultsStore
+from evalsuite.store.records import ScoreRecord
+from evalsuite.store.parquet_store import ResultsStore
 
 SIX = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
 
@@ -263,7 +264,7 @@ def test_hellaswag_process_docs_on_real_rows(data_dir):
     the WikiHow brackets become sentences, and the result equals lm-eval's own datasets path."""
     import datasets
 
-    from evalsuite.data import load_split, process_rows
+    from evalsuite.tasks.data import load_split, process_rows
 
     spec, process = _hellaswag_process_docs()
     rows = load_split(spec.dataset, spec.eval_split, data_dir).rows
@@ -287,7 +288,7 @@ def test_hellaswag_process_docs_on_real_rows(data_dir):
 
 def test_a_task_without_process_docs_keeps_its_rows(data_dir):
     from evalsuite import compat
-    from evalsuite.data import load_split, process_rows
+    from evalsuite.tasks.data import load_split, process_rows
 
     spec = tasks.load_spec("arc")
     config = compat.load_lm_eval_yaml(tasks.lm_eval_tasks_root() / spec.lm_eval_config)

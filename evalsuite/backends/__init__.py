@@ -10,8 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EvalsuiteError
-from ..models.identity import ModelSource
+from evalsuite.errors import EvalsuiteError
+from evalsuite.models.identity import ModelSource
 
 #: name -> "module:function" building the backend from (source, options).
 BACKENDS: dict[str, str] = {
@@ -42,7 +42,7 @@ def build_backend(name: str, source: ModelSource, options: BackendOptions) -> An
     """An lm-eval ``LM`` for ``source`` using backend ``name``."""
     if name not in BACKENDS:
         raise EvalsuiteError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
-    from ..compat import check_versions
+    from evalsuite.compat import check_versions
 
     check_versions()  # a model is about to be evaluated through transformers' and lm-eval's internals
     module_name, func = BACKENDS[name].split(":")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models.identity import ModelSource
-from ..models.loading import load_transformers
-from . import BackendOptions
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.loading import load_transformers
+from evalsuite.backends import BackendOptions
 
 
 def build(source: ModelSource, options: BackendOptions) -> Any:
@@ -26,7 +26,7 @@ def wrap_hf_model(model: Any, tokenizer: Any, options: BackendOptions) -> Any:
     """An ``HFLM`` around an already-loaded transformers model (tests build tiny ones)."""
     from lm_eval.models.huggingface import HFLM
 
-    from ..compat import v1_logits_dtype
+    from evalsuite.compat import v1_logits_dtype
 
     batch_size = options.batch_size if options.batch_size != "auto" else 1
     logits_dtype = v1_logits_dtype(model)

@@ -14,11 +14,11 @@ import importlib.util
 import math
 from typing import Any
 
-from ..errors import EvalsuiteError, ModelTooLargeError
-from ..models.identity import ModelSource
-from ..models.memory import required_bytes
-from ..models.registry import ModelSpec
-from . import BackendOptions
+from evalsuite.errors import EvalsuiteError, ModelTooLargeError
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.memory import required_bytes
+from evalsuite.models.registry import ModelSpec
+from evalsuite.backends import BackendOptions
 
 #: The memory the registry's ``min_gpus_80gb`` counts in (an A100/H100 80GB card).
 GPU_80GB = 80 * 10**9

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalsuiteError
-from ..fsutil import cache_dir, file_sha256, replace_dir
-from .identity import ModelSource
-from .loading import load_transformers
-from .memory import check_fits
-from .registry import DUS_SPEC
+from evalsuite.errors import EvalsuiteError
+from evalsuite.fsutil import cache_dir, file_sha256, replace_dir
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.loading import load_transformers
+from evalsuite.models.memory import check_fits
+from evalsuite.models.registry import DUS_SPEC
 
 #: Decoder families whose blocks live in ``model.model.layers``, each block self-contained
 #: (attention + MLP + norms) and addressed by ``layer_idx``; per-layer config is only
@@ -262,7 +262,7 @@ def build(
 def load_config_from_source(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
-    from .registry import check_remote_code
+    from evalsuite.models.registry import check_remote_code
 
     if Path(source.path).is_dir():
         check_remote_code(source.path, source.spec.trust_remote_code, source.spec.source)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import EvalsuiteError
-from ..fsutil import cache_dir, replace_dir
-from .identity import cached_file_hash
+from evalsuite.errors import EvalsuiteError
+from evalsuite.fsutil import cache_dir, replace_dir
+from evalsuite.models.identity import cached_file_hash
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

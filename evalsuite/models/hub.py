@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import EvalsuiteError
+from evalsuite.errors import EvalsuiteError
 
 #: The files fetched to identify a model: everything but the weights.
 SMALL_FILES = ["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UnknownModelError
-from ..fsutil import cache_dir, file_sha256, write_text
-from .registry import ModelSpec
+from evalsuite.errors import UnknownModelError
+from evalsuite.fsutil import cache_dir, file_sha256, write_text
+from evalsuite.models.registry import ModelSpec
 
 #: Files of a model folder that are weights (hashed by :func:`weights_hash`, cached by mtime).
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack"}

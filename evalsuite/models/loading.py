@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import EvalsuiteError
-from .hub import local_only
-from .identity import ModelSource
-from .memory import DTYPE_BYTES, param_count, required_bytes
-from .registry import REGISTRY, ModelSpec
+from evalsuite.errors import EvalsuiteError
+from evalsuite.models.hub import local_only
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.memory import DTYPE_BYTES, param_count, required_bytes
+from evalsuite.models.registry import REGISTRY, ModelSpec
 
 
 def torch_dtype(name: str) -> Any:
@@ -63,7 +63,7 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
     period transformers did when its config does not say (:func:`compat.clean_up_like_period_transformers`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..compat import clean_up_like_period_transformers
+    from evalsuite.compat import clean_up_like_period_transformers
 
     kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code),
                               **local_only(source.spec.kind)}

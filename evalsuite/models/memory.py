@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ModelTooLargeError
-from .hub import local_only
-from .identity import ModelSource
-from .registry import ModelSpec
+from evalsuite.errors import ModelTooLargeError
+from evalsuite.models.hub import local_only
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.registry import ModelSpec
 
 #: Bytes per parameter of each dtype evalsuite loads in (an unknown name counts as float32).
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}

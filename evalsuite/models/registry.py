@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
 
-from ..errors import UnknownModelError
+from evalsuite.errors import UnknownModelError
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import dus
-from .gguf import converted, smollm2_gguf_path
-from .hub import resolve_snapshot
-from .identity import ModelSource, cached_file_hash, files_hash, weights_hash
-from .registry import ModelSpec, check_remote_code, resolve_model
+from evalsuite.models import dus
+from evalsuite.models.gguf import converted, smollm2_gguf_path
+from evalsuite.models.hub import resolve_snapshot
+from evalsuite.models.identity import ModelSource, cached_file_hash, files_hash, weights_hash
+from evalsuite.models.registry import ModelSpec, check_remote_code, resolve_model
 
 
 def materialize(spec: ModelSpec, verify_weights: bool = False) -> ModelSource:

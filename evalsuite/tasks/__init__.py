@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .catalogue import (
+from evalsuite.tasks.catalogue import (
     LEADERBOARD,
     LEADERBOARD_TASKS,
     TaskSpec,
@@ -28,7 +28,7 @@ from .catalogue import (
 _LAZY = {
     "DocPrompt": ".lm_adapter", "LoadedTask": ".lm_adapter", "SampleScore": ".lm_adapter", "TaskUnit": ".lm_adapter",
     "load_tasks": ".lm_adapter", "gsm8k_extract": ".lm_adapter", "GSM8K_INVALID": ".lm_adapter",
-    "aggregate": "..aggregation", "mean_stderr": "..aggregation",
+    "aggregate": "..analysis.aggregation", "mean_stderr": "..analysis.aggregation",
 }
 
 __all__ = ["LEADERBOARD", "LEADERBOARD_TASKS", "TaskSpec", "available_suites", "available_tasks", "expand_tasks",

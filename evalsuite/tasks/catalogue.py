@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from ..data import DatasetRef
-from ..errors import UnknownTaskError
+from evalsuite.tasks.data import DatasetRef
+from evalsuite.errors import UnknownTaskError
 
 LEADERBOARD = "leaderboard"
 #: Column order of the leaderboard and of the SOLAR paper's Table 2.

@@ -7,7 +7,7 @@ A task YAML names the lm-eval config whose templates it uses (they are byte-iden
 and states where v1 differs: the split shots come from, the few-shot stream, the generation
 stops, the metric and its aggregation. lm-eval's ``ConfigurableTask`` renders every prompt and
 builds every request (so delimiters and Winogrande's partial evaluation are lm-eval's), our
-:class:`~evalsuite.fewshot.ScheduledSampler` hands it the v1 shots, and lm-eval's
+:class:`~evalsuite.tasks.fewshot.ScheduledSampler` hands it the v1 shots, and lm-eval's
 ``process_results`` scores each document, except GSM8K, whose v1 strict match is not lm-eval's.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from jinja2.exceptions import UndefinedError
 
-from .. import compat
-from ..data import SplitData, load_split, process_rows, row_location
-from ..errors import DataFormatError
-from ..fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
-from .catalogue import TaskSpec, lm_eval_tasks_root, load_spec
+from evalsuite import compat
+from evalsuite.tasks.data import SplitData, load_split, process_rows, row_location
+from evalsuite.errors import DataFormatError
+from evalsuite.tasks.fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
+from evalsuite.tasks.catalogue import TaskSpec, lm_eval_tasks_root, load_spec
 
 #: What a document's own content raises in lm-eval's processing and templates: a field missing
 #: (KeyError, Jinja's UndefinedError), null or of the wrong type (TypeError, AttributeError on
@@ -275,7 +275,7 @@ class LoadedTask:
 
 def load_tasks(names: Sequence[str], data_dir: Path | None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
     """The tasks whose data loads, and for the others why not (a missing or unreadable file)."""
-    from ..errors import MissingDataError
+    from evalsuite.errors import MissingDataError
 
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, str] = {}
@@ -354,7 +354,7 @@ def _task_class() -> type:
 
     A training row drawn as a shot by many documents (HellaSwag: 100,420 draws from 39,905
     rows; an MMLU subject: the same 5 dev rows for every question) is a
-    :class:`~evalsuite.fewshot.ShotDoc`, which keeps what lm-eval's ``doc_to_text`` /
+    :class:`~evalsuite.tasks.fewshot.ShotDoc`, which keeps what lm-eval's ``doc_to_text`` /
     ``doc_to_target`` / ``doc_to_choice`` returned for it. The memo lives on the document
     itself, so it cannot outlive it or answer for another one; other documents go straight
     to lm-eval.
@@ -384,7 +384,7 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
 
     The config's ``process_docs`` (HellaSwag's preprocessing) is lm-eval's, but evalsuite calls
     it: on the evaluation rows once, and on few-shot rows only when the v1 stream draws them
-    (:class:`~evalsuite.fewshot.ShotPool`), instead of lm-eval processing the whole training
+    (:class:`~evalsuite.tasks.fewshot.ShotPool`), instead of lm-eval processing the whole training
     split (39,905 HellaSwag rows) for every task object. Returns the task, its processed
     evaluation documents and its shot pool.
     """

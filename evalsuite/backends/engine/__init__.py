@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .planner import DEFAULT_TOKEN_BUDGET, FOLD_TRUNK, FORWARD_COST, SMALL_ROW, TRUNK_MEMORY, Budgets, PlanSummary
-from .tokenize import plan_requests
+from evalsuite.backends.engine.planner import DEFAULT_TOKEN_BUDGET, FOLD_TRUNK, FORWARD_COST, SMALL_ROW, TRUNK_MEMORY, Budgets, PlanSummary
+from evalsuite.backends.engine.tokenize import plan_requests
 
 if TYPE_CHECKING:
-    from ...models.identity import ModelSource
-    from .. import BackendOptions
-    from .lm import EngineLM, EngineStats, TokenLogprobs
+    from evalsuite.models.identity import ModelSource
+    from evalsuite.backends import BackendOptions
+    from evalsuite.backends.engine.lm import EngineLM, EngineStats, TokenLogprobs
 
 _LAZY = {"EngineLM", "EngineStats", "TokenLogprobs"}
 
@@ -31,7 +31,7 @@ _LAZY = {"EngineLM", "EngineStats", "TokenLogprobs"}
 def __getattr__(name: str) -> Any:
     """The model-side classes import torch; the planner and ``plan_requests`` do not."""
     if name in _LAZY:
-        from . import lm
+        from evalsuite.backends.engine import lm
 
         return getattr(lm, name)
     raise AttributeError(name)
@@ -42,7 +42,7 @@ __all__ = ["EngineLM", "EngineStats", "TokenLogprobs", "PlanSummary", "Budgets",
 
 def build(source: ModelSource, options: BackendOptions) -> EngineLM:
     """The engine for a model source, loaded with the options' dtype on the options' device."""
-    from ...models.loading import load_transformers
+    from evalsuite.models.loading import load_transformers
 
     model, tokenizer = load_transformers(source, options.dtype, options.device)
     return wrap_model(model, tokenizer, options)
@@ -50,6 +50,6 @@ def build(source: ModelSource, options: BackendOptions) -> EngineLM:
 
 def wrap_model(model: Any, tokenizer: Any, options: BackendOptions, **kwargs: Any) -> EngineLM:
     """The engine around an already-loaded transformers causal LM (tests build tiny ones)."""
-    from .lm import EngineLM
+    from evalsuite.backends.engine.lm import EngineLM
 
     return EngineLM(model, tokenizer, options, **kwargs)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ... import compat
+from evalsuite import compat
 
 SPY_ATTENTION = "evalsuite_spy"
 #: Keyword arguments of an attention call the fast paths reproduce (``sliding_window`` through
@@ -284,7 +284,7 @@ def head_difference(model: Any, head: Callable[[torch.Tensor], torch.Tensor], id
 def probe_generation(model: Any, tokenizer: Any, route: str, windows: tuple[int | None, ...], length: int) -> float:
     """Max |Δ log-prob| of each decoded step's logits on ``route`` against the model's full
     forward over the prompt and the tokens decoded before it (two prompts of different lengths)."""
-    from .generation import Generator, Job
+    from evalsuite.backends.engine.generation import Generator, Job
 
     gen = Generator(model, tokenizer, length + 64, 6, "batched", windows=windows, route=route)
     gen.record = []
@@ -319,8 +319,8 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
     ``requested`` ("tree", "cache", "plain" or None for the device's default) is honoured when
     exact, else the plain executor is taken and the reason given. ``probe_executor(name,
     windows, layer_types, requests)`` returns the per-request log-probs of an executor."""
-    from . import tree_attention
-    from .plain import plain_tally
+    from evalsuite.backends.engine import tree_attention
+    from evalsuite.backends.engine.plain import plain_tally
 
     cfg = text_config(model)
     model_type = str(getattr(cfg, "model_type", None) or type(model).__name__)

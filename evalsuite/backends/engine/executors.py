@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from ... import compat
-from . import tree_attention
-from .planner import Row
-from .plain import PlainExecutor
-from .tree_attention import Past
-from .prefix_tree import PrefixTree
+from evalsuite import compat
+from evalsuite.backends.engine import tree_attention
+from evalsuite.backends.engine.planner import Row
+from evalsuite.backends.engine.plain import PlainExecutor
+from evalsuite.backends.engine.tree_attention import Past
+from evalsuite.backends.engine.prefix_tree import PrefixTree
 
 
 

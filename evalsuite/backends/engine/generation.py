@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from ... import compat
-from ...errors import EvalsuiteError
-from .. import GENERATION_MODES
+from evalsuite import compat
+from evalsuite.errors import EvalsuiteError
+from evalsuite.backends import GENERATION_MODES
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Generator:
 
     # ------------------------------------------------------------------ plain: full forward per step
     def _plain(self, job: Job) -> None:
-        from .plain import accepts_logits_to_keep
+        from evalsuite.backends.engine.plain import accepts_logits_to_keep
 
         keep = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         while True:

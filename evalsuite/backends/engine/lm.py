@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from lm_eval.api.model import TemplateLM
 
-from ... import compat
-from .. import BackendOptions
-from . import capabilities, planner, scoring
-from .executors import Executor, Past, select_executor
-from .generation import Generator
-from .plain import PlainExecutor, plain_tally
-from .prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
-from .tokenize import resolve_max_length
+from evalsuite import compat
+from evalsuite.backends import BackendOptions
+from evalsuite.backends.engine import capabilities, planner, scoring
+from evalsuite.backends.engine.executors import Executor, Past, select_executor
+from evalsuite.backends.engine.generation import Generator
+from evalsuite.backends.engine.plain import PlainExecutor, plain_tally
+from evalsuite.backends.engine.prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
+from evalsuite.backends.engine.tokenize import resolve_max_length
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .prefix_tree import truncated_inputs
-from .scoring import Tally
+from evalsuite.backends.engine.prefix_tree import truncated_inputs
+from evalsuite.backends.engine.scoring import Tally
 
 
 def accepts_logits_to_keep(model: Any) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .prefix_tree import PrefixTree, common_prefix
+from evalsuite.backends.engine.prefix_tree import PrefixTree, common_prefix
 
 #: Default tokens per forward pass (rows x padded row length) by device type. CPU matmuls
 #: saturate early; GPUs need large batches to reach peak throughput.
@@ -128,7 +128,7 @@ Step = Forward | Reuse | Remember | Release
 @dataclass
 class ForwardPlan:
     """The forward passes (and trunk bookkeeping) that compute one call's prefix tree; not the
-    dry run's :class:`~evalsuite.dryrun.CostPlan` of a whole run."""
+    dry run's :class:`~evalsuite.run.dry_run.CostPlan` of a whole run."""
 
     steps: list[Step]
     #: past id -> (tree node it ends at, its length in tokens)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .planner import Row
-from .prefix_tree import PrefixTree
+from evalsuite.backends.engine.planner import Row
+from evalsuite.backends.engine.prefix_tree import PrefixTree
 
 #: Positions projected onto the vocabulary at once: bounds the [positions, vocab] logits tensor.
 SCORE_CHUNK = 512

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import planner
-from .prefix_tree import empty_context_pair, tree_of
+from evalsuite.backends.engine import planner
+from evalsuite.backends.engine.prefix_tree import empty_context_pair, tree_of
 
 DEFAULT_MAX_GEN = 256
 #: A model's context length when neither its config nor its tokenizer states one (HFLM's default).

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ... import compat
+from evalsuite import compat
 
 NAME = "evalsuite_tree"
 

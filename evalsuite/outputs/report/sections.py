@@ -1,0 +1,306 @@
+"""The report's sections as plain dicts and lists, ready for the Jinja2 template.
+
+Numbers are formatted here, once, so the template only lays out; every partial result is
+spelt out (missing task "—", incomplete H6 "*", limited runs "n = 50 of 1172").
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from evalsuite.analysis.leaderboard import COLUMNS, LeaderboardRow
+from evalsuite.analysis.paired_stats import paired
+from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.outputs.report import charts
+from evalsuite.outputs.report.comparability import _as_dict
+from evalsuite.outputs.report.data import ReportData, Entry, PublishedRow, fmt_score, task_label
+
+#: Documents per task shown in the sample browser (disagreements first).
+SAMPLES_PER_TASK = 12
+MANIFEST_FIELDS = [
+    ("run_id", "run id"), ("model_id", "model id"), ("model_kind", "kind"), ("revision", "revision"),
+    ("weights_hash", "weights hash"), ("dtype", "dtype"), ("backend", "backend"), ("device", "device"),
+    ("batch_size", "batch size"), ("limit", "limit"), ("status", "status"), ("tag", "tag"),
+    ("started_at", "started"), ("finished_at", "finished"), ("wall_time_s", "wall time (s)"),
+    ("evalsuite_version", "evalsuite"), ("git_commit", "git commit"), ("lm_eval_version", "lm-eval"),
+    ("transformers_version", "transformers"), ("torch_version", "torch"), ("python_version", "python"),
+    ("host", "host"), ("notes", "notes"),
+]
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[str, Any]:
+    """Rows of the sortable table: evaluated models first, then published reference rows."""
+    columns = ["h6", *LEADERBOARD_TASKS]
+    best: dict[str, float] = {}
+    for row in comparison.rows:
+        for col in columns:
+            value = row.h6 if col == "h6" else row.scores.get(col, math.nan)
+            if not _nan(value) and value > best.get(col, -math.inf):
+                best[col] = value
+    status = _task_status(comparison)
+    rows = []
+    for entry, row in zip(comparison.entries, comparison.rows, strict=True):
+        cells = [_h6_cell(row, best)]
+        for task in LEADERBOARD_TASKS:
+            value = row.scores.get(task)
+            n, total = row.n.get(task), row.n_total.get(task)
+            limited = value is not None and n is not None and total is not None and n < total
+            cells.append({
+                "text": fmt_score(value), "sort": "" if value is None else f"{value:.6f}",
+                "best": value is not None and value == best.get(task),
+                "note": f"n = {n} of {total}" if limited else ("" if value is not None
+                                                                  else status.get((entry, task), "not run")),
+                "title": "",
+            })
+        rows.append({"label": row.model, "published": False, "source": "", "cells": cells})
+    for pub in sorted(published, key=lambda p: -p.h6):
+        cells = [{"text": fmt_score(pub.h6), "sort": f"{pub.h6:.6f}", "best": False, "note": "", "title": ""}]
+        for task in LEADERBOARD_TASKS:
+            value = pub.scores.get(task)
+            cells.append({"text": fmt_score(value) + ("" if pub.per_task_confirmed else "†"),
+                          "sort": "" if value is None else f"{value:.6f}", "best": False, "note": "",
+                          "title": "" if pub.per_task_confirmed else "per-task value unconfirmed"})
+        rows.append({"label": pub.model, "published": True, "source": pub.source, "confirmed": pub.confirmed,
+                     "cells": cells})
+    notes = []
+    for row in comparison.rows:
+        if not row.complete and not math.isnan(row.h6):
+            absent = [COLUMNS[t] for t in LEADERBOARD_TASKS if t not in row.scores]
+            notes.append(f"{row.model}: H6 incomplete (*), mean of {6 - len(absent)} of 6 tasks; "
+                         f"missing: {', '.join(absent)}.")
+    return {"headers": ["H6", *[COLUMNS[t] for t in LEADERBOARD_TASKS]], "rows": rows, "notes": notes}
+
+
+def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
+    """(entry, task) -> "missing" (no data) or "failed" for task rows that carry no score."""
+    scores = comparison.scores
+    out: dict[tuple[Entry, str], str] = {}
+    if scores.empty:
+        return out
+    rows = scores[scores["subtask"].isna() & (scores["status"] != "ok")]
+    for entry in comparison.entries:
+        mine = rows[(rows["run_id"] == entry.run_id) & (rows["model"] == entry.model)]
+        for task, state in zip(mine["task"], mine["status"], strict=True):
+            out[(entry, task)] = "no data" if state == "missing" else state
+    return out
+
+
+def _h6_cell(row: LeaderboardRow, best: dict[str, float]) -> dict[str, Any]:
+    h6 = row.h6
+    if math.isnan(h6):
+        return {"text": "—", "sort": "", "best": False, "note": "", "title": "no task scored"}
+    star = "" if row.complete else "*"
+    return {"text": f"{h6:.2f}{star}", "sort": f"{h6:.6f}", "best": h6 == best.get("h6"),
+            "note": "incomplete" if star else "", "title": "mean of the tasks present" if star else ""}
+
+
+def task_charts(comparison: ReportData) -> dict[str, Any]:
+    """One bar chart per task (95% intervals from stderr) and one overall."""
+    labels = [e.label for e in comparison.entries]
+    scores = comparison.scores
+    task_rows = scores[scores["subtask"].isna()] if len(scores) else scores
+    tasks = comparison.tasks()
+    values = {t: [] for t in tasks}
+    errors = {t: [] for t in tasks}
+    notes: dict[str, list[str]] = {t: [] for t in tasks}
+    for entry in comparison.entries:
+        mine = task_rows[(task_rows["run_id"] == entry.run_id) & (task_rows["model"] == entry.model)]
+        by_task = {r["task"]: r for r in mine.to_dict("records")}
+        for task in tasks:
+            rec = by_task.get(task)
+            ok = rec is not None and rec["status"] == "ok" and not _nan(rec["value"])
+            values[task].append(100 * rec["value"] if ok else math.nan)
+            errors[task].append(100 * rec["stderr"] if ok and not _nan(rec["stderr"]) else math.nan)
+            if ok and rec["n_total"] and rec["n"] < rec["n_total"]:
+                notes[task].append(f"{charts._short(entry.label, 18)}: n = {int(rec['n'])} of {int(rec['n_total'])}")
+            elif not ok:
+                notes[task].append(f"{charts._short(entry.label, 18)}: " + (rec["status"] if rec else "not run"))
+    per_task = [{"task": t, "title": task_label(t),
+                 "svg": charts.bars_with_ci(labels, values[t], errors[t], task_label(t), notes[t])} for t in tasks]
+    # the overall chart always shows all six leaderboard tasks, so a missing one is visibly missing
+    columns = list(LEADERBOARD_TASKS) + [t for t in tasks if t not in LEADERBOARD_TASKS]
+    nan_col = [math.nan] * len(labels)
+    h6 = [r.h6 for r in comparison.rows]
+    matrix = [[values.get(t, nan_col)[i] for t in columns] + [h6[i]] for i in range(len(labels))]
+    errs = [[errors.get(t, nan_col)[i] for t in columns] + [math.nan] for i in range(len(labels))]
+    h6_name = "H6" if all(r.complete for r in comparison.rows) else "H6*"
+    overall = charts.overall(labels, [task_label(t) for t in columns] + [h6_name], matrix, errs) if tasks else ""
+    return {"overall": overall, "tasks": per_task}
+
+
+def mmlu_heatmap(comparison: ReportData) -> dict[str, Any] | None:
+    """57 subjects x models from the per-subject score rows, or None when MMLU was not run."""
+    scores = comparison.scores
+    sub = scores[(scores["task"] == "mmlu") & scores["subtask"].notna()] if len(scores) else scores
+    if sub.empty:
+        return None
+    subjects = sorted(set(sub["subtask"]))
+    labels = [e.label for e in comparison.entries]
+    matrix = np.full((len(subjects), len(labels)), np.nan)
+    counts = []
+    for j, entry in enumerate(comparison.entries):
+        mine = sub[(sub["run_id"] == entry.run_id) & (sub["model"] == entry.model)]
+        n = total = 0
+        for rec in mine.to_dict("records"):
+            if rec["status"] == "ok" and not _nan(rec["value"]):
+                matrix[subjects.index(rec["subtask"]), j] = 100 * rec["value"]
+            n += int(rec["n"] or 0)
+            total += int(rec["n_total"] or 0)
+        counts.append(f"{entry.label}: not evaluated" if not n else f"{entry.label}: n = {n} of {total}"
+                      if n < total else f"{entry.label}: all {total} documents")
+    title = f"MMLU by subject ({len(subjects)} subjects; grey —: not evaluated)"
+    return {"svg": charts.heatmap(subjects, labels, matrix, title), "counts": counts, "n_subjects": len(subjects)}
+
+
+def deltas(comparison: ReportData, baseline: Entry) -> dict[str, Any]:
+    """Paired differences of every other entry against the baseline, per task."""
+    samples = comparison.samples
+    rows = []
+    if samples is not None and not samples.empty:
+        base = samples[(samples["run_id"] == baseline.run_id) & (samples["model"] == baseline.model)]
+        for entry in comparison.entries:
+            if entry == baseline:
+                continue
+            cand = samples[(samples["run_id"] == entry.run_id) & (samples["model"] == entry.model)]
+            for task in comparison.tasks():
+                metric = _metric(comparison, task)
+                result = paired(base, cand, task, metric=metric, grouped=task == "mmlu")
+                if result is None:
+                    rows.append({"candidate": entry.label, "task": task_label(task), "n_shared": 0})
+                    continue
+                rows.append({
+                    "candidate": entry.label, "task": task_label(task), "n_shared": result.n,
+                    "baseline": f"{result.baseline:.2f}", "value": f"{result.candidate:.2f}",
+                    "delta": f"{result.delta:+.2f}", "delta_raw": result.delta,
+                    "ci": "—" if math.isnan(result.ci_low) else f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]",
+                    "low": result.ci_low, "high": result.ci_high, "significant": result.significant(),
+                    "p": f"{result.p_value:.3g}", "test": result.test,
+                    "prompts_differ": result.prompts_differ,
+                })
+    shown = [r for r in rows if r["n_shared"]]
+    svg = charts.forest([f"{charts._short(r['candidate'], 22)} · {r['task']}" for r in shown],
+                        [r["delta_raw"] for r in shown], [r["low"] for r in shown], [r["high"] for r in shown],
+                        f"Paired differences vs {charts._short(baseline.label, 40)}") if shown else ""
+    return {"baseline": baseline.label, "rows": rows, "svg": svg}
+
+
+def _metric(comparison: ReportData, task: str) -> str | None:
+    """The metric a task's stored scores name (decides McNemar vs bootstrap, as in ``compare``)."""
+    scores = comparison.scores
+    found = scores.loc[(scores["task"] == task) & scores["subtask"].isna(), "metric"].dropna()
+    return str(found.iloc[0]) if len(found) else None
+
+
+def manifests(comparison: ReportData) -> list[dict[str, Any]]:
+    """Per entry: what was run, field by field, plus its task config and data hashes."""
+    out = []
+    for entry in comparison.entries:
+        run = comparison.run_row(entry)
+        fields = []
+        for key, label in MANIFEST_FIELDS:
+            value = run.get(key)
+            if key == "limit":
+                value = "none (full)" if _nan(value) else int(value)
+            elif key == "wall_time_s" and not _nan(value):
+                value = f"{value:.1f}"
+            fields.append((label, "—" if _nan(value) or value == "" else str(value)))
+        tasks = run.get("tasks")
+        out.append({
+            "label": entry.label, "fields": fields, "audits": _audits(comparison, entry),
+            "tasks": ", ".join(tasks) if tasks is not None else "—",
+            "config_hashes": sorted(_as_dict(run.get("task_config_hashes")).items()),
+            "data_hashes": sorted(_as_dict(run.get("data_hashes")).items()),
+        })
+    return out
+
+
+def _audits(comparison: ReportData, entry: Entry) -> list[tuple[str, str, str]]:
+    """(task, "audit: 8/8, max |Δ| 2e-05", note) per task row of the entry that carries a self-audit."""
+    from evalsuite.run.audit import describe_row
+
+    scores = comparison.scores
+    if "audit_status" not in scores.columns:
+        return []
+    mine = scores[(scores["run_id"] == entry.run_id) & (scores["model"] == entry.model) & scores["subtask"].isna()]
+    out = []
+    for rec in mine.to_dict("records"):
+        text = describe_row(rec)
+        if text:
+            note = rec.get("audit_note")
+            out.append((str(rec["task"]), text, note if isinstance(note, str) else ""))
+    return sorted(out)
+
+
+def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> list[dict[str, Any]]:
+    """Per task, documents shared by the compared runs, disagreements first, with each model's pick."""
+    samples = comparison.samples
+    if samples is None or samples.empty:
+        return []
+    labels = {(e.run_id, e.model): e.label for e in comparison.entries}
+    frame = samples.assign(subtask=samples["subtask"].fillna(""))
+    out = []
+    for task in comparison.tasks():
+        part = frame[frame["task"] == task]
+        if part.empty:
+            continue
+        docs: dict[tuple[str, int], dict[str, Any]] = {}
+        for rec in part.sort_values(["subtask", "doc_index"]).to_dict("records"):
+            key = (rec["subtask"], int(rec["doc_index"]))
+            doc = docs.setdefault(key, _doc_view(task, rec))
+            doc["picks"].append(_pick(labels[(rec["run_id"], rec["model"])], rec))
+        chosen = list(docs.values())
+        for doc in chosen:
+            doc["disagree"] = len({p["prediction"] for p in doc["picks"]}) > 1
+        chosen.sort(key=lambda d: (not d["disagree"], -len(d["picks"])))
+        out.append({"task": task, "title": task_label(task), "total": len(chosen),
+                    "disagreements": sum(d["disagree"] for d in chosen), "docs": chosen[:per_task]})
+    return out
+
+
+def _doc_view(task: str, rec: dict[str, Any]) -> dict[str, Any]:
+    contexts = list(rec["contexts"]) if rec["contexts"] is not None else []
+    continuations = list(rec["continuations"]) if rec["continuations"] is not None else []
+    if len(contexts) > 1:  # Winogrande: the options are the contexts, the continuation is shared
+        prompt = "(one context per option; shared continuation:) " + (continuations[0] if continuations else "")
+        choices = [c[-160:] for c in contexts]
+    else:
+        prompt = contexts[0] if contexts else ""
+        choices = continuations
+    gold = rec["gold"]
+    gold_text = gold
+    if gold is not None and str(gold).isdigit() and int(gold) < len(choices):
+        gold_text = f"{gold}: {choices[int(gold)].strip()}"
+    return {"task": task, "subtask": rec["subtask"], "doc_index": int(rec["doc_index"]), "prompt": prompt,
+            "prompt_tail": prompt[-300:], "choices": choices, "gold": gold, "gold_text": gold_text,
+            "generative": rec["generation"] is not None and not choices[1:], "picks": []}
+
+
+def _pick(label: str, rec: dict[str, Any]) -> dict[str, Any]:
+    lls = rec["loglikelihoods"]
+    lls = [f"{x:.2f}" for x in lls] if lls is not None else []
+    return {"label": label, "prediction": rec["prediction"], "correct": bool(rec["value"] and rec["value"] > 0),
+            "loglikelihoods": lls, "generation": rec["generation"], "extracted": rec["extracted"]}
+
+
+def contamination(comparison: ReportData) -> dict[str, Any]:
+    """Each compared model's latest contamination check: per task, the flagged fraction and its interval."""
+    from evalsuite.run.contamination import read_checks, summarize
+
+    models = list(dict.fromkeys(e.model for e in comparison.entries))
+    frame = read_checks(comparison.results_dir, models=models, latest=True)
+    rows = []
+    for s in summarize(frame):
+        rows.append({"model": s.model, "reference": s.reference or "—", "task": task_label(s.task), "n": s.n,
+                     "flagged": s.flagged, "rate": f"{s.rate:.2f}", "ci": f"[{s.low:.2f}, {s.high:.2f}]",
+                     "rule": s.rule, "k": f"{100 * s.k:g}%", "min_k": f"{s.mean_min_k:.3f}",
+                     "ref_min_k": "—" if math.isnan(s.mean_ref_min_k) else f"{s.mean_ref_min_k:.3f}",
+                     "hot": s.likely_contaminated})
+    checked = {r["model"] for r in rows}
+    checks = sorted(set(frame["check_id"])) if len(frame) else []
+    return {"rows": rows, "checks": checks, "unchecked": [m for m in models if m not in checked]}

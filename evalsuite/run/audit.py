@@ -1,0 +1,303 @@
+"""The self-audit: every engine run re-checks a sample of each task against the plain executor.
+
+Why: a list of model families that were tested is not a guarantee; the next family brings the
+next detail (a window, a soft-cap, a position scheme) that a fast path may miss. So after each
+task the runner hands what the engine answered to :class:`Auditor`, which
+
+* log-likelihood tasks: takes a seeded random sample of the task's documents (whole documents,
+  so the prediction, the argmax over a document's choices, can be compared too) holding at
+  least :data:`MIN_REQUESTS` requests and about :data:`SHARE` of them, re-scores them with the
+  plain executor (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's
+  own full forward on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the
+  greedy flags and the predictions. A request agrees when |Δ ll| is within tolerance and (in
+  float32) its greedy flag is the same; the audit passes when every sampled request agrees. A
+  prediction that differs while every number is within tolerance is a near tie (two choices
+  closer than the rounding), noted in ``audit_note``, not a failure: either answer is right
+  to that precision;
+* generation tasks: re-generates a sample of the requests one prompt at a time
+  (``Generator(..., mode="exact")``, the same calls as ``generate`` at batch size 1) and
+  compares the text.
+
+The seed is derived from the run id and the task, so an audit can be repeated exactly.
+
+An audit beyond tolerance never leaves a silently different number: the task is scored again
+on :class:`PlainLM` (plain forward, exact generation), its score row says so, and the request
+cache forgets the rejected answers. Answers served from the request cache are audited like
+computed ones (the sample is drawn from everything the task stored), so a resumed run proves
+its numbers too.
+
+Tolerances (per request, on the summed log-likelihood): float32 :data:`FP32_TOLERANCE`, or
+:data:`FP32_TOLERANCE_PER_TOKEN` per continuation token for continuations over 33 tokens
+(HellaSwag's endings, where fp32 summation alone reaches 6.7e-4 between correct executors).
+Half precision is rounded, and two correct executors batch differently, so their sums differ
+by rounding that grows with the continuation: bfloat16 keeps 8 significant bits (measured on
+SmolLM2: up to 0.035 nats per continuation token between the fast path and the plain forward,
+0.76 on a 66-token HellaSwag ending; the tolerance is about three times that), float16 10 bits
+(a quarter of it); the tolerance is per continuation token (:data:`HALF_TOLERANCE_PER_TOKEN`)
+with a floor of one token. The figures and their measurement
+are in docs/exactness.md, "The self-audit".
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: At least this many requests are re-scored per task (all of them when the task has fewer).
+MIN_REQUESTS = 8
+#: About this share of a task's requests is re-scored.
+SHARE = 0.01
+#: |Δ ll| allowed per request in float32 ...
+FP32_TOLERANCE = 1e-3
+#: ... or this much per continuation token where more: HellaSwag's 40-100-token endings sum to
+#: -100 nats and more, and two correct float32 executors already differ by 6.7e-4 there.
+FP32_TOLERANCE_PER_TOKEN = 3e-5
+#: |Δ ll| allowed per continuation token in half precision (see the module docstring).
+HALF_TOLERANCE_PER_TOKEN = {"bfloat16": 0.1, "float16": 0.025}
+
+#: ``audit_status`` values of a score row. ``agree``: the sample matched; ``rerun``: it did
+#: not, and the stored scores come from the plain executor; ``not audited``: ``--no-audit``;
+#: ``not applicable``: a backend other than the evalsuite engine, or an engine that already
+#: runs the task on the audit's own path (plain executor, one-prompt-at-a-time generation).
+AUDIT_STATUSES = ("agree", "rerun", "not audited", "not applicable")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One task's audit, as stored in its score row (``audit_*`` columns)."""
+
+    status: str
+    n: int | None = None  # requests re-scored (log-likelihood) or re-generated
+    agree: int | None = None  # of those, how many matched (and documents' predictions, see note)
+    max_abs_diff: float | None = None  # max |Δ ll| over the sample (None for generation)
+    note: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"audit_status": self.status, "audit_n": self.n, "audit_agree": self.agree,
+                "audit_max_abs_diff": self.max_abs_diff, "audit_note": self.note}
+
+
+def describe(status: Any, n: Any = None, agree: Any = None, max_abs_diff: Any = None) -> str | None:
+    """``audit: 8/8, max |Δ| 2e-05`` (None for rows written before the audit existed)."""
+    if not isinstance(status, str):
+        return None
+    if status in ("not audited", "not applicable"):
+        return f"audit: {status}"
+    text = f"audit: {_int(agree)}/{_int(n)}"
+    text += f", max |Δ| {float(max_abs_diff):.1g}" if not _missing(max_abs_diff) else " same text"
+    if status == "rerun":
+        text += "; re-run on the plain executor"
+    return text
+
+
+def describe_row(row: Any) -> str | None:
+    """:func:`describe` of a score row (a record or a mapping)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name, None)
+    return describe(get("audit_status"), get("audit_n"), get("audit_agree"), get("audit_max_abs_diff"))
+
+
+def summary_lines(views: Sequence[Any]) -> list[str]:
+    """One line per model: each task's audit (``evalsuite results`` and ``run`` print them)."""
+    lines = []
+    for view in views:
+        parts = [f"{task} {text[len('audit: '):]}" for task, rec in view.task_scores().items()
+                 if (text := describe_row(rec))]
+        if parts:
+            lines.append(f"{view.model} audit: " + "; ".join(parts))
+    return lines
+
+
+def combine(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The audit fields of a task merged from its shards' rows (sums, the largest |Δ|, the worst status)."""
+    statuses = [r.get("audit_status") for r in rows if isinstance(r.get("audit_status"), str)]
+    if not statuses:
+        return {}
+    status = next((s for s in ("rerun", "not audited", "not applicable") if s in statuses), "agree")
+    diffs = [float(r["audit_max_abs_diff"]) for r in rows if not _missing(r.get("audit_max_abs_diff"))]
+    notes = [r["audit_note"] for r in rows if isinstance(r.get("audit_note"), str)]
+    return {"audit_status": status, "audit_n": sum(_int(r.get("audit_n")) for r in rows),
+            "audit_agree": sum(_int(r.get("audit_agree")) for r in rows),
+            "audit_max_abs_diff": max(diffs) if diffs else None, "audit_note": "; ".join(notes) or None}
+
+
+def tolerance(dtype: str, continuation_tokens: int) -> float:
+    """|Δ ll| allowed for one request of ``continuation_tokens`` tokens scored in ``dtype``."""
+    per_token = HALF_TOLERANCE_PER_TOKEN.get(str(dtype).replace("torch.", ""))
+    if per_token is None:
+        return max(FP32_TOLERANCE, FP32_TOLERANCE_PER_TOKEN * continuation_tokens)
+    return per_token * max(1, continuation_tokens)
+
+
+def sample_documents(prompts: Sequence[Any], run_id: str, task: str) -> list[int]:
+    """Indices (ascending) of the documents audited: a seeded shuffle, whole documents, until
+    at least ``max(MIN_REQUESTS, SHARE x requests)`` requests (or all) are in."""
+    total = sum(len(p.instances) for p in prompts)
+    target = min(total, max(MIN_REQUESTS, math.ceil(SHARE * total)))
+    seed = int(hashlib.sha256(f"{run_id}\0{task}".encode()).hexdigest()[:16], 16)
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    picked, count = [], 0
+    for index in order:
+        if count >= target:
+            break
+        picked.append(index)
+        count += len(prompts[index].instances)
+    return sorted(picked)
+
+
+class PlainLM:
+    """The engine's model scored the plain way: :func:`plain_loglikelihoods` for log-likelihoods
+    (the engine's own pair split), one-prompt-at-a-time generation. Always exact; slower."""
+
+    def __init__(self, engine: Any) -> None:
+        from evalsuite.backends.engine.generation import Generator
+
+        self.engine = engine
+        # one prompt at a time over the model's cache; where the capabilities found that cache
+        # use inexact (remote code with its own cache format), the full forward per step
+        route = "plain" if getattr(engine.generator, "route", None) == "plain" else "exact"
+        self.generator = Generator(engine.model, engine.tokenizer, engine.max_length, engine.max_gen_toks,
+                                   mode="exact", route=route)
+
+    def pairs(self, requests: Sequence[Any]) -> list[tuple[list[int], list[int]]]:
+        return [self.engine.encode_pair(*req.args) for req in requests]
+
+    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        import torch
+
+        from evalsuite.backends.engine.plain import plain_loglikelihoods
+
+        if not requests:
+            return []
+        with torch.inference_mode():
+            return plain_loglikelihoods(self.engine.model, self.pairs(requests), max_length=self.engine.max_length,
+                                        logits_dtype=self.engine.logits_dtype)
+
+    def generate_until(self, requests: Sequence[Any]) -> list[str]:
+        return self.generator.generate(requests)
+
+
+class Auditor:
+    """Audits each task of one model's run (see the module docstring)."""
+
+    def __init__(self, lm: Any, *, enabled: bool = True) -> None:
+        self.lm = lm  # what the runner asks: the engine, perhaps behind the request cache
+        inner = getattr(lm, "lm", lm)
+        from evalsuite.backends.engine import lm as engine_lm
+
+        self.engine = inner if isinstance(inner, engine_lm.EngineLM) else None
+        self.enabled = enabled
+        self._plain: PlainLM | None = None
+
+    @property
+    def plain(self) -> PlainLM:
+        if self._plain is None:
+            self._plain = PlainLM(self.engine)
+        return self._plain
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.engine.model.parameters()).dtype).replace("torch.", "")
+
+    def check(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], run_id: str,
+              population: Sequence[Any] | None = None) -> Audit:
+        """The audit of one task from its documents and what was answered (per document).
+
+        ``population``: all the task's documents when ``prompts`` is one shard of them; the
+        sample is drawn from it and each shard audits its part, so the shards' audits add up to
+        the unsharded run's."""
+        if self.engine is None:
+            return Audit("not applicable")
+        if not self.enabled:
+            return Audit("not audited")
+        if not prompts:
+            return Audit("agree", 0, 0, None, "no documents")
+        if task.spec.is_generation and getattr(self.engine.generator, "route", "batched") != "batched":
+            return Audit("not applicable", note="generation already runs one prompt at a time "
+                                                f"({self.engine.generator.route}): the audit's own path")
+        if not task.spec.is_generation and self.engine.executor.name == "plain":
+            return Audit("not applicable", note="log-likelihoods already run on the plain executor (the model's "
+                                                "capabilities declined the fast paths): the audit's own path")
+        picked = sample_documents(prompts, run_id, task.spec.name)
+        if population is not None:
+            mine = {(p.subtask, p.doc_index): i for i, p in enumerate(prompts)}
+            drawn = [population[i] for i in sample_documents(population, run_id, task.spec.name)]
+            picked = sorted(mine[key] for key in ((p.subtask, p.doc_index) for p in drawn) if key in mine)
+        if not picked:
+            return Audit("agree", 0, 0, None, "no document of this shard drawn")
+        if task.spec.is_generation:
+            return self._check_generation(prompts, responses, picked)
+        return self._check_loglikelihood(task, prompts, responses, picked)
+
+    def _check_loglikelihood(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]],
+                             picked: list[int]) -> Audit:
+        requests = [inst for i in picked for inst in prompts[i].instances]
+        fast = [tuple(r) for i in picked for r in responses[i]]
+        plain = self.plain.loglikelihood(requests)
+        lengths = [len(cont) for _, cont in self.plain.pairs(requests)]
+        diffs = [abs(float(f[0]) - float(p[0])) for f, p in zip(fast, plain, strict=True)]
+        # half precision: a greedy flag may flip at a near tie of the vocabulary's argmax (noise
+        # within tolerance); float32 flags must match
+        strict_flags = self.dtype not in HALF_TOLERANCE_PER_TOKEN
+        agree = sum(d <= tolerance(self.dtype, n) and (bool(f[1]) == bool(p[1]) or not strict_flags)
+                    for d, n, f, p in zip(diffs, lengths, fast, plain, strict=True))
+        flips, at = 0, 0
+        for i in picked:
+            k = len(prompts[i].instances)
+            mine, ref = fast[at:at + k], plain[at:at + k]
+            at += k
+            if task.score(prompts[i], mine).prediction != task.score(prompts[i], ref).prediction:
+                flips += 1
+        worst = max(diffs) if diffs else 0.0
+        note = f"{len(picked)} documents, {self.dtype}"
+        if flips:
+            note += f", {flips} prediction(s) differ"
+        if agree == len(requests):  # a prediction that flips with every number within tolerance is a near tie
+            return Audit("agree", len(requests), agree, worst, note + (" (near ties)" if flips else ""))
+        return Audit("rerun", len(requests), agree, worst,
+                     note + "; beyond tolerance: re-scored on the plain executor")
+
+    def _check_generation(self, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], picked: list[int]) -> Audit:
+        requests = [prompts[i].instances[0] for i in picked]
+        fast = [responses[i][0] for i in picked]
+        exact = self.plain.generate_until(requests)
+        agree = sum(a == b for a, b in zip(fast, exact, strict=True))
+        note = f"{len(picked)} prompts re-generated one at a time, {self.dtype}"
+        if agree == len(requests):
+            return Audit("agree", len(requests), agree, None, note)
+        return Audit("rerun", len(requests), agree, None, note + "; texts differ: re-generated one prompt at a time")
+
+    def forget_cached(self, prompts: Sequence[Any]) -> None:
+        """Drop the task's answers from the request cache: the audit rejected them."""
+        discard = getattr(self.lm, "discard", None)
+        if discard is not None and prompts:
+            kind = prompts[0].request_type
+            discard(kind, [inst for p in prompts for inst in p.instances])
+
+
+def say(message: str) -> None:
+    print(f"evalsuite: {message}", file=sys.stderr, flush=True)
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or pandas' NA (nullable columns read back)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:  # pandas.NA: its comparisons are NA
+        return True
+
+
+def _int(value: Any) -> int:
+    return 0 if _missing(value) else int(value)
+
+
+__all__ = ["Audit", "Auditor", "PlainLM", "AUDIT_STATUSES", "FP32_TOLERANCE", "FP32_TOLERANCE_PER_TOKEN",
+           "HALF_TOLERANCE_PER_TOKEN",
+           "MIN_REQUESTS", "SHARE", "describe", "describe_row", "summary_lines", "combine", "tolerance",
+           "sample_documents"]

@@ -1,0 +1,365 @@
+"""``evalsuite run --dry-run``: what a run will cost, before it starts, without loading weights.
+
+For each model and task the plan counts, from the real requests tokenized by the model's own
+tokenizer (:mod:`evalsuite.tasks.piecewise`, exact and fast):
+
+* documents and requests;
+* tokens lm-eval's ``hf`` model would run: every distinct model input once (it computes the
+  requests of one context whose continuations differ only in their last token together, e.g.
+  MMLU's " A".." D"), batch size 1, so no padding;
+* tokens the evalsuite engine will run: the engine's own planner over the prefix tree of the
+  requests as the runner sends them (:data:`~evalsuite.config.CHUNK_DOCS` documents per call),
+  with the preambles it keeps across calls (:func:`~evalsuite.backends.engine.tokenize.plan_calls`): padding included;
+* for generation (GSM8K), the prompt tokens and the budget: documents x 256 new tokens at most,
+  and the expected count (each reference answer's length plus the stop);
+* an estimated time on this machine from a short measured forward of the model
+  (:mod:`evalsuite.run.speed_profile`): per-token cost at the task's median document length, and the cost of
+  one decoding step.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from evalsuite.config import CHUNK_DOCS, RunConfig
+from evalsuite.run.speed_profile import SpeedProfile
+
+#: Shown for a generation task's budget; the protocol's ``max_gen_toks``.
+MAX_NEW_TOKENS = 256
+#: Up to this many prefix-tree tokens in a task, the engine's own planner is run on it (padding
+#: and forward passes exact); it builds a node per token (~10 us each), so a full HellaSwag
+#: (9.5 M) or MMLU (1.5 M) split gets the prefix-tree count instead.
+PLANNER_TOKENS = 600_000
+
+
+@dataclass
+class TaskPlan:
+    """One task's cost for one model."""
+
+    task: str
+    docs: int
+    docs_total: int
+    requests: int
+    kind: str  # "loglikelihood" | "generate_until"
+    lm_eval_tokens: int  # lm-eval hf: distinct model inputs, batch size 1
+    engine_tokens: int  # the evalsuite engine's planner: tokens forwarded, padding included
+    median_doc_tokens: int
+    engine_unique_tokens: int = 0  # the prefix trees' size (less preambles kept between calls)
+    forward_passes: int = 0  # from the engine's planner (0: not planned)
+    scored_positions: int = 0
+    engine_planned: bool = False  # engine_tokens from the engine's planner (else prefix-tree tokens)
+    new_tokens_max: int = 0  # generation: docs x 256
+    new_tokens_expected: int = 0  # generation: reference answer lengths + stop
+    est_seconds: float | None = None  # for the chosen backend; generation: expected length
+    est_seconds_max: float | None = None  # generation: every document runs to 256 tokens
+    tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
+    plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
+
+
+@dataclass
+class ModelPlan:
+    """The plan of one model over the tasks: what ``evaluate`` would do, with its cost."""
+
+    model: str
+    model_id: str
+    backend: str
+    device: str
+    dtype: str
+    limit: int | None
+    max_length: int
+    tasks: list[TaskPlan] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    speed: SpeedProfile | None = None
+
+    @property
+    def est_seconds(self) -> float | None:
+        values = [t.est_seconds for t in self.tasks]
+        return None if not values or any(v is None for v in values) else float(sum(values))  # type: ignore[arg-type]
+
+    @property
+    def est_seconds_max(self) -> float | None:
+        values = [t.est_seconds_max if t.est_seconds_max is not None else t.est_seconds for t in self.tasks]
+        return None if not values or any(v is None for v in values) else float(sum(values))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["est_seconds"], out["est_seconds_max"] = self.est_seconds, self.est_seconds_max
+        return out
+
+    def table(self) -> str:
+        """The plan as the terminal shows it."""
+        header = ["task", "docs", "requests", "lm-eval hf tokens", "engine tokens", "new tokens (gen)", "est. time"]
+        rows = []
+        for t in self.tasks:
+            docs = f"{t.docs}" + (f"/{t.docs_total}" if t.docs != t.docs_total else "")
+            if t.kind == "generate_until":
+                new = f"<= {t.new_tokens_max:,} (~{t.new_tokens_expected:,})"
+                est = f"{_duration(t.est_seconds)} (<= {_duration(t.est_seconds_max)})"
+            else:
+                new, est = "-", _duration(t.est_seconds)
+            engine = f"{t.engine_tokens:,}" + ("*" if t.kind == "loglikelihood" and not t.engine_planned else "")
+            rows.append([t.task, docs, f"{t.requests:,}", f"{t.lm_eval_tokens:,}", engine, new, est])
+        total_est = _duration(self.est_seconds)
+        if self.est_seconds_max is not None and self.est_seconds_max != self.est_seconds:
+            total_est += f" (<= {_duration(self.est_seconds_max)})"
+        rows.append(["total", f"{sum(t.docs for t in self.tasks):,}", f"{sum(t.requests for t in self.tasks):,}",
+                     f"{sum(t.lm_eval_tokens for t in self.tasks):,}", f"{sum(t.engine_tokens for t in self.tasks):,}",
+                     f"<= {sum(t.new_tokens_max for t in self.tasks):,}" if any(t.new_tokens_max for t in self.tasks) else "-",
+                     total_est])
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = [f"dry run: {self.model} ({self.model_id}), {self.dtype} on {self.device}, backend {self.backend}, "
+                 f"{'limit ' + str(self.limit) + ' per task (per subject for MMLU)' if self.limit else 'full splits'}; "
+                 f"nothing was evaluated"]
+        for i, r in enumerate([header, *rows]):
+            lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0 or i == len(rows) - 1:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("tokens: what runs through the model; lm-eval hf = every distinct request input at batch size 1, "
+                     "engine = the engine's planner on the prefix trees (shared prefixes once per call, padding "
+                     f"included); new tokens: generation budget, documents x {MAX_NEW_TOKENS} (~ expected: reference "
+                     "answer lengths + stop)")
+        if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
+            lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
+                         "is planned by the engine's own planner, padding included: +1-2 % on HellaSwag and ARC)")
+        lines.append("planned in " + ", ".join(f"{t.task} {t.plan_seconds:.1f} s" for t in self.tasks)
+                     + " (prompts, tokenization, counting)")
+        if self.speed is not None:
+            lines.append(f"time: {self.speed.describe()}")
+        else:
+            lines.append("time: not estimated (no speed measurement; run without --no-measure on the machine that will run it)")
+        for name, why in self.unavailable.items():
+            lines.append(f"{name}: not planned: {why}")
+        if any(t.tokenizer_fallback for t in self.tasks):
+            lines.append("note: piecewise tokenization disagreed with plain encoding for "
+                         + ", ".join(t.task for t in self.tasks if t.tokenizer_fallback) + "; those tasks were encoded plainly")
+        return "\n".join(lines)
+
+
+@dataclass
+class CostPlan:
+    """What a run will cost (``evaluate(..., dry_run=True)``): one :class:`ModelPlan` per model.
+    (Not the engine's :class:`~evalsuite.backends.engine.planner.ForwardPlan` of one call.)"""
+
+    models: list[ModelPlan]
+
+    def table(self) -> str:
+        return "\n\n".join(m.table() for m in self.models)
+
+    @property
+    def exit_code(self) -> int:
+        """What the real run would exit with: 1 when a task has no data or broken data (it would be
+        recorded ``missing``/``failed`` and the others run), else 0."""
+        return 1 if any(m.unavailable for m in self.models) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": [m.to_dict() for m in self.models]}
+
+
+def plan_cost(
+    models: Sequence[str] | str | None = None,
+    tasks: Sequence[str] | str | None = None,
+    *,
+    config: RunConfig | None = None,
+    **options: Any,
+) -> CostPlan:
+    """The dry-run plan of ``evaluate`` with the same options: counts and estimated time.
+
+    Takes a :class:`~evalsuite.config.RunConfig` (or its fields as keyword arguments). No
+    weights are loaded for the counts (the tokenizer and config only). ``measure`` (a config
+    field) times a few forwards of the model once per machine, model, dtype and device (loading
+    it for that, a few seconds for SmolLM2) and keeps the result in evalsuite's cache;
+    ``remeasure`` times them again.
+    """
+    from evalsuite.tasks.data import resolve_data_dir
+    from evalsuite.errors import MissingDataError
+    from evalsuite.models.loading import resolve_dtype
+    from evalsuite.models.registry import resolve_model
+    from evalsuite.models.source import materialize
+    from evalsuite.tasks import load_tasks
+
+    if config is None:
+        options.setdefault("progress", False)  # called directly, the plan is quiet unless asked
+    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate()
+    device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
+    root = resolve_data_dir(config.data_dir)
+    loaded, unavailable = load_tasks(list(config.tasks), root)
+    if not loaded:
+        raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
+    out = []
+    for name in config.models:
+        spec = resolve_model(name, trust_remote_code=config.trust_remote_code)
+        source = materialize(spec, config.verify_weights)
+        chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
+        tokenizer, max_length = _tokenizer_and_length(source)
+        speed = None
+        if config.measure and backend != "vllm":
+            from evalsuite.run.speed_profile import measured_speed
+
+            speed = measured_speed(source, chosen_dtype, device, again=config.remeasure)
+        model_plan = ModelPlan(spec.alias, source.path if spec.kind != "hub" else spec.source, backend, device,
+                               chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed)
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(list(loaded.values()), desc=f"planning {spec.alias}", unit="task", disable=not config.progress,
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        for task in bar:
+            bar.set_postfix_str(task.spec.name)
+            start = time.perf_counter()
+            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0],
+                                   config.generation)
+            task_plan.plan_seconds = time.perf_counter() - start
+            model_plan.tasks.append(task_plan)
+        out.append(model_plan)
+    return CostPlan(out)
+
+
+def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
+    """The model's tokenizer and context length (resolved as lm-eval's ``hf`` model does)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from evalsuite.errors import EvalsuiteError
+
+    from evalsuite.backends.engine.tokenize import resolve_max_length
+
+    kwargs = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        config = AutoConfig.from_pretrained(source.path, **kwargs)
+    except OSError as exc:
+        raise EvalsuiteError(
+            f"could not read the tokenizer and config of {source.path}: {str(exc).splitlines()[0]}; "
+            f"check the name and your Hub access, or use a local folder"
+        ) from None
+    return tokenizer, resolve_max_length(config, tokenizer)
+
+
+def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
+               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
+    from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
+    from evalsuite.backends.engine.planner import count_calls
+    from evalsuite.backends.engine.prefix_tree import truncated_inputs
+    from evalsuite.backends.engine.tokenize import pair_ids, plan_calls, split_pair
+    from evalsuite.tasks.piecewise import PiecewiseEncoder
+    from evalsuite.store.shards import select
+
+    prompts = select(task.prompts(limit), shard)
+    encoder = PiecewiseEncoder(tokenizer)
+    spec = task.spec
+    if spec.is_generation:
+        contexts = [p.contexts[0] for p in prompts]
+        keep = max_length - MAX_NEW_TOKENS
+        lengths = [min(len(ids), keep) for ids in encoder.encode(contexts)]
+        answers = encoder.encode([" " + p.doc["answer"] for p in prompts])
+        expected = [min(MAX_NEW_TOKENS, len(a) + 3) for a in answers]  # the answer, "\n\n", "Question"
+        result = TaskPlan(spec.name, len(prompts), task.n_docs, len(prompts), "generate_until", sum(lengths),
+                          sum(lengths), int(statistics.median(lengths)) if lengths else 0,
+                          new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
+                          tokenizer_fallback=encoder.fallback)
+        if speed is not None:
+            mode = generation if backend == "evalsuite" else "exact"  # lm-eval hf: batch size 1, as v1 ran
+            result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
+            result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
+        return result
+
+    requests = [tuple(inst.args) for p in prompts for inst in p.instances]
+    # the engine's pair split (split_pair, pair_ids), on ids from the piecewise encoder: the
+    # whole request text (context + continuation, as split_pair leaves it) and each context
+    wholes = encoder.prepare([c for c, _ in requests], [k for _, k in requests])
+    moved = [split_pair(c, k)[0] for c, k in requests]
+    contexts = list(dict.fromkeys(c for c in moved if c is not None))
+    context_ids = dict(zip(contexts, encoder.encode(contexts)))
+    eos = tokenizer.eos_token_id
+
+    def split(index: int) -> tuple[list[int], list[int]]:
+        context = moved[index]
+        return pair_ids(None if context is None else context_ids[context], wholes[index], eos)
+
+    def calls() -> Iterable[list[tuple[list[int], list[int]]]]:
+        """The runner's calls, one chunk of documents each, split as lm-eval splits requests."""
+        at = 0
+        for start in range(0, len(prompts), CHUNK_DOCS):
+            chunk: list[tuple[list[int], list[int]]] = []
+            for p in prompts[start:start + CHUNK_DOCS]:
+                chunk.extend(split(i) for i in range(at, at + len(p.instances)))
+                at += len(p.instances)
+            yield chunk
+
+    # every task: the exact distinct inputs and prefix-tree tokens, fast
+    lm_eval_tokens = scored = 0
+    doc_lengths: list[int] = []
+
+    def inputs_per_call() -> Iterable[list[tuple[int, ...]]]:
+        nonlocal lm_eval_tokens, scored
+        docs = iter(prompts)
+        for chunk in calls():
+            inputs = [tuple(truncated_inputs(c, k, max_length)) for c, k in chunk]
+            at = 0
+            while at < len(chunk):
+                n = len(next(docs).instances)
+                doc_lengths.append(max(map(len, inputs[at:at + n])))
+                at += n
+            distinct = {x: len(k) for x, (_, k) in zip(inputs, chunk)}
+            lm_eval_tokens += sum(map(len, distinct))
+            scored += sum(distinct.values())
+            yield inputs
+
+    count = count_calls(inputs_per_call())
+    median = int(statistics.median(doc_lengths)) if doc_lengths else 0
+    result = TaskPlan(spec.name, len(prompts), task.n_docs, len(requests), "loglikelihood", lm_eval_tokens,
+                      count.tokens, median, engine_unique_tokens=count.tokens, scored_positions=scored,
+                      tokenizer_fallback=encoder.fallback)
+    if count.unique <= PLANNER_TOKENS:  # small enough: the engine's own planner, padding and passes exact
+        summary = plan_calls(calls(), max_length, device_type)
+        result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
+        result.scored_positions, result.engine_planned = summary.scored_positions, True
+        result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
+    if speed is not None:
+        if backend == "evalsuite":
+            passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
+                                               + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
+            result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)
+                                  + speed.scoring_seconds(result.scored_positions))
+        else:  # lm-eval hf: one pass per distinct input, the output layer at every position
+            result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
+                                  + speed.scoring_seconds(lm_eval_tokens))
+    return result
+
+
+def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
+    """Greedy generation as the engine runs it, a runner call (``CHUNK_DOCS`` prompts) at a time.
+
+    ``exact``: each prompt alone, prefill then one step per new token. ``batched``: each prompt
+    prefilled alone, then the call's prompts decode together (up to the engine's slots), so a
+    call costs its longest generation's steps, plus each further row's token work.
+    """
+
+    if mode == "exact":
+        return sum(speed.generation_seconds(n, g) for n, g in zip(prompts, new))
+    from evalsuite.backends.engine.generation import MAX_SLOTS
+
+    slots = MAX_SLOTS.get(device_type, MAX_SLOTS["cpu"])
+    total = 0.0
+    for start in range(0, len(prompts), CHUNK_DOCS):
+        lengths, gens = prompts[start:start + CHUNK_DOCS], new[start:start + CHUNK_DOCS]
+        total += sum(speed.forward_seconds(n, n, 1) for n in lengths)  # prefills, one prompt each
+        for begin in range(0, len(gens), slots):  # rows decoded together
+            rows, context = gens[begin:begin + slots], max(lengths[begin:begin + slots])
+            total += max(rows) * speed.decode_step_s + (sum(rows) - max(rows)) * speed.per_token(context)
+    return total
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours, rest = divmod(int(round(minutes)), 60)  # 1079.7 min is 18 h 00 min, not 17 h 60 min
+    return f"{hours} h {rest:02d} min"

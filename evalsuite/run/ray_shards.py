@@ -1,0 +1,150 @@
+"""``--ray ADDRESS --shards N``: one evaluation split into N shards that run as Ray tasks.
+
+Each shard is an ordinary ``evaluate(config=..., shard=(i, N), run_id=ID)`` in a Ray worker process
+writing to the same results folder, so a Ray run and N hand-started ``--shard i/N`` runs
+(SLURM array, several machines) leave identical files and merge the same way
+(:mod:`evalsuite.store.run_views` reads them as one run). Across machines the results folder, the data folder
+and the model files must be at the same paths on every node (a shared file system); with
+``local`` everything is on this machine.
+
+Ray is optional and imported only here, when a Ray run is asked for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from evalsuite.config import RunConfig
+from evalsuite.errors import EvalsuiteError
+from evalsuite.models.registry import resolve_model
+from evalsuite.run.evaluation import EvalResult
+
+INSTALL_HINT = "pip install 'evalsuite[ray]'"
+
+
+def run_on_ray(
+    address: str,
+    shards: int,
+    *,
+    config: RunConfig | None = None,
+    num_cpus: int | None = None,
+    **options: Any,
+) -> EvalResult:
+    """Run ``shards`` shards of one evaluation on the Ray cluster at ``address``; the run (shards merged).
+
+    ``address`` is a Ray address (``auto``, ``HOST:6379``, ``ray://HOST:10001``) or ``local`` to
+    start a cluster on this machine (``num_cpus`` caps it). The evaluation is a
+    :class:`~evalsuite.config.RunConfig` (or its fields as keyword arguments), without a
+    ``shard``. A failed shard does not stop the others; the error names the shards to rerun by
+    hand with ``--shard I/N --run-id ID``.
+    """
+    from evalsuite.run.evaluation import new_run_id
+
+    if shards < 1:
+        raise EvalsuiteError("--shards must be at least 1")
+    config = RunConfig.build(config, **options)
+    ray = _import_ray()
+    # Workers may start in another folder: give them absolute paths.
+    config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
+                     results_dir=str(Path(config.results_dir).resolve()),
+                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None)
+    run_id = config.run_id
+    resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
+                                config.data_parallel)
+    started_here = _connect(ray, address, num_cpus)
+    try:
+        task = ray.remote(_run_shard).options(**resources, max_retries=0)
+        pending = {task.remote(i, shards, config): i for i in range(shards)}
+        failures, bug = _wait_all(ray, pending, shards)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if bug is not None:  # a shard hit a bug: fail loudly, with the worker's traceback (its row says failed)
+        raise bug
+    if failures:
+        listed = "; ".join(f"shard {i}/{shards}: {why}" for i, why in sorted(failures.items()))
+        raise EvalsuiteError(f"{listed}; rerun those with evalsuite run ... --shard I/{shards} --run-id {run_id}")
+    model_names, task_names = config.selection()
+    return EvalResult(run_id, Path(config.results_dir), [resolve_model(m).alias for m in model_names], list(task_names))
+
+
+def shard_resources(models: Sequence[str] | str | None, backend: str, device: str,
+                    tensor_parallel: int | None, data_parallel: int = 1) -> dict[str, float]:
+    """What one shard reserves on the cluster: a CPU, plus the GPUs its largest model needs.
+
+    vLLM uses ``tensor_parallel x data_parallel`` GPUs (``tensor_parallel`` defaulting to the
+    registry's ``min_gpus_80gb``); the other backends on ``cuda`` spread a model over every GPU
+    Ray gives them, as many as the registry says the largest model needs.
+    """
+    if backend != "vllm" and not device.startswith("cuda"):
+        return {"num_cpus": 1, "num_gpus": 0}
+    names = [models] if isinstance(models, str) else list(models or ["smollm2"])
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    biggest = max(resolve_model(n).min_gpus_80gb for n in names)
+    gpus = (tensor_parallel or biggest) * (data_parallel if backend == "vllm" else 1)
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+def _run_shard(index: int, count: int, config: RunConfig) -> str:
+    """Body of one Ray task: evaluate one shard in this worker; its files are its result."""
+    from evalsuite.run.evaluation import evaluate
+
+    evaluate(config=config, shard=(index, count))
+    return os.uname().nodename
+
+
+def _wait_all(ray: Any, pending: dict[Any, int], count: int) -> tuple[dict[int, str], BaseException | None]:
+    """Wait for every shard, reporting each as it ends: shard index -> error of the failed ones,
+    and the first shard error that is a bug (an exception other than bad input in the worker;
+    a lost worker or node is not one: that shard is rerun by hand)."""
+    failures: dict[int, str] = {}
+    bug: BaseException | None = None
+    done = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            index = pending.pop(ref)
+            done += 1
+            try:
+                where = ray.get(ref)
+                _say(f"shard {index}/{count} finished on {where} ({done}/{count})")
+            except ray.exceptions.RayError as exc:  # RayTaskError wraps the worker's exception
+                cause = getattr(exc, "cause", None) or exc
+                failures[index] = (f"{type(cause).__name__}: {cause}".splitlines() or ["failed"])[0]
+                _say(f"shard {index}/{count} failed: {failures[index]} ({done}/{count})")
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, EvalsuiteError):
+                    bug = bug or exc
+    return failures, bug
+
+
+def _connect(ray: Any, address: str, num_cpus: int | None) -> bool:
+    """Join the cluster at ``address`` or start a local one; True when we started it."""
+    if ray.is_initialized():
+        return False
+    common = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if address == "local":
+            ray.init(address="local", num_cpus=num_cpus, **common)
+            return True
+        ray.init(address=address, **common)
+    except ConnectionError as exc:
+        raise EvalsuiteError(f"cannot reach a Ray cluster at '{address}' ({exc}); start one with `ray start --head` "
+                             f"or use --ray local") from None
+    return False
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise EvalsuiteError(f"--ray needs the ray package, which is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+def _say(message: str) -> None:
+    print(f"evalsuite: {message}", file=sys.stderr, flush=True)
