@@ -90,7 +90,9 @@ class RunConfig:
     backend: str = _option(
         DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
         choices=sorted(BACKENDS))
-    device: str = _option("cpu", "cpu, cuda or cuda:N (default: cpu)")
+    device: str = _option(
+        "auto", "auto, cpu, cuda or cuda:N (default: auto: every visible GPU the model needs, else the CPU; a model "
+                "that cannot finish within a day on the CPU is then refused unless --device cpu is given)")
     dtype: str | None = _option(
         None, "weights dtype (default: float32 on CPU, the registry's dtype on GPU)", choices=DTYPES)
     batch_size: int | str = _option(
@@ -156,7 +158,7 @@ class RunConfig:
         return cls(**{**given, **overrides})
 
     # -- the input check -----------------------------------------------------------------------
-    def validate(self, *, gpu: bool = True) -> RunConfig:
+    def validate(self, *, gpu: bool = True, cpu_budget: bool = True) -> RunConfig:
         """The checks every run shares, before anything loads; the normalized config.
 
         ``models`` and ``tasks`` become tuples of names (the default model; suites expanded),
@@ -177,8 +179,15 @@ class RunConfig:
             raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
         if self.backend not in BACKENDS:
             raise EvalsuiteError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
-        device = "cuda" if self.backend == "vllm" and self.device == "cpu" else self.device
+        device = "cuda" if self.backend == "vllm" and self.device in ("cpu", AUTO) else resolve_device(self.device)
         model_names, task_names = self.selection()
+        if self.device == AUTO and device == "cpu" and cpu_budget:
+            from evalsuite.models.registry import REGISTRY
+
+            for name in model_names:
+                spec = REGISTRY.get(name.strip())
+                if spec is not None:
+                    check_cpu_run(spec.alias, spec.params, task_names, self.limit)
         batch_size = parse_batch_size(self.batch_size)
         shard = self.shard
         if shard is not None:
@@ -237,7 +246,7 @@ def check_device(device: str, present: bool = True) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present (``present``); refused before any weight loads."""
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
-        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
+        raise EvalsuiteError(f"unknown --device '{device}'; use auto, cpu, cuda or cuda:N")
     if kind == "cuda" and present:
         import torch
 
