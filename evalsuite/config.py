@@ -166,8 +166,12 @@ class RunConfig:
         ``cuda``. Each bad value raises a one-line :class:`EvalsuiteError` naming the fix.
         ``gpu=False`` leaves out whether the device's GPU is present (``check_device``):
         ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
-        parallel sizes), so those errors come first on a machine without one.
+        parallel sizes), so those errors come first on a machine without one. ``device="auto"``
+        becomes ``cuda`` or ``cpu`` (:mod:`evalsuite.models.devices`); where it became ``cpu``,
+        registry models that cannot finish within a day there are refused (``cpu_budget``; the
+        dry run, which says how long, passes False).
         """
+        from evalsuite.models.devices import AUTO, check_cpu_run, resolve_device
         from evalsuite.store.names import check_name
         from evalsuite.store.shards import check_shard, parse_shard
 
