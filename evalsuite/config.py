@@ -87,6 +87,9 @@ class RunConfig:
     data_dir: str | Path | None = _option(
         None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
               "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
+    data_revision: str | None = _option(
+        None, "Hub datasets' revision instead of the pinned commits: main, a commit id, or HUB_ID=REV pairs, "
+              "comma-separated (the commit used is recorded with the run)", metavar="REV")
     backend: str = _option(
         DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
         choices=sorted(BACKENDS))
@@ -206,6 +209,9 @@ class RunConfig:
         for flag, value in (("--tensor-parallel", self.tensor_parallel), ("--data-parallel", self.data_parallel)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise EvalsuiteError(f"{flag} must be a positive whole number, got {value!r}")
+        from evalsuite.tasks.data import parse_data_revision
+
+        parse_data_revision(self.data_revision)  # refused here, before anything loads
         check_device(device, present=gpu)
         return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
 

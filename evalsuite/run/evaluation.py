@@ -218,9 +218,13 @@ def evaluate(
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
+    from evalsuite.tasks.data import parse_data_revision, with_revision
+
+    revisions = parse_data_revision(config.data_revision)
     for name in task_names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), root)
+            task_spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions)), root)
         except MissingDataError as exc:
             unavailable[name] = ("missing", str(exc))
         except DataFormatError as exc:
