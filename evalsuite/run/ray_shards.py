@@ -53,6 +53,10 @@ def run_on_ray(
                              f"a shard; use --shards {shards * config.data_parallel} instead (one shard per replica), "
                              f"or --data-parallel {config.data_parallel} without --ray on one machine")
     ray = _import_ray()
+    if config.device == "auto":  # the shards' GPUs are reserved from the device, so decide it here
+        from evalsuite.models.devices import resolve_device
+
+        config = replace(config, device=resolve_device(config.device))
     # Workers may start in another folder: give them absolute paths.
     config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
                      results_dir=str(Path(config.results_dir).resolve()),
