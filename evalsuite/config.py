@@ -189,11 +189,13 @@ class RunConfig:
         device = "cuda" if self.backend == "vllm" and self.device in ("cpu", AUTO) else resolve_device(self.device)
         model_names, task_names = self.selection()
         if self.device == AUTO and device == "cpu" and cpu_budget:
+            from evalsuite.models.memory import check_fits
             from evalsuite.models.registry import REGISTRY
 
             for name in model_names:
                 spec = REGISTRY.get(name.strip())
-                if spec is not None:
+                if spec is not None:  # beyond the RAM says so first; then beyond a day
+                    check_fits(spec, self.dtype or "float32", "cpu")
                     check_cpu_run(spec.alias, spec.params, task_names, self.limit)
         batch_size = parse_batch_size(self.batch_size)
         shard = self.shard

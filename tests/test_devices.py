@@ -58,7 +58,25 @@ def test_a_large_model_on_the_cpu_is_refused_unless_short():
     check_cpu_run("mystery", None, LEADERBOARD, None)  # unknown size: the dry run is the judge
 
 
-def test_cli_refuses_solar_on_an_auto_cpu_before_anything(tmp_path, capsys, data_dir, monkeypatch):
+@pytest.fixture()
+def big_ram(monkeypatch):
+    """A machine whose RAM holds SOLAR in float32 (the RAM check comes before the time check)."""
+    from evalsuite.models import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: (2**40, "available RAM"))
+
+
+def test_beyond_the_ram_is_said_first(monkeypatch):
+    from evalsuite.errors import ModelTooLargeError
+    from evalsuite.models import memory
+
+    monkeypatch.setattr(devices, "torch_gpus", lambda: [])
+    monkeypatch.setattr(memory, "available_memory", lambda device: (16 * 2**30, "available RAM"))
+    with pytest.raises(ModelTooLargeError, match="needs about 48 GiB in float32"):
+        RunConfig(models="solar", tasks="leaderboard").validate(gpu=False)
+
+
+def test_cli_refuses_solar_on_an_auto_cpu_before_anything(tmp_path, capsys, data_dir, monkeypatch, big_ram):
     monkeypatch.setattr(devices, "torch_gpus", lambda: [])  # this machine, whatever it has
     code = main(["run", "--models", "solar", "--tasks", "leaderboard", "--results-dir", str(tmp_path),
                  "--data-dir", str(data_dir)])
@@ -68,7 +86,7 @@ def test_cli_refuses_solar_on_an_auto_cpu_before_anything(tmp_path, capsys, data
     assert not (tmp_path / "runs").exists()
 
 
-def test_explicit_cpu_is_not_refused_for_time(monkeypatch):
+def test_explicit_cpu_is_not_refused_for_time(monkeypatch, big_ram):
     monkeypatch.setattr(devices, "torch_gpus", lambda: [])
     config = RunConfig(models="solar", tasks="leaderboard", device="cpu").validate(gpu=False)
     assert config.device == "cpu"

@@ -190,9 +190,6 @@ def evaluate(
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
-    from evalsuite.models.devices import describe_device
-
-    _say(describe_device(device, requested_device))  # the first line: what the run runs on
     from evalsuite.models.access import check_access_all
 
     check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
@@ -233,6 +230,9 @@ def evaluate(
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
+    from evalsuite.models.devices import describe_device
+
+    _say(describe_device(device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
