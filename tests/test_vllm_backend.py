@@ -175,3 +175,20 @@ def test_ray_with_data_parallel_is_refused_up_front(tmp_path, capsys, data_dir, 
                  "--data-dir", str(data_dir)])
     assert code == 2
     assert "use --shards 4 instead" in capsys.readouterr().err
+
+
+def test_a_models_replicas_are_released_when_its_tasks_are_done(tmp_path):
+    """The runner releases the backend's replicas after the model, through the request cache."""
+    from evalsuite.run.evaluation import _close
+    from evalsuite.run.request_cache import CachedLM
+
+    class Backend:
+        released = 0
+
+        def release_replicas(self):
+            type(self).released += 1
+
+    _close(CachedLM(Backend(), "key", tmp_path / "cache.sqlite"))
+    _close(Backend())
+    _close(object())  # a backend without replicas: nothing to do
+    assert Backend.released == 2
