@@ -145,3 +145,26 @@ def test_a_run_stops_before_evaluating_when_a_model_is_gated(tmp_path, capsys, d
     err = capsys.readouterr().err
     assert "llama2-7b: meta-llama/Llama-2-7b-hf is gated" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_hub_metadata_sizes_a_model_outside_the_registry():
+    """The Hub's safetensors total sizes a Hub id before any download (the CPU refusal uses it)."""
+    from types import SimpleNamespace
+
+    from evalsuite.models.access import hub_params
+    from evalsuite.models.devices import check_cpu_run
+    from evalsuite.tasks import expand_tasks
+
+    class Sized(StandInHub):
+        def model_info(self, repo_id, revision=None):
+            super().model_info(repo_id, revision)
+            return SimpleNamespace(gated=False, safetensors=SimpleNamespace(total=70_553_706_496))
+
+    spec = resolve_model("someone/big-70b")
+    hub = Sized({"someone/big-70b": False})
+    assert hub_params(spec, api=hub, online=True) == 70_553_706_496
+    assert hub_params(spec, api=StandInHub({}), online=True) is None  # missing: the access check says so
+    assert hub_params(spec, api=hub, online=False) is None
+    assert hub_params(REGISTRY["smollm2"], api=hub, online=True) is None
+    with pytest.raises(EvalsuiteError, match="someone/big-70b .* days or more"):
+        check_cpu_run(spec.alias, hub_params(spec, api=hub, online=True), expand_tasks("leaderboard"), None, cores=16)

@@ -68,6 +68,27 @@ def check_access(spec: ModelSpec, *, api: Any = None, online: bool | None = None
     return f"gated ({gated}), access granted" if gated else "public"
 
 
+def hub_params(spec: ModelSpec, *, api: Any = None, online: bool | None = None) -> int | None:
+    """The parameter count the Hub's metadata reports for a Hub model (its safetensors index),
+    so a model outside the registry can be sized before a byte of it is downloaded; None when
+    unknown, offline, or not a Hub model."""
+    if spec.kind != "hub":
+        return None
+    from evalsuite.models.hub import hub_reachable
+
+    if not (hub_reachable() if online is None else online):
+        return None
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    try:
+        total = getattr(getattr(api.model_info(spec.source, revision=spec.revision), "safetensors", None), "total", None)
+    except Exception:  # the access check already said what is wrong with the model
+        return None
+    return int(total) if isinstance(total, int) and total > 0 else None
+
+
 def check_access_all(specs: Iterable[ModelSpec], *, api: Any = None, online: bool | None = None) -> dict[str, str]:
     """:func:`check_access` for every model; one error naming every model that cannot be fetched
     (one line each), so a user fixes all of them at once. Returns alias -> how each was found."""

@@ -193,6 +193,15 @@ def evaluate(
     from evalsuite.models.access import check_access_all
 
     check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
+    if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
+        from evalsuite.models.access import hub_params
+        from evalsuite.models.devices import check_cpu_run
+
+        for spec in specs:
+            params = None if spec.params else hub_params(spec)
+            if params:
+                check_fits(spec, default_dtype(spec, device, dtype), device, params=params)
+                check_cpu_run(spec.alias, params, task_names, config.limit)
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from evalsuite.models.hub import resolve_snapshot
