@@ -46,7 +46,8 @@ def stand_in_hub(monkeypatch, data_dir):
     def load_dataset(hub_id, config, split, revision=None):
         asked.append((hub_id, revision))
         ref = next(load_spec(t).dataset for t in expand_tasks("leaderboard") if load_spec(t).dataset.hub_id == hub_id)
-        return Rows(data_module._load_local(str(data_module.expected_files(ref, split, data_dir)[0])).rows)
+        path = next(p for p in data_module.expected_files(ref, split, data_dir) if p.is_file())
+        return Rows(data_module._load_local(str(path)).rows)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return asked
@@ -90,3 +91,11 @@ def test_cli_refuses_a_bad_revision_before_anything(tmp_path, capsys):
     code = main(["run", "--models", "smollm2", "--tasks", "arc", "--data-revision", "x y", "--results-dir", str(tmp_path)])
     assert code == 2
     assert "--data-revision 'x y' is not a revision" in capsys.readouterr().err
+
+
+def test_the_dry_run_loads_the_same_revision(stand_in_hub):
+    from evalsuite.tasks import load_tasks
+
+    loaded, unavailable = load_tasks(["winogrande"], None, parse_data_revision("main"))
+    assert not unavailable and {rev for _, rev in stand_in_hub} == {"main"}
+    assert any("allenai/winogrande@" in source for source in loaded["winogrande"].data_files)

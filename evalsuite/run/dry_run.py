@@ -185,7 +185,9 @@ def plan_cost(
     config = RunConfig.build(config, models=models, tasks=tasks, **options).validate(cpu_budget=False)
     device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
     root = resolve_data_dir(config.data_dir)
-    loaded, unavailable = load_tasks(list(config.tasks), root)
+    from evalsuite.tasks.data import parse_data_revision
+
+    loaded, unavailable = load_tasks(list(config.tasks), root, parse_data_revision(config.data_revision))
     if not loaded:
         raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
     out = []
