@@ -111,7 +111,8 @@ def ray_replicas(model_args: dict[str, Any], tensor_parallel: int) -> tuple[Call
 
     if not ray.is_initialized():
         ray.init()
-    args = {k: v for k, v in model_args.items() if k != "distributed_executor_backend"}  # no nested Ray
+    args = {k: v for k, v in model_args.items()  # a replica is one engine: no nested Ray, no DP of its own
+            if k not in ("distributed_executor_backend", "data_parallel_size")}
 
     @ray.remote(num_gpus=tensor_parallel)
     class Replica:
