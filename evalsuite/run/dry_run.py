@@ -182,15 +182,23 @@ def plan_cost(
 
     if config is None:
         options.setdefault("progress", False)  # called directly, the plan is quiet unless asked
-    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate()
+    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate(cpu_budget=False)
     device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
     root = resolve_data_dir(config.data_dir)
-    loaded, unavailable = load_tasks(list(config.tasks), root)
+    from evalsuite.tasks.data import parse_data_revision
+
+    loaded, unavailable = load_tasks(list(config.tasks), root, parse_data_revision(config.data_revision))
     if not loaded:
         raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
     out = []
-    for name in config.models:
-        spec = resolve_model(name, trust_remote_code=config.trust_remote_code)
+    from evalsuite.models.access import check_access_all
+    from evalsuite.models.registry import check_route
+
+    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
+    for spec in specs:
+        check_route(spec, backend)
+    check_access_all(spec for spec in specs if spec.kind == "hub")  # before any download
+    for spec in specs:
         source = materialize(spec, config.verify_weights)
         chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
         tokenizer, max_length = _tokenizer_and_length(source)

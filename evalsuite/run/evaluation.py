@@ -37,7 +37,7 @@ from evalsuite.models.identity import ModelSource
 from evalsuite.models.loading import resolve_dtype
 from evalsuite.models.memory import check_fits, param_count
 from evalsuite.run.manifest import environment
-from evalsuite.models.registry import ModelSpec, resolve_model
+from evalsuite.models.registry import ModelSpec, check_route, resolve_model
 from evalsuite.models.source import materialize
 from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
 from evalsuite.store.parquet_store import ResultsStore
@@ -170,10 +170,13 @@ def evaluate(
 
         return plan_cost(config=config)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
+    requested_device = config.device
     config = config.validate(gpu=False)
     backend, device, dtype = config.backend, config.device, config.dtype
     task_names = list(config.tasks)
     specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
+    for spec in specs:  # a model its backend cannot run, or without its packages: refused first
+        check_route(spec, backend)
 
     def check_parallel(spec: ModelSpec) -> None:
         model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
@@ -187,6 +190,18 @@ def evaluate(
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
+    from evalsuite.models.access import check_access_all
+
+    check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
+    if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
+        from evalsuite.models.access import hub_params
+        from evalsuite.models.devices import check_cpu_run
+
+        for spec in specs:
+            params = None if spec.params else hub_params(spec)
+            if params:
+                check_fits(spec, default_dtype(spec, device, dtype), device, params=params)
+                check_cpu_run(spec.alias, params, task_names, config.limit)
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from evalsuite.models.hub import resolve_snapshot
@@ -209,9 +224,13 @@ def evaluate(
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
+    from evalsuite.tasks.data import parse_data_revision, with_revision
+
+    revisions = parse_data_revision(config.data_revision)
     for name in task_names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), root)
+            task_spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions)), root)
         except MissingDataError as exc:
             unavailable[name] = ("missing", str(exc))
         except DataFormatError as exc:
@@ -220,6 +239,9 @@ def evaluate(
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
+    from evalsuite.models.devices import describe_device
+
+    _say(describe_device(device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
@@ -287,6 +309,8 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             store.write_run(final, part)
 
     source = None
+    _say(f"{spec.alias}: {run_notes or dtype_note}, backend {backend}"
+         + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if backend == "vllm" else ""))
     try:
         source = materialize(spec, config.verify_weights)
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
@@ -325,10 +349,12 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     for name, (status, why) in unavailable.items():
         store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])
     outcomes = [status for status, _ in unavailable.values()]
+    chunk = whole_task_chunk(backend)
     try:
         for name, task in loaded.items():
             try:
-                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor,
+                               chunk=chunk)
                 outcomes.append("ok")
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
@@ -342,10 +368,25 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
         finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
+    finally:
+        _close(lm)
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
     status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
     finish(status, None, source, _cache_note(lm, use_cache))
+
+
+def whole_task_chunk(backend: str) -> int | None:
+    """Documents per backend call: vLLM gets a whole task at once (its own scheduler batches, and
+    each call of lm-eval's vLLM model has a fixed cost); the others :data:`CHUNK_DOCS`."""
+    return None if backend == "vllm" else CHUNK_DOCS
+
+
+def _close(lm: Any) -> None:
+    """Release what a backend holds beyond the model (vLLM's replicas) once its model is done."""
+    release = getattr(lm, "release_replicas", None)  # the request cache forwards to its backend
+    if callable(release):
+        release()
 
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
@@ -422,7 +463,7 @@ def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
 # -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
                    limit: int | None, progress: bool, shard: tuple[int, int] | None = None,
-                   auditor: Any = None) -> None:
+                   auditor: Any = None, chunk: int | None = CHUNK_DOCS) -> None:
     """Score the task, audit it (a sample re-scored the plain way; beyond tolerance the whole
     task is scored again on the plain executor), then write its samples and scores."""
     from evalsuite.store.shards import select, shard_part, shard_score_rows
@@ -430,14 +471,14 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     everything = task.prompts(limit)
     prompts = select(everything, shard)
     spec = task.spec
-    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress, chunk)
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
                if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
         auditor.forget_cached(prompts)
         _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
              f"on the plain executor")
-        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
+        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress, chunk)
     scores = score_samples(run_id, model, task, samples)
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
@@ -451,21 +492,23 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
 
 
 def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
-                   progress: bool) -> tuple[list[SampleRecord], list[list[Any]]]:
-    """The documents' sample records and the backend's responses (per document), chunk by chunk."""
+                   progress: bool, chunk: int | None = CHUNK_DOCS) -> tuple[list[SampleRecord], list[list[Any]]]:
+    """The documents' sample records and the backend's responses (per document), ``chunk``
+    documents per call (``None``: the whole task in one call)."""
     from tqdm.auto import tqdm
 
     samples: list[SampleRecord] = []
     answered: list[list[Any]] = []
     bar = tqdm(total=len(prompts), desc=f"{model} {task.spec.name}", unit="doc", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    for start in range(0, len(prompts), CHUNK_DOCS):
-        chunk = prompts[start:start + CHUNK_DOCS]
-        responses = run_requests(lm, chunk)
+    step = chunk or max(len(prompts), 1)
+    for start in range(0, len(prompts), step):
+        part = prompts[start:start + step]
+        responses = run_requests(lm, part)
         answered.extend(responses)
-        for prompt, response in zip(chunk, responses, strict=True):
+        for prompt, response in zip(part, responses, strict=True):
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(chunk))
+        bar.update(len(part))
     bar.close()
     return samples, answered
 
