@@ -87,6 +87,9 @@ class RunConfig:
     data_dir: str | Path | None = _option(
         None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
               "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
+    task_dir: str | Path | None = _option(
+        None, "a folder of your own task .yaml files, added to the built-in ones (default: $EVALSUITE_TASK_DIR; "
+              "docs/tasks.md)", metavar="DIR")
     backend: str = _option(
         DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
         choices=sorted(BACKENDS))
@@ -198,8 +201,10 @@ class RunConfig:
 
     def selection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The model names (default ``smollm2``) and the task names, suites expanded."""
-        from evalsuite.tasks import expand_tasks
+        from evalsuite.tasks import expand_tasks, use_task_dir
 
+        if self.task_dir is not None:
+            use_task_dir(self.task_dir)
         tasks = self.tasks
         if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not split_names(tasks)):
             raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")

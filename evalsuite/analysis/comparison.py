@@ -29,7 +29,7 @@ from typing import Any
 
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.run_views import RunView, load_run, read_baseline, set_baseline
-from evalsuite.analysis.paired_stats import MIN_SHARED, Paired, paired
+from evalsuite.analysis.paired_stats import MIN_SHARED, Paired, grouped_task, paired
 from evalsuite.store.parquet_store import ResultsStore
 
 __all__ = ["RunComparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
@@ -212,13 +212,7 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
 
 def _compare_task(task: str, metric: str | None, base: Any, cand: Any, max_drop: float,
                   alpha: float) -> tuple[TaskComparison | None, list[str]]:
-    from evalsuite.tasks import load_spec
-
-    try:
-        grouped = load_spec(task).macro_averaged
-    except EvalsuiteError:
-        grouped = base.loc[base["task"] == task, "subtask"].nunique() > 1
-    found = paired(base, cand, task, metric=metric, grouped=grouped)
+    found = paired(base, cand, task, metric=metric, grouped=grouped_task(task, base))
     problems = []
     if found is None:
         return None, [f"{task}: no shared documents"]

@@ -1,8 +1,10 @@
 """The leaderboard view of stored scores: models x (ARC ... GSM8K, H6).
 
-H6 is the plain mean of the six task scores x100. A model missing a task gets no H6
-number pretending to be complete: the mean of what exists is shown with ``*`` and the
-missing tasks are named, never counted as zero.
+The columns and the aggregate are the leaderboard suite's (``tasks/leaderboard.yaml``): its
+tasks in order, titled by their YAMLs, then any other task a row has (a user's own task), and
+H6, the plain mean of the suite's task scores x100. A model missing a task gets no H6 number
+pretending to be complete: the mean of what exists is shown with ``*`` and the missing tasks
+are named, never counted as zero.
 """
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, title
 
-COLUMNS = {"arc": "ARC", "hellaswag": "HellaSwag", "mmlu": "MMLU", "truthfulqa": "TruthfulQA",
-           "winogrande": "Winogrande", "gsm8k": "GSM8K"}
+
+def columns(rows: list[LeaderboardRow] | None = None) -> dict[str, str]:
+    """Task -> column title: the leaderboard suite's tasks, then other tasks ``rows`` scored."""
+    suite = leaderboard_tasks()
+    extra = sorted({t for row in rows or [] for t in (*row.scores, *row.missing)} - set(suite))
+    return {task: title(task) for task in (*suite, *extra)}
 
 
 @dataclass
@@ -27,12 +33,13 @@ class LeaderboardRow:
 
     @property
     def h6(self) -> float:
-        values = [self.scores[t] for t in LEADERBOARD_TASKS if t in self.scores]
+        """The suite's score: the plain mean of its tasks present (NaN when none is)."""
+        values = [self.scores[t] for t in leaderboard_tasks() if t in self.scores]
         return float(sum(values) / len(values)) if values else math.nan
 
     @property
     def complete(self) -> bool:
-        return all(t in self.scores for t in LEADERBOARD_TASKS)
+        return all(t in self.scores for t in leaderboard_tasks())
 
     @property
     def limited(self) -> bool:
@@ -58,12 +65,14 @@ def rows_from_scores(scores: Any, run_ids: dict[str, str] | None = None) -> list
 
 def format_table(rows: list[LeaderboardRow]) -> str:
     """A plain-text table for the terminal, with footnotes for partial results."""
-    header = ["Model", *COLUMNS.values(), "H6"]
+    titles = columns(rows)
+    suite = load_suite()
+    header = ["Model", *titles.values(), suite.score_label]
     body = []
     notes = []
     for row in rows:
         cells = [row.model]
-        for task in LEADERBOARD_TASKS:
+        for task in titles:
             cells.append(f"{row.scores[task]:.2f}" if task in row.scores else "—")
         h6 = row.h6
         if math.isnan(h6):
@@ -72,11 +81,12 @@ def format_table(rows: list[LeaderboardRow]) -> str:
             cells.append(f"{h6:.2f}")
         else:
             cells.append(f"{h6:.2f}*")
-            absent = [COLUMNS[t] for t in LEADERBOARD_TASKS if t not in row.scores]
-            notes.append(f"* {row.model}: H6 incomplete, mean of {6 - len(absent)} of 6 tasks ({', '.join(absent)} missing)")
+            absent = [titles[t] for t in suite.tasks if t not in row.scores]
+            notes.append(f"* {row.model}: {suite.score_label} incomplete, mean of {len(suite.tasks) - len(absent)} of "
+                         f"{len(suite.tasks)} tasks ({', '.join(absent)} missing)")
         body.append(cells)
         if row.limited:
-            parts = [f"{COLUMNS[t]} {row.n[t]}/{row.n_total[t]}" for t in LEADERBOARD_TASKS if t in row.n]
+            parts = [f"{titles[t]} {row.n[t]}/{row.n_total[t]}" for t in titles if t in row.n]
             notes.append(f"{row.model}: limited run, documents evaluated: " + ", ".join(parts))
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "TruthfulQA, Winogrande, GSM8K, H6).",
     )
     add_results_dir(parser)
+    add_task_dir(parser)
     parser.add_argument("--run", metavar="ID", help="show this run (shards merged) instead of each model's latest "
                                                      "finished run")
     parser.set_defaults(func=handle)

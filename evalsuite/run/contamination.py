@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,24 +136,22 @@ def check_threshold(rule: Rule) -> None:
 
 # -- documents -------------------------------------------------------------------------------
 def document_text(task: str, doc: dict[str, Any]) -> str:
-    """The text whose likelihood is checked: the benchmark's own fields, no prompt template."""
-    if task == "arc":
-        choices = doc["choices"]
-        return f"{doc['question']} {choices['text'][choices['label'].index(doc['answerKey'])]}"
-    if task == "mmlu":
-        return f"{doc['question'].strip()} {doc['choices'][int(doc['answer'])]}"
-    if task == "truthfulqa":
-        mc1 = doc["mc1_targets"]
-        return f"{doc['question']} {mc1['choices'][list(mc1['labels']).index(1)]}"
-    if task == "gsm8k":
-        return f"{doc['question']} {doc['answer']}"
-    if task == "hellaswag":  # lm-eval's processed document (v1 preprocessing)
-        return f"{doc['query']} {doc['choices'][int(doc['gold'])]}"
-    if task == "winogrande":
-        option = doc["option1"] if str(doc["answer"]) == "1" else doc["option2"]
-        return doc["sentence"].replace("_", option, 1)
-    raise EvalsuiteError(f"no contamination document text is defined for task '{task}'; "
-                         "choose among arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k")
+    """The text whose likelihood is checked: the benchmark's own fields, no prompt template,
+    as the task's YAML declares them (``contamination_text``, a Jinja template of the document)."""
+    from evalsuite.tasks.catalogue import load_spec
+
+    template = load_spec(task).contamination_text
+    if template is None:
+        raise EvalsuiteError(f"task '{task}' declares no contamination_text (the document fields whose text is "
+                             "checked); add one to its YAML (docs/tasks.md)")
+    return _text_template(template).render(doc)
+
+
+@lru_cache(maxsize=64)
+def _text_template(source: str) -> Any:
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ def run_on_ray(
     # Workers may start in another folder: give them absolute paths.
     config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
                      results_dir=str(Path(config.results_dir).resolve()),
-                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None)
+                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None,
+                     task_dir=str(Path(config.task_dir).resolve()) if config.task_dir else None)
     run_id = config.run_id
     resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
                                 config.data_parallel)
