@@ -428,6 +428,7 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
           trust_remote_code: bool) -> tuple[Any, str, str]:
     """The evalsuite engine for a model name, its alias (as runs store it) and its weights identity."""
     from evalsuite.backends import BackendOptions, build_backend
+    from evalsuite.backends.registry import logprob_backend
     from evalsuite.models.memory import check_fits, param_count
     from evalsuite.models.registry import resolve_model
     from evalsuite.models.source import materialize
@@ -438,7 +439,7 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
 
     dtype = resolve_dtype(spec, device, dtype)[0]
     check_fits(spec, dtype, device, params=spec.params or param_count(source))
-    lm = build_backend("evalsuite", source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
+    lm = build_backend(logprob_backend(), source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity
 
 

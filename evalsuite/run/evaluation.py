@@ -15,7 +15,6 @@ which :mod:`evalsuite.store.run_views` reads as ``interrupted`` once the process
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import secrets
 import signal
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalsuite.backends import BackendOptions, build_backend
+from evalsuite.backends.registry import ask, get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig, backend_settings, check_device, parse_batch_size
 from evalsuite.tasks.data import resolve_data_dir
 from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
@@ -175,15 +175,17 @@ def evaluate(
     task_names = list(config.tasks)
     specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
 
+    plans_parallel = get_backend(backend).plans_parallel  # such a backend plans its GPUs and memory itself
+
     def check_parallel(spec: ModelSpec) -> None:
-        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        model_dtype = default_dtype(spec, device, dtype) if plans_parallel else "float32"
         _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
 
     for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
             check_gguf(Path(spec.source))
         if spec.params:
-            if backend != "vllm":
+            if not plans_parallel:
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
@@ -294,7 +296,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
         lm = build_backend(backend, source, options)
-        if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+        if lm.engine_note:  # which executor, and why
             _say(f"{spec.alias}: {lm.engine_note}")
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
             from evalsuite.run.request_cache import wrap
@@ -350,7 +352,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
     """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
-    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None)
+    notes = (lm.engine_note, lm.stats() if use_cache else None)
     return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
@@ -383,17 +385,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
                  data_parallel: int) -> tuple[int, int]:
-    """(tensor, data) parallel sizes: vLLM's from the registry and the GPUs; 1 elsewhere."""
-    if backend == "vllm":
-        from evalsuite.backends.vllm import plan_parallel
-
-        return plan_parallel(spec, dtype, tensor_parallel, data_parallel)
-    if (tensor_parallel or 1) > 1 or data_parallel > 1:
-        raise EvalsuiteError(
-            "--tensor-parallel and --data-parallel need --backend vllm; other backends spread a large model "
-            "over all visible GPUs (--device cuda), and --shard I/N splits the documents across machines"
-        )
-    return 1, 1
+    """(tensor, data) parallel sizes: a backend that plans them (vLLM) from the registry and the
+    GPUs; 1 elsewhere (:meth:`evalsuite.backends.registry.BackendInfo.parallel`)."""
+    return get_backend(backend).parallel(spec, dtype, tensor_parallel, data_parallel)
 
 
 @contextlib.contextmanager
@@ -474,9 +468,7 @@ def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
     """Send the prompts' instances to the backend in one call; responses grouped per prompt."""
     instances = [inst for p in prompts for inst in p.instances]
     kind = prompts[0].request_type
-    method = lm.generate_until if kind == "generate_until" else lm.loglikelihood
-    kwargs = {"disable_tqdm": True} if "disable_tqdm" in inspect.signature(method).parameters else {}
-    flat = method(instances, **kwargs)
+    flat = ask(lm, "generate_until" if kind == "generate_until" else "loglikelihood", instances)
     grouped, offset = [], 0
     for prompt in prompts:
         grouped.append(flat[offset:offset + len(prompt.instances)])
