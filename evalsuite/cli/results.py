@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from evalsuite.analysis.leaderboard import format_table
+    from evalsuite.analysis.leaderboard import run_summary
     from evalsuite.store.run_views import latest_runs, run_views
 
     views = run_views(args.results_dir, args.run) if args.run else latest_runs(args.results_dir)
@@ -28,10 +28,5 @@ def handle(args: argparse.Namespace) -> int:
         from evalsuite.errors import EvalsuiteError
 
         raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
-    problems = [f"{v.model} {task}: {score.status}: {score.error}" for v in views
-                for task, score in v.task_scores().items() if score.status not in ("ok",) and score.error]
-    from evalsuite.run.audit import summary_lines
-
-    print("\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views),
-                     *[note for v in views for note in v.notes]]))
+    print(run_summary(views))
     return 0

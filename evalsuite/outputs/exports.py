@@ -39,6 +39,7 @@ from typing import Any
 from evalsuite import __version__
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.run_views import is_missing, load_run  # load_run: the one read path, also for export's callers
+from evalsuite.store.status import FINISHED, TaskStatus
 from evalsuite.tasks.catalogue import TaskSpec, load_suite, lookup, ordered
 
 #: Default ``source.url`` of the model-index: the lm-eval results file exported beside it (upload
@@ -92,7 +93,7 @@ def _ok_rows(view: Any) -> dict[tuple[str, str | None], dict[str, Any]]:
     out = {}
     for rec in view.scores.to_dict("records"):
         value = rec.get("value")
-        if rec.get("status") == "ok" and not is_missing(value):
+        if rec.get("status") == TaskStatus.OK and not is_missing(value):
             sub = rec.get("subtask")
             out[(rec["task"], sub if isinstance(sub, str) else None)] = rec
     return out
@@ -180,7 +181,7 @@ def leaderboard_values(view: Any) -> dict[str, Any]:
 def model_index(view: Any, *, name: str | None = None, allow_limited: bool = False,
                 source_url: str = DEFAULT_SOURCE_URL) -> dict[str, Any]:
     """The ``model-index`` metadata (a dict; :func:`model_index_yaml` writes the YAML block)."""
-    if view.status not in ("ok", "partial"):
+    if view.status not in FINISHED:
         raise EvalsuiteError(f"run {view.run_id} of {view.model} is {view.status}: finish it before publishing its scores")
     rows = _ok_rows(view)
     results = []
@@ -259,7 +260,7 @@ def scores_csv(view: Any) -> str:
         count = {6: "six"}.get(len(suite.tasks), str(len(suite.tasks)))
         writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": key,
                          "metric": f"mean of {count}" if values[f"{key}_complete"] else "mean of tasks present (incomplete)",
-                         "score": f"{values[key]:.4f}", "status": "ok" if values[f"{key}_complete"] else "incomplete"})
+                         "score": f"{values[key]:.4f}", "status": TaskStatus.OK if values[f"{key}_complete"] else TaskStatus.INCOMPLETE})
     return buffer.getvalue()
 
 

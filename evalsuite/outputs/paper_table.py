@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalsuite.analysis.leaderboard import LeaderboardTable
 from evalsuite.errors import EvalsuiteError
 from evalsuite.models.registry import REGISTRY
 from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR
@@ -66,17 +67,18 @@ def our_rows(results_dir: str | Path = DEFAULT_RESULTS_DIR, models: list[str] | 
 
     comparison = collect(results_dir, models=models, runs=runs, tag=tag, with_samples=False)
     types = {p.hub_id: p.type for p in load_published()}
+    table = LeaderboardTable.of(comparison.rows)
     rows = []
     for entry, lb in zip(comparison.entries, comparison.rows, strict=True):
         spec = REGISTRY.get(entry.model)
         values = dict(lb.scores)
-        if not math.isnan(lb.h6):
-            values["h6"] = lb.h6
+        score = table.score(lb)
+        if score is not None:
+            values["h6"] = score
         rows.append(TableRow(
             model=entry.label, size=format_size(spec.params) if spec else DASH,
             type=types.get(spec.source, DASH) if spec else DASH, values=values, h6_complete=lb.complete,
-            note=", ".join(f"{title(t)} n={lb.n[t]}/{lb.n_total[t]}" for t in (*leaderboard_tasks(), *sorted(
-                set(lb.n) - set(leaderboard_tasks()))) if t in lb.n and lb.n[t] < lb.n_total.get(t, 0)),
+            note=", ".join(f"{name} n={n}/{total}" for name, n, total in table.evaluated(lb, only_limited=True)),
         ))
     return rows
 

@@ -41,6 +41,7 @@ from evalsuite.models.registry import ModelSpec, resolve_model
 from evalsuite.models.source import materialize
 from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import FINISHED, RunStatus, TaskStatus
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec
 
 if TYPE_CHECKING:
@@ -103,15 +104,9 @@ class EvalResult:
         return [v.leaderboard_row() for v in self.views()]
 
     def table(self) -> str:
-        from evalsuite.analysis.leaderboard import format_table
+        from evalsuite.analysis.leaderboard import run_summary
 
-        views = self.views()
-        notes = [n for v in views for n in v.notes]
-        problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
-                    if s.status not in ("ok", "shard")]
-        from evalsuite.run.audit import summary_lines
-
-        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views), *notes])
+        return run_summary(self.views())
 
     @property
     def exit_code(self) -> int:
@@ -123,11 +118,11 @@ class EvalResult:
             text = f"{self.shard[0]}/{self.shard[1]}"
             rows = self.store.runs(run_id=self.run_id)
             mine = rows[rows["shard"] == text]
-            done = set(mine[mine["status"] == "ok"]["model"])
+            done = set(mine[mine["status"] == RunStatus.OK]["model"])
             return EXIT_OK if set(self.models) <= done else EXIT_TASK_PROBLEM
         for view in self.views():
             statuses = {t: s.status for t, s in view.task_scores().items()}
-            if any(statuses.get(task) != "ok" for task in self.tasks):
+            if any(statuses.get(task) != TaskStatus.OK for task in self.tasks):
                 return EXIT_TASK_PROBLEM
         return EXIT_OK
 
@@ -215,15 +210,15 @@ def evaluate(
         try:
             loaded[name] = LoadedTask(load_spec(name), root)
         except MissingDataError as exc:
-            unavailable[name] = ("missing", str(exc))
+            unavailable[name] = (TaskStatus.MISSING, str(exc))
         except DataFormatError as exc:
-            unavailable[name] = ("failed", str(exc))
+            unavailable[name] = (TaskStatus.FAILED, str(exc))
     if not loaded:
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
     for name, (status, why) in unavailable.items():
-        _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
+        _say(f"{name}: {'no data' if status == TaskStatus.MISSING else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
     try:
@@ -274,7 +269,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     options = config.backend_options(dtype, tensor_parallel, data_parallel)
     record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, run_notes)
-    store.write_run(replace(record, status="running"), part)
+    store.write_run(replace(record, status=RunStatus.RUNNING), part)
 
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
@@ -282,7 +277,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
-        if status == "ok" or status == "partial":
+        if status in FINISHED:
             store.write_run(final, part)
             return
         with contextlib.suppress(EvalsuiteError):  # e.g. the disk filled up: the row stays "running"
@@ -294,7 +289,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         if not spec.params:  # registry models were checked in evaluate(), before any data loaded
             check_fits(spec, dtype, device, params=param_count(source))
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
-        store.write_run(replace(record, status="running"), part)
+        store.write_run(replace(record, status=RunStatus.RUNNING), part)
         lm = build_backend(backend, source, options)
         if lm.engine_note:  # which executor, and why
             _say(f"{spec.alias}: {lm.engine_note}")
@@ -306,22 +301,22 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
         auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source)
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source)
         raise
     except StoreError:
         raise
     except BaseException as exc:
         if not _input_error(exc):  # a bug: the row says failed, the error keeps its traceback
-            finish("failed", _failure_text(exc), source)
+            finish(RunStatus.FAILED, _failure_text(exc), source)
             raise
         # a model that does not load (its files, its size, the machine's memory): its tasks fail
         # with the reason, other models run
         message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
         for name, task in loaded.items():
-            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
+            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED,
                                                                         message)], part=part)
         _say(f"{spec.alias}: {message}; its tasks are recorded as failed")
-        finish("failed", message, source)
+        finish(RunStatus.FAILED, message, source)
         return
 
     for name, (status, why) in unavailable.items():
@@ -331,22 +326,23 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         for name, task in loaded.items():
             try:
                 _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
-                outcomes.append("ok")
+                outcomes.append(TaskStatus.OK)
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
-                outcomes.append("failed")
+                outcomes.append(TaskStatus.FAILED)
                 store.write_scores(run_id, spec.alias, name,
-                                   [_score_record(run_id, spec.alias, name, task, "failed", message)], part=part)
+                                   [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED, message)], part=part)
                 _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source, _cache_note(lm, use_cache))
         raise
     except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
-        finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.FAILED, _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
-    status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
+    status = (RunStatus.OK if all(o == TaskStatus.OK for o in outcomes)
+              else RunStatus.PARTIAL if TaskStatus.OK in outcomes else RunStatus.FAILED)
     finish(status, None, source, _cache_note(lm, use_cache))
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from evalsuite.analysis.leaderboard import LeaderboardRow, columns as leaderboard_columns
+from evalsuite.analysis.leaderboard import LeaderboardRow, LeaderboardTable
 from evalsuite.analysis.paired_stats import grouped_task, paired
+from evalsuite.store.status import TaskStatus
 from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, macro_averaged
 from evalsuite.outputs.report import charts
 from evalsuite.outputs.report.comparability import _as_dict
@@ -36,8 +37,8 @@ def _nan(value: Any) -> bool:
 
 def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[str, Any]:
     """Rows of the sortable table: evaluated models first, then published reference rows."""
-    titles = leaderboard_columns(comparison.rows)
-    suite = load_suite()
+    table = LeaderboardTable.of(comparison.rows)
+    titles = table.columns
     columns = ["h6", *titles]
     best: dict[str, float] = {}
     for row in comparison.rows:
@@ -72,11 +73,11 @@ def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[s
                      "cells": cells})
     notes = []
     for row in comparison.rows:
-        if not row.complete and not math.isnan(row.h6):
-            absent = [titles[t] for t in suite.tasks if t not in row.scores]
-            notes.append(f"{row.model}: {suite.score_label} incomplete (*), mean of {len(suite.tasks) - len(absent)} of "
-                         f"{len(suite.tasks)} tasks; missing: {', '.join(absent)}.")
-    return {"headers": [suite.score_label, *titles.values()], "rows": rows, "notes": notes}
+        incomplete = table.incomplete(row)
+        if incomplete is not None:
+            notes.append(f"{row.model}: {table.score_label} incomplete (*), mean of {incomplete.present} of "
+                         f"{incomplete.total} tasks; missing: {', '.join(incomplete.missing)}.")
+    return {"headers": [table.score_label, *titles.values()], "rows": rows, "notes": notes}
 
 
 def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
@@ -85,11 +86,11 @@ def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
     out: dict[tuple[Entry, str], str] = {}
     if scores.empty:
         return out
-    rows = scores[scores["subtask"].isna() & (scores["status"] != "ok")]
+    rows = scores[scores["subtask"].isna() & (scores["status"] != TaskStatus.OK)]
     for entry in comparison.entries:
         mine = rows[(rows["run_id"] == entry.run_id) & (rows["model"] == entry.model)]
         for task, state in zip(mine["task"], mine["status"], strict=True):
-            out[(entry, task)] = "no data" if state == "missing" else state
+            out[(entry, task)] = "no data" if state == TaskStatus.MISSING else state
     return out
 
 
@@ -116,7 +117,7 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
         by_task = {r["task"]: r for r in mine.to_dict("records")}
         for task in tasks:
             rec = by_task.get(task)
-            ok = rec is not None and rec["status"] == "ok" and not _nan(rec["value"])
+            ok = rec is not None and rec["status"] == TaskStatus.OK and not _nan(rec["value"])
             values[task].append(100 * rec["value"] if ok else math.nan)
             errors[task].append(100 * rec["stderr"] if ok and not _nan(rec["stderr"]) else math.nan)
             if ok and rec["n_total"] and rec["n"] < rec["n_total"]:
@@ -156,7 +157,7 @@ def subject_heatmap(comparison: ReportData) -> dict[str, Any] | None:
         mine = sub[(sub["run_id"] == entry.run_id) & (sub["model"] == entry.model)]
         n = total = 0
         for rec in mine.to_dict("records"):
-            if rec["status"] == "ok" and not _nan(rec["value"]):
+            if rec["status"] == TaskStatus.OK and not _nan(rec["value"]):
                 matrix[subjects.index(rec["subtask"]), j] = 100 * rec["value"]
             n += int(rec["n"] or 0)
             total += int(rec["n_total"] or 0)
