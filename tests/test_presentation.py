@@ -2,8 +2,6 @@
 and the report; statuses as enums whose stored text is unchanged."""
 from __future__ import annotations
 
-import pytest
-
 from evalsuite.analysis.leaderboard import LeaderboardRow, LeaderboardTable, format_table
 from evalsuite.store.records import RUN_STATUSES, TASK_STATUSES
 from evalsuite.store.status import FINISHED, RunStatus, TaskStatus
