@@ -83,3 +83,16 @@ def test_a_broken_user_yaml_is_one_line(tmp_path):
     (tmp_path / "mine.yaml").write_text("- a list\n")
     with pytest.raises(EvalsuiteError, match="a task file is a YAML mapping"):
         catalogue.load_spec("mine")
+
+
+def test_contamination_text_is_sandboxed(tmp_path):
+    from evalsuite.run.contamination import document_text
+
+    good = (catalogue.builtin_tasks_dir() / "gsm8k.yaml").read_text()
+    body = good.replace("name: gsm8k", "name: mine").replace(
+        'contamination_text: "{{ question }} {{ answer }}"', "contamination_text: \"{{ ''.__class__ }}\"")
+    (tmp_path / "mine.yaml").write_text(body)
+    catalogue.use_task_dir(tmp_path)
+    assert document_text("gsm8k", {"question": "Q?", "answer": "#### 4"}) == "Q? #### 4"
+    with pytest.raises(EvalsuiteError, match=r"mine\.yaml: contamination_text cannot be used"):
+        document_text("mine", {"question": "Q?", "answer": "4"})

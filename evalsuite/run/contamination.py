@@ -140,18 +140,27 @@ def document_text(task: str, doc: dict[str, Any]) -> str:
     as the task's YAML declares them (``contamination_text``, a Jinja template of the document)."""
     from evalsuite.tasks.catalogue import load_spec
 
-    template = load_spec(task).contamination_text
-    if template is None:
+    from jinja2.exceptions import SecurityError, TemplateSyntaxError
+
+    spec = load_spec(task)
+    if spec.contamination_text is None:
         raise EvalsuiteError(f"task '{task}' declares no contamination_text (the document fields whose text is "
                              "checked); add one to its YAML (docs/tasks.md)")
-    return _text_template(template).render(doc)
+    try:
+        return _text_template(spec.contamination_text).render(doc)
+    except (SecurityError, TemplateSyntaxError) as exc:
+        raise EvalsuiteError(f"{spec.folder / (task + '.yaml')}: contamination_text cannot be used ({exc}); "
+                             "write it from the document's fields (docs/tasks.md)") from None
 
 
 @lru_cache(maxsize=64)
 def _text_template(source: str) -> Any:
+    """The task file's template, compiled once; sandboxed, since a task file may come from a
+    user's folder (it reads the document's fields and calls plain str/list methods, no more)."""
     import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
 
 
 @dataclass(frozen=True)
