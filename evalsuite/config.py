@@ -189,8 +189,6 @@ class RunConfig:
         limit = self.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
-        if self.backend not in BACKENDS:
-            raise EvalsuiteError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
         device = "cuda" if get_backend(self.backend).gpu_only and self.device in ("cpu", AUTO) else resolve_device(self.device)
         model_names, task_names = self.selection()
         if self.device == AUTO and device == "cpu" and cpu_budget:
