@@ -210,8 +210,8 @@ def test_length_switching_rope_plain_batches_reproduce_batch_size_one(family_dir
     reference = wrap_hf_model(model, tokenizer, BackendOptions(batch_size=1))
     want = reference._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs])
     assert {len(c + x) > LONGROPE_SWITCH for c, x in pairs} == {True, False}
-    got = plain_loglikelihoods(model, pairs, max_length=engine.max_length, batch_size=8)  # the rule's default
+    got = plain_loglikelihoods(model, pairs, max_length=engine.max_length, batch_size=len(pairs))  # the rule decides
     _assert_same_lls([got], [want], "plain, equal lengths")
     _assert_same_lls([engine.loglikelihood_pairs([])], [[]], "empty")
-    padded = plain_tally(model, pairs, max_length=engine.max_length, batch_size=8, equal_lengths=False).results()
+    padded = plain_tally(model, pairs, max_length=engine.max_length, batch_size=len(pairs), equal_lengths=False).results()
     assert max(abs(a - b) for (a, _), (b, _) in zip(padded, want)) > 10 * TOL  # the test can fail
