@@ -430,7 +430,11 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     everything = task.prompts(limit)
     prompts = select(everything, shard)
     spec = task.spec
+    fallbacks = list(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned so far
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    abandoned = list(getattr(lm, "fallbacks", None) or ())[len(fallbacks):]
+    for event in abandoned:
+        _say(f"{model} {spec.name}: {event}")
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
                if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
@@ -441,6 +445,8 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     scores = score_samples(run_id, model, task, samples)
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
+    if abandoned:
+        scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
