@@ -356,29 +356,34 @@ def head_difference(model: Any, head: Callable[[torch.Tensor], torch.Tensor], id
     return float("inf") if torch.isnan(d) else float(d)
 
 
-def probe_generation(model: Any, tokenizer: Any, route: str, windows: tuple[int | None, ...], length: int) -> float:
+def probe_generation(model: Any, tokenizer: Any, route: str, windows: tuple[int | None, ...], length: int,
+                     reference: dict[str, Any] | None = None) -> float:
     """Max |Δ log-prob| of each decoded step's logits on ``route`` against what lm-eval ``hf``
     runs, the model's own ``generate`` at batch size 1 (the "plain" route), two prompts of
     different lengths; up to and including the first step where the two pick different tokens
-    (later steps condition on different texts). inf where the route decodes fewer steps."""
+    (later steps condition on different texts). inf where the route decodes fewer steps.
+    ``reference``: a dict kept between calls for one model and length (``generate`` runs once)."""
     from evalsuite.backends.engine.generation import Generator, Job
 
     vocab = int(getattr(text_config(model), "vocab_size", None) or len(tokenizer))
     draw = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, vocab, (n,), generator=draw).tolist() for n in (length, max(4, length - 7))]
-    decoded = {}
+    decoded = reference if reference is not None else {}
     for name in ("plain", route):
+        if name in decoded and name == "plain":
+            continue
         gen = Generator(model, tokenizer, length + 64, 6, "batched", windows=windows, route=name)
         gen.record = []
-        jobs = [Job(i, p, [], 6, None, frozenset()) for i, p in enumerate(prompts)]
+        # the model's own generation-config processors and EOS ids, as generate() applies them
+        jobs = [Job(i, p, [], 6, *gen.processors(len(p), 6)) for i, p in enumerate(prompts)]
         gen.run(jobs)
         decoded[name] = [(job.new, [lg for index, lg in gen.record if index == job.index]) for job in jobs]
     worst = 0.0
     for (want_ids, want), (got_ids, got) in zip(decoded["plain"], decoded[route]):
-        for step, reference in enumerate(want):
+        for step, expected in enumerate(want):
             if step >= len(got):
                 return float("inf")
-            d = (torch.log_softmax(got[step], -1) - torch.log_softmax(reference, -1)).abs().max()
+            d = (torch.log_softmax(got[step], -1) - torch.log_softmax(expected, -1)).abs().max()
             worst = max(worst, float("inf") if torch.isnan(d) else float(d))
             if got_ids[step] != want_ids[step]:
                 break
@@ -501,6 +506,7 @@ def _generation_route(model: Any, tokenizer: Any, found: Survey, extras: list[st
     model's own ``generate``, the reference the others are judged against)."""
     routes = ["batched", "exact", "plain"] if mode == "batched" else ["exact", "plain"]
     declined = declined if declined is not None else []
+    reference: dict[str, Any] = {}  # generate()'s tokens and logits, computed once
     for route in routes[:-1]:
         if route == "batched" and (found.alibi or not found.routed or extras or switches):
             why = ("ALiBi positions" if found.alibi else ", ".join(extras) if extras
@@ -510,7 +516,7 @@ def _generation_route(model: Any, tokenizer: Any, found: Survey, extras: list[st
             declined.append(route)
             continue
         try:
-            off = probe_generation(model, tokenizer, route, windows, min(length, 96))
+            off = probe_generation(model, tokenizer, route, windows, min(length, 96), reference)
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"{route} generation failed on the probe ({first_line(exc)})")
             declined.append(route)
