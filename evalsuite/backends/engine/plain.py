@@ -124,13 +124,16 @@ def _forward_chunk(model: Any, chunk: list[tuple[int, ...]], by_input: dict[tupl
 
 
 def plain_loglikelihoods(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, max_length: int,
-                         batch_size: int = 8, logits_dtype: torch.dtype | None = None) -> list[tuple[float, bool]]:
+                         batch_size: int = 8, logits_dtype: torch.dtype | None = None,
+                         equal_lengths: bool | None = None) -> list[tuple[float, bool]]:
     """The model's own full forward (``model(input_ids).logits``, its whole causal-LM head
     included) on each distinct input (context+continuation ids, left-truncated to ``max_length``
     exactly as lm-eval's hf model does: ``inputs = (ctx+cont)[-(max_length+1):][:-1]``), batched
     by length with right padding like HFLM, no prefix sharing; returns (sum of continuation
-    log-probs, greedy?) per request. The sum is taken in ``logits_dtype`` as HFLM takes it."""
-    tally = plain_tally(model, requests, max_length=max_length, batch_size=batch_size, logits_dtype=logits_dtype)
+    log-probs, greedy?) per request. The sum is taken in ``logits_dtype`` as HFLM takes it.
+    ``equal_lengths``: see :func:`plain_tally` (the engine passes its capabilities' verdict)."""
+    tally = plain_tally(model, requests, max_length=max_length, batch_size=batch_size, logits_dtype=logits_dtype,
+                        equal_lengths=equal_lengths)
     dtype = logits_dtype or next(model.parameters()).dtype
     return tally.results(dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
 
