@@ -63,15 +63,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.hidden_size, 2 * config.hidden_size), nn.GELU(),
                                  nn.Linear(2 * config.hidden_size, config.hidden_size))
 
-    def forward(self, x, pos, past):
+    def forward(self, x, pos, past, mask=None):
         b, t, _ = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(x.shape[-1], dim=-1)
         q, k, v = (z.view(b, t, self.heads, self.dim).transpose(1, 2) for z in (q, k, v))
         q, k = rotate(q, pos, self.dim), rotate(k, pos, self.dim)
         if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            k, v = torch.cat([past[0].expand(b, -1, -1, -1), k], 2), torch.cat([past[1].expand(b, -1, -1, -1), v], 2)
         n = k.shape[2]
-        mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
+        if mask is None:
+            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
         att = (q @ k.transpose(-1, -2)) / self.dim ** 0.5
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, -1)
@@ -127,29 +128,11 @@ REMOTE_CACHE_MODEL = REMOTE_MODEL.replace(
     "from transformers.modeling_outputs import CausalLMOutputWithPast",
     "from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast") + """
 
-class CachedBlock(Block):
-    def forward(self, x, pos, past, mask=None):
-        b, t, _ = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(x.shape[-1], dim=-1)
-        q, k, v = (z.view(b, t, self.heads, self.dim).transpose(1, 2) for z in (q, k, v))
-        q, k = rotate(q, pos, self.dim), rotate(k, pos, self.dim)
-        if past is not None:
-            k, v = torch.cat([past[0].expand(b, -1, -1, -1), k], 2), torch.cat([past[1].expand(b, -1, -1, -1), v], 2)
-        n = k.shape[2]
-        if mask is None:
-            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
-        att = (q @ k.transpose(-1, -2)) / self.dim ** 0.5
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-        y = (att @ v).transpose(1, 2).reshape(b, t, -1)
-        x = x + self.c_proj(y)
-        return x + self.mlp(self.ln_2(x)), (k, v)
-
-
 class Decoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.h = nn.ModuleList(CachedBlock(config) for _ in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
@@ -193,16 +176,9 @@ class TinyCachedForCausalLM(PreTrainedModel, GenerationMixin):
                          past_key_values=past_key_values, use_cache=use_cache)
         return CausalLMOutputWithPast(logits=self.lm_head(out.last_hidden_state), past_key_values=out.past_key_values)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        if isinstance(past_key_values, tuple) and past_key_values:
-            input_ids = input_ids[:, past_key_values[0][0].shape[2]:]
-        else:
-            past_key_values = None
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True}
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs["past_key_values"] = outputs.past_key_values
-        return model_kwargs
+    # generate() with its own tuple cache, as the Qwen v1 stand-in
+    prepare_inputs_for_generation = TinyQwenForCausalLM.prepare_inputs_for_generation
+    _update_model_kwargs_for_generation = TinyQwenForCausalLM._update_model_kwargs_for_generation
 """
 #: Where the length-switching rope family switches to its long factors: below every ARC,
 #: HellaSwag and GSM8K prompt of the matrix, above the probe's default 64 tokens.

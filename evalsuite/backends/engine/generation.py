@@ -134,6 +134,9 @@ class Generator:
         self.forwarded_tokens = 0
         #: times batched decoding halved its slots after running out of memory
         self.oom_splits = 0
+        #: called with the error when the route raises; it sets another route (the engine's
+        #: runtime fallback, :meth:`~.lm.EngineLM._abandon_generation`); None: the error propagates
+        self.fallback: Any = None
 
     # ------------------------------------------------------------------ requests
     def jobs(self, requests: Sequence[Any]) -> list[Job]:
@@ -171,10 +174,22 @@ class Generator:
         return self._processors[key]
 
     def generate(self, requests: Sequence[Any]) -> list[str]:
+        """The requests' texts. A route that raises (not out of memory, not bad input) goes to
+        :attr:`fallback`, which moves :attr:`route` on, and every prompt is decoded again."""
         jobs = self.jobs(requests)
         if not jobs:
             return []
-        self.run(jobs)
+        while True:
+            try:
+                self.run(jobs)
+                break
+            except Exception as exc:
+                if (self.fallback is None or self.route == "plain" or isinstance(exc, (RowOutOfMemory, EvalsuiteError))
+                        or is_oom(exc)):
+                    raise
+                self.fallback(exc)
+                for job in jobs:
+                    job.reset()
         return [job.text(self.tokenizer) for job in jobs]
 
     def run(self, jobs: list[Job]) -> None:

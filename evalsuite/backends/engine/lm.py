@@ -406,27 +406,18 @@ class EngineLM(TemplateLM):
         """Greedy continuations cut at the first stop string, as HFLM's (see :mod:`.generation`)."""
         gen = self.generator
         calls, tokens, splits = gen.forward_calls, gen.forwarded_tokens, gen.oom_splits
+        gen.fallback = self._abandon_generation  # a route that raises: the next exact one
         self._instances = requests
         try:
-            jobs = gen.jobs(requests)
-            while True:
-                try:
-                    gen.run(jobs)
-                    break
-                except RowOutOfMemory as exc:
-                    raise self._too_large(exc, "generating for") from None
-                except Exception as exc:
-                    if is_oom(exc) or isinstance(exc, EvalsuiteError) or gen.route == "plain":
-                        raise
-                    self._abandon_generation(exc)
-                    for job in jobs:
-                        job.reset()
+            out = gen.generate(requests)
+        except RowOutOfMemory as exc:
+            raise self._too_large(exc, "generating for") from None
         finally:
             self._instances = None
         self.stats.forward_calls += gen.forward_calls - calls
         self.stats.forwarded_tokens += gen.forwarded_tokens - tokens
         self.stats.oom_splits += gen.oom_splits - splits
-        return [job.text(self.tokenizer) for job in jobs]
+        return out
 
     def _abandon_generation(self, exc: BaseException) -> None:
         """The generation route raised in a real run: the next route exact for this model (a
