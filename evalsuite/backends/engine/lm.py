@@ -32,13 +32,13 @@ from lm_eval.api.model import TemplateLM
 from evalsuite import compat
 from evalsuite.backends import BackendOptions
 from evalsuite.backends.engine import capabilities, decisions, planner, scoring
-from evalsuite.backends.engine.memory import RowOutOfMemory, device_budget, is_oom, release
-from evalsuite.errors import EvalsuiteError
 from evalsuite.backends.engine.executors import Executor, Past, select_executor
 from evalsuite.backends.engine.generation import Generator
 from evalsuite.backends.engine.plain import PlainExecutor, plain_tally
 from evalsuite.backends.engine.prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
 from evalsuite.backends.engine.tokenize import resolve_max_length
+from evalsuite.backends.engine.memory import RowOutOfMemory, device_budget, is_oom, release
+from evalsuite.errors import EvalsuiteError
 
 log = logging.getLogger(__name__)
 

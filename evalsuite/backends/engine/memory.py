@@ -41,11 +41,14 @@ class RowOutOfMemory(RuntimeError):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """torch's ``OutOfMemoryError`` (CUDA, or raised by a test), or a backend's "out of memory"."""
+    """torch's ``OutOfMemoryError`` (CUDA, or raised by a test), Python's ``MemoryError``, or a
+    backend's "out of memory" / the CPU allocator's "can't allocate memory"."""
     oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
+    if (oom_type is not None and isinstance(exc, oom_type)) or isinstance(exc, MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and not isinstance(exc, RowOutOfMemory) and "out of memory" in str(exc)
+    text = str(exc)
+    return (isinstance(exc, RuntimeError) and not isinstance(exc, RowOutOfMemory)
+            and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def release(device: torch.device) -> None:

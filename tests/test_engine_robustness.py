@@ -264,3 +264,34 @@ def test_a_run_reuses_the_decision_and_notes_a_route_abandoned(tiny, tmp_path, m
     assert row["status"] == "ok" and "tree executor raised IndexError" in row["engine_note"], row["engine_note"]
     assert "tree executor raised IndexError" in third.store.runs().iloc[0]["notes"]
     assert third.store.runs().iloc[0]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- rules
+def test_fallback_order_skips_declined_routes():
+    assert capabilities.next_route("tree", set()) == "cache"
+    assert capabilities.next_route("tree", {"cache"}) == "plain"
+    assert capabilities.next_route("cache", set()) == "plain"
+    assert capabilities.next_route("batched", set()) == "exact"
+    assert capabilities.next_route("batched", {"exact"}) == "plain"
+    assert capabilities.next_route("exact", set()) == "plain"
+
+
+def test_length_switches_read_from_the_rope_settings():
+    from transformers import LlamaConfig, Phi3Config
+
+    class Model:  # the two attributes length_switches reads
+        def __init__(self, config: Any) -> None:
+            self.config = config
+
+    phi = Phi3Config(hidden_size=64, num_attention_heads=4, max_position_embeddings=131072,
+                     original_max_position_embeddings=4096,
+                     rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
+                                      "long_factor": [2.0] * 8, "original_max_position_embeddings": 4096})
+    assert capabilities.length_switches(Model(phi), 131072) == [(4096, "longrope")]
+    assert capabilities.length_switches(Model(phi), 4096) == []  # never longer than the switch: no effect
+    dynamic = LlamaConfig(max_position_embeddings=2048, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                        "rope_theta": 1e4})
+    assert capabilities.length_switches(Model(dynamic), 8192) == [(2048, "dynamic")]
+    assert capabilities.length_switches(Model(LlamaConfig()), 8192) == []
+    assert memory.is_oom(torch.OutOfMemoryError("x")) and memory.is_oom(MemoryError())
+    assert not memory.is_oom(IndexError("tuple index out of range"))
