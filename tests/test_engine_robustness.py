@@ -295,3 +295,20 @@ def test_length_switches_read_from_the_rope_settings():
     assert capabilities.length_switches(Model(LlamaConfig()), 8192) == []
     assert memory.is_oom(torch.OutOfMemoryError("x")) and memory.is_oom(MemoryError())
     assert not memory.is_oom(IndexError("tuple index out of range"))
+
+
+def test_slot_state_copies_positions_and_masks_to_a_layer_device_once_per_step():
+    """A model spread over GPUs: each layer's slot buffers live on its device, and the step's
+    positions and masks are copied there once (the "meta" device stands in for a second GPU)."""
+    from evalsuite.backends.engine.generation import SlotState
+
+    state = SlotState(capacity=8, slots=2)
+    state.begin_step(torch.tensor([3, 5]), windows=(None, 4))
+    other = torch.device("meta")
+    assert state.positions_on(torch.device("cpu")) is state.positions
+    moved = state.positions_on(other)
+    assert moved.device == other and state.positions_on(other) is moved  # copied once
+    assert state.mask(1, other).device == other and state.mask(1, other) is state.mask(1, other)
+    assert state.mask(0, other).shape == state.mask(0).shape
+    state.begin_step(torch.tensor([4, 6]), windows=(None, 4))
+    assert state.positions_on(other) is not moved  # a new step, new copies
