@@ -429,12 +429,9 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
 
     everything = task.prompts(limit)
     prompts = select(everything, shard)
+    known = len(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned before this task
     spec = task.spec
-    fallbacks = list(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned so far
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
-    abandoned = list(getattr(lm, "fallbacks", None) or ())[len(fallbacks):]
-    for event in abandoned:
-        _say(f"{model} {spec.name}: {event}")
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
                if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
@@ -443,10 +440,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
              f"on the plain executor")
         samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
     scores = score_samples(run_id, model, task, samples)
+    abandoned = list(getattr(lm, "fallbacks", None) or ())[known:]  # and while scoring it: the row says so
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
     if abandoned:
         scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
+        _say(f"{model} {spec.name}: " + "; ".join(abandoned))
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
