@@ -460,6 +460,7 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
 
     everything = task.prompts(limit)
     prompts = select(everything, shard)
+    known = len(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned before this task
     spec = task.spec
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress, chunk)
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
@@ -470,8 +471,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
              f"on the plain executor")
         samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress, chunk)
     scores = score_samples(run_id, model, task, samples)
+    abandoned = list(getattr(lm, "fallbacks", None) or ())[known:]  # and while scoring it: the row says so
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
+    if abandoned:
+        scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
+        _say(f"{model} {spec.name}: " + "; ".join(abandoned))
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)

@@ -99,6 +99,9 @@ class ScoreRecord:
     audit_agree: int | None = None  # of those, how many matched within tolerance
     audit_max_abs_diff: float | None = None  # max |Δ log-likelihood| over the sample
     audit_note: str | None = None  # what was sampled, and what was done when it did not match
+    # What the engine did differently while scoring this task (a fast path or generation route
+    # that raised and was abandoned for the model, the work redone on the next exact route).
+    engine_note: str | None = None
 
 
 @dataclass
