@@ -63,10 +63,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import importlib.util
 import json
 import math
+import os
 import sys
 import tempfile
 import time
