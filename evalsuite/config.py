@@ -309,9 +309,5 @@ def add_run_options(parser: argparse.ArgumentParser, names: Sequence[str] | None
             add_option(target, spec.name)
 
 
-def run_option_names() -> list[str]:
-    return [f.name for f in fields(RunConfig)]
-
-
 __all__ = ["CHUNK_DOCS", "DTYPES", "RunConfig", "add_option", "add_run_options", "backend_settings",
            "batch_size_arg", "check_device", "parse_batch_size", "positive_int", "split_names"]

@@ -14,8 +14,9 @@ import pytest
 from scipy.stats import binomtest
 
 from evalsuite.cli import main
-from evalsuite.analysis.comparison import ComparisonRefused, compare_runs, read_baseline, resolve_ref, set_baseline
+from evalsuite.analysis.comparison import ComparisonRefused, compare_runs, read_baseline, set_baseline
 from evalsuite.errors import EvalsuiteError
+from evalsuite.store.run_views import load_run
 from evalsuite.store.parquet_store import ResultsStore
 
 T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -128,17 +129,17 @@ def test_refs_and_baseline(store):
     write_run(store, "r1", "good", {"arc": [1.0] * 10}, tag="nightly-1")
     write_run(store, "r2", "other", {"arc": [1.0] * 10}, minutes=1, tag="nightly-2")
     write_run(store, "r3", "good", {"arc": [1.0] * 10}, minutes=2, status="running")  # interrupted: never "latest"
-    assert resolve_ref(store, "latest").run_id == "r2"
-    assert resolve_ref(store, "tag:nightly-1").run_id == "r1"
-    assert resolve_ref(store, "good").run_id == "r1"
-    assert resolve_ref(store, "r3").run_id == "r3"  # an explicit id is taken as given
+    assert load_run("latest", store).run_id == "r2"
+    assert load_run("tag:nightly-1", store).run_id == "r1"
+    assert load_run("good", store).run_id == "r1"
+    assert load_run("r3", store).run_id == "r3"  # an explicit id is taken as given
     with pytest.raises(EvalsuiteError, match="no baseline set"):
-        resolve_ref(store, "baseline")
+        load_run("baseline", store)
     with pytest.raises(EvalsuiteError, match="known tags: nightly-1, nightly-2"):
-        resolve_ref(store, "tag:nope")
+        load_run("tag:nope", store)
     set_baseline(store, "tag:nightly-1")
     assert read_baseline(store.root)["run_id"] == "r1"
-    assert resolve_ref(store, "baseline").run_id == "r1"
+    assert load_run("baseline", store).run_id == "r1"
     assert not list(store.root.glob(".baseline-*"))  # written atomically, no temp left
 
 

@@ -34,7 +34,7 @@ from evalsuite.store.parquet_store import ResultsStore
 from evalsuite.store.status import RunStatus, TaskStatus
 
 __all__ = ["RunComparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
-           "resolve_ref", "set_baseline"]
+           "set_baseline"]
 
 DEFAULT_MAX_DROP = 1.0
 DEFAULT_ALPHA = 0.05
@@ -150,11 +150,6 @@ class RunComparison:
 
 
 # -- resolving refs ------------------------------------------------------------------------
-def resolve_ref(store: ResultsStore | str | os.PathLike, ref: str) -> RunRef:
-    """The run (and model) a ref names, as a plain record for reports and JSON."""
-    return _ref(load_run(ref, store), ref)
-
-
 def _ref(view: RunView, ref: str) -> RunRef:
     rec = view.record
     return RunRef(ref, view.run_id, view.model, str(rec.started_at) if rec.started_at else None, rec.tag,

@@ -125,9 +125,6 @@ class LoadedTask:
     def n_docs(self) -> int:
         return sum(len(u.docs) for u in self.units)
 
-    def n_docs_limited(self, limit: int | None) -> int:
-        return sum(len(u.docs) if limit is None else min(limit, len(u.docs)) for u in self.units)
-
     def _build_units(self, eval_data: SplitData, shot_data: SplitData | None) -> list[TaskUnit]:
         spec = self.spec
         if spec.group_by is None:
