@@ -178,4 +178,7 @@ def _say(message: str) -> None:
     print(f"evalsuite: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["assign_model_keys", "Settings", "RunStart", "start_run"]
+#: The checks of an existing run id, without claiming it (the dry run: :mod:`evalsuite.run.preparation`).
+check_existing = _check_existing
+
+__all__ = ["assign_model_keys", "Settings", "RunStart", "start_run", "check_existing"]

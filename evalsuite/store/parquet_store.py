@@ -57,8 +57,22 @@ class ResultsStore:
         return self.root / table
 
     # -- writing -----------------------------------------------------------------
-    def check_writable(self) -> None:
-        """Fail before any work when results could not be saved (read-only folder, a file in the way)."""
+    def check_writable(self, *, create: bool = True) -> None:
+        """Fail before any work when results could not be saved: a read-only folder, a file in the
+        way, or a folder inside the store (a table, ``claims``, ``nightly``...) that is a link or
+        not writable, so that nothing is ever written through a link outside the store and a
+        read-only ``scores/`` is found before a task is evaluated, not after. ``create=False``
+        (the dry run) creates nothing: the nearest existing folder must be writable."""
+        self.check_no_links()
+        if not create:
+            existing = self.root
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                why = "not a folder" if existing.exists() and not existing.is_dir() else "not writable"
+                raise StoreError(f"cannot write results to {self.root} ({existing} is {why}); pass --results-dir "
+                                 f"with a writable folder")
+            return
         probe = self.root / f".probe-{uuid.uuid4().hex}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +83,19 @@ class ResultsStore:
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink(missing_ok=True)
+
+    def check_no_links(self) -> None:
+        """Every folder inside the store a real, writable folder (see :meth:`check_writable`)."""
+        if not self.root.is_dir():
+            return
+        for child in sorted(self.root.iterdir()):
+            if child.is_symlink():
+                raise StoreError(f"{child} is a link (to {os.path.realpath(child)}); evalsuite writes only into "
+                                 f"real folders inside the results store: replace the link with a folder, or pass "
+                                 f"another --results-dir")
+            if child.is_dir() and not child.name.startswith(".") and not os.access(child, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot write results to {child} (not writable); fix its permissions "
+                                 f"(chmod u+w {child}) or pass another --results-dir")
 
     def write_run(self, record: Any, part: str = "") -> Path:
         """The run row; a shard (``part``) gets its own file so concurrent shards never collide."""
@@ -117,6 +144,24 @@ class ResultsStore:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise StoreError(f"disk full while writing {target}; free space and rerun the same command") from None
+            raise StoreError(f"could not write {target} ({exc.strerror or exc}); check the folder's permissions "
+                             f"or pass --results-dir") from None
+        return target
+
+    def write_text(self, folder: str, name: str, text: str) -> Path:
+        """A text file the store keeps beside its tables (nightly's comparisons): ``<folder>/<name>``,
+        written atomically, only inside the store and never through a link."""
+        if not (_STEM.fullmatch(folder) and _STEM.fullmatch(name)):
+            raise StoreError(f"refusing to write {ascii(folder)[:40]}/{ascii(name)[:80]}: store file names are "
+                             f"derived names ({names.CHARSET})")
+        target = self.table_dir(folder) / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.check_no_links()
+            self.inside(target)
+            with atomic_path(target, fsync=True) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        except OSError as exc:
             raise StoreError(f"could not write {target} ({exc.strerror or exc}); check the folder's permissions "
                              f"or pass --results-dir") from None
         return target

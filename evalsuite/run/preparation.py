@@ -1,0 +1,212 @@
+"""One preparation path: everything a run checks and opens before it evaluates anything.
+
+``evaluate`` (the run), ``plan_cost`` (the dry run), the contamination check and nightly (through
+``evaluate``) all start here, so they refuse the same input with the same one line and exit 2
+for the same reasons: a dry run exits as the run would. :func:`prepare` does, in this order,
+the cheap checks first:
+
+1. the config (:meth:`~evalsuite.config.RunConfig.validate`): names, numbers, flags;
+2. every model resolved (:func:`resolve_models`): GGUF files, registry models' memory and
+   parallel sizes, the device, Hub models reachable and pinned, remote code consented to, the
+   per-model checks of :data:`MODEL_CHECKS` (access);
+3. the data folder, the results store (writable, no table folder a link, each model's key);
+4. the request cache usable;
+5. the tasks' data loaded, keeping *missing* (no data) apart from *failed* (broken data);
+6. every model materialized and opened (:func:`evalsuite.models.preflight.open_model`: config,
+   tokenizer, weight headers), so a broken folder is one line naming the file, before any run row;
+7. for a dry run, the run id checked as the run would claim it (finished, sharded, other settings).
+
+Nothing here writes to the store, except that the run's store folder is created when a run
+(not a dry run) starts.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalsuite.config import RunConfig, check_device
+from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError
+from evalsuite.models.gguf import check_gguf
+from evalsuite.models.identity import ModelSource
+from evalsuite.models.loading import resolve_dtype
+from evalsuite.models.memory import check_fits, param_count
+from evalsuite.models.registry import ModelSpec, resolve_model
+from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.tasks import LoadedTask, load_spec
+
+#: Checks run on every resolved model before anything is materialized or evaluated, each
+#: ``check(spec, config)`` raising a one-line EvalsuiteError. HOOK (merge point): the access
+#: check of ``evalsuite.models.access`` (branch ``gpu``: gated or private Hub models) is
+#: appended here, e.g. ``MODEL_CHECKS.append(lambda spec, config: check_access(spec))``.
+MODEL_CHECKS: list[Callable[[ModelSpec, RunConfig], None]] = []
+
+
+@dataclass
+class PreparedModel:
+    """One model, resolved, keyed in the store, materialized and opened."""
+
+    spec: ModelSpec
+    source: ModelSource
+    opened: Any  # evalsuite.models.preflight.OpenedModel: config, tokenizer, context length
+
+
+@dataclass
+class Prepared:
+    """Everything :func:`prepare` checked and opened: what a run, a dry run or a check starts from."""
+
+    config: RunConfig  # validated
+    models: list[PreparedModel]
+    loaded: dict[str, LoadedTask]
+    unavailable: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (missing | failed, why)
+    store: ResultsStore | None = None
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        return [m.spec for m in self.models]
+
+    @property
+    def sources(self) -> dict[str, ModelSource]:
+        return {m.spec.alias: m.source for m in self.models}
+
+
+def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
+    """Check and open everything a run needs (see the module docstring); nothing is evaluated.
+
+    ``dry_run``: the same checks, but the results folder is not created and the run id is
+    checked without being claimed (the run claims it in ``evaluate``)."""
+    config = config.validate(gpu=False)
+    specs = resolve_models(config)
+    from evalsuite.tasks.data import resolve_data_dir
+
+    root = resolve_data_dir(config.data_dir)
+    store = ResultsStore(config.results_dir)
+    store.check_writable(create=not dry_run)
+    from evalsuite.store.claims import assign_model_keys
+
+    specs = assign_model_keys(store, specs)
+    if config.use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
+        from evalsuite.run.request_cache import check_usable
+
+        check_usable()
+    loaded, unavailable = load_task_data(list(config.tasks), root)
+    models = open_models(specs, config)
+    prepared = Prepared(config, models, loaded, unavailable, store)
+    if dry_run:
+        check_run_id(prepared)
+    return prepared
+
+
+def resolve_models(config: RunConfig, names: list[str] | None = None) -> list[ModelSpec]:
+    """``names`` (default: the config's models) resolved and checked without weights: what needs
+    no network or GPU first (GGUF files, registry models' memory and parallel sizes), then the
+    device, then Hub models (reachable or cached, revision pinned, remote code) and
+    :data:`MODEL_CHECKS`. ``config`` is validated."""
+    backend, device, dtype = config.backend, config.device, config.dtype
+    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in (names or config.models)]
+
+    def check_parallel(spec: ModelSpec) -> None:
+        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
+
+    for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
+        if spec.kind == "gguf":
+            check_gguf(Path(spec.source))
+        if spec.params:
+            if backend != "vllm":
+                check_fits(spec, default_dtype(spec, device, dtype), device)
+            check_parallel(spec)
+    check_device(device)
+    for spec in specs:
+        if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
+            from evalsuite.models.hub import resolve_snapshot
+            from evalsuite.models.registry import check_remote_code
+
+            check_remote_code(resolve_snapshot(spec.source, spec.revision)[1], spec.trust_remote_code, spec.source)
+        if not spec.params:
+            check_parallel(spec)
+        for check in MODEL_CHECKS:
+            check(spec, config)
+    return specs
+
+
+def load_task_data(task_names: list[str], root: Any) -> tuple[dict[str, LoadedTask], dict[str, tuple[str, str]]]:
+    """The tasks whose data loads, and for the others ``(missing | failed, why)``; none at all is
+    bad input (there would be nothing to evaluate)."""
+    loaded: dict[str, LoadedTask] = {}
+    unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
+    for name in task_names:
+        try:
+            loaded[name] = LoadedTask(load_spec(name), root)
+        except MissingDataError as exc:
+            unavailable[name] = ("missing", str(exc))
+        except DataFormatError as exc:
+            unavailable[name] = ("failed", str(exc))
+    if not loaded:
+        raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
+    return loaded, unavailable
+
+
+def open_models(specs: list[ModelSpec], config: RunConfig) -> list[PreparedModel]:
+    """Each model materialized (converted, built or pinned), checked against memory by its real
+    parameter count, and opened (:func:`~evalsuite.models.preflight.open_model`)."""
+    from evalsuite.models.preflight import open_model
+    from evalsuite.models.source import materialize
+
+    out = []
+    for spec in specs:
+        source = materialize(spec, config.verify_weights)
+        if not spec.params:  # registry models were checked in resolve_models
+            check_fits(spec, default_dtype(spec, config.device, config.dtype), config.device,
+                       params=param_count(source))
+        out.append(PreparedModel(spec, source, open_model(source)))
+    return out
+
+
+def check_run_id(prepared: Prepared) -> None:
+    """What claiming the run id would refuse, checked without claiming (the dry run): an
+    existing run id without ``--resume``, a finished run, another configuration or shard count."""
+    from evalsuite.store.claims import check_existing
+
+    config = prepared.config
+    if config.run_id is None or prepared.store is None:
+        return
+    check_existing(prepared.store, config.run_id, config.resume, config.shard, prepared.specs,
+                   run_settings(config, list(prepared.loaded)))
+
+
+def run_settings(config: RunConfig, loaded: list[str]) -> Callable[[ModelSpec], Any]:
+    """Per model, the settings a resume compares (:class:`evalsuite.store.claims.Settings`)."""
+    from evalsuite.store.claims import Settings
+
+    def wanted(spec: ModelSpec) -> Settings:
+        return Settings(tuple(loaded), config.limit, config.backend,
+                        default_dtype(spec, config.device, config.dtype), config.generation, config.tag)
+
+    return wanted
+
+
+def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
+    """The requested dtype, else on GPU the registry's (aliases) or the config's (other models),
+    float32 on CPU (:func:`evalsuite.models.loading.resolve_dtype`)."""
+    return resolve_dtype(spec, device, dtype)[0]
+
+
+def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
+                 data_parallel: int) -> tuple[int, int]:
+    """(tensor, data) parallel sizes: vLLM's from the registry and the GPUs; 1 elsewhere."""
+    if backend == "vllm":
+        from evalsuite.backends.vllm import plan_parallel
+
+        return plan_parallel(spec, dtype, tensor_parallel, data_parallel)
+    if (tensor_parallel or 1) > 1 or data_parallel > 1:
+        raise EvalsuiteError(
+            "--tensor-parallel and --data-parallel need --backend vllm; other backends spread a large model "
+            "over all visible GPUs (--device cuda), and --shard I/N splits the documents across machines"
+        )
+    return 1, 1
+
+
+__all__ = ["MODEL_CHECKS", "Prepared", "PreparedModel", "prepare", "resolve_models", "load_task_data",
+           "open_models", "check_run_id", "run_settings", "default_dtype"]
