@@ -50,13 +50,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def write_outputs(result: object, markdown: Path | None, json_path: Path | None) -> None:
-    from evalsuite.errors import EvalsuiteError
+    """``--markdown``/``--json``: never over a file evalsuite did not write, never into a store."""
+    from evalsuite.fsutil import write_output
 
-    for path, text in ((markdown, getattr(result, "markdown")), (json_path, getattr(result, "to_json"))):
-        if path is None:
-            continue
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text())
-        except OSError as exc:
-            raise EvalsuiteError(f"could not write {path} ({exc.strerror}); choose another path") from None
+    for flag, path, text in (("--markdown", markdown, getattr(result, "markdown")),
+                             ("--json", json_path, getattr(result, "to_json"))):
+        if path is not None:
+            write_output(path, text(), flag)

@@ -20,13 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from evalsuite.analysis.leaderboard import format_table
-    from evalsuite.store.run_views import latest_runs, run_views
+    from evalsuite.store.run_views import latest_runs, run_views, unreadable_note
 
     views = run_views(args.results_dir, args.run) if args.run else latest_runs(args.results_dir)
     if not views:
         from evalsuite.errors import EvalsuiteError
 
-        raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
+        raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first"
+                             f"{unreadable_note(args.results_dir)}")
     problems = [f"{v.model} {task}: {score.status}: {score.error}" for v in views
                 for task, score in v.task_scores().items() if score.status not in ("ok",) and score.error]
     from evalsuite.run.audit import summary_lines

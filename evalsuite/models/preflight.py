@@ -25,6 +25,10 @@ from evalsuite.models.identity import ModelSource
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
                 "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
+#: Files one of which a model folder's tokenizer is loaded from.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model",
+                   "vocab.txt")
+
 
 @dataclass
 class OpenedModel:
@@ -42,6 +46,9 @@ def open_model(source: ModelSource) -> OpenedModel:
     if folder is not None:
         _check_config_json(folder)
         check_weight_files(folder)
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise UnknownModelError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy "
+                                    f"them from the model's original files (save the tokenizer with the model)")
     config, tokenizer = _load_config_and_tokenizer(source, folder)
     from evalsuite.backends.engine.tokenize import resolve_max_length
 

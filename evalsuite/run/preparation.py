@@ -9,20 +9,21 @@ the cheap checks first:
 2. every model resolved (:func:`resolve_models`): GGUF files, registry models' memory and
    parallel sizes, the device, Hub models reachable and pinned, remote code consented to, the
    per-model checks of :data:`MODEL_CHECKS` (access);
-3. the data folder, the results store (writable, no table folder a link, each model's key);
+3. the data folder, the results store (writable, no folder inside it a link or read-only);
 4. the request cache usable;
 5. the tasks' data loaded, keeping *missing* (no data) apart from *failed* (broken data);
 6. every model materialized and opened (:func:`evalsuite.models.preflight.open_model`: config,
    tokenizer, weight headers), so a broken folder is one line naming the file, before any run row;
-7. for a dry run, the run id checked as the run would claim it (finished, sharded, other settings).
+7. each model's key in the store (claimed atomically for a run, read for a dry run), and for a
+   dry run the run id checked as the run would claim it (finished, sharded, other settings).
 
-Nothing here writes to the store, except that the run's store folder is created when a run
-(not a dry run) starts.
+Nothing is written to the store before step 7, which a run passes only when every check did:
+a refused run leaves the store as it was; a dry run writes nothing at all.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +83,19 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
 
     root = resolve_data_dir(config.data_dir)
     store = ResultsStore(config.results_dir)
-    store.check_writable(create=not dry_run)
-    from evalsuite.store.claims import assign_model_keys
-
-    specs = assign_model_keys(store, specs)
+    store.check_writable(create=False)  # creates nothing yet: a refused run leaves no trace
     if config.use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
         from evalsuite.run.request_cache import check_usable
 
         check_usable()
     loaded, unavailable = load_task_data(list(config.tasks), root)
     models = open_models(specs, config)
+    if not dry_run:
+        store.check_writable()  # really written to (a probe), just before the run claims its id
+    from evalsuite.store.claims import assign_model_keys
+
+    keyed = assign_model_keys(store, [m.spec for m in models], claim=not dry_run)
+    models = [PreparedModel(spec, replace(m.source, spec=spec), m.opened) for m, spec in zip(models, keyed)]
     prepared = Prepared(config, models, loaded, unavailable, store)
     if dry_run:
         check_run_id(prepared)
@@ -157,10 +161,11 @@ def open_models(specs: list[ModelSpec], config: RunConfig) -> list[PreparedModel
     out = []
     for spec in specs:
         source = materialize(spec, config.verify_weights)
+        opened = open_model(source)  # first: param_count reads the config it checks
         if not spec.params:  # registry models were checked in resolve_models
             check_fits(spec, default_dtype(spec, config.device, config.dtype), config.device,
                        params=param_count(source))
-        out.append(PreparedModel(spec, source, open_model(source)))
+        out.append(PreparedModel(spec, source, opened))
     return out
 
 

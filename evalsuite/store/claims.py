@@ -35,8 +35,13 @@ _NAMED_BY_PATH = ("local", "gguf")
 
 
 # -- model keys ------------------------------------------------------------------------------
-def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec]) -> list[ModelSpec]:
-    """``specs`` with ``alias`` set to each model's unique key (see the module docstring)."""
+def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec], *, claim: bool = True) -> list[ModelSpec]:
+    """``specs`` with ``alias`` set to each model's unique key (see the module docstring).
+
+    A folder's or GGUF file's key is claimed in the store atomically
+    (:meth:`~evalsuite.store.parquet_store.ResultsStore.claim_model_key`), so two processes
+    starting at once with two same-named folders cannot both take one key; ``claim=False`` (the
+    dry run) reads the claims without adding one."""
     from evalsuite.store.run_views import stored_runs
 
     owners: dict[str, set[tuple[str | None, str | None]]] = {}
@@ -51,7 +56,7 @@ def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec]) -> list[M
         if spec.kind in _NAMED_BY_PATH:
             key = key if key.isprintable() else names.file_part(key)
             others = owners.get(key, set()) - {(spec.kind, spec.source)}
-            if key in used or key in REGISTRY or others:
+            if key in used or key in REGISTRY or others or not store.claim_model_key(key, spec.source, claim=claim):
                 key = f"{key}-{names.short_hash(spec.source)}"
         used[key] = spec.source
         keyed.append(replace(spec, alias=key))

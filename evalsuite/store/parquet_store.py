@@ -267,6 +267,26 @@ class ResultsStore:
                              f"permissions or pass --results-dir") from None
         raise EvalsuiteError(f"{what}: its claim file {path} keeps changing; retry, or choose another --run-id")
 
+    def claim_model_key(self, key: str, source: str, *, claim: bool = True) -> bool:
+        """Whether ``key`` is (now) ``source``'s in this store: claimed atomically the first time
+        (``claims/model-keys/<key>.json``, created exclusively: of two processes starting at once
+        exactly one gets it), kept for good; ``claim=False`` only reads."""
+        path = self.inside(self.root / CLAIMS / "model-keys" / f"{names.file_part(key)}.json")
+        for _ in range(2):
+            held = _read_claim(path)
+            if held is not None:
+                return held.get("source") == source
+            if not claim:
+                return True
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if _create_exclusive(path, {"key": key, "source": source}):
+                    return True
+            except OSError as exc:
+                raise StoreError(f"cannot claim model key '{key}' in {self.root} ({exc.strerror or exc}); check the "
+                                 f"folder's permissions or pass --results-dir") from None
+        return False
+
     @staticmethod
     def release_claim(path: Path) -> None:
         """Remove this process's claim (never another's: a taken-over claim is left alone)."""
