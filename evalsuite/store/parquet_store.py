@@ -36,6 +36,8 @@ DEFAULT_RESULTS_DIR = "results"
 SHARD_PART = re.compile(r"__(?P<part>shard(?P<index>\d+)of(?P<count>\d+))$")
 #: Folder of run-id claims (see :meth:`ResultsStore.claim_run`); no table reads it.
 CLAIMS = "claims"
+#: The folders a store writes into (its tables, claims, nightly's comparisons).
+STORE_FOLDERS = ("runs", "scores", "samples", CLAIMS, "nightly", "contamination")
 #: A file stem the store writes: derived names only, never a path.
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -93,6 +95,9 @@ class ResultsStore:
                 raise StoreError(f"{child} is a link (to {os.path.realpath(child)}); evalsuite writes only into "
                                  f"real folders inside the results store: replace the link with a folder, or pass "
                                  f"another --results-dir")
+            if child.name in STORE_FOLDERS and not child.is_dir():
+                raise StoreError(f"{child} is a file where the store keeps a folder; move it away, or pass another "
+                                 f"--results-dir")
             if child.is_dir() and not child.name.startswith(".") and not os.access(child, os.W_OK | os.X_OK):
                 raise StoreError(f"cannot write results to {child} (not writable); fix its permissions "
                                  f"(chmod u+w {child}) or pass another --results-dir")

@@ -241,7 +241,7 @@ def load_run(ref: str, results_dir: str | os.PathLike | ResultsStore = DEFAULT_R
     store = _store(results_dir)
     index = _Index(store)
     if not index:
-        raise EvalsuiteError(f"no runs in {store.root}/ yet; run `evalsuite run` first")
+        raise EvalsuiteError(f"no runs in {store.root}/ yet; run `evalsuite run` first{unreadable_note(store)}")
     key = _resolve(store, index, ref.strip())
     return _view(store, index, key, store.read("scores", run_id=key[0], model=key[1]))
 
@@ -338,7 +338,8 @@ def select_runs(results_dir: str | os.PathLike | ResultsStore = DEFAULT_RESULTS_
     store = _store(results_dir)
     where = f"{store.root}/"
     if not _Index(store):
-        raise EvalsuiteError(f"no results in {where} yet; run `evalsuite run` first (or pass --results-dir)")
+        raise EvalsuiteError(f"no results in {where} yet; run `evalsuite run` first (or pass --results-dir)"
+                             f"{unreadable_note(store)}")
     if runs:
         views: list[RunView] = []
         for ref in runs:
