@@ -299,18 +299,8 @@ def test_dry_run_exits_as_the_run_would(tmp_path, data_dir, tiny_llama_dir):
 
 
 # == issue 24: broken model folders, model lists, the dry run as the run ===========================
-def in_process(capsys, *args) -> tuple[int, str, str]:
-    """The CLI in this process (fast: the tiny model's files are already in the OS cache)."""
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def only_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
-    return lines[0]
+from test_hostile_store import cli as in_process  # noqa: E402 - the CLI in this process (fast)
+from test_hostile_store import one_line_error as only_error_line  # noqa: E402
 
 
 def _truncate_weights(folder: Path) -> str:

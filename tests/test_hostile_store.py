@@ -122,8 +122,7 @@ def test_a_model_folder_with_a_hostile_name_is_stored_as_data(tiny_llama_dir, da
     """A folder name that is not a valid name (``__``, spaces, a leading dash) is the model key as
     data; its files get a derived name inside the store."""
     folder = tmp_path / "models" / "-we__ird name"
-    folder.parent.mkdir()
-    folder.symlink_to(tiny_llama_dir, target_is_directory=True)
+    shutil.copytree(tiny_llama_dir, folder)  # a copy: a link would be keyed by the folder it resolves to
     results = tmp_path / "results"
     code, out, err = cli(capsys, *run_args(folder, data_dir, results, "--run-id", "odd"))
     assert code == 0, err
@@ -481,6 +480,21 @@ def test_export_out_writes_nothing_when_one_file_is_foreign(finished, tmp_path, 
     assert cli(capsys, "export", "R", "--results-dir", finished, "--out", fresh, "--allow-limited")[0] == 0
     code, _, err = cli(capsys, "export", "R", "--results-dir", finished, "--out", fresh, "--allow-limited")
     assert code == 0 and err.count("replacing") == 3
+
+
+def test_table_out_never_overwrites_the_store_or_a_foreign_file(finished, tmp_path, capsys):
+    foreign = tmp_path / "table.csv"
+    foreign.write_text("mine")
+    before, store_before = tree(tmp_path), tree(finished)
+    for out in (foreign, finished / "table.csv", ResultsStore(finished).files("scores")[0]):
+        code, _, err = cli(capsys, "table", "--format", "csv", "--results-dir", finished, "--out", out)
+        assert code == 2 and str(out) in one_line_error(err)
+    assert tree(tmp_path) == before and tree(finished) == store_before
+    out = tmp_path / "t.md"
+    assert cli(capsys, "table", "--results-dir", finished, "--out", out)[0] == 0
+    assert "| Model" in out.read_text() or "Model" in out.read_text()
+    code, _, err = cli(capsys, "table", "--results-dir", finished, "--out", out)
+    assert code == 0 and "replacing" in err
 
 
 def test_prompts_out_never_overwrites_its_own_data_or_the_store(data_dir, finished, tmp_path, capsys):

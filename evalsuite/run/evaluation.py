@@ -169,6 +169,13 @@ def evaluate(
     loaded, unavailable = prepared.loaded, prepared.unavailable
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
+    try:
+        from evalsuite.run.preparation import claim_keys
+
+        claim_keys(prepared)  # the models' keys, atomically, now that the run id is this process's
+    except BaseException:
+        store.release_claim(start.claim)
+        raise
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 

@@ -14,11 +14,11 @@ the cheap checks first:
 5. the tasks' data loaded, keeping *missing* (no data) apart from *failed* (broken data);
 6. every model materialized and opened (:func:`evalsuite.models.preflight.open_model`: config,
    tokenizer, weight headers), so a broken folder is one line naming the file, before any run row;
-7. each model's key in the store (claimed atomically for a run, read for a dry run), and for a
-   dry run the run id checked as the run would claim it (finished, sharded, other settings).
+7. each model's key in the store, and for a dry run the run id checked as the run would claim
+   it (finished, sharded, other settings).
 
-Nothing is written to the store before step 7, which a run passes only when every check did:
-a refused run leaves the store as it was; a dry run writes nothing at all.
+Nothing is written to the store here: a refused run leaves it as it was; a dry run writes
+nothing at all. The run then claims its run id and its models' keys (:func:`claim_keys`).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
         store.check_writable()  # really written to (a probe), just before the run claims its id
     from evalsuite.store.claims import assign_model_keys
 
-    keyed = assign_model_keys(store, [m.spec for m in models], claim=not dry_run)
+    keyed = assign_model_keys(store, [m.spec for m in models], claim=False)  # claimed by the run (claim_keys)
     models = [PreparedModel(spec, replace(m.source, spec=spec), m.opened) for m, spec in zip(models, keyed)]
     prepared = Prepared(config, models, loaded, unavailable, store)
     if dry_run:
@@ -169,6 +169,23 @@ def open_models(specs: list[ModelSpec], config: RunConfig) -> list[PreparedModel
     return out
 
 
+def claim_keys(prepared: Prepared) -> None:
+    """Claim each folder's or GGUF file's key for its source, atomically (the run, once its run
+    id is claimed): a same-named folder of another run that started at the same moment and took
+    the key first makes this run stop before evaluating, with the command to rerun (which then
+    gives this folder its own ``NAME-<hash>`` key)."""
+    from evalsuite.store.claims import _NAMED_BY_PATH
+
+    store = prepared.store
+    assert store is not None
+    for spec in prepared.specs:
+        if spec.kind in _NAMED_BY_PATH:
+            if not store.claim_model_key(spec.alias, spec.source):
+                raise EvalsuiteError(f"model key '{spec.alias}' was just taken by another run of a same-named model "
+                                     f"({spec.source} is another one); rerun the same command: this model then gets "
+                                     f"its own key")
+
+
 def check_run_id(prepared: Prepared) -> None:
     """What claiming the run id would refuse, checked without claiming (the dry run): an
     existing run id without ``--resume``, a finished run, another configuration or shard count."""
@@ -214,4 +231,4 @@ def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int
 
 
 __all__ = ["MODEL_CHECKS", "Prepared", "PreparedModel", "prepare", "resolve_models", "load_task_data",
-           "open_models", "check_run_id", "run_settings", "default_dtype"]
+           "open_models", "claim_keys", "check_run_id", "run_settings", "default_dtype"]

@@ -38,10 +38,12 @@ _NAMED_BY_PATH = ("local", "gguf")
 def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec], *, claim: bool = True) -> list[ModelSpec]:
     """``specs`` with ``alias`` set to each model's unique key (see the module docstring).
 
-    A folder's or GGUF file's key is claimed in the store atomically
-    (:meth:`~evalsuite.store.parquet_store.ResultsStore.claim_model_key`), so two processes
-    starting at once with two same-named folders cannot both take one key; ``claim=False`` (the
-    dry run) reads the claims without adding one."""
+    A folder's or GGUF file's key held by another source's key claim
+    (:meth:`~evalsuite.store.parquet_store.ResultsStore.claim_model_key`) counts as taken, so two
+    processes starting at once with two same-named folders cannot both take one key. With
+    ``claim=False`` (what :func:`evalsuite.run.preparation.prepare` passes) the claims are only
+    read; the run claims its keys once its run id is claimed
+    (:func:`evalsuite.run.preparation.claim_keys`)."""
     from evalsuite.store.run_views import stored_runs
 
     owners: dict[str, set[tuple[str | None, str | None]]] = {}

@@ -66,14 +66,21 @@ class ResultsStore:
         read-only ``scores/`` is found before a task is evaluated, not after. ``create=False``
         (the dry run) creates nothing: the nearest existing folder must be writable."""
         self.check_no_links()
-        if not create:
+        if not create:  # a probe in the nearest existing folder, removed at once: nothing is left
             existing = self.root
             while not existing.exists() and existing != existing.parent:
                 existing = existing.parent
-            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-                why = "not a folder" if existing.exists() and not existing.is_dir() else "not writable"
-                raise StoreError(f"cannot write results to {self.root} ({existing} is {why}); pass --results-dir "
-                                 f"with a writable folder")
+            probe = existing / f".evalsuite-probe-{uuid.uuid4().hex}"
+            try:
+                if not existing.is_dir():
+                    raise NotADirectoryError(f"{existing} is not a folder")
+                probe.write_bytes(b"")
+            except OSError as exc:
+                raise StoreError(f"cannot write results to {self.root} ({exc.strerror or exc}); pass --results-dir "
+                                 f"with a writable folder") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.unlink(missing_ok=True)
             return
         probe = self.root / f".probe-{uuid.uuid4().hex}"
         try:
