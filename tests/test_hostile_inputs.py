@@ -480,3 +480,20 @@ def test_the_dry_run_exits_as_the_run_would_for_every_first_check(tmp_path, data
             path.unlink()
         else:
             path.write_bytes(saved)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--log-to", "nowhere:x"], "--log-to"),
+    (["--log-to", "tensorboard:tb", "--shard", "0/2", "--run-id", "s"], "--log-to"),
+    (["--ray", "local"], "--ray and --shards"),
+    (["--shard", "0/2", "--ray", "local", "--shards", "2", "--run-id", "s"], "--shard"),
+])
+def test_command_line_checks_refuse_the_dry_run_as_the_run(args, words, tiny_llama_dir, data_dir, tmp_path, capsys):
+    """Hostile, next: flags only the run used to check (--log-to, --ray/--shards) are checked for the dry run too."""
+    results = tmp_path / "results"
+    base = ["run", "--models", tiny_llama_dir, "--tasks", "winogrande", "--limit", "1", "--data-dir", data_dir,
+            "--results-dir", results, "--no-progress", *args]
+    for dry in ([], ["--dry-run", "--no-measure"]):
+        code, _, err = in_process(capsys, *base, *dry)
+        assert code == 2 and words in only_error_line(err), (dry, err)
+    assert not results.exists()

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evalsuite.errors import EvalsuiteError
+from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError
 from evalsuite.analysis.paired_stats import bootstrap_means
 
 if TYPE_CHECKING:
@@ -175,9 +175,14 @@ def load_documents(tasks: Sequence[str] | str | None, data_dir: str | Path | Non
     from evalsuite.tasks import LoadedTask, expand_tasks, load_spec
 
     root = resolve_data_dir(data_dir)
+    return documents_of([LoadedTask(load_spec(name), root) for name in expand_tasks(tasks)], limit)
+
+
+def documents_of(tasks: Sequence[Any], limit: int | None = None) -> list[Document]:
+    """The documents of loaded tasks in v1 evaluation order (``limit``: the same prefix a run uses)."""
     docs: list[Document] = []
-    for name in expand_tasks(tasks):
-        task = LoadedTask(load_spec(name), root)
+    for task in tasks:
+        name = task.spec.name
         for unit in task.units:
             order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
             for position, local in enumerate(order):
@@ -381,14 +386,20 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     check_threshold(default_rule(reference is not None, neighbours, threshold))
     # the run's preparation (evalsuite.run.preparation): every model resolved, sized and opened
     # before the reference's pass (hours on a full split) rather than when a model's turn comes
-    from evalsuite.run.preparation import open_models, resolve_models
+    from evalsuite.run.preparation import load_task_data, open_models, resolve_models
     from evalsuite.store.parquet_store import ResultsStore
+    from evalsuite.tasks.data import resolve_data_dir
 
-    ResultsStore(results_dir).check_writable()
     every = [*names, *([reference] if reference is not None else [])]
-    sources = {name: model.source for name, model in zip(every, open_models(resolve_models(config, every), config))}
+    specs = resolve_models(config, every)
+    ResultsStore(results_dir).check_writable(create=False)
+    loaded, unavailable = load_task_data(list(config.tasks), resolve_data_dir(config.data_dir))
+    if unavailable:  # a check covers every task asked for: a task without (good) data is refused
+        status, why = next(iter(unavailable.values()))
+        raise (MissingDataError if status == "missing" else DataFormatError)(why)
+    sources = {name: model.source for name, model in zip(every, open_models(specs, config))}
     rule = default_rule(reference is not None, neighbours, threshold)
-    docs = load_documents(list(config.tasks), config.data_dir, config.limit)
+    docs = documents_of(list(loaded.values()), config.limit)
     check_id = new_check_id()
     created = datetime.now(timezone.utc)
     ref_scores: list[DocumentScore] | None = None
