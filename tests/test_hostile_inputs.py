@@ -432,15 +432,20 @@ def test_a_bad_count_names_its_own_flag(flag, capsys):
 
 # -- 24.6: the dry run exits as the run would, for every input check of the run ------------------
 def _broken_fewshot(tmp_path: Path, data_dir: Path) -> Path:
-    """Winogrande whose first training row (a few-shot example) lacks its answer field."""
+    """ARC whose few-shot row of the first evaluated document lacks its answer key, and Winogrande."""
     root = tmp_path / "data"
+    folder = root / ARC
+    folder.mkdir(parents=True)
+    shutil.copy(data_dir / ARC / "test.jsonl", folder / "test.jsonl")
+    test_rows = (data_dir / ARC / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    train = (data_dir / ARC / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    schedule = v1_schedule(len(test_rows), len(train), 25)
+    shot = schedule.shots[schedule.order[0]][3]
+    row = json.loads(train[shot])
+    row.pop("answerKey")
+    train[shot] = json.dumps(row)
+    (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
     shutil.copytree(data_dir / WINOGRANDE, root / WINOGRANDE)
-    train = next(p for p in sorted((root / WINOGRANDE).rglob("*.jsonl")) if "train" in p.name)
-    rows = train.read_text().splitlines()
-    first = json.loads(rows[0])
-    first.pop("answer", None)
-    first.pop("option1", None)
-    train.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
     return root
 
 
@@ -455,7 +460,6 @@ def test_the_dry_run_exits_as_the_run_would_for_every_first_check(tmp_path, data
 
     # a broken few-shot row: the task fails, the others run (1 and 1)
     broken = _broken_fewshot(tmp_path, data_dir)
-    shutil.copytree(data_dir / ARC, broken / ARC)
     assert both("--tasks", "winogrande,arc", "--data-dir", str(broken), results=tmp_path / "r1") == (1, 1)
     # a finished run id: both refuse it (2 and 2), the store untouched by either
     results = tmp_path / "r2"
