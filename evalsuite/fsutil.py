@@ -102,9 +102,10 @@ def replace_dir(target: str | os.PathLike, fill: Callable[[Path], None]) -> None
 OUTPUTS_RECORD = ".evalsuite-outputs.json"
 #: Inside a folder evalsuite wrote whole (``dus --out``): ``{file name: size}`` of what it wrote.
 FOLDER_MARKER = ".evalsuite-output.json"
-#: A folder holding one of these is a results store (``runs/``: run rows; ``claims/``: run-id
-#: claims): only the store's own writers write inside it.
-STORE_MARKERS = ("runs", "claims")
+#: A folder holding one of these is a results store (run rows; the run-id claims' lock; model
+#: key claims): only the store's own writers write inside it. Not a bare ``runs/`` folder:
+#: TensorBoard's default log folder has that name too.
+STORE_MARKERS = ("runs/*.parquet", "claims/.lock", "claims/model-keys")
 
 
 def enclosing_store(path: str | os.PathLike) -> Path | None:
@@ -113,8 +114,9 @@ def enclosing_store(path: str | os.PathLike) -> Path | None:
     with contextlib.suppress(OSError):
         resolved = resolved.resolve()
     for folder in [resolved, *resolved.parents]:
-        if any((folder / marker).is_dir() for marker in STORE_MARKERS):
-            return folder
+        with contextlib.suppress(OSError):
+            if any(next(iter(folder.glob(marker)), None) is not None for marker in STORE_MARKERS):
+                return folder
     return None
 
 

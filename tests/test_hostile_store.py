@@ -566,3 +566,12 @@ def test_the_stores_only_run_unreadable_is_named(tiny_llama_dir, data_dir, tmp_p
         assert code == 2
         line = one_line_error(err)
         assert str(row) in line, (command, line)
+
+
+def test_a_tensorboard_runs_folder_is_not_a_results_store(finished, tmp_path, capsys, monkeypatch):
+    """Hostile, next (by accident): a project folder with TensorBoard's `runs/` is not taken for a store."""
+    (tmp_path / "runs" / "Dec07_exp1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "report", "--results-dir", finished, "--out", "report.html")
+    assert code == 0, err
+    assert (tmp_path / "report.html").is_file()

@@ -1,11 +1,14 @@
 """``evaluate``: models x tasks -> scores and per-sample records in the results store.
 
 The work happens in named phases: check the input (models, tasks, device, batch size, results
-folder, run id) before anything loads, so bad input costs nothing and exits 2; load the tasks'
-data (a task without data is ``missing``, one with broken data ``failed``, the others run);
-then per model load it, evaluate each task in the v1 evaluation order in chunks of documents
-(each chunk's requests go to the backend together, so it can batch and share prefixes) and
-write each task's records the moment it finishes.
+folder) and open every model (config, tokenizer, weight headers) before anything is evaluated,
+so bad input costs nothing and exits 2, and load the tasks' data (a task without data is
+``missing``, one with broken data ``failed``, the others run): both are
+:func:`evalsuite.run.preparation.prepare`, shared with the dry run and contamination. Then the
+run id and the models' keys are claimed, and per model the backend is built, each task
+evaluated in the v1 evaluation order in chunks of documents (each chunk's requests go to the
+backend together, so it can batch and share prefixes) and each task's records written the
+moment it finishes.
 
 The run row says how the run ended, always: ``running`` when it starts, then ``ok`` (every task
 scored), ``partial`` (some tasks failed or had no data), ``failed`` (none scored, or the model
