@@ -93,8 +93,10 @@ def test_other_commands_take_their_run_options_from_the_fields():
 
 
 def test_validate_normalizes():
-    config = RunConfig(models=" a, b ,", tasks="leaderboard", batch_size="8", shard="1/4", run_id="r").validate()
+    config = RunConfig(models=" a, b ", tasks="leaderboard", batch_size="8", shard="1/4", run_id="r").validate()
     assert config.models == ("a", "b")
+    with pytest.raises(EvalsuiteError, match="empty model name"):  # a trailing comma is an empty name (issue 24.3)
+        RunConfig(models=" a, b ,").validate()
     assert config.tasks == ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
     assert (config.batch_size, config.shard) == (8, (1, 4))
     assert RunConfig().validate().models == (DEFAULT_MODEL,)

@@ -85,9 +85,10 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
     store = ResultsStore(config.results_dir)
     store.check_writable(create=False)  # creates nothing yet: a refused run leaves no trace
     if config.use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
-        from evalsuite.run.request_cache import check_usable
+        from evalsuite.run.request_cache import cache_path, check_usable
 
-        check_usable()
+        if Path(cache_path()).exists():  # none yet is usable (and the dry run does not create one)
+            check_usable()
     loaded, unavailable = load_task_data(list(config.tasks), root)
     models = open_models(specs, config)
     if not dry_run:
