@@ -501,3 +501,13 @@ def test_command_line_checks_refuse_the_dry_run_as_the_run(args, words, tiny_lla
         code, _, err = in_process(capsys, *base, *dry)
         assert code == 2 and words in only_error_line(err), (dry, err)
     assert not results.exists()
+
+
+def test_the_same_model_twice_leaves_no_trace(tiny_llama_dir, data_dir, tmp_path, capsys):
+    """Hostile, next: the same folder twice (once through a trailing slash) is refused before the
+    results folder is even created."""
+    results = tmp_path / "results"
+    code, _, err = in_process(capsys, "run", "--models", f"{tiny_llama_dir},{tiny_llama_dir}/", "--tasks", "arc",
+                              "--limit", "1", "--data-dir", data_dir, "--results-dir", results)
+    assert code == 2 and "named twice" in only_error_line(err)
+    assert not results.exists()

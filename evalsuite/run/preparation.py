@@ -91,12 +91,12 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
             check_usable()
     loaded, unavailable = load_task_data(list(config.tasks), root)
     models = open_models(specs, config)
-    if not dry_run:
-        store.check_writable()  # really written to (a probe), just before the run claims its id
     from evalsuite.store.claims import assign_model_keys
 
     keyed = assign_model_keys(store, [m.spec for m in models], claim=False)  # claimed by the run (claim_keys)
     models = [PreparedModel(spec, replace(m.source, spec=spec), m.opened) for m, spec in zip(models, keyed)]
+    if not dry_run:
+        store.check_writable()  # the folder created and written to (a probe), just before the run claims its id
     prepared = Prepared(config, models, loaded, unavailable, store)
     if dry_run:
         check_run_id(prepared)
