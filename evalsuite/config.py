@@ -92,10 +92,15 @@ class RunConfig:
     data_dir: str | Path | None = _option(
         None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
               "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
+    data_revision: str | None = _option(
+        None, "Hub datasets' revision instead of the pinned commits: main, a commit id, or HUB_ID=REV pairs, "
+              "comma-separated (the commit used is recorded with the run)", metavar="REV")
     backend: str = _option(
         DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
         choices=sorted(BACKENDS))
-    device: str = _option("cpu", "cpu, cuda or cuda:N (default: cpu)")
+    device: str = _option(
+        "auto", "auto, cpu, cuda or cuda:N (default: auto: every visible GPU the model needs, else the CPU; a model "
+                "that cannot finish within a day on the CPU is then refused unless --device cpu is given)")
     dtype: str | None = _option(
         None, "weights dtype (default: float32 on CPU, the registry's dtype on GPU)", choices=DTYPES)
     batch_size: int | str = _option(
@@ -161,7 +166,7 @@ class RunConfig:
         return cls(**{**given, **overrides})
 
     # -- the input check -----------------------------------------------------------------------
-    def validate(self, *, gpu: bool = True) -> RunConfig:
+    def validate(self, *, gpu: bool = True, cpu_budget: bool = True) -> RunConfig:
         """The checks every run shares, before anything loads; the normalized config.
 
         ``models`` and ``tasks`` become tuples of names (the default model; suites expanded),
@@ -169,8 +174,12 @@ class RunConfig:
         ``cuda``. Each bad value raises a one-line :class:`EvalsuiteError` naming the fix.
         ``gpu=False`` leaves out whether the device's GPU is present (``check_device``):
         ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
-        parallel sizes), so those errors come first on a machine without one.
+        parallel sizes), so those errors come first on a machine without one. ``device="auto"``
+        becomes ``cuda`` or ``cpu`` (:mod:`evalsuite.models.devices`); where it became ``cpu``,
+        registry models that cannot finish within a day there are refused (``cpu_budget``; the
+        dry run, which says how long, passes False).
         """
+        from evalsuite.models.devices import AUTO, check_cpu_run, resolve_device
         from evalsuite.store.names import check_name
         from evalsuite.store.shards import check_shard, parse_shard
 
@@ -182,8 +191,17 @@ class RunConfig:
             raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
         if self.backend not in BACKENDS:
             raise EvalsuiteError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
-        device = "cuda" if self.backend == "vllm" and self.device == "cpu" else self.device
+        device = "cuda" if self.backend == "vllm" and self.device in ("cpu", AUTO) else resolve_device(self.device)
         model_names, task_names = self.selection()
+        if self.device == AUTO and device == "cpu" and cpu_budget:
+            from evalsuite.models.memory import check_fits
+            from evalsuite.models.registry import REGISTRY
+
+            for name in model_names:
+                spec = REGISTRY.get(name.strip())
+                if spec is not None:  # beyond the RAM says so first; then beyond a day
+                    check_fits(spec, self.dtype or "float32", "cpu")
+                    check_cpu_run(spec.alias, spec.params, task_names, self.limit)
         batch_size = parse_batch_size(self.batch_size)
         shard = self.shard
         if shard is not None:
@@ -198,6 +216,9 @@ class RunConfig:
         for flag, value in (("--tensor-parallel", self.tensor_parallel), ("--data-parallel", self.data_parallel)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise EvalsuiteError(f"{flag} must be a positive whole number, got {value!r}")
+        from evalsuite.tasks.data import parse_data_revision
+
+        parse_data_revision(self.data_revision)  # refused here, before anything loads
         check_device(device, present=gpu)
         return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
 
@@ -243,7 +264,7 @@ def check_device(device: str, present: bool = True) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present (``present``); refused before any weight loads."""
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
-        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
+        raise EvalsuiteError(f"unknown --device '{device}'; use auto, cpu, cuda or cuda:N")
     if kind == "cuda" and present:
         import torch
 

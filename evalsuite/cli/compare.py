@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from evalsuite.cli.options import add_results_dir
 
@@ -49,11 +50,10 @@ def handle(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def write_outputs(result: object, markdown: Path | None, json_path: Path | None) -> None:
+def write_outputs(result: Any, markdown: Path | None, json_path: Path | None) -> None:
     """``--markdown``/``--json``: never over a file evalsuite did not write, never into a store."""
     from evalsuite.fsutil import write_output
 
-    for flag, path, text in (("--markdown", markdown, getattr(result, "markdown")),
-                             ("--json", json_path, getattr(result, "to_json"))):
+    for flag, path, text in (("--markdown", markdown, result.markdown), ("--json", json_path, result.to_json)):
         if path is not None:
             write_output(path, text(), flag)

@@ -79,7 +79,7 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
     except OSError as exc:
         raise EvalsuiteError(
             f"could not load {source.path}: {str(exc).splitlines()[0]}; check the name, your Hub access "
-            f"(huggingface-cli login for gated models) or use a local folder"
+            f"(`hf auth login` or HF_TOKEN for gated models) or use a local folder"
         ) from None
     if device != "cuda":
         model.to(device)

@@ -388,12 +388,13 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     # before the reference's pass (hours on a full split) rather than when a model's turn comes
     from evalsuite.run.preparation import load_task_data, open_models, resolve_models
     from evalsuite.store.parquet_store import ResultsStore
-    from evalsuite.tasks.data import resolve_data_dir
+    from evalsuite.tasks.data import parse_data_revision, resolve_data_dir
 
     every = [*names, *([reference] if reference is not None else [])]
     specs = resolve_models(config, every)
     ResultsStore(results_dir).check_writable(create=False)
-    loaded, unavailable = load_task_data(list(config.tasks), resolve_data_dir(config.data_dir))
+    loaded, unavailable = load_task_data(list(config.tasks), resolve_data_dir(config.data_dir),
+                                         parse_data_revision(config.data_revision))
     if unavailable:  # a check covers every task asked for: a task without (good) data is refused
         status, why = next(iter(unavailable.values()))
         raise (MissingDataError if status == "missing" else DataFormatError)(why)

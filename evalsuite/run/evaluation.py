@@ -165,6 +165,7 @@ def evaluate(
     # written yet (evalsuite.run.preparation: the dry run and contamination share it) ----------
     from evalsuite.run.preparation import prepare
 
+    requested_device = config.device
     prepared = prepare(config)
     config, specs, store = prepared.config, prepared.specs, prepared.store
     assert store is not None
@@ -179,6 +180,9 @@ def evaluate(
     except BaseException:
         store.release_claim(start.claim)
         raise
+    from evalsuite.models.devices import describe_device
+
+    _say(describe_device(config.device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
 
@@ -236,6 +240,8 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             store.write_run(final, part)
 
     source = None
+    _say(f"{spec.alias}: {run_notes or dtype_note}, backend {backend}"
+         + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if backend == "vllm" else ""))
     try:
         # materialized, sized and opened by evalsuite.run.preparation before any run row
         source = prepared if prepared is not None else materialize(spec, config.verify_weights)
@@ -273,10 +279,12 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     for name, (status, why) in unavailable.items():
         store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])
     outcomes = [status for status, _ in unavailable.values()]
+    chunk = whole_task_chunk(backend)
     try:
         for name, task in loaded.items():
             try:
-                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor,
+                               chunk=chunk)
                 outcomes.append("ok")
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
@@ -290,10 +298,25 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
         finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
+    finally:
+        _close(lm)
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
     status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
     finish(status, None, source, _cache_note(lm, use_cache))
+
+
+def whole_task_chunk(backend: str) -> int | None:
+    """Documents per backend call: vLLM gets a whole task at once (its own scheduler batches, and
+    each call of lm-eval's vLLM model has a fixed cost); the others :data:`CHUNK_DOCS`."""
+    return None if backend == "vllm" else CHUNK_DOCS
+
+
+def _close(lm: Any) -> None:
+    """Release what a backend holds beyond the model (vLLM's replicas) once its model is done."""
+    release = getattr(lm, "release_replicas", None)  # the request cache forwards to its backend
+    if callable(release):
+        release()
 
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
@@ -355,7 +378,7 @@ def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
 # -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
                    limit: int | None, progress: bool, shard: tuple[int, int] | None = None,
-                   auditor: Any = None) -> None:
+                   auditor: Any = None, chunk: int | None = CHUNK_DOCS) -> None:
     """Score the task, audit it (a sample re-scored the plain way; beyond tolerance the whole
     task is scored again on the plain executor), then write its samples and scores."""
     from evalsuite.store.shards import select, shard_part, shard_score_rows
@@ -363,14 +386,14 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     everything = task.prompts(limit)
     prompts = select(everything, shard)
     spec = task.spec
-    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress, chunk)
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
                if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
         auditor.forget_cached(prompts)
         _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
              f"on the plain executor")
-        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
+        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress, chunk)
     scores = score_samples(run_id, model, task, samples)
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
@@ -384,21 +407,23 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
 
 
 def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
-                   progress: bool) -> tuple[list[SampleRecord], list[list[Any]]]:
-    """The documents' sample records and the backend's responses (per document), chunk by chunk."""
+                   progress: bool, chunk: int | None = CHUNK_DOCS) -> tuple[list[SampleRecord], list[list[Any]]]:
+    """The documents' sample records and the backend's responses (per document), ``chunk``
+    documents per call (``None``: the whole task in one call)."""
     from tqdm.auto import tqdm
 
     samples: list[SampleRecord] = []
     answered: list[list[Any]] = []
     bar = tqdm(total=len(prompts), desc=f"{model} {task.spec.name}", unit="doc", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    for start in range(0, len(prompts), CHUNK_DOCS):
-        chunk = prompts[start:start + CHUNK_DOCS]
-        responses = run_requests(lm, chunk)
+    step = chunk or max(len(prompts), 1)
+    for start in range(0, len(prompts), step):
+        part = prompts[start:start + step]
+        responses = run_requests(lm, part)
         answered.extend(responses)
-        for prompt, response in zip(chunk, responses, strict=True):
+        for prompt, response in zip(part, responses, strict=True):
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(chunk))
+        bar.update(len(part))
     bar.close()
     return samples, answered
 

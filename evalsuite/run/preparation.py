@@ -37,13 +37,6 @@ from evalsuite.models.registry import ModelSpec, resolve_model
 from evalsuite.store.parquet_store import ResultsStore
 from evalsuite.tasks import LoadedTask, load_spec
 
-#: Checks run on every resolved model before anything is materialized or evaluated, each
-#: ``check(spec, config)`` raising a one-line EvalsuiteError. HOOK (merge point): the access
-#: check of ``evalsuite.models.access`` (branch ``gpu``: gated or private Hub models) is
-#: appended here, e.g. ``MODEL_CHECKS.append(lambda spec, config: check_access(spec))``.
-MODEL_CHECKS: list[Callable[[ModelSpec, RunConfig], None]] = []
-
-
 @dataclass
 class PreparedModel:
     """One model, resolved, keyed in the store, materialized and opened."""
@@ -77,8 +70,10 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
 
     ``dry_run``: the same checks, but the results folder is not created and the run id is
     checked without being claimed (the run claims it in ``evaluate``)."""
-    config = config.validate(gpu=False)
-    specs = resolve_models(config)
+    requested_device = config.device
+    # the dry run is how a slow CPU run is measured: it is not refused for its length (cpu_budget)
+    config = config.validate(gpu=False, cpu_budget=not dry_run)
+    specs = resolve_models(config, requested_device=None if dry_run else requested_device)
     from evalsuite.tasks.data import resolve_data_dir
 
     root = resolve_data_dir(config.data_dir)
@@ -89,7 +84,9 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
 
         if Path(cache_path()).exists():  # none yet is usable (and the dry run does not create one)
             check_usable()
-    loaded, unavailable = load_task_data(list(config.tasks), root)
+    from evalsuite.tasks.data import parse_data_revision
+
+    loaded, unavailable = load_task_data(list(config.tasks or ()), root, parse_data_revision(config.data_revision))
     models = open_models(specs, config)
     from evalsuite.store.claims import assign_model_keys
 
@@ -103,13 +100,20 @@ def prepare(config: RunConfig, *, dry_run: bool = False) -> Prepared:
     return prepared
 
 
-def resolve_models(config: RunConfig, names: list[str] | None = None) -> list[ModelSpec]:
-    """``names`` (default: the config's models) resolved and checked without weights: what needs
-    no network or GPU first (GGUF files, registry models' memory and parallel sizes), then the
-    device, then Hub models (reachable or cached, revision pinned, remote code) and
-    :data:`MODEL_CHECKS`. ``config`` is validated."""
+def resolve_models(config: RunConfig, names: list[str] | None = None, *,
+                   requested_device: str | None = None) -> list[ModelSpec]:
+    """``names`` (default: the config's models) resolved and checked without weights: each
+    model's route (a backend that can run it, its packages), what needs no network or GPU first
+    (GGUF files, registry models' memory and parallel sizes), then the device, Hub access
+    (:func:`evalsuite.models.access.check_access_all`, before any download), a CPU run chosen by
+    ``--device auto`` (``requested_device``) sized by the Hub, and Hub models reachable or cached
+    with their revision pinned and remote code consented to. ``config`` is validated."""
+    from evalsuite.models.registry import check_route
+
     backend, device, dtype = config.backend, config.device, config.dtype
-    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in (names or config.models)]
+    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in (names or config.models or ())]
+    for spec in specs:  # a model its backend cannot run, or without its packages: refused first
+        check_route(spec, backend)
 
     def check_parallel(spec: ModelSpec) -> None:
         model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
@@ -123,6 +127,18 @@ def resolve_models(config: RunConfig, names: list[str] | None = None) -> list[Mo
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
+    from evalsuite.models.access import check_access_all
+
+    check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
+    if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
+        from evalsuite.models.access import hub_params
+        from evalsuite.models.devices import check_cpu_run
+
+        for spec in specs:
+            params = None if spec.params else hub_params(spec)
+            if params:
+                check_fits(spec, default_dtype(spec, device, dtype), device, params=params)
+                check_cpu_run(spec.alias, params, list(config.tasks or ()), config.limit)
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from evalsuite.models.hub import resolve_snapshot
@@ -131,19 +147,22 @@ def resolve_models(config: RunConfig, names: list[str] | None = None) -> list[Mo
             check_remote_code(resolve_snapshot(spec.source, spec.revision)[1], spec.trust_remote_code, spec.source)
         if not spec.params:
             check_parallel(spec)
-        for check in MODEL_CHECKS:
-            check(spec, config)
     return specs
 
 
-def load_task_data(task_names: list[str], root: Any) -> tuple[dict[str, LoadedTask], dict[str, tuple[str, str]]]:
-    """The tasks whose data loads, and for the others ``(missing | failed, why)``; none at all is
-    bad input (there would be nothing to evaluate)."""
+def load_task_data(task_names: list[str], root: Any,
+                   revisions: Any = None) -> tuple[dict[str, LoadedTask], dict[str, tuple[str, str]]]:
+    """The tasks whose data loads (at the pinned dataset ``revisions``: ``--data-revision``), and
+    for the others ``(missing | failed, why)``; none at all is bad input (nothing to evaluate)."""
+    from evalsuite.tasks.data import with_revision
+
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
     for name in task_names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), root)
+            task_spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions or {})),
+                                      root)
         except MissingDataError as exc:
             unavailable[name] = ("missing", str(exc))
         except DataFormatError as exc:
@@ -195,7 +214,8 @@ def check_run_id(prepared: Prepared) -> None:
     config = prepared.config
     if config.run_id is None or prepared.store is None:
         return
-    check_existing(prepared.store, config.run_id, config.resume, config.shard, prepared.specs,
+    shard = config.shard if isinstance(config.shard, tuple) else None  # validated: a tuple or None
+    check_existing(prepared.store, config.run_id, config.resume, shard, prepared.specs,
                    run_settings(config, list(prepared.loaded)))
 
 
@@ -231,5 +251,5 @@ def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int
     return 1, 1
 
 
-__all__ = ["MODEL_CHECKS", "Prepared", "PreparedModel", "prepare", "resolve_models", "load_task_data",
+__all__ = ["Prepared", "PreparedModel", "prepare", "resolve_models", "load_task_data",
            "open_models", "claim_keys", "check_run_id", "run_settings", "default_dtype"]

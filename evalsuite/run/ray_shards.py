@@ -48,7 +48,15 @@ def run_on_ray(
     if shards < 1:
         raise EvalsuiteError("--shards must be at least 1")
     config = RunConfig.build(config, **options)
+    if config.data_parallel > 1:  # a shard's replicas would ask Ray for GPUs the shard already holds
+        raise EvalsuiteError(f"--ray runs one shard per Ray task and cannot also start --data-parallel replicas inside "
+                             f"a shard; use --shards {shards * config.data_parallel} instead (one shard per replica), "
+                             f"or --data-parallel {config.data_parallel} without --ray on one machine")
     ray = _import_ray()
+    if config.device == "auto":  # the shards' GPUs are reserved from the device, so decide it here
+        from evalsuite.models.devices import resolve_device
+
+        config = replace(config, device=resolve_device(config.device))
     # Workers may start in another folder: give them absolute paths.
     config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
                      results_dir=str(Path(config.results_dir).resolve()),

@@ -273,15 +273,21 @@ class LoadedTask:
         raise KeyError(subtask)
 
 
-def load_tasks(names: Sequence[str], data_dir: Path | None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
-    """The tasks whose data loads, and for the others why not (a missing or unreadable file)."""
+def load_tasks(names: Sequence[str], data_dir: Path | None,
+               revisions: dict[str | None, str] | None = None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
+    """The tasks whose data loads, and for the others why not (a missing or unreadable file);
+    ``revisions``: Hub dataset revisions (:func:`evalsuite.tasks.data.parse_data_revision`)."""
+    from dataclasses import replace
+
     from evalsuite.errors import MissingDataError
+    from evalsuite.tasks.data import with_revision
 
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, str] = {}
     for name in names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), data_dir)
+            spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(spec, dataset=with_revision(spec.dataset, revisions or {})), data_dir)
         except (MissingDataError, DataFormatError) as exc:
             unavailable[name] = str(exc)
     return loaded, unavailable
