@@ -247,8 +247,10 @@ def test_numeric_options_are_checked_before_anything_runs(args, expected, tmp_pa
 
 
 # -- the smaller cases ---------------------------------------------------------------------------
-def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path, capsys):
-    folder = tmp_path / ARC
+def break_arc_fewshot(root: Path, data_dir: Path) -> tuple[Path, int]:
+    """ARC under ``root`` whose few-shot row of the first evaluated document lacks its answer key;
+    the training file and the broken row's index."""
+    folder = root / ARC
     folder.mkdir(parents=True)
     shutil.copy(data_dir / ARC / "test.jsonl", folder / "test.jsonl")
     test_rows = (data_dir / ARC / "test.jsonl").read_text(encoding="utf-8").splitlines()
@@ -259,9 +261,14 @@ def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path,
     row.pop("answerKey")
     train[shot] = json.dumps(row)
     (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    return folder / "train.jsonl", shot
+
+
+def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path, capsys):
+    train_file, shot = break_arc_fewshot(tmp_path, data_dir)
     assert main(["prompts", "--task", "arc", "--limit", "1", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{folder / 'train.jsonl'} line {shot + 1} (a few-shot row): field 'answerKey' is missing" \
+    assert len(err) == 1 and f"{train_file} line {shot + 1} (a few-shot row): field 'answerKey' is missing" \
         in err[0], err
     assert "test.jsonl" not in err[0]
 
@@ -432,19 +439,9 @@ def test_a_bad_count_names_its_own_flag(flag, capsys):
 
 # -- 24.6: the dry run exits as the run would, for every input check of the run ------------------
 def _broken_fewshot(tmp_path: Path, data_dir: Path) -> Path:
-    """ARC whose few-shot row of the first evaluated document lacks its answer key, and Winogrande."""
+    """A data folder: ARC with a broken few-shot row, and Winogrande."""
     root = tmp_path / "data"
-    folder = root / ARC
-    folder.mkdir(parents=True)
-    shutil.copy(data_dir / ARC / "test.jsonl", folder / "test.jsonl")
-    test_rows = (data_dir / ARC / "test.jsonl").read_text(encoding="utf-8").splitlines()
-    train = (data_dir / ARC / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    schedule = v1_schedule(len(test_rows), len(train), 25)
-    shot = schedule.shots[schedule.order[0]][3]
-    row = json.loads(train[shot])
-    row.pop("answerKey")
-    train[shot] = json.dumps(row)
-    (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    break_arc_fewshot(root, data_dir)
     shutil.copytree(data_dir / WINOGRANDE, root / WINOGRANDE)
     return root
 

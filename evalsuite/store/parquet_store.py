@@ -64,27 +64,18 @@ class ResultsStore:
         way, or a folder inside the store (a table, ``claims``, ``nightly``...) that is a link or
         not writable, so that nothing is ever written through a link outside the store and a
         read-only ``scores/`` is found before a task is evaluated, not after. ``create=False``
-        (the dry run) creates nothing: the nearest existing folder must be writable."""
+        creates nothing: the nearest existing folder must take a file (a probe, removed at once)."""
         self.check_no_links()
+        folder = self.root
         if not create:  # a probe in the nearest existing folder, removed at once: nothing is left
-            existing = self.root
-            while not existing.exists() and existing != existing.parent:
-                existing = existing.parent
-            probe = existing / f".evalsuite-probe-{uuid.uuid4().hex}"
-            try:
-                if not existing.is_dir():
-                    raise NotADirectoryError(f"{existing} is not a folder")
-                probe.write_bytes(b"")
-            except OSError as exc:
-                raise StoreError(f"cannot write results to {self.root} ({exc.strerror or exc}); pass --results-dir "
-                                 f"with a writable folder") from None
-            finally:
-                with contextlib.suppress(OSError):
-                    probe.unlink(missing_ok=True)
-            return
-        probe = self.root / f".probe-{uuid.uuid4().hex}"
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+        probe = folder / f".evalsuite-probe-{uuid.uuid4().hex}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
             probe.write_bytes(b"")
         except OSError as exc:
             raise StoreError(f"cannot write results to {self.root} ({exc.strerror or exc}); pass --results-dir "
