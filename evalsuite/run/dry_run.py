@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from evalsuite.backends.registry import get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig
 from evalsuite.errors import DataFormatError
 from evalsuite.run.preparation import default_dtype
@@ -192,7 +193,7 @@ def plan_cost(
         chosen_dtype = default_dtype(spec, device, config.dtype)
         tokenizer, max_length = model.opened.tokenizer, model.opened.max_length
         speed = None
-        if config.measure and backend != "vllm":
+        if config.measure and get_backend(backend).cost_model is not None:  # a model timed in this process
             from evalsuite.run.speed_profile import measured_speed
 
             speed = measured_speed(source, chosen_dtype, device, again=config.remeasure)
@@ -242,7 +243,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                           new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
                           tokenizer_fallback=encoder.fallback)
         if speed is not None:
-            mode = generation if backend == "evalsuite" else "exact"  # lm-eval hf: batch size 1, as v1 ran
+            # the engine decodes as --generation says; lm-eval hf one prompt at a time, as v1 ran
+            mode = generation if get_backend(backend).cost_model == "engine" else "exact"
             result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
             result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
         return result
@@ -300,7 +302,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
     if speed is not None:
-        if backend == "evalsuite":
+        if get_backend(backend).cost_model == "engine":
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
                                                + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
             result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)

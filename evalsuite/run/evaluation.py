@@ -18,7 +18,6 @@ which :mod:`evalsuite.store.run_views` reads as ``interrupted`` once the process
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import secrets
 import signal
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.backends import BackendOptions, build_backend
+from evalsuite.backends.registry import ask, get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig, backend_settings, check_device, parse_batch_size
 from evalsuite.errors import DataFormatError, EvalsuiteError, StoreError
 from evalsuite.models.identity import ModelSource
@@ -42,6 +42,7 @@ from evalsuite.models.source import materialize
 from evalsuite.run.preparation import _parallelism, default_dtype  # noqa: F401 - default_dtype: moved, kept importable
 from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import FINISHED, RunStatus, TaskStatus
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec
 
 #: Exit statuses of ``evalsuite run`` (and ``evaluate(...).exit_code``).
@@ -101,15 +102,9 @@ class EvalResult:
         return [v.leaderboard_row() for v in self.views()]
 
     def table(self) -> str:
-        from evalsuite.analysis.leaderboard import format_table
+        from evalsuite.analysis.leaderboard import run_summary
 
-        views = self.views()
-        notes = [n for v in views for n in v.notes]
-        problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
-                    if s.status not in ("ok", "shard")]
-        from evalsuite.run.audit import summary_lines
-
-        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views), *notes])
+        return run_summary(self.views())
 
     @property
     def exit_code(self) -> int:
@@ -121,11 +116,11 @@ class EvalResult:
             text = f"{self.shard[0]}/{self.shard[1]}"
             rows = self.store.runs(run_id=self.run_id)
             mine = rows[rows["shard"] == text]
-            done = set(mine[mine["status"] == "ok"]["model"])
+            done = set(mine[mine["status"] == RunStatus.OK]["model"])
             return EXIT_OK if set(self.models) <= done else EXIT_TASK_PROBLEM
         for view in self.views():
             statuses = {t: s.status for t, s in view.task_scores().items()}
-            if any(statuses.get(task) != "ok" for task in self.tasks):
+            if any(statuses.get(task) != TaskStatus.OK for task in self.tasks):
                 return EXIT_TASK_PROBLEM
         return EXIT_OK
 
@@ -184,7 +179,7 @@ def evaluate(
 
     _say(describe_device(config.device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
-        _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
+        _say(f"{name}: {'no data' if status == TaskStatus.MISSING else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
     try:
@@ -225,7 +220,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     options = config.backend_options(dtype, tensor_parallel, data_parallel)
     record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, run_notes)
-    store.write_run(replace(record, status="running"), part)
+    store.write_run(replace(record, status=RunStatus.RUNNING), part)
 
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
@@ -233,7 +228,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
-        if status == "ok" or status == "partial":
+        if status in FINISHED:
             store.write_run(final, part)
             return
         with contextlib.suppress(EvalsuiteError):  # e.g. the disk filled up: the row stays "running"
@@ -241,14 +236,14 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
     source = None
     _say(f"{spec.alias}: {run_notes or dtype_note}, backend {backend}"
-         + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if backend == "vllm" else ""))
+         + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if get_backend(backend).plans_parallel else ""))
     try:
         # materialized, sized and opened by evalsuite.run.preparation before any run row
         source = prepared if prepared is not None else materialize(spec, config.verify_weights)
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
-        store.write_run(replace(record, status="running"), part)
+        store.write_run(replace(record, status=RunStatus.RUNNING), part)
         lm = build_backend(backend, source, options)
-        if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+        if lm.engine_note:  # which executor, and why
             _say(f"{spec.alias}: {lm.engine_note}")
         if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
             from evalsuite.run.request_cache import wrap
@@ -258,22 +253,22 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
         auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source)
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source)
         raise
     except StoreError:
         raise
     except BaseException as exc:
         if not _input_error(exc):  # a bug: the row says failed, the error keeps its traceback
-            finish("failed", _failure_text(exc), source)
+            finish(RunStatus.FAILED, _failure_text(exc), source)
             raise
         # a model that does not load (its files, its size, the machine's memory): its tasks fail
         # with the reason, other models run
         message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
         for name, task in loaded.items():
-            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
+            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED,
                                                                         message)], part=part)
         _say(f"{spec.alias}: {message}; its tasks are recorded as failed")
-        finish("failed", message, source)
+        finish(RunStatus.FAILED, message, source)
         return
 
     for name, (status, why) in unavailable.items():
@@ -285,31 +280,32 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             try:
                 _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor,
                                chunk=chunk)
-                outcomes.append("ok")
+                outcomes.append(TaskStatus.OK)
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
-                outcomes.append("failed")
+                outcomes.append(TaskStatus.FAILED)
                 store.write_scores(run_id, spec.alias, name,
-                                   [_score_record(run_id, spec.alias, name, task, "failed", message)], part=part)
+                                   [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED, message)], part=part)
                 _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source, _cache_note(lm, use_cache))
         raise
     except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
-        finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.FAILED, _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
     finally:
         _close(lm)
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
-    status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
+    status = (RunStatus.OK if all(o == TaskStatus.OK for o in outcomes)
+              else RunStatus.PARTIAL if TaskStatus.OK in outcomes else RunStatus.FAILED)
     finish(status, None, source, _cache_note(lm, use_cache))
 
 
 def whole_task_chunk(backend: str) -> int | None:
-    """Documents per backend call: vLLM gets a whole task at once (its own scheduler batches, and
-    each call of lm-eval's vLLM model has a fixed cost); the others :data:`CHUNK_DOCS`."""
-    return None if backend == "vllm" else CHUNK_DOCS
+    """Documents per backend call: a backend that takes whole tasks (vLLM: its own scheduler
+    batches, and each call has a fixed cost) gets the task at once; the others :data:`CHUNK_DOCS`."""
+    return None if get_backend(backend).whole_tasks else CHUNK_DOCS
 
 
 def _close(lm: Any) -> None:
@@ -321,7 +317,7 @@ def _close(lm: Any) -> None:
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
     """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
-    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None)
+    notes = (lm.engine_note, lm.stats() if use_cache else None)
     return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
@@ -385,6 +381,7 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
 
     everything = task.prompts(limit)
     prompts = select(everything, shard)
+    known = len(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned before this task
     spec = task.spec
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress, chunk)
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
@@ -395,8 +392,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
              f"on the plain executor")
         samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress, chunk)
     scores = score_samples(run_id, model, task, samples)
+    abandoned = list(getattr(lm, "fallbacks", None) or ())[known:]  # and while scoring it: the row says so
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
+    if abandoned:
+        scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
+        _say(f"{model} {spec.name}: " + "; ".join(abandoned))
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -432,9 +433,7 @@ def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
     """Send the prompts' instances to the backend in one call; responses grouped per prompt."""
     instances = [inst for p in prompts for inst in p.instances]
     kind = prompts[0].request_type
-    method = lm.generate_until if kind == "generate_until" else lm.loglikelihood
-    kwargs = {"disable_tqdm": True} if "disable_tqdm" in inspect.signature(method).parameters else {}
-    flat = method(instances, **kwargs)
+    flat = ask(lm, "generate_until" if kind == "generate_until" else "loglikelihood", instances)
     grouped, offset = [], 0
     for prompt in prompts:
         grouped.append(flat[offset:offset + len(prompt.instances)])

@@ -35,6 +35,7 @@ from evalsuite.models.loading import resolve_dtype
 from evalsuite.models.memory import check_fits, param_count
 from evalsuite.models.registry import ModelSpec, resolve_model
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import TaskStatus
 from evalsuite.tasks import LoadedTask, load_spec
 
 @dataclass
@@ -115,15 +116,19 @@ def resolve_models(config: RunConfig, names: list[str] | None = None, *,
     for spec in specs:  # a model its backend cannot run, or without its packages: refused first
         check_route(spec, backend)
 
+    from evalsuite.backends.registry import get_backend
+
+    plans_parallel = get_backend(backend).plans_parallel  # such a backend plans its GPUs and memory itself
+
     def check_parallel(spec: ModelSpec) -> None:
-        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        model_dtype = default_dtype(spec, device, dtype) if plans_parallel else "float32"
         _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
 
     for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
             check_gguf(Path(spec.source))
         if spec.params:
-            if backend != "vllm":
+            if not plans_parallel:
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
@@ -164,9 +169,9 @@ def load_task_data(task_names: list[str], root: Any,
             loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions or {})),
                                       root)
         except MissingDataError as exc:
-            unavailable[name] = ("missing", str(exc))
+            unavailable[name] = (TaskStatus.MISSING, str(exc))
         except DataFormatError as exc:
-            unavailable[name] = ("failed", str(exc))
+            unavailable[name] = (TaskStatus.FAILED, str(exc))
     if not loaded:
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
     return loaded, unavailable
@@ -238,17 +243,11 @@ def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
 
 def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
                  data_parallel: int) -> tuple[int, int]:
-    """(tensor, data) parallel sizes: vLLM's from the registry and the GPUs; 1 elsewhere."""
-    if backend == "vllm":
-        from evalsuite.backends.vllm import plan_parallel
+    """(tensor, data) parallel sizes: a backend that plans them (vLLM) from the registry and the
+    GPUs; 1 elsewhere (:meth:`evalsuite.backends.registry.BackendInfo.parallel`)."""
+    from evalsuite.backends.registry import get_backend
 
-        return plan_parallel(spec, dtype, tensor_parallel, data_parallel)
-    if (tensor_parallel or 1) > 1 or data_parallel > 1:
-        raise EvalsuiteError(
-            "--tensor-parallel and --data-parallel need --backend vllm; other backends spread a large model "
-            "over all visible GPUs (--device cuda), and --shard I/N splits the documents across machines"
-        )
-    return 1, 1
+    return get_backend(backend).parallel(spec, dtype, tensor_parallel, data_parallel)
 
 
 __all__ = ["Prepared", "PreparedModel", "prepare", "resolve_models", "load_task_data",

@@ -194,11 +194,9 @@ class CachedLM(LM):
         self.hits += len(requests) - len(missing)
         self.misses += len(missing)
         if missing:
-            import inspect
+            from evalsuite.backends.registry import ask
 
-            method = getattr(self.lm, kind)
-            kwargs = {"disable_tqdm": disable_tqdm} if "disable_tqdm" in inspect.signature(method).parameters else {}
-            computed = method([requests[i] for i in missing], **kwargs)
+            computed = ask(self.lm, kind, [requests[i] for i in missing], disable_tqdm)
             if len(computed) != len(missing):
                 raise RuntimeError(f"backend answered {len(computed)} of {len(missing)} {kind} requests")
             for i, value in zip(missing, computed, strict=True):

@@ -40,11 +40,13 @@ _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,199}$")
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A Hub dataset and config, plus the folder names it may have in a local copy."""
+    """A Hub dataset and config, plus the folder names it may have in a local copy; a user task
+    may instead keep its rows in a folder of its own (``path``: ``<split>.jsonl`` files)."""
 
     hub_id: str
     config: str | None = None
     local_names: tuple[str, ...] = ()
+    path: str | None = None
     revision: str | None = None  # None: the pinned commit (PINNED_REVISIONS), else main
 
     @property
@@ -121,7 +123,15 @@ def expected_files(ref: DatasetRef, split: str, root: Path) -> list[Path]:
 
 
 def load_split(ref: DatasetRef, split: str, data_dir: Path | None) -> SplitData:
-    """Rows of ``split`` in the order stored, from ``data_dir`` if given, else from the Hub."""
+    """Rows of ``split`` in the order stored: from the task's own folder (a user task's
+    ``dataset.path``), else from ``data_dir`` if given, else from the Hub."""
+    if ref.path is not None:
+        own = [Path(ref.path) / f"{split}{ext}" for ext in (".jsonl", ".parquet")]
+        for path in own:
+            if path.is_file():
+                return _load_local(str(path))
+        raise MissingDataError(f"no data for {ref.hub_id} split '{split}': expected {own[0]} (or .parquet), as the "
+                               f"task's dataset.path says; put the file there or fix dataset.path")
     if data_dir is not None:
         for path in expected_files(ref, split, data_dir):
             if path.is_file():
