@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from evalsuite import compat
+from evalsuite.backends.engine.rope import length_switches, model_text_config
 
 SPY_ATTENTION = "evalsuite_spy"
 #: Keyword arguments of an attention call the fast paths reproduce (``sliding_window`` through
@@ -118,8 +119,7 @@ def _window(value: Any) -> int | None:
 
 
 def text_config(model: Any) -> Any:
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return model_text_config(model)
 
 
 def decoder(model: Any) -> Any:
@@ -242,39 +242,6 @@ def probe_requests(vocab: int, length: int, seed: int = 0) -> list[tuple[list[in
 
 
 #: rope types whose frequencies depend on the input's length, and the config key of the switch
-LENGTH_DEPENDENT_ROPE = {"longrope": "original_max_position_embeddings", "dynamic": "original_max_position_embeddings"}
-
-
-def _rope_settings(cfg: Any) -> list[dict[str, Any]]:
-    """The config's rope settings (``rope_parameters``, formerly ``rope_scaling``), one dict per
-    layer type where they are given per layer type."""
-    found = []
-    for name in ("rope_parameters", "rope_scaling"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, dict):
-            inner = [v for v in value.values() if isinstance(v, dict)]
-            found.extend(inner or [value])
-    return found
-
-
-def length_switches(model: Any, max_length: int | None = None) -> list[tuple[int, str]]:
-    """Lengths (below ``max_length``) where the model's rope factors switch, with the rope type:
-    longrope uses its long factors for a whole input once it is longer than
-    ``original_max_position_embeddings``; dynamic NTK rescales past it. Such a model's forward of
-    a token depends on the length of the input (or padded batch) it is in."""
-    cfg = text_config(model)
-    out = []
-    for rope in _rope_settings(cfg):
-        kind = str(rope.get("rope_type") or rope.get("type") or "")
-        if kind not in LENGTH_DEPENDENT_ROPE:
-            continue
-        key = LENGTH_DEPENDENT_ROPE[kind]
-        switch = rope.get(key) or getattr(cfg, key, None) or getattr(cfg, "max_position_embeddings", None)
-        if isinstance(switch, int) and (max_length is None or switch < max_length):
-            out.append((switch, kind))
-    return sorted(set(out))
-
-
 def probe_budgets(requests: list[tuple[list[int], list[int]]], device_type: str, copies_past: bool) -> Any:
     """The planner's budgets for the probe: rows of at most 8 tokens and a token budget of a
     third of the longest input, so that the plan keeps trunks (in pieces), rows attend to them,

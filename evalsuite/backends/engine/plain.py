@@ -21,7 +21,7 @@ the batch. A model whose rope factors switch with the input's length (longrope p
 ``original_max_position_embeddings``, dynamic NTK scaling) sees the padded width, not its own
 length, so a short input batched with a long one is computed differently than at batch size 1
 (lm-eval ``hf``'s reference). For such models (``equal_lengths``; by default the rule of
-:func:`.capabilities.length_switches`) a batch holds inputs of one length only.
+:func:`.rope.length_switches`) a batch holds inputs of one length only.
 
 Out of memory: a batch is split in halves down to one input; an input that does not fit alone
 raises :class:`~.memory.RowOutOfMemory` (the engine names its task and document).
@@ -36,6 +36,7 @@ import torch
 
 from evalsuite.backends.engine.memory import RowOutOfMemory, is_oom, release
 from evalsuite.backends.engine.prefix_tree import truncated_inputs
+from evalsuite.backends.engine.rope import length_switches
 from evalsuite.backends.engine.scoring import Tally
 
 
@@ -67,8 +68,6 @@ def plain_tally(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, 
     if not requests:
         return tally
     if equal_lengths is None:
-        from evalsuite.backends.engine.capabilities import length_switches
-
         equal_lengths = bool(length_switches(model, max_length))
     by_input: dict[tuple[int, ...], list[int]] = {}
     for index, (context, continuation) in enumerate(requests):
