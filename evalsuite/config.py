@@ -51,7 +51,12 @@ def whole_number(text: str, minimum: int, hint: str = "") -> int:
 
 
 def positive_int(text: str) -> int:
-    """A whole number of at least 1 (argparse type)."""
+    """A whole number of at least 1 (argparse type; argparse's message names the flag)."""
+    return whole_number(text, 1)
+
+
+def limit_arg(text: str) -> int:
+    """``--limit N``: a whole number of at least 1; the message says how to evaluate everything."""
     return whole_number(text, 1, "; omit --limit to evaluate every document")
 
 
@@ -91,7 +96,7 @@ class RunConfig:
               "(default: leaderboard, all six with H6)")
     limit: int | None = _option(
         None, "evaluate the first N documents of the v1 evaluation order (per subject for MMLU)",
-        parse=positive_int, metavar="N")
+        parse=limit_arg, metavar="N")
     data_dir: str | Path | None = _option(
         None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
               "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
@@ -227,6 +232,7 @@ class RunConfig:
         if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not split_names(tasks)):
             raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
         task_names = tuple(expand_tasks(tasks if tasks is None or isinstance(tasks, str) else list(tasks)))
+        check_model_names(self.models, "--models")
         return tuple(split_names(self.models) or [DEFAULT_MODEL]), task_names
 
     # -- what the backend gets -----------------------------------------------------------------
@@ -280,6 +286,19 @@ def split_names(value: Sequence[str] | str | None) -> list[str]:
     return [v.strip() for v in value if v and v.strip()]
 
 
+def check_model_names(value: Sequence[str] | str | None, flag: str) -> None:
+    """An empty or blank name anywhere in a model list is bad input, never "the default model":
+    ``--models ""``, ``--models ,``, ``--models a,,b``, ``--model ' '``."""
+    if value is None:
+        return
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    if not parts or any(not isinstance(p, str) or not p.strip() for p in parts):
+        raise EvalsuiteError(f"{flag} {value!r} has an empty model name; give comma-separated model names "
+                             f"(aliases, Hub ids, folders), or leave {flag} out for the default ({DEFAULT_MODEL})"
+                             if flag == "--models" else
+                             f"{flag} {value!r} is empty; give a model name (alias, Hub id, folder or .gguf file)")
+
+
 # -- the command line ----------------------------------------------------------------------------
 def add_option(parser: Any, name: str, **overrides: Any) -> None:
     """Offer the RunConfig field ``name`` on ``parser`` (an argparse parser or group);
@@ -310,4 +329,5 @@ def add_run_options(parser: argparse.ArgumentParser, names: Sequence[str] | None
 
 
 __all__ = ["CHUNK_DOCS", "DTYPES", "RunConfig", "add_option", "add_run_options", "backend_settings",
-           "batch_size_arg", "check_device", "parse_batch_size", "positive_int", "split_names"]
+           "batch_size_arg", "check_device", "parse_batch_size", "positive_int", "limit_arg", "split_names",
+           "check_model_names"]

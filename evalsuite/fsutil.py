@@ -95,3 +95,126 @@ def replace_dir(target: str | os.PathLike, fill: Callable[[Path], None]) -> None
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- outputs a user names (--out): never lose what evalsuite did not write ----------------------
+#: Beside files evalsuite wrote at a user-named path: ``{file name: sha256}`` of what it wrote.
+OUTPUTS_RECORD = ".evalsuite-outputs.json"
+#: Inside a folder evalsuite wrote whole (``dus --out``): ``{file name: size}`` of what it wrote.
+FOLDER_MARKER = ".evalsuite-output.json"
+#: A folder holding one of these is a results store (run rows; the run-id claims' lock; model
+#: key claims): only the store's own writers write inside it. Not a bare ``runs/`` folder:
+#: TensorBoard's default log folder has that name too.
+STORE_MARKERS = ("runs/*.parquet", "claims/.lock", "claims/model-keys")
+
+
+def enclosing_store(path: str | os.PathLike) -> Path | None:
+    """The results store ``path`` lies in (resolved, links followed), or None."""
+    resolved = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        resolved = resolved.resolve()
+    for folder in [resolved, *resolved.parents]:
+        with contextlib.suppress(OSError):
+            if any(next(iter(folder.glob(marker)), None) is not None for marker in STORE_MARKERS):
+                return folder
+    return None
+
+
+def check_output(target: str | os.PathLike, flag: str, *, folder: bool = False) -> str | None:
+    """May evalsuite write ``target`` (a file, or with ``folder`` a folder it replaces whole)?
+
+    Refused in one line (:class:`~evalsuite.errors.EvalsuiteError`): a path inside a results
+    store (only the store's writers write there), a link, and anything that exists and that
+    evalsuite did not write, or that changed since it did (a file's content no longer its
+    recorded hash; a folder holding files it did not write). Writing beside is always possible:
+    the message says so. Returns the line to show when ``target`` is evalsuite's own earlier
+    output that will be replaced, else None. Call :func:`note_output` once written.
+    """
+    from evalsuite.errors import EvalsuiteError
+
+    target = Path(target)
+    store = enclosing_store(target)
+    if store is not None:
+        raise EvalsuiteError(f"{flag} {target} is inside the results store {store}; evalsuite writes there only "
+                             f"through the store itself: choose a path outside it")
+    if target.is_symlink():
+        raise EvalsuiteError(f"{flag} {target} is a link; evalsuite does not write through links or replace them: "
+                             f"choose another path")
+    if not target.exists():
+        return None
+    if folder:
+        if not target.is_dir():
+            raise EvalsuiteError(f"{flag} {target} exists and is not a folder; choose a new folder name")
+        present = {p.name for p in target.iterdir()}
+        if not present:
+            return None
+        written = _read_record(target / FOLDER_MARKER)
+        foreign = sorted(name for name in present - {FOLDER_MARKER}
+                         if name not in written or _size(target / name) != written[name])
+        if not written or foreign:
+            shown = ", ".join(foreign[:3]) if written else "no record of evalsuite writing it"
+            raise EvalsuiteError(f"{flag} {target} is a folder evalsuite did not write ({shown}); nothing was "
+                                 f"changed: choose a new folder name, or empty it yourself")
+        return f"replacing {target}/, evalsuite's own earlier output"
+    if target.is_dir():
+        raise EvalsuiteError(f"cannot write {flag} {target} (a folder); give a file path (in an existing folder)")
+    recorded = _read_record(target.parent / OUTPUTS_RECORD).get(target.name)
+    try:
+        ours = recorded is not None and file_sha256(target) == recorded
+    except OSError as exc:
+        raise EvalsuiteError(f"cannot read {flag} {target} ({exc.strerror or exc}); choose another path") from None
+    if not ours:
+        raise EvalsuiteError(f"{flag} {target} exists and evalsuite did not write it"
+                             + (" (it changed since evalsuite did)" if recorded else "")
+                             + "; nothing was changed: choose another path, or move the file away yourself")
+    return f"replacing {target}, evalsuite's own earlier output"
+
+
+def note_output(target: str | os.PathLike, *, folder: bool = False) -> None:
+    """Record ``target`` as evalsuite's output (see :func:`check_output`); best effort: a record
+    that cannot be written only means the next write there is refused, never lost data."""
+    target = Path(target)
+    with contextlib.suppress(OSError, ValueError):
+        if folder:
+            sizes = {p.name: p.stat().st_size for p in target.iterdir() if p.name != FOLDER_MARKER}
+            write_json(target / FOLDER_MARKER, sizes, indent=1)
+            return
+        record_path = target.parent / OUTPUTS_RECORD
+        record = _read_record(record_path)
+        record[target.name] = file_sha256(target)
+        write_json(record_path, record, indent=1)
+
+
+def write_output(target: str | os.PathLike, text: str, flag: str) -> Path:
+    """Write ``text`` to a user-named file: checked (:func:`check_output`), atomically, recorded;
+    replacing evalsuite's own earlier output is said in one line on standard error."""
+    import sys
+
+    from evalsuite.errors import EvalsuiteError
+
+    target = Path(target)
+    replacing = check_output(target, flag)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text(target, text)
+    except OSError as exc:
+        raise EvalsuiteError(f"cannot write {flag} {target} ({exc.strerror or exc}); choose another path") from None
+    note_output(target)
+    if replacing:
+        print(f"evalsuite: {replacing}", file=sys.stderr, flush=True)
+    return target
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

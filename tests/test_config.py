@@ -53,19 +53,33 @@ def test_every_field_reaches_the_config_from_the_command_line(spec):
 
 @pytest.mark.parametrize("spec", FIELDS, ids=[f.name for f in FIELDS])
 def test_every_field_reaches_the_config_through_evaluate(spec, monkeypatch):
-    """``evaluate(**{field: value})`` hands the value on (seen where the dry run receives it)."""
-    import evalsuite.run.dry_run
+    """``evaluate(**{field: value})`` and ``plan_cost(**{field: value})`` hand the value on (seen
+    where both receive it: the one preparation, :func:`evalsuite.run.preparation.prepare`)."""
+    import evalsuite.run.preparation
+    from evalsuite.run.dry_run import plan_cost
     from evalsuite.run.evaluation import evaluate
 
+    class Seen(Exception):
+        pass
+
     seen = []
-    monkeypatch.setattr(evalsuite.run.dry_run, "plan_cost", lambda config: seen.append(config) or "planned")
+
+    def prepare(config, **kwargs):
+        seen.append(config)
+        raise Seen
+
+    monkeypatch.setattr(evalsuite.run.preparation, "prepare", prepare)
     _, value = _cli_value(spec)
-    assert evaluate(dry_run=True, **{spec.name: value}) == "planned"
-    assert getattr(seen[0], spec.name) == value
-    # and as a config, keywords replacing its values
-    seen.clear()
-    evaluate(config=RunConfig(**{spec.name: value}), dry_run=True, tag="t")
-    assert getattr(seen[0], spec.name) == (value if spec.name != "tag" else "t")
+    for entry in (evaluate, plan_cost):
+        seen.clear()
+        with pytest.raises(Seen):
+            entry(**{spec.name: value})
+        assert getattr(seen[0], spec.name) == value
+        # and as a config, keywords replacing its values
+        seen.clear()
+        with pytest.raises(Seen):
+            entry(config=RunConfig(**{spec.name: value}), tag="t")
+        assert getattr(seen[0], spec.name) == (value if spec.name != "tag" else "t")
 
 
 def test_other_commands_take_their_run_options_from_the_fields():
@@ -79,8 +93,10 @@ def test_other_commands_take_their_run_options_from_the_fields():
 
 
 def test_validate_normalizes():
-    config = RunConfig(models=" a, b ,", tasks="leaderboard", batch_size="8", shard="1/4", run_id="r").validate()
+    config = RunConfig(models=" a, b ", tasks="leaderboard", batch_size="8", shard="1/4", run_id="r").validate()
     assert config.models == ("a", "b")
+    with pytest.raises(EvalsuiteError, match="empty model name"):  # a trailing comma is an empty name (issue 24.3)
+        RunConfig(models=" a, b ,").validate()
     assert config.tasks == ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
     assert (config.batch_size, config.shard) == (8, (1, 4))
     assert RunConfig().validate().models == (DEFAULT_MODEL,)

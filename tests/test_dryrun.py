@@ -144,8 +144,8 @@ def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir
 
     monkeypatch.setattr(evalsuite.models.loading, "load_transformers", no_weights)
     results = tmp_path / "results"
-    plan = evalsuite.evaluate(models=[str(tiny_llama_dir)], tasks=["arc", "mmlu", "gsm8k"], limit=2,
-                              data_dir=data_dir, results_dir=results, dry_run=True)
+    plan = evalsuite.plan_cost(models=[str(tiny_llama_dir)], tasks=["arc", "mmlu", "gsm8k"], limit=2,
+                               data_dir=data_dir, results_dir=results)
     assert isinstance(plan, CostPlan) and not results.exists()
     monkeypatch.undo()
     by_task = {t.task: t for t in plan.models[0].tasks}

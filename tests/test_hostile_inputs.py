@@ -247,8 +247,10 @@ def test_numeric_options_are_checked_before_anything_runs(args, expected, tmp_pa
 
 
 # -- the smaller cases ---------------------------------------------------------------------------
-def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path, capsys):
-    folder = tmp_path / ARC
+def break_arc_fewshot(root: Path, data_dir: Path) -> tuple[Path, int]:
+    """ARC under ``root`` whose few-shot row of the first evaluated document lacks its answer key;
+    the training file and the broken row's index."""
+    folder = root / ARC
     folder.mkdir(parents=True)
     shutil.copy(data_dir / ARC / "test.jsonl", folder / "test.jsonl")
     test_rows = (data_dir / ARC / "test.jsonl").read_text(encoding="utf-8").splitlines()
@@ -259,9 +261,14 @@ def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path,
     row.pop("answerKey")
     train[shot] = json.dumps(row)
     (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    return folder / "train.jsonl", shot
+
+
+def test_broken_training_row_is_located_in_the_training_file(data_dir, tmp_path, capsys):
+    train_file, shot = break_arc_fewshot(tmp_path, data_dir)
     assert main(["prompts", "--task", "arc", "--limit", "1", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{folder / 'train.jsonl'} line {shot + 1} (a few-shot row): field 'answerKey' is missing" \
+    assert len(err) == 1 and f"{train_file} line {shot + 1} (a few-shot row): field 'answerKey' is missing" \
         in err[0], err
     assert "test.jsonl" not in err[0]
 
@@ -296,3 +303,208 @@ def test_dry_run_exits_as_the_run_would(tmp_path, data_dir, tiny_llama_dir):
     real = cli("run", "--tasks", "winogrande,arc", "--results-dir", str(tmp_path / "r"), *common)
     assert (dry.returncode, real.returncode) == (1, 1), (dry.stderr[-2000:], real.stderr[-2000:])
     assert cli("run", "--dry-run", "--no-measure", "--tasks", "winogrande", *common).returncode == 0
+
+
+# == issue 24: broken model folders, model lists, the dry run as the run ===========================
+from test_hostile_store import cli as in_process  # noqa: E402 - the CLI in this process (fast)
+from test_hostile_store import one_line_error as only_error_line  # noqa: E402
+
+
+def _truncate_weights(folder: Path) -> str:
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return "model.safetensors"
+
+
+def _drop_tokenizer(folder: Path) -> str:
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        (folder / name).unlink(missing_ok=True)
+    return "tokenizer"
+
+
+def _bad_config(folder: Path) -> str:
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": 64,')  # cut short
+    return "config.json"
+
+
+def _config_not_object(folder: Path) -> str:
+    (folder / "config.json").write_text("[1, 2, 3]")
+    return "config.json"
+
+
+def _empty_weights(folder: Path) -> str:
+    (folder / "model.safetensors").write_bytes(b"")
+    return "model.safetensors"
+
+
+def _garbage_weights(folder: Path) -> str:
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    return "model.safetensors"
+
+
+def _index_names_missing_shard(folder: Path) -> str:
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    return "model-00002-of-00002.safetensors"
+
+
+def _truncated_bin(folder: Path) -> str:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) - 200])
+    return "pytorch_model.bin"
+
+
+BREAKAGES = {"no tokenizer": _drop_tokenizer, "truncated weights": _truncate_weights, "malformed config": _bad_config,
+             "config not an object": _config_not_object, "empty weights file": _empty_weights,
+             "garbage weights": _garbage_weights, "index names a missing shard": _index_names_missing_shard,
+             "truncated .bin": _truncated_bin}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry run"])
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_model_folder_is_one_line_exit_2_and_no_run_row(breakage, dry, tiny_llama_dir, data_dir, tmp_path,
+                                                                  capsys):
+    """Issue 24.2: every model is opened before any evaluation; the dry run refuses it alike."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    named = BREAKAGES[breakage](model)
+    results = tmp_path / "results"
+    before = files(tmp_path)
+    code, out, err = in_process(capsys, "run", *(["--dry-run", "--no-measure"] if dry else []), "--models", model,
+                                "--tasks", "winogrande", "--limit", "2", "--data-dir", data_dir, "--results-dir",
+                                results, "--no-progress")
+    assert code == 2, err[-3000:]
+    line = only_error_line(err)
+    assert named in line and (str(model) in line or breakage == "index names a missing shard"), line
+    assert files(tmp_path) == before and not results.exists()  # no run row, no folder, nothing at all
+
+
+def test_a_model_folder_that_is_fine_but_holds_a_broken_extra_file_still_runs(tiny_llama_dir, data_dir, tmp_path,
+                                                                             capsys):
+    """Hostile, next: a stray training-args.bin (not a checkpoint) is not mistaken for a weights file."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    (model / "training_args.bin").write_bytes(b"not a zip")
+    code, _, err = in_process(capsys, "run", "--dry-run", "--no-measure", "--models", model, "--tasks", "winogrande",
+                              "--limit", "2", "--data-dir", data_dir, "--no-progress")
+    assert code == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("value", ["", ",", " ", "a,,b", " , ", f"{'x'},"], ids=repr)
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry run"])
+def test_an_empty_name_in_models_is_bad_input(value, dry, data_dir, tmp_path, capsys):
+    """Issue 24.3: never the default model."""
+    results = tmp_path / "results"
+    code, out, err = in_process(capsys, "run", *(["--dry-run", "--no-measure"] if dry else []), "--models", value,
+                                "--tasks", "winogrande", "--limit", "1", "--data-dir", data_dir, "--results-dir",
+                                results)
+    assert code == 2
+    line = only_error_line(err)
+    assert "--models" in line and "empty" in line and "smollm2" in line  # says the default is what leaving it out gives
+    assert not results.exists() and "smollm2" not in out
+
+
+@pytest.mark.parametrize("value", ["", " ", ","], ids=repr)
+def test_nightly_with_an_empty_model_is_bad_input(value, data_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = in_process(capsys, "nightly", "--model", value, "--tasks", "winogrande", "--limit", "1",
+                              "--data-dir", data_dir, "--results-dir", results)
+    assert code == 2 and "--model" in only_error_line(err)
+    assert not results.exists()
+
+
+def test_contamination_with_an_empty_model_name_is_bad_input(data_dir, tmp_path, capsys):
+    code, _, err = in_process(capsys, "contamination", "--models", "a,,b", "--tasks", "winogrande", "--limit", "1",
+                              "--data-dir", data_dir, "--results-dir", tmp_path / "r")
+    assert code == 2 and "--models" in only_error_line(err)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag", ["--tensor-parallel", "--data-parallel", "--limit"])
+def test_a_bad_count_names_its_own_flag(flag, capsys):
+    """Issue 24.8: `--tensor-parallel 0` is not told to omit --limit."""
+    code, _, err = in_process(capsys, "run", flag, "0")
+    assert code == 2
+    text = err.strip().splitlines()[-1]
+    assert flag in text and "at least 1" in text
+    assert ("--limit" in text) == (flag == "--limit"), text
+
+
+# -- 24.6: the dry run exits as the run would, for every input check of the run ------------------
+def _broken_fewshot(tmp_path: Path, data_dir: Path) -> Path:
+    """A data folder: ARC with a broken few-shot row, and Winogrande."""
+    root = tmp_path / "data"
+    break_arc_fewshot(root, data_dir)
+    shutil.copytree(data_dir / WINOGRANDE, root / WINOGRANDE)
+    return root
+
+
+@pytest.mark.slow  # three runs and three dry runs, end to end
+def test_the_dry_run_exits_as_the_run_would_for_every_first_check(tmp_path, data_dir, tiny_llama_dir, capsys):
+    common = ["--models", str(tiny_llama_dir), "--limit", "2", "--no-progress"]
+
+    def both(*args: str, results: Path) -> tuple[int, int]:
+        dry = in_process(capsys, "run", "--dry-run", "--no-measure", *common, *args, "--results-dir", results)[0]
+        real = in_process(capsys, "run", *common, *args, "--results-dir", results)[0]
+        return dry, real
+
+    # a broken few-shot row: the task fails, the others run (1 and 1)
+    broken = _broken_fewshot(tmp_path, data_dir)
+    assert both("--tasks", "winogrande,arc", "--data-dir", str(broken), results=tmp_path / "r1") == (1, 1)
+    # a finished run id: both refuse it (2 and 2), the store untouched by either
+    results = tmp_path / "r2"
+    assert in_process(capsys, "run", *common, "--tasks", "arc", "--data-dir", data_dir, "--run-id", "done",
+                      "--results-dir", results)[0] == 0
+    before = files(results)
+    assert both("--tasks", "arc", "--data-dir", str(data_dir), "--run-id", "done", "--resume", results=results) == (2, 2)
+    assert both("--tasks", "arc", "--data-dir", str(data_dir), "--run-id", "done", results=results) == (2, 2)
+    assert files(results) == before
+    # a corrupt request cache: both refuse it before any run row
+    from evalsuite.run.request_cache import cache_path
+
+    path = Path(cache_path())
+    saved = path.read_bytes() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not a database" * 100)
+    try:
+        assert both("--tasks", "arc", "--data-dir", str(data_dir), results=tmp_path / "r3") == (2, 2)
+        assert not (tmp_path / "r3").exists()
+    finally:
+        if saved is None:
+            path.unlink()
+        else:
+            path.write_bytes(saved)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--log-to", "nowhere:x"], "--log-to"),
+    (["--log-to", "tensorboard:tb", "--shard", "0/2", "--run-id", "s"], "--log-to"),
+    (["--ray", "local"], "--ray and --shards"),
+    (["--shard", "0/2", "--ray", "local", "--shards", "2", "--run-id", "s"], "--shard"),
+])
+def test_command_line_checks_refuse_the_dry_run_as_the_run(args, words, tiny_llama_dir, data_dir, tmp_path, capsys):
+    """Hostile, next: flags only the run used to check (--log-to, --ray/--shards) are checked for the dry run too."""
+    results = tmp_path / "results"
+    base = ["run", "--models", tiny_llama_dir, "--tasks", "winogrande", "--limit", "1", "--data-dir", data_dir,
+            "--results-dir", results, "--no-progress", *args]
+    for dry in ([], ["--dry-run", "--no-measure"]):
+        code, _, err = in_process(capsys, *base, *dry)
+        assert code == 2 and words in only_error_line(err), (dry, err)
+    assert not results.exists()
+
+
+def test_the_same_model_twice_leaves_no_trace(tiny_llama_dir, data_dir, tmp_path, capsys):
+    """Hostile, next: the same folder twice (once through a trailing slash) is refused before the
+    results folder is even created."""
+    results = tmp_path / "results"
+    code, _, err = in_process(capsys, "run", "--models", f"{tiny_llama_dir},{tiny_llama_dir}/", "--tasks", "arc",
+                              "--limit", "1", "--data-dir", data_dir, "--results-dir", results)
+    assert code == 2 and "named twice" in only_error_line(err)
+    assert not results.exists()

@@ -7,6 +7,7 @@ after: nothing written outside ``--results-dir``, nothing lost, nothing overwrit
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import os
 import socket
@@ -121,8 +122,7 @@ def test_a_model_folder_with_a_hostile_name_is_stored_as_data(tiny_llama_dir, da
     """A folder name that is not a valid name (``__``, spaces, a leading dash) is the model key as
     data; its files get a derived name inside the store."""
     folder = tmp_path / "models" / "-we__ird name"
-    folder.parent.mkdir()
-    folder.symlink_to(tiny_llama_dir, target_is_directory=True)
+    shutil.copytree(tiny_llama_dir, folder)  # a copy: a link would be keyed by the folder it resolves to
     results = tmp_path / "results"
     code, out, err = cli(capsys, *run_args(folder, data_dir, results, "--run-id", "odd"))
     assert code == 0, err
@@ -319,3 +319,259 @@ def test_an_unreadable_old_file_makes_its_run_unreadable_not_the_store(tiny_llam
     for run_id, named in (("ancient", garbage), ("newer", broken)):
         code, _, err = cli(capsys, "results", "--results-dir", results, "--run", run_id)
         assert code == 2 and str(named) in one_line_error(err)
+
+
+# == issue 24: the paths users name, the store's edges ===============================================
+def _claim_key(root: str, source: str) -> None:
+    """In its own process: claim model key 'llama' for ``source``; exit 0 if won, 3 if not."""
+    won = ResultsStore(root).claim_model_key("llama", source)
+    sys.exit(0 if won else 3)
+
+
+def test_a_model_key_is_claimed_atomically(tmp_path):
+    """Issue 24.4: two processes starting at once with two same-named folders: one gets the key."""
+    from conftest import run_concurrently
+
+    root = tmp_path / "results"
+    codes = run_concurrently(_claim_key, [(str(root), f"/models/{i}/llama") for i in range(4)])
+    assert sorted(codes) == [0, 3, 3, 3], codes
+    assert ResultsStore(root).claim_model_key("llama", "/models/0/llama") is (codes[0] == 0)
+
+
+def test_same_named_folders_get_distinct_keys_even_before_either_wrote_a_row(twins, data_dir, tmp_path, capsys):
+    """The key is claimed before the run evaluates, so a second run that starts while the first is
+    still evaluating (no run row yet) already sees it taken."""
+    results = tmp_path / "results"
+    store = ResultsStore(results)
+    assert store.claim_model_key("llama", str(twins[0].resolve()))  # the first run's claim, no rows yet
+    code, _, err = cli(capsys, *run_args(twins[1], data_dir, results, "--run-id", "second"))
+    assert code == 0, err
+    (view,) = run_views(results, "second")
+    assert view.model.startswith("llama-") and view.model != "llama"
+
+
+def test_a_folder_reached_through_a_link_is_one_model(tiny_llama_dir, data_dir, tmp_path, capsys, monkeypatch):
+    """Issue 24.4: the folder directly, through a link, and as '.' from inside it: one key."""
+    link = tmp_path / "latest"
+    link.symlink_to(tiny_llama_dir)
+    results = tmp_path / "results"
+    assert cli(capsys, *run_args(tiny_llama_dir, data_dir, results, "--run-id", "direct"))[0] == 0
+    assert cli(capsys, *run_args(link, data_dir, results, "--run-id", "linked"))[0] == 0
+    monkeypatch.chdir(tiny_llama_dir)
+    assert cli(capsys, *run_args(".", data_dir, results, "--run-id", "dot"))[0] == 0
+    keys = {run: [v.model for v in run_views(results, run)] for run in ("direct", "linked", "dot")}
+    assert keys["direct"] == keys["linked"] == keys["dot"] == [tiny_llama_dir.name], keys
+    code, _, err = cli(capsys, *run_args(f"{tiny_llama_dir},{link}", data_dir, results, "--run-id", "both"))
+    assert code == 2 and "named twice" in one_line_error(err)
+
+
+@pytest.mark.parametrize("folder", ["runs", "scores", "samples", "claims", "nightly", "contamination"])
+def test_no_write_through_a_link_inside_the_store(folder, tiny_llama_dir, data_dir, tmp_path, capsys):
+    """Issue 24.5: a store folder that is a link is refused before evaluating; nothing is written
+    there or anywhere else."""
+    results = tmp_path / "results"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    results.mkdir()
+    (results / folder).symlink_to(elsewhere, target_is_directory=True)
+    before = tree(tmp_path)
+    for dry in ([], ["--dry-run", "--no-measure"]):
+        code, out, err = cli(capsys, *run_args(tiny_llama_dir, data_dir, results), *dry)
+        assert code == 2
+        line = one_line_error(err)
+        assert str(results / folder) in line and "link" in line
+        assert tree(tmp_path) == before
+
+
+def test_nightly_with_a_linked_nightly_folder_evaluates_nothing(tiny_llama_dir, data_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (results / "nightly").symlink_to(elsewhere, target_is_directory=True)
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "nightly", "--model", tiny_llama_dir, "--tasks", "arc", "--limit", LIMIT, "--data-dir",
+                       data_dir, "--results-dir", results)
+    assert code == 2 and "nightly" in one_line_error(err)
+    assert tree(tmp_path) == before and not (results / "runs").exists()
+
+
+def test_a_file_where_the_store_keeps_a_table_is_found_before_evaluating(tiny_llama_dir, data_dir, tmp_path, capsys):
+    """A `scores` that cannot take files (here a file in its place; a read-only folder for a user
+    who is not root) is refused before the task is evaluated, not after."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "scores").write_text("not a folder")
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, *run_args(tiny_llama_dir, data_dir, results))
+    assert code == 2 and str(results / "scores") in one_line_error(err)
+    assert tree(tmp_path) == before
+    if os.geteuid() != 0:  # root writes into read-only folders: only a non-root user can see this case
+        (results / "scores").unlink()
+        (results / "scores").mkdir(mode=0o500)
+        code, _, err = cli(capsys, *run_args(tiny_llama_dir, data_dir, results))
+        assert code == 2 and "not writable" in one_line_error(err)
+        assert not (results / "runs").exists()
+
+
+# -- 24.1: the paths a user names -----------------------------------------------------------------
+def test_dus_out_never_deletes_a_folder_evalsuite_did_not_write(tiny_llama_dir, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = tree(tmp_path)
+    for out in (mine, tiny_llama_dir):  # a user's folder; the base model's own folder
+        base_before = tree(tiny_llama_dir)
+        code, _, err = cli(capsys, "dus", tiny_llama_dir, "--overlap", "1", "--out", out)
+        assert code == 2 and str(out) in one_line_error(err) and "did not write" in err
+        assert tree(tmp_path) == before and tree(tiny_llama_dir) == base_before
+    # evalsuite's own build: replaced, and said so; once a user adds a file, refused again
+    built = tmp_path / "built"
+    assert cli(capsys, "dus", tiny_llama_dir, "--overlap", "1", "--out", built)[0] == 0
+    code, _, err = cli(capsys, "dus", tiny_llama_dir, "--overlap", "1", "--out", built)
+    assert code == 0 and f"replacing {built}" in err
+    (built / "notes.md").write_text("my notes")
+    code, _, err = cli(capsys, "dus", tiny_llama_dir, "--overlap", "1", "--out", built)
+    assert code == 2 and "notes.md" in one_line_error(err)
+    assert (built / "notes.md").read_text() == "my notes"
+
+
+def test_report_out_never_overwrites_the_store_or_a_foreign_file(finished, tmp_path, capsys):
+    run_file = ResultsStore(finished).files("runs", "R")[0]
+    (finished / "baseline.json").write_text(json.dumps({"run_id": "R", "model": "x"}))
+    foreign = tmp_path / "notes.html"
+    foreign.write_text("<p>mine</p>")
+    linked = tmp_path / "linked.html"
+    linked.symlink_to(foreign)
+    store_before, outside_before = tree(finished), tree(tmp_path)
+    for out, why in ((run_file, "inside the results store"), (finished / "baseline.json", "inside the results store"),
+                     (finished / "new.html", "inside the results store"), (foreign, "did not write"),
+                     (linked, "is a link")):
+        code, _, err = cli(capsys, "report", "--results-dir", finished, "--out", out)
+        assert code == 2 and why in one_line_error(err), err
+    assert tree(finished) == store_before and tree(tmp_path) == outside_before
+    (finished / "baseline.json").unlink()
+    # its own earlier report: replaced, said in one line; edited by hand since: refused
+    out = tmp_path / "report.html"
+    assert cli(capsys, "report", "--results-dir", finished, "--out", out)[0] == 0
+    code, _, err = cli(capsys, "report", "--results-dir", finished, "--out", out)
+    assert code == 0 and err.strip() == f"evalsuite: replacing {out}, evalsuite's own earlier output"
+    out.write_text(out.read_text() + "<!-- my edit -->")
+    code, _, err = cli(capsys, "report", "--results-dir", finished, "--out", out)
+    assert code == 2 and "changed since" in one_line_error(err)
+    assert out.read_text().endswith("<!-- my edit -->")
+
+
+def test_export_out_writes_nothing_when_one_file_is_foreign(finished, tmp_path, capsys):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "scores.csv").write_text("my,own\n")
+    before = tree(tmp_path)
+    code, _, err = cli(capsys, "export", "R", "--results-dir", finished, "--out", folder, "--allow-limited")
+    assert code == 2 and "scores.csv" in one_line_error(err)
+    assert tree(tmp_path) == before  # results.json and model-index.yaml were not written either
+    store_before = tree(finished)
+    code, _, err = cli(capsys, "export", "R", "--results-dir", finished, "--out", finished / "scores",
+                       "--allow-limited")
+    assert code == 2 and "inside the results store" in one_line_error(err)
+    assert tree(finished) == store_before
+    fresh = tmp_path / "fresh"
+    assert cli(capsys, "export", "R", "--results-dir", finished, "--out", fresh, "--allow-limited")[0] == 0
+    code, _, err = cli(capsys, "export", "R", "--results-dir", finished, "--out", fresh, "--allow-limited")
+    assert code == 0 and err.count("replacing") == 3
+
+
+def test_table_out_never_overwrites_the_store_or_a_foreign_file(finished, tmp_path, capsys):
+    foreign = tmp_path / "table.csv"
+    foreign.write_text("mine")
+    before, store_before = tree(tmp_path), tree(finished)
+    for out in (foreign, finished / "table.csv", ResultsStore(finished).files("scores")[0]):
+        code, _, err = cli(capsys, "table", "--format", "csv", "--results-dir", finished, "--out", out)
+        assert code == 2 and str(out) in one_line_error(err)
+    assert tree(tmp_path) == before and tree(finished) == store_before
+    out = tmp_path / "t.md"
+    assert cli(capsys, "table", "--results-dir", finished, "--out", out)[0] == 0
+    assert "| Model" in out.read_text() or "Model" in out.read_text()
+    code, _, err = cli(capsys, "table", "--results-dir", finished, "--out", out)
+    assert code == 0 and "replacing" in err
+
+
+def test_prompts_out_never_overwrites_its_own_data_or_the_store(data_dir, finished, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "winogrande", data / "winogrande")
+    target = next(p for p in sorted((data / "winogrande").rglob("*.jsonl")))
+    before = tree(tmp_path)
+    store_before = tree(finished)
+    for out in (target, finished / "prompts.jsonl"):
+        code, _, err = cli(capsys, "prompts", "--task", "winogrande", "--limit", "1", "--data-dir", data, "--out", out)
+        assert code == 2 and str(out) in one_line_error(err)
+    assert tree(tmp_path) == before and tree(finished) == store_before
+
+
+def test_compare_and_nightly_outputs_never_overwrite_a_foreign_file(finished, tiny_llama_dir, data_dir, tmp_path,
+                                                                    capsys):
+    foreign = tmp_path / "summary.md"
+    foreign.write_text("# my summary")
+    before, store_before = tree(tmp_path), tree(finished)
+    code, _, err = cli(capsys, "compare", "R", "R", "--results-dir", finished, "--markdown", foreign)
+    assert code == 2 and "--markdown" in one_line_error(err)
+    # nightly refuses before it evaluates: no run row
+    code, _, err = cli(capsys, "nightly", "--model", tiny_llama_dir, "--tasks", "arc", "--limit", LIMIT, "--data-dir",
+                       data_dir, "--results-dir", finished, "--json", finished / "n.json")
+    assert code == 2 and "--json" in one_line_error(err)
+    assert tree(tmp_path) == before and tree(finished) == store_before
+
+
+# -- 24.7: CSV cells a spreadsheet would run ---------------------------------------------------------
+FORMULAS = ["=HYPERLINK(\"http:x\")", "+1+1", "-2+3", "@SUM(A1)"]
+
+
+@pytest.mark.parametrize("name", FORMULAS, ids=["eq", "plus", "minus", "at"])
+def test_csv_outputs_neutralise_formulas_in_model_names(name, tiny_llama_dir, data_dir, tmp_path, capsys):
+    import csv
+    import io
+
+    model = tmp_path / name
+    shutil.copytree(tiny_llama_dir, model)
+    results = tmp_path / "results"
+    assert cli(capsys, *run_args(model, data_dir, results, "--run-id", "F"))[0] == 0
+    code, out, _ = cli(capsys, "table", "--format", "csv", "--results-dir", results)
+    assert code == 0
+    cells = [c for row in csv.reader(io.StringIO(out)) for c in row]
+    assert "'" + name in cells and name not in cells
+    code, out, _ = cli(capsys, "export", "F", "--format", "csv", "--results-dir", results, "--out", tmp_path / "e")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "e" / "scores.csv").read_text())))
+    assert {r["model"] for r in rows} == {"'" + name}
+    assert all(not c.startswith(("=", "+", "@")) for r in rows for c in r.values() if c)
+    assert all(r["score"] == "" or float(r["score"]) >= 0 for r in rows)  # numbers stay numbers
+
+
+def test_safe_cell_leaves_numbers_alone():
+    from evalsuite.outputs.csv_cells import safe_cell
+
+    assert [safe_cell(v) for v in ("-1.5", "+2", "1e-3", "-inf", 3, None)] == ["-1.5", "+2", "1e-3", "-inf", 3, None]
+    assert [safe_cell(v) for v in ("-1.5+A1", "=1", "\t=1", "@x")] == ["'-1.5+A1", "'=1", "'\t=1", "'@x"]
+
+
+# -- 24.8: messages name the thing -------------------------------------------------------------------
+def test_the_stores_only_run_unreadable_is_named(tiny_llama_dir, data_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert cli(capsys, *run_args(tiny_llama_dir, data_dir, results, "--run-id", "only"))[0] == 0
+    (row,) = ResultsStore(results).files("runs")
+    row.write_bytes(b"not parquet")
+    for command in (["results"], ["table"], ["report", "--out", tmp_path / "r.html"], ["export"]):
+        code, _, err = cli(capsys, *command, "--results-dir", results)
+        assert code == 2
+        line = one_line_error(err)
+        assert str(row) in line, (command, line)
+
+
+def test_a_tensorboard_runs_folder_is_not_a_results_store(finished, tmp_path, capsys, monkeypatch):
+    """Hostile, next (by accident): a project folder with TensorBoard's `runs/` is not taken for a store."""
+    (tmp_path / "runs" / "Dec07_exp1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "report", "--results-dir", finished, "--out", "report.html")
+    assert code == 0, err
+    assert (tmp_path / "report.html").is_file()

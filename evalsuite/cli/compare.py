@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from evalsuite.cli.options import add_results_dir, add_task_dir
 
@@ -50,14 +51,10 @@ def handle(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def write_outputs(result: object, markdown: Path | None, json_path: Path | None) -> None:
-    from evalsuite.errors import EvalsuiteError
+def write_outputs(result: Any, markdown: Path | None, json_path: Path | None) -> None:
+    """``--markdown``/``--json``: never over a file evalsuite did not write, never into a store."""
+    from evalsuite.fsutil import write_output
 
-    for path, text in ((markdown, getattr(result, "markdown")), (json_path, getattr(result, "to_json"))):
-        if path is None:
-            continue
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text())
-        except OSError as exc:
-            raise EvalsuiteError(f"could not write {path} ({exc.strerror}); choose another path") from None
+    for flag, path, text in (("--markdown", markdown, result.markdown), ("--json", json_path, result.to_json)):
+        if path is not None:
+            write_output(path, text(), flag)

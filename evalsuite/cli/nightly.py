@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 
 from evalsuite.config import add_option, add_run_options
 from evalsuite.cli.options import add_log_to, check_log_to, log_after
@@ -31,8 +30,12 @@ def handle(args: argparse.Namespace) -> int:
     from evalsuite.config import RunConfig
     from evalsuite.run.nightly import nightly
     from evalsuite.cli.compare import write_outputs
+    from evalsuite.fsutil import check_output, write_output
 
     check_log_to(args)
+    for flag, extra in (("--markdown", args.markdown), ("--json", args.json)):  # before the run, not after it
+        if extra is not None:
+            check_output(extra, flag)
     config = RunConfig.from_args(args, models=args.model, progress=False)
     result = nightly(config=config, baseline=args.baseline, max_drop=args.max_drop, alpha=args.alpha, force=args.force)
     if result.comparison is None:
@@ -40,10 +43,10 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print(result.comparison.table())
         write_outputs(result.comparison, args.markdown, args.json)
-    for extra, source in ((args.markdown, result.markdown_path), (args.json, result.json_path)):
+    for flag, extra, source in (("--markdown", args.markdown, result.markdown_path),
+                                ("--json", args.json, result.json_path)):
         if extra is not None and result.comparison is None:
-            extra.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, extra)
+            write_output(extra, source.read_text(encoding="utf-8"), flag)
     print(f"\nnightly run {result.run_id}: comparison in {result.markdown_path} and {result.json_path}")
     log_after(args, result.run_id)
     return result.exit_code

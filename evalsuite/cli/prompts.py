@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from evalsuite.cli.options import add_data_dir, add_task_dir, positive_int
+from evalsuite.cli.options import add_data_dir, add_task_dir
+from evalsuite.config import limit_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "tasks), contexts + continuation (Winogrande) or until (GSM8K).",
     )
     parser.add_argument("--task", required=True, help="one task: arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k")
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="first N documents (per subject for MMLU)")
+    parser.add_argument("--limit", type=limit_arg, metavar="N", help="first N documents (per subject for MMLU)")
     add_data_dir(parser)
     add_task_dir(parser)
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
@@ -28,25 +29,44 @@ def handle(args: argparse.Namespace) -> int:
     from evalsuite.tasks import LoadedTask, expand_tasks, load_spec
 
     names = expand_tasks([args.task])
-    out = _open_out(args.out) if args.out else sys.stdout
-    try:
-        for name in names:
-            task = LoadedTask(load_spec(name), resolve_data_dir(args.data_dir))
-            for prompt in task.prompts(args.limit):
-                out.write(json.dumps(prompt.to_json(), ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
+    if not args.out:
+        _write(sys.stdout, names, args)
+        return 0
+    from evalsuite.fsutil import atomic_path, check_output, note_output
+
+    replacing = check_output(args.out, "--out")  # never over a file evalsuite did not write, never into a store
+    tasks = [LoadedTask(load_spec(name), resolve_data_dir(args.data_dir)) for name in names]
+    with atomic_path(args.out) as tmp:  # a failed write leaves the old file (or none), never half of one
+        out = _open_out(args.out, tmp)
+        try:
+            _write(out, tasks, args)
+        finally:
             out.close()
+    note_output(args.out)
+    if replacing:
+        print(f"evalsuite: {replacing}", file=sys.stderr)
     return 0
 
 
-def _open_out(path: str):
-    """``--out FILE`` opened for writing; a folder, a path under a file or a missing or read-only
-    folder is one line naming the path, not a traceback."""
+def _write(out, tasks, args: argparse.Namespace) -> None:
+    """Every prompt of ``tasks`` (names or loaded tasks) as one JSON line."""
+    from evalsuite.tasks.data import resolve_data_dir
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    for task in tasks:
+        if isinstance(task, str):
+            task = LoadedTask(load_spec(task), resolve_data_dir(args.data_dir))
+        for prompt in task.prompts(args.limit):
+            out.write(json.dumps(prompt.to_json(), ensure_ascii=False) + "\n")
+
+
+def _open_out(path: str, tmp):
+    """``--out FILE`` (its temporary sibling ``tmp``) opened for writing; a folder, a path under
+    a file or a missing or read-only folder is one line naming the path, not a traceback."""
     from evalsuite.errors import EvalsuiteError
 
     try:
-        return open(path, "w", encoding="utf-8")
+        return open(tmp, "w", encoding="utf-8")
     except OSError as exc:
         raise EvalsuiteError(f"cannot write --out {path} ({exc.strerror}); give a file path in an existing, "
                              f"writable folder") from None

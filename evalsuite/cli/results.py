@@ -21,12 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from evalsuite.analysis.leaderboard import run_summary
-    from evalsuite.store.run_views import latest_runs, run_views
+    from evalsuite.store.run_views import latest_runs, run_views, unreadable_note
 
     views = run_views(args.results_dir, args.run) if args.run else latest_runs(args.results_dir)
     if not views:
         from evalsuite.errors import EvalsuiteError
 
-        raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
+        raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first"
+                             f"{unreadable_note(args.results_dir)}")
     print(run_summary(views))
     return 0

@@ -46,16 +46,19 @@ def handle(args: argparse.Namespace) -> int:
     config = RunConfig.from_args(args).validate(gpu=False, cpu_budget=not args.dry_run)
     if not config.progress:
         quiet_progress()
+    # every check of the command line first, so that the dry run refuses what the run refuses
+    check_log_to(args)
+    if args.log_to and config.shard:
+        raise EvalsuiteError("--log-to logs a whole run, not one shard: once all shards are in, log the merged "
+                             "run from Python with evalsuite.outputs.trackers.log_run(TARGET, RUN_ID), or use --ray")
+    if (args.ray or args.shards) and not (args.ray and args.shards):
+        raise EvalsuiteError("--ray and --shards go together: --ray ADDRESS|local --shards N")
     if args.dry_run:
         from evalsuite.run.dry_run import plan_cost
 
         planned = plan_cost(config=config)
         print(planned.table())
         return planned.exit_code
-    check_log_to(args)
-    if args.log_to and config.shard:
-        raise EvalsuiteError("--log-to logs a whole run, not one shard: once all shards are in, log the merged "
-                             "run from Python with evalsuite.outputs.trackers.log_run(TARGET, RUN_ID), or use --ray")
     if args.ray or args.shards:
         return _handle_ray(args, config)
     result = evaluate(config=replace(config, device=args.device))  # evaluate says how "auto" chose

@@ -26,12 +26,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tag", metavar="T", help="only runs tagged T")
     add_results_dir(parser)
     add_task_dir(parser)
+    parser.add_argument("--out", metavar="FILE", help="write the table to FILE instead of standard output (never over "
+                                                      "a file evalsuite did not write, never inside a results store)")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from evalsuite.outputs.paper_table import paper_table
 
-    print(paper_table(args.format, results_dir=args.results_dir, models=args.models, runs=args.runs, tag=args.tag,
-                      published=args.published))
+    if args.out:
+        from evalsuite.fsutil import check_output, write_output
+
+        check_output(args.out, "--out")  # before the store is read
+    text = paper_table(args.format, results_dir=args.results_dir, models=args.models, runs=args.runs, tag=args.tag,
+                       published=args.published)
+    if args.out:
+        print(f"table written to {write_output(args.out, text + chr(10), '--out')}")
+    else:
+        print(text)
     return 0

@@ -20,12 +20,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evalsuite.errors import EvalsuiteError
-from evalsuite.fsutil import cache_dir, file_sha256, replace_dir
+from evalsuite.fsutil import cache_dir, check_output, file_sha256, note_output, replace_dir
 from evalsuite.models.identity import ModelSource
 from evalsuite.models.loading import load_transformers
 from evalsuite.models.memory import check_fits
@@ -209,6 +210,7 @@ def check_request(out_dir: str | Path | None, recover_text: str | Path | None, r
     """Refuse a build without an output folder, or recovery without its text, before any weight loads."""
     if out_dir is None:
         raise DusError("no output folder; pass --out DIR (or use --dry-run)")
+    check_output(out_dir, "--out", folder=True)  # never replaces a folder evalsuite did not write
     if recover_steps and (recover_text is None or not Path(recover_text).is_file()):
         raise DusError(f"recovery needs text: pass --recover-text FILE, an existing plain-text file that is not benchmark data (got {recover_text})")
 
@@ -279,13 +281,17 @@ def save_atomically(model: Any, tokenizer: Any, target: Path, report: DusReport)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise DusError(f"{target} exists and is not a folder; pass another --out")
+    replacing = check_output(target, "--out", folder=True)  # again, just before: nothing foreign is removed
 
     def save(folder: Path) -> None:
         model.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         (folder / "dus.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+        note_output(folder, folder=True)  # last: the record of what evalsuite wrote there
 
+    if replacing:
+        print(f"evalsuite: {replacing}", file=sys.stderr, flush=True)
     replace_dir(target, save)
 
 

@@ -144,12 +144,16 @@ def resolve_model(name: str, *, trust_remote_code: bool = False, revision: str |
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnknownModelError(f"GGUF file {path} does not exist; give the path of an existing .gguf file")
-        return ModelSpec(path.stem, str(path.resolve()), kind="gguf", dtype="float32", trust_remote_code=trust_remote_code)
+        # named after the resolved file: one model however it is reached (a link, "..", "~")
+        return ModelSpec(path.resolve().stem, str(path.resolve()), kind="gguf", dtype="float32",
+                         trust_remote_code=trust_remote_code)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"{path} has no config.json; give a Hugging Face model folder (save_pretrained output)")
         check_remote_code(path, trust_remote_code)
-        return ModelSpec(path.name, str(path.resolve()), kind="local", dtype="float32", trust_remote_code=trust_remote_code)
+        # named after the resolved folder: one model however it is reached (a link, ".", "..", a trailing /)
+        return ModelSpec(path.resolve().name or "model", str(path.resolve()), kind="local", dtype="float32",
+                         trust_remote_code=trust_remote_code)
     if path.is_file():
         raise UnknownModelError(f"{path} is a file; give a model folder (with config.json), a .gguf file or a Hub id")
     if looks_like_path(name):

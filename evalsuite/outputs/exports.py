@@ -28,7 +28,6 @@ A limited run (``--limit``) is not a leaderboard result: the model-index refuses
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -38,6 +37,7 @@ from typing import Any
 
 from evalsuite import __version__
 from evalsuite.errors import EvalsuiteError
+from evalsuite.outputs.csv_cells import csv_dict_writer
 from evalsuite.store.run_views import is_missing, load_run  # load_run: the one read path, also for export's callers
 from evalsuite.store.status import FINISHED, TaskStatus
 from evalsuite.tasks.catalogue import TaskSpec, load_suite, lookup, ordered
@@ -239,7 +239,7 @@ CSV_COLUMNS = ["run_id", "model", "model_id", "task", "lm_eval_task", "subtask",
 def scores_csv(view: Any) -> str:
     """Task and subject rows (score and stderr x100), then H6; failed or missing tasks say so."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv_dict_writer(buffer, CSV_COLUMNS, lineterminator="\n")  # formulas neutralised (outputs.csv_cells)
     writer.writeheader()
     model_id = getattr(view.record, "model_id", None)
     frame = view.scores.sort_values(["task", "subtask"], na_position="first", kind="stable")
@@ -302,13 +302,11 @@ def export(ref: str, *, results_dir: str | Path = "results", formats: tuple[str,
     if "csv" in formats:
         texts["csv"] = scores_csv(view)
     folder = Path(out_dir) if out_dir else Path("exports") / f"{view.run_id}__{slug(view.model)}"
+    from evalsuite.fsutil import check_output, write_output
+
+    for fmt in texts:  # every file checked before any is written: never over a file evalsuite did not write
+        check_output(folder / FILE_NAMES[fmt], "--out")
     written = {}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for fmt, text in texts.items():
-            path = folder / FILE_NAMES[fmt]
-            path.write_text(text, encoding="utf-8")
-            written[fmt] = path
-    except OSError as exc:
-        raise EvalsuiteError(f"could not write into {folder} ({exc.strerror}); pick another --out") from None
+    for fmt, text in texts.items():
+        written[fmt] = write_output(folder / FILE_NAMES[fmt], text, "--out")
     return written

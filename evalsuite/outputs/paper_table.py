@@ -9,7 +9,6 @@ are marked with a dagger when only the H6 is confirmed.
 """
 from __future__ import annotations
 
-import csv
 import html
 import io
 import math
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from evalsuite.analysis.leaderboard import LeaderboardTable
 from evalsuite.errors import EvalsuiteError
+from evalsuite.outputs.csv_cells import csv_writer
 from evalsuite.models.registry import REGISTRY
 from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR
 from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, title
@@ -168,7 +168,7 @@ def to_latex(rows: list[TableRow]) -> str:
 
 def to_csv(rows: list[TableRow]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv_writer(buf, lineterminator="\n")  # formulas in names neutralised (outputs.csv_cells)
     writer.writerow([*header(rows), "h6_complete", "published", "per_task_confirmed", "note"])
     for row in rows:
         values = [f"{row.values[c]:.2f}" if c in row.values else "" for c in score_columns(rows)]

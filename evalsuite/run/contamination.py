@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evalsuite.errors import EvalsuiteError
+from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError
 from evalsuite.analysis.paired_stats import bootstrap_means
 
 if TYPE_CHECKING:
@@ -183,9 +183,14 @@ def load_documents(tasks: Sequence[str] | str | None, data_dir: str | Path | Non
     from evalsuite.tasks import LoadedTask, expand_tasks, load_spec
 
     root = resolve_data_dir(data_dir)
+    return documents_of([LoadedTask(load_spec(name), root) for name in expand_tasks(tasks)], limit)
+
+
+def documents_of(tasks: Sequence[Any], limit: int | None = None) -> list[Document]:
+    """The documents of loaded tasks in v1 evaluation order (``limit``: the same prefix a run uses)."""
     docs: list[Document] = []
-    for name in expand_tasks(tasks):
-        task = LoadedTask(load_spec(name), root)
+    for task in tasks:
+        name = task.spec.name
         for unit in task.units:
             order = unit.schedule.order if limit is None else unit.schedule.order[:limit]
             for position, local in enumerate(order):
@@ -383,20 +388,37 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     if neighbours < 0:
         raise EvalsuiteError(f"--neighbours must be 0 or more, got {neighbours}")
     min_k_prob([0.0], k)  # validates k before anything loads
-    config = config.validate()
+    from evalsuite.backends.registry import logprob_backend
+
+    config = RunConfig.build(config, backend=logprob_backend()).validate()  # always the log-probability backend
     names, device, dtype, batch_size = list(config.models), config.device, config.dtype, config.batch_size
-    trust_remote_code, progress, results_dir = config.trust_remote_code, config.progress, config.results_dir
+    progress, results_dir = config.progress, config.results_dir
     check_threshold(default_rule(reference is not None, neighbours, threshold))
-    _check_models([*names, *([reference] if reference is not None else [])], device, dtype, trust_remote_code)
+    # the run's preparation (evalsuite.run.preparation): every model resolved, sized and opened
+    # before the reference's pass (hours on a full split) rather than when a model's turn comes
+    from evalsuite.run.preparation import load_task_data, open_models, resolve_models
+    from evalsuite.store.status import TaskStatus
+    from evalsuite.store.parquet_store import ResultsStore
+    from evalsuite.tasks.data import parse_data_revision, resolve_data_dir
+
+    every = [*names, *([reference] if reference is not None else [])]
+    specs = resolve_models(config, every)
+    ResultsStore(results_dir).check_writable(create=False)
+    loaded, unavailable = load_task_data(list(config.tasks), resolve_data_dir(config.data_dir),
+                                         parse_data_revision(config.data_revision))
+    if unavailable:  # a check covers every task asked for: a task without (good) data is refused
+        status, why = next(iter(unavailable.values()))
+        raise (MissingDataError if status == TaskStatus.MISSING else DataFormatError)(why)
+    sources = {name: model.source for name, model in zip(every, open_models(specs, config))}
     rule = default_rule(reference is not None, neighbours, threshold)
-    docs = load_documents(list(config.tasks), config.data_dir, config.limit)
+    docs = documents_of(list(loaded.values()), config.limit)
     check_id = new_check_id()
     created = datetime.now(timezone.utc)
     ref_scores: list[DocumentScore] | None = None
     ref_neighbours: list[list[str]] | None = None
     ref_id = None
     if reference is not None:
-        ref_lm, reference, ref_id = _load(reference, device, dtype, batch_size, trust_remote_code)
+        ref_lm, reference, ref_id = _load(sources[reference], device, dtype, batch_size)
         _say(f"reference {reference}: scoring {len(docs)} documents")
         ref_scores = score_documents(ref_lm, docs, k)
         if rule.score == "neighbour_rank":
@@ -405,7 +427,7 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     result = ContaminationResult(check_id, Path(results_dir), rule, k)
     for name in names:
         started = time.perf_counter()
-        lm, name, model_id = _load(name, device, dtype, batch_size, trust_remote_code)
+        lm, name, model_id = _load(sources[name], device, dtype, batch_size)
         scores = score_documents(lm, docs, k)
         if ref_scores is not None:
             add_reference(scores, ref_scores)
@@ -419,35 +441,16 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     return result
 
 
-def _check_models(names: Sequence[str], device: str, dtype: str | None, trust_remote_code: bool) -> None:
-    """Every name known and registry models within memory (the device was checked with the
-    config), before the reference's pass (hours on a full split) rather than when a model's
-    turn comes."""
-    from evalsuite.models.loading import resolve_dtype
-    from evalsuite.models.memory import check_fits
-    from evalsuite.models.registry import resolve_model
-
-    for name in names:
-        spec = resolve_model(name, trust_remote_code=trust_remote_code)
-        if spec.params:
-            check_fits(spec, resolve_dtype(spec, device, dtype)[0], device)
-
-
-def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
-          trust_remote_code: bool) -> tuple[Any, str, str]:
-    """The evalsuite engine for a model name, its alias (as runs store it) and its weights identity."""
+def _load(source: Any, device: str, dtype: str | None, batch_size: int | str) -> tuple[Any, str, str]:
+    """The evalsuite engine for a prepared model (:func:`evalsuite.run.preparation.open_models`: resolved,
+    sized and opened), its alias (as runs store it) and its weights identity."""
     from evalsuite.backends import BackendOptions, build_backend
     from evalsuite.backends.registry import logprob_backend
-    from evalsuite.models.memory import check_fits, param_count
-    from evalsuite.models.registry import resolve_model
-    from evalsuite.models.source import materialize
 
-    spec = resolve_model(name, trust_remote_code=trust_remote_code)
-    source = materialize(spec)
     from evalsuite.models.loading import resolve_dtype
 
+    spec = source.spec
     dtype = resolve_dtype(spec, device, dtype)[0]
-    check_fits(spec, dtype, device, params=spec.params or param_count(source))
     lm = build_backend(logprob_backend(), source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity
 

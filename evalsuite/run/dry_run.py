@@ -26,6 +26,8 @@ from typing import Any
 
 from evalsuite.backends.registry import get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig
+from evalsuite.errors import DataFormatError
+from evalsuite.run.preparation import default_dtype
 from evalsuite.run.speed_profile import SpeedProfile
 
 #: Shown for a generation task's budget; the protocol's ``max_gen_toks``.
@@ -141,7 +143,7 @@ class ModelPlan:
 
 @dataclass
 class CostPlan:
-    """What a run will cost (``evaluate(..., dry_run=True)``): one :class:`ModelPlan` per model.
+    """What a run will cost (:func:`plan_cost`, ``evalsuite run --dry-run``): one :class:`ModelPlan` per model.
     (Not the engine's :class:`~evalsuite.backends.engine.planner.ForwardPlan` of one call.)"""
 
     models: list[ModelPlan]
@@ -174,35 +176,22 @@ def plan_cost(
     it for that, a few seconds for SmolLM2) and keeps the result in evalsuite's cache;
     ``remeasure`` times them again.
     """
-    from evalsuite.tasks.data import resolve_data_dir
-    from evalsuite.errors import MissingDataError
-    from evalsuite.models.loading import resolve_dtype
-    from evalsuite.models.registry import resolve_model
-    from evalsuite.models.source import materialize
-    from evalsuite.tasks import load_tasks
+    from evalsuite.run.preparation import prepare
 
     if config is None:
         options.setdefault("progress", False)  # called directly, the plan is quiet unless asked
-    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate(cpu_budget=False)
+    # the run's own preparation: every input check the run makes first, so the dry run exits as
+    # the run would; models are opened (config, tokenizer), their weights are not loaded
+    prepared = prepare(RunConfig.build(config, models=models, tasks=tasks, **options), dry_run=True)
+    config = prepared.config
     device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
-    root = resolve_data_dir(config.data_dir)
-    from evalsuite.tasks.data import parse_data_revision
-
-    loaded, unavailable = load_tasks(list(config.tasks), root, parse_data_revision(config.data_revision))
-    if not loaded:
-        raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
+    loaded = prepared.loaded
+    unavailable = {name: why for name, (_, why) in prepared.unavailable.items()}
     out = []
-    from evalsuite.models.access import check_access_all
-    from evalsuite.models.registry import check_route
-
-    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
-    for spec in specs:
-        check_route(spec, backend)
-    check_access_all(spec for spec in specs if spec.kind == "hub")  # before any download
-    for spec in specs:
-        source = materialize(spec, config.verify_weights)
-        chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
-        tokenizer, max_length = _tokenizer_and_length(source)
+    for model in prepared.models:
+        spec, source = model.spec, model.source
+        chosen_dtype = default_dtype(spec, device, config.dtype)
+        tokenizer, max_length = model.opened.tokenizer, model.opened.max_length
         speed = None
         if config.measure and get_backend(backend).cost_model is not None:  # a model timed in this process
             from evalsuite.run.speed_profile import measured_speed
@@ -219,32 +208,16 @@ def plan_cost(
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
-            task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0],
-                                   config.generation)
+            try:
+                task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed,
+                                       device.split(":")[0], config.generation)
+            except DataFormatError as exc:  # as the run: the task is recorded failed, the others go on (exit 1)
+                model_plan.unavailable[task.spec.name] = str(exc)
+                continue
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
     return CostPlan(out)
-
-
-def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
-    """The model's tokenizer and context length (resolved as lm-eval's ``hf`` model does)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from evalsuite.errors import EvalsuiteError
-
-    from evalsuite.backends.engine.tokenize import resolve_max_length
-
-    kwargs = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code)}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        config = AutoConfig.from_pretrained(source.path, **kwargs)
-    except OSError as exc:
-        raise EvalsuiteError(
-            f"could not read the tokenizer and config of {source.path}: {str(exc).splitlines()[0]}; "
-            f"check the name and your Hub access, or use a local folder"
-        ) from None
-    return tokenizer, resolve_max_length(config, tokenizer)
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,

@@ -1,11 +1,14 @@
 """``evaluate``: models x tasks -> scores and per-sample records in the results store.
 
 The work happens in named phases: check the input (models, tasks, device, batch size, results
-folder, run id) before anything loads, so bad input costs nothing and exits 2; load the tasks'
-data (a task without data is ``missing``, one with broken data ``failed``, the others run);
-then per model load it, evaluate each task in the v1 evaluation order in chunks of documents
-(each chunk's requests go to the backend together, so it can batch and share prefixes) and
-write each task's records the moment it finishes.
+folder) and open every model (config, tokenizer, weight headers) before anything is evaluated,
+so bad input costs nothing and exits 2, and load the tasks' data (a task without data is
+``missing``, one with broken data ``failed``, the others run): both are
+:func:`evalsuite.run.preparation.prepare`, shared with the dry run and contamination. Then the
+run id and the models' keys are claimed, and per model the backend is built, each task
+evaluated in the v1 evaluation order in chunks of documents (each chunk's requests go to the
+backend together, so it can batch and share prefixes) and each task's records written the
+moment it finishes.
 
 The run row says how the run ended, always: ``running`` when it starts, then ``ok`` (every task
 scored), ``partial`` (some tasks failed or had no data), ``failed`` (none scored, or the model
@@ -25,27 +28,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evalsuite.backends import BackendOptions, build_backend
 from evalsuite.backends.registry import ask, get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig, backend_settings, check_device, parse_batch_size
-from evalsuite.tasks.data import resolve_data_dir
-from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
-from evalsuite.models.gguf import check_gguf
+from evalsuite.errors import DataFormatError, EvalsuiteError, StoreError
 from evalsuite.models.identity import ModelSource
 from evalsuite.models.loading import resolve_dtype
-from evalsuite.models.memory import check_fits, param_count
 from evalsuite.run.manifest import environment
-from evalsuite.models.registry import ModelSpec, check_route, resolve_model
+from evalsuite.models.registry import ModelSpec
 from evalsuite.models.source import materialize
+from evalsuite.run.preparation import _parallelism, default_dtype  # noqa: F401 - default_dtype: moved, kept importable
 from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
 from evalsuite.store.parquet_store import ResultsStore
 from evalsuite.store.status import FINISHED, RunStatus, TaskStatus
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec
-
-if TYPE_CHECKING:
-    from evalsuite.run.dry_run import CostPlan
 
 #: Exit statuses of ``evalsuite run`` (and ``evaluate(...).exit_code``).
 EXIT_OK, EXIT_TASK_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
@@ -136,9 +134,8 @@ def evaluate(
     tasks: Sequence[str] | str | None = None,
     *,
     config: RunConfig | None = None,
-    dry_run: bool = False,
     **options: Any,
-) -> EvalResult | CostPlan:
+) -> EvalResult:
     """Evaluate ``models`` (default ``smollm2``) on ``tasks`` (default the leaderboard suite).
 
     The options are :class:`~evalsuite.config.RunConfig`'s fields, as keyword arguments
@@ -153,92 +150,34 @@ def evaluate(
     :mod:`evalsuite.store.shards`); the N shards share ``run_id``. ``tensor_parallel`` and
     ``data_parallel`` apply to ``vllm``. ``generation``: the evalsuite engine's greedy decoding,
     ``batched`` (default) or ``exact`` (one prompt at a time, batch-size-1 arithmetic).
-    ``dry_run=True`` evaluates and writes nothing and returns the
-    :class:`~evalsuite.run.dry_run.CostPlan`: documents, requests, tokens per backend and estimated
-    time (:func:`evalsuite.run.dry_run.plan_cost`). ``verify_weights`` hashes local weights in full
+    The dry run is its own entry point, :func:`evalsuite.run.dry_run.plan_cost` (same options,
+    same input checks: :func:`evalsuite.run.preparation.prepare`). ``verify_weights`` hashes local weights in full
     instead of trusting the size + mtime cache (docs/safety.md). ``audit=False`` skips the
     engine's self-audit of each task (:mod:`evalsuite.run.audit`); its score rows then say "not audited".
     """
     config = RunConfig.build(config, models=models, tasks=tasks, **options)
-    if dry_run:
-        from evalsuite.run.dry_run import plan_cost
+    # -- phases 1 and 2: check the input, open every model, load the tasks' data; nothing is
+    # written yet (evalsuite.run.preparation: the dry run and contamination share it) ----------
+    from evalsuite.run.preparation import prepare
 
-        return plan_cost(config=config)
-    # -- phase 1: check the input; nothing is loaded or written yet -------------------------
     requested_device = config.device
-    config = config.validate(gpu=False)
-    backend, device, dtype = config.backend, config.device, config.dtype
+    prepared = prepare(config)
+    config, specs, store = prepared.config, prepared.specs, prepared.store
+    assert store is not None
     task_names = list(config.tasks)
-    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
-    for spec in specs:  # a model its backend cannot run, or without its packages: refused first
-        check_route(spec, backend)
-
-    plans_parallel = get_backend(backend).plans_parallel  # such a backend plans its GPUs and memory itself
-
-    def check_parallel(spec: ModelSpec) -> None:
-        model_dtype = default_dtype(spec, device, dtype) if plans_parallel else "float32"
-        _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
-
-    for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
-        if spec.kind == "gguf":
-            check_gguf(Path(spec.source))
-        if spec.params:
-            if not plans_parallel:
-                check_fits(spec, default_dtype(spec, device, dtype), device)
-            check_parallel(spec)
-    check_device(device)
-    from evalsuite.models.access import check_access_all
-
-    check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
-    if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
-        from evalsuite.models.access import hub_params
-        from evalsuite.models.devices import check_cpu_run
-
-        for spec in specs:
-            params = None if spec.params else hub_params(spec)
-            if params:
-                check_fits(spec, default_dtype(spec, device, dtype), device, params=params)
-                check_cpu_run(spec.alias, params, task_names, config.limit)
-    for spec in specs:
-        if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
-            from evalsuite.models.hub import resolve_snapshot
-            from evalsuite.models.registry import check_remote_code
-
-            check_remote_code(resolve_snapshot(spec.source, spec.revision)[1], spec.trust_remote_code, spec.source)
-        if not spec.params:
-            check_parallel(spec)
-    root = resolve_data_dir(config.data_dir)
-    store = ResultsStore(config.results_dir)
-    store.check_writable()
-    from evalsuite.store.claims import assign_model_keys
-
-    specs = assign_model_keys(store, specs)
-    if config.use_cache:  # a corrupt cache file is bad input: refused here, before a run row exists
-        from evalsuite.run.request_cache import check_usable
-
-        check_usable()
-
-    # -- phase 2: the tasks' data --------------------------------------------------------------
-    loaded: dict[str, LoadedTask] = {}
-    unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
-    from evalsuite.tasks.data import parse_data_revision, with_revision
-
-    revisions = parse_data_revision(config.data_revision)
-    for name in task_names:
-        try:
-            task_spec = load_spec(name)
-            loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions)), root)
-        except MissingDataError as exc:
-            unavailable[name] = (TaskStatus.MISSING, str(exc))
-        except DataFormatError as exc:
-            unavailable[name] = (TaskStatus.FAILED, str(exc))
-    if not loaded:
-        raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
+    loaded, unavailable = prepared.loaded, prepared.unavailable
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
+    try:
+        from evalsuite.run.preparation import claim_keys
+
+        claim_keys(prepared)  # the models' keys, atomically, now that the run id is this process's
+    except BaseException:
+        store.release_claim(start.claim)
+        raise
     from evalsuite.models.devices import describe_device
 
-    _say(describe_device(device, requested_device))  # the run's first line: what it runs on (bad input: none)
+    _say(describe_device(config.device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
         _say(f"{name}: {'no data' if status == TaskStatus.MISSING else 'broken data'}, not evaluated: {why}")
 
@@ -248,7 +187,7 @@ def evaluate(
             for spec in specs:
                 if spec.alias in start.keep:
                     continue
-                _evaluate_model(spec, loaded, unavailable, store, run_id, config)
+                _evaluate_model(spec, loaded, unavailable, store, run_id, config, prepared.sources[spec.alias])
     finally:
         store.release_claim(start.claim)
     return EvalResult(run_id, Path(config.results_dir), [s.alias for s in specs], task_names,
@@ -258,29 +197,19 @@ def evaluate(
 # -- input checks (the rest are RunConfig.validate) ------------------------------------------
 def _start_run(store: ResultsStore, config: RunConfig, specs: list[ModelSpec], loaded: list[str]) -> Any:
     """The run id to write under, claimed, with the resume rules checked (:mod:`evalsuite.store.claims`)."""
-    from evalsuite.store.claims import Settings, start_run
+    from evalsuite.run.preparation import run_settings
+    from evalsuite.store.claims import start_run
     from evalsuite.store.run_views import resumable_run_id
 
     task_names = list(config.tasks)
-
-    def wanted(spec: ModelSpec) -> Settings:
-        return Settings(tuple(loaded), config.limit, config.backend,
-                        default_dtype(spec, config.device, config.dtype), config.generation, config.tag)
-
-    return start_run(store, config.run_id, config.resume, config.shard, specs, wanted, new_run_id,
+    return start_run(store, config.run_id, config.resume, config.shard, specs, run_settings(config, loaded), new_run_id,
                      lambda: resumable_run_id(store, [s.alias for s in specs], task_names, config.limit,
                                               config.backend, config.tag))
 
 
-def default_dtype(spec: ModelSpec, device: str, dtype: str | None) -> str:
-    """The requested dtype, else on GPU the registry's (aliases) or the config's (other models),
-    float32 on CPU (:func:`evalsuite.models.loading.resolve_dtype`)."""
-    return resolve_dtype(spec, device, dtype)[0]
-
-
 # -- one model ---------------------------------------------------------------------------------
 def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable: dict[str, tuple[str, str]],
-                    store: ResultsStore, run_id: str, config: RunConfig) -> None:
+                    store: ResultsStore, run_id: str, config: RunConfig, prepared: ModelSource | None = None) -> None:
     backend, device, limit, tag, shard = config.backend, config.device, config.limit, config.tag, config.shard
     use_cache, progress = config.use_cache, config.progress
     dtype, dtype_note = resolve_dtype(spec, device, config.dtype)
@@ -309,9 +238,8 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     _say(f"{spec.alias}: {run_notes or dtype_note}, backend {backend}"
          + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if get_backend(backend).plans_parallel else ""))
     try:
-        source = materialize(spec, config.verify_weights)
-        if not spec.params:  # registry models were checked in evaluate(), before any data loaded
-            check_fits(spec, dtype, device, params=param_count(source))
+        # materialized, sized and opened by evalsuite.run.preparation before any run row
+        source = prepared if prepared is not None else materialize(spec, config.verify_weights)
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status=RunStatus.RUNNING), part)
         lm = build_backend(backend, source, options)
@@ -418,13 +346,6 @@ def _failure_text(exc: BaseException) -> str:
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return (text.splitlines() or [type(exc).__name__])[0]
-
-
-def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
-                 data_parallel: int) -> tuple[int, int]:
-    """(tensor, data) parallel sizes: a backend that plans them (vLLM) from the registry and the
-    GPUs; 1 elsewhere (:meth:`evalsuite.backends.registry.BackendInfo.parallel`)."""
-    return get_backend(backend).parallel(spec, dtype, tensor_parallel, data_parallel)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 from evalsuite.analysis.comparison import DEFAULT_ALPHA, DEFAULT_MAX_DROP, RunComparison, compare_runs
 from evalsuite.config import RunConfig
+from evalsuite.store.parquet_store import ResultsStore
 from evalsuite.store.run_views import read_baseline, set_baseline
 
 
@@ -55,35 +56,39 @@ def nightly(
     """
     from evalsuite.run.evaluation import evaluate
 
+    from evalsuite.config import check_model_names
+
     if config is None:
         options.setdefault("progress", False)
+    check_model_names(model, "--model")
     config = RunConfig.build(config, models=model, **options)
+    check_model_names(config.models, "--model")
     baseline = check_inputs(config.results_dir, baseline, max_drop, alpha)
     tag = config.tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
     result = evaluate(config=RunConfig.build(config, tag=tag, resume=True))
     results_dir = config.results_dir
     candidate = f"{result.run_id}@{result.models[0]}"
-    out = Path(results_dir) / "nightly"
-    out.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(results_dir)  # written through the store: inside it, atomically, never through a link
+    out = store.table_dir("nightly")
     md_path, json_path = out / f"{result.run_id}.md", out / f"{result.run_id}.json"
     run_code = result.exit_code
     if baseline is None and read_baseline(results_dir) is None:
         side = {"run_id": result.run_id, "model": result.models[0]}
         if run_code:
-            md_path.write_text(f"### :x: Nightly eval: first night, but not every task was scored\n\n"
-                               f"No baseline was set from this run.\n\n```\n{result.table()}\n```\n")
-            json_path.write_text(_json({"baseline_set": False, "candidate": side, "regressed": [], "exit_code": run_code}))
+            store.write_text("nightly", md_path.name, f"### :x: Nightly eval: first night, but not every task was "
+                             f"scored\n\nNo baseline was set from this run.\n\n```\n{result.table()}\n```\n")
+            store.write_text("nightly", json_path.name, _json({"baseline_set": False, "candidate": side, "regressed": [], "exit_code": run_code}))
             return NightlyResult(result.run_id, result.models[0], None, False, md_path, json_path, run_code)
         view = set_baseline(results_dir, candidate)
-        md_path.write_text(f"### :white_check_mark: Nightly eval: first night\n\nNo baseline existed; "
-                           f"`{view.describe()}` is now the baseline (`evalsuite baseline show`).\n\n"
-                           f"```\n{result.table()}\n```\n")
-        json_path.write_text(_json({"baseline_set": True, "baseline": side, "candidate": side, "regressed": [],
+        store.write_text("nightly", md_path.name, f"### :white_check_mark: Nightly eval: first night\n\nNo baseline "
+                         f"existed; `{view.describe()}` is now the baseline (`evalsuite baseline show`).\n\n"
+                         f"```\n{result.table()}\n```\n")
+        store.write_text("nightly", json_path.name, _json({"baseline_set": True, "baseline": side, "candidate": side, "regressed": [],
                                     "exit_code": 0}))
         return NightlyResult(result.run_id, result.models[0], None, True, md_path, json_path, 0)
     comparison = compare_runs(results_dir, baseline or "baseline", candidate, max_drop=max_drop, alpha=alpha, force=force)
-    md_path.write_text(comparison.markdown())
-    json_path.write_text(comparison.to_json())
+    store.write_text("nightly", md_path.name, comparison.markdown())
+    store.write_text("nightly", json_path.name, comparison.to_json())
     return NightlyResult(result.run_id, result.models[0], comparison, False, md_path, json_path, run_code)
 
 

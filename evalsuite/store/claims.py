@@ -36,8 +36,15 @@ _NAMED_BY_PATH = ("local", "gguf")
 
 
 # -- model keys ------------------------------------------------------------------------------
-def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec]) -> list[ModelSpec]:
-    """``specs`` with ``alias`` set to each model's unique key (see the module docstring)."""
+def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec], *, claim: bool = True) -> list[ModelSpec]:
+    """``specs`` with ``alias`` set to each model's unique key (see the module docstring).
+
+    A folder's or GGUF file's key held by another source's key claim
+    (:meth:`~evalsuite.store.parquet_store.ResultsStore.claim_model_key`) counts as taken, so two
+    processes starting at once with two same-named folders cannot both take one key. With
+    ``claim=False`` (what :func:`evalsuite.run.preparation.prepare` passes) the claims are only
+    read; the run claims its keys once its run id is claimed
+    (:func:`evalsuite.run.preparation.claim_keys`)."""
     from evalsuite.store.run_views import stored_runs
 
     owners: dict[str, set[tuple[str | None, str | None]]] = {}
@@ -52,7 +59,7 @@ def assign_model_keys(store: ResultsStore, specs: Sequence[ModelSpec]) -> list[M
         if spec.kind in _NAMED_BY_PATH:
             key = key if key.isprintable() else names.file_part(key)
             others = owners.get(key, set()) - {(spec.kind, spec.source)}
-            if key in used or key in REGISTRY or others:
+            if key in used or key in REGISTRY or others or not store.claim_model_key(key, spec.source, claim=claim):
                 key = f"{key}-{names.short_hash(spec.source)}"
         used[key] = spec.source
         keyed.append(replace(spec, alias=key))
@@ -179,4 +186,7 @@ def _say(message: str) -> None:
     print(f"evalsuite: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["assign_model_keys", "Settings", "RunStart", "start_run"]
+#: The checks of an existing run id, without claiming it (the dry run: :mod:`evalsuite.run.preparation`).
+check_existing = _check_existing
+
+__all__ = ["assign_model_keys", "Settings", "RunStart", "start_run", "check_existing"]

@@ -36,6 +36,8 @@ DEFAULT_RESULTS_DIR = "results"
 SHARD_PART = re.compile(r"__(?P<part>shard(?P<index>\d+)of(?P<count>\d+))$")
 #: Folder of run-id claims (see :meth:`ResultsStore.claim_run`); no table reads it.
 CLAIMS = "claims"
+#: The folders a store writes into (its tables, claims, nightly's comparisons).
+STORE_FOLDERS = ("runs", "scores", "samples", CLAIMS, "nightly", "contamination")
 #: A file stem the store writes: derived names only, never a path.
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -57,11 +59,23 @@ class ResultsStore:
         return self.root / table
 
     # -- writing -----------------------------------------------------------------
-    def check_writable(self) -> None:
-        """Fail before any work when results could not be saved (read-only folder, a file in the way)."""
-        probe = self.root / f".probe-{uuid.uuid4().hex}"
+    def check_writable(self, *, create: bool = True) -> None:
+        """Fail before any work when results could not be saved: a read-only folder, a file in the
+        way, or a folder inside the store (a table, ``claims``, ``nightly``...) that is a link or
+        not writable, so that nothing is ever written through a link outside the store and a
+        read-only ``scores/`` is found before a task is evaluated, not after. ``create=False``
+        creates nothing: the nearest existing folder must take a file (a probe, removed at once)."""
+        self.check_no_links()
+        folder = self.root
+        if not create:  # a probe in the nearest existing folder, removed at once: nothing is left
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+        probe = folder / f".evalsuite-probe-{uuid.uuid4().hex}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
             probe.write_bytes(b"")
         except OSError as exc:
             raise StoreError(f"cannot write results to {self.root} ({exc.strerror or exc}); pass --results-dir "
@@ -69,6 +83,22 @@ class ResultsStore:
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink(missing_ok=True)
+
+    def check_no_links(self) -> None:
+        """Every folder inside the store a real, writable folder (see :meth:`check_writable`)."""
+        if not self.root.is_dir():
+            return
+        for child in sorted(self.root.iterdir()):
+            if child.is_symlink():
+                raise StoreError(f"{child} is a link (to {os.path.realpath(child)}); evalsuite writes only into "
+                                 f"real folders inside the results store: replace the link with a folder, or pass "
+                                 f"another --results-dir")
+            if child.name in STORE_FOLDERS and not child.is_dir():
+                raise StoreError(f"{child} is a file where the store keeps a folder; move it away, or pass another "
+                                 f"--results-dir")
+            if child.is_dir() and not child.name.startswith(".") and not os.access(child, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot write results to {child} (not writable); fix its permissions "
+                                 f"(chmod u+w {child}) or pass another --results-dir")
 
     def write_run(self, record: Any, part: str = "") -> Path:
         """The run row; a shard (``part``) gets its own file so concurrent shards never collide."""
@@ -117,6 +147,24 @@ class ResultsStore:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise StoreError(f"disk full while writing {target}; free space and rerun the same command") from None
+            raise StoreError(f"could not write {target} ({exc.strerror or exc}); check the folder's permissions "
+                             f"or pass --results-dir") from None
+        return target
+
+    def write_text(self, folder: str, name: str, text: str) -> Path:
+        """A text file the store keeps beside its tables (nightly's comparisons): ``<folder>/<name>``,
+        written atomically, only inside the store and never through a link."""
+        if not (_STEM.fullmatch(folder) and _STEM.fullmatch(name)):
+            raise StoreError(f"refusing to write {ascii(folder)[:40]}/{ascii(name)[:80]}: store file names are "
+                             f"derived names ({names.CHARSET})")
+        target = self.table_dir(folder) / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.check_no_links()
+            self.inside(target)
+            with atomic_path(target, fsync=True) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        except OSError as exc:
             raise StoreError(f"could not write {target} ({exc.strerror or exc}); check the folder's permissions "
                              f"or pass --results-dir") from None
         return target
@@ -221,6 +269,26 @@ class ResultsStore:
             raise StoreError(f"cannot claim {what} in {self.root} ({exc.strerror or exc}); check the folder's "
                              f"permissions or pass --results-dir") from None
         raise EvalsuiteError(f"{what}: its claim file {path} keeps changing; retry, or choose another --run-id")
+
+    def claim_model_key(self, key: str, source: str, *, claim: bool = True) -> bool:
+        """Whether ``key`` is (now) ``source``'s in this store: claimed atomically the first time
+        (``claims/model-keys/<key>.json``, created exclusively: of two processes starting at once
+        exactly one gets it), kept for good; ``claim=False`` only reads."""
+        path = self.inside(self.root / CLAIMS / "model-keys" / f"{names.file_part(key)}.json")
+        for _ in range(2):
+            held = _read_claim(path)
+            if held is not None:
+                return held.get("source") == source
+            if not claim:
+                return True
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if _create_exclusive(path, {"key": key, "source": source}):
+                    return True
+            except OSError as exc:
+                raise StoreError(f"cannot claim model key '{key}' in {self.root} ({exc.strerror or exc}); check the "
+                                 f"folder's permissions or pass --results-dir") from None
+        return False
 
     @staticmethod
     def release_claim(path: Path) -> None:

@@ -189,6 +189,18 @@ def _store(results_dir: str | os.PathLike | ResultsStore) -> ResultsStore:
     return results_dir if isinstance(results_dir, ResultsStore) else ResultsStore(results_dir)
 
 
+def unreadable_note(results_dir: str | os.PathLike | ResultsStore) -> str:
+    """``""``, or ``"; "`` and what to do about the first run file that could not be read: "no
+    finished run" then names the file that hides one (the store's only run unreadable)."""
+    store = _store(results_dir)
+    if not store.unreadable:
+        store.runs()  # a whole-table read records the unreadable files
+    if not store.unreadable:
+        return ""
+    more = len(store.unreadable) - 1
+    return "; " + next(iter(store.unreadable.values())) + (f" ({more} more unreadable)" if more else "")
+
+
 def run_views(results_dir: str | os.PathLike | ResultsStore, run_id: str) -> list[RunView]:
     """Every model's view of run ``run_id`` (shards merged), in the order the run wrote them."""
     store = _store(results_dir)
@@ -228,7 +240,7 @@ def load_run(ref: str, results_dir: str | os.PathLike | ResultsStore = DEFAULT_R
     store = _store(results_dir)
     index = _Index(store)
     if not index:
-        raise EvalsuiteError(f"no runs in {store.root}/ yet; run `evalsuite run` first")
+        raise EvalsuiteError(f"no runs in {store.root}/ yet; run `evalsuite run` first{unreadable_note(store)}")
     key = _resolve(store, index, ref.strip())
     return _view(store, index, key, store.read("scores", run_id=key[0], model=key[1]))
 
@@ -247,7 +259,7 @@ def _resolve(store: ResultsStore, index: _Index, ref: str) -> tuple[str, str]:
         return key
     if ref == "latest":
         if not finished:
-            raise EvalsuiteError(f"no finished run in {store.root}/; run `evalsuite run` first")
+            raise EvalsuiteError(f"no finished run in {store.root}/; run `evalsuite run` first{unreadable_note(store)}")
         return finished[-1]
     if ref.startswith("tag:"):
         tagged = [k for k in finished if index.tag(k) == ref[4:]]
@@ -325,7 +337,8 @@ def select_runs(results_dir: str | os.PathLike | ResultsStore = DEFAULT_RESULTS_
     store = _store(results_dir)
     where = f"{store.root}/"
     if not _Index(store):
-        raise EvalsuiteError(f"no results in {where} yet; run `evalsuite run` first (or pass --results-dir)")
+        raise EvalsuiteError(f"no results in {where} yet; run `evalsuite run` first (or pass --results-dir)"
+                             f"{unreadable_note(store)}")
     if runs:
         views: list[RunView] = []
         for ref in runs:
@@ -337,7 +350,7 @@ def select_runs(results_dir: str | os.PathLike | ResultsStore = DEFAULT_RESULTS_
     if not latest:
         scope = f" tagged '{tag}'" if tag else ""
         command = "evalsuite run" + (f" --tag {tag}" if tag else "")
-        raise EvalsuiteError(f"no finished run{scope} in {where}; run `{command}` first")
+        raise EvalsuiteError(f"no finished run{scope} in {where}; run `{command}` first{unreadable_note(store)}")
     if not models:
         return latest
     by_model = {v.model: v for v in latest}

@@ -67,9 +67,7 @@ def build_report(*, models: list[str] | None = None, runs: list[str] | None = No
     comparison = collect(results_dir, models=models, runs=runs, tag=tag)
     html = render(comparison, baseline=baseline, title=title, published=published)
     path = Path(out) if out else default_out(comparison)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(html, encoding="utf-8")
-    except OSError as exc:
-        raise EvalsuiteError(f"could not write {path} ({exc.strerror}); pick another --out") from None
-    return path
+    from evalsuite.fsutil import write_output
+
+    # never over a file evalsuite did not write, never inside a results store (docs/safety.md)
+    return write_output(path, html, "--out")
