@@ -461,13 +461,44 @@ def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: s
                file=sys.stderr, dynamic_ncols=True)
     for start in range(0, len(prompts), CHUNK_DOCS):
         chunk = prompts[start:start + CHUNK_DOCS]
-        responses = run_requests(lm, chunk)
+        with _document_progress(lm, chunk, bar):
+            responses = run_requests(lm, chunk)
         answered.extend(responses)
         for prompt, response in zip(chunk, responses, strict=True):
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(chunk))
     bar.close()
     return samples, answered
+
+
+@contextlib.contextmanager
+def _document_progress(lm: Any, chunk: Sequence[DocPrompt], bar: Any) -> Iterator[None]:
+    """Move ``bar`` through ``chunk`` as the backend works on it, where it reports its progress
+    mid-call (``answer_hook``: the evalsuite engine after each forward pass or generation, the
+    request cache), else by the whole chunk when the call returns. The bar stands at the
+    documents fully answered or at the call's share of forward passes done, whichever is further."""
+    owner = [d for d, prompt in enumerate(chunk) for _ in prompt.instances]
+    left = [len(prompt.instances) for prompt in chunk]
+    finished = moved = 0
+
+    def answered(indices: list[int], _answers: list[Any], done: float) -> None:
+        nonlocal finished, moved
+        for i in indices:
+            left[owner[i]] -= 1
+            finished += left[owner[i]] == 0
+        at = min(len(chunk), max(finished, int(done * len(chunk))))
+        if at > moved:
+            bar.update(at - moved)
+            moved = at
+
+    hooked = hasattr(lm, "answer_hook")
+    if hooked:
+        lm.answer_hook = answered
+    try:
+        yield
+    finally:
+        if hooked:
+            lm.answer_hook = None
+    bar.update(len(chunk) - moved)
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:

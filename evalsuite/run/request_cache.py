@@ -3,9 +3,12 @@
 :class:`CachedLM` wraps any lm-eval ``LM``. Each ``Instance`` is looked up in a SQLite file by
 a key made of everything that can change a number (:func:`key_prefix`) and the exact request
 (request type and arguments). Only misses reach the inner model, in one call and in their
-original order (so a chunk that is computed again is batched exactly as before), and their
-answers are committed right after that call: a run killed with ``kill -9`` loses at most the
-chunk in flight. SQLite in WAL mode lets two processes read and write the file at once.
+original order (so a chunk that is computed again is batched exactly as before). A backend that
+reports answers as it computes them (the evalsuite engine's ``answer_hook``: after each forward
+pass, after each finished generation) has them committed as they come, at most
+:data:`FLUSH_SECONDS` apart, and whatever is left when the call returns or is interrupted: a
+run killed with ``kill -9`` loses at most the last second or so of work, Ctrl-C nothing. SQLite in
+WAL mode lets two processes read and write the file at once.
 
 A cached answer must never be served for a model or code that would answer differently, so the
 key holds: the weights (hash, or Hub commit), the model's other files (config, tokenizer,
@@ -31,6 +34,8 @@ from lm_eval.api.model import LM
 from evalsuite.errors import EvalsuiteError
 
 CACHE_FILE = "requests.sqlite"
+#: Answers reported during a backend call are committed at most this many seconds apart.
+FLUSH_SECONDS = 1.0
 #: Bumped when the key's layout or the stored form of a response changes: old entries then miss.
 KEY_VERSION = "2"
 #: The code that computes a response, besides the libraries: the backends, the version shims, and
@@ -150,7 +155,13 @@ class CachedLM(LM):
     """An lm-eval ``LM`` that answers repeated requests from the SQLite cache.
 
     ``hits`` and ``misses`` count instances answered from the cache and by the inner model.
+    ``answer_hook``, when set, is called as ``answer_hook(indices, answers, done)`` with the
+    indices of the current call's requests as they are answered (the cached ones at once, the
+    computed ones as the inner model reports them, or when its call returns) and the share of
+    the call done.
     """
+
+    answer_hook: Any = None
 
     def __init__(self, lm: Any, key_prefix: str, cache_path: str | os.PathLike, model: str | None = None):
         super().__init__()
@@ -193,17 +204,52 @@ class CachedLM(LM):
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(requests) - len(missing)
         self.misses += len(missing)
+        outer = self.answer_hook
+        cached_share = 1 - len(missing) / len(requests) if requests else 1.0
+        if outer is not None and missing != list(range(len(requests))):
+            hit = [i for i, k in enumerate(keys) if k in found]
+            outer(hit, [_decode(kind, answers[i]) for i in hit], cached_share)
         if missing:
             import inspect
 
             method = getattr(self.lm, kind)
             kwargs = {"disable_tqdm": disable_tqdm} if "disable_tqdm" in inspect.signature(method).parameters else {}
-            computed = method([requests[i] for i in missing], **kwargs)
+            reported: set[int] = set()  # positions in ``missing`` already handed on
+            buffer: list[tuple[str, Any]] = []
+            last_flush = time.monotonic()
+
+            def flush() -> None:
+                nonlocal last_flush
+                if buffer:
+                    self._store(kind, buffer)
+                    buffer.clear()
+                last_flush = time.monotonic()
+
+            def answered(indices: list[int], values: list[Any], done: float) -> None:  # the inner model, mid-call
+                reported.update(indices)
+                buffer.extend((keys[missing[i]], value) for i, value in zip(indices, values, strict=True))
+                if buffer and time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    flush()
+                if outer is not None:
+                    outer([missing[i] for i in indices], values, cached_share + (1 - cached_share) * done)
+
+            hooked = "answer_hook" in getattr(self.lm, "__dict__", {})
+            if hooked:
+                self.lm.answer_hook = answered
+            try:
+                computed = method([requests[i] for i in missing], **kwargs)
+            finally:
+                if hooked:
+                    self.lm.answer_hook = None
+                flush()  # answers finished before an interruption are kept
             if len(computed) != len(missing):
                 raise RuntimeError(f"backend answered {len(computed)} of {len(missing)} {kind} requests")
             for i, value in zip(missing, computed, strict=True):
                 answers[i] = value
-            self._store(kind, [(keys[i], value) for i, value in zip(missing, computed, strict=True)])
+            rest = [j for j in range(len(missing)) if j not in reported]
+            self._store(kind, [(keys[missing[j]], computed[j]) for j in rest])
+            if outer is not None:
+                outer([missing[j] for j in rest], [computed[j] for j in rest], 1.0)
         return [_decode(kind, a) if isinstance(a, str) and k in found else a for a, k in zip(answers, keys, strict=True)]
 
     def _lookup(self, keys: set[str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ Two modes (and a floor):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,8 @@ class Generator:
         self._processors: dict[tuple[int, int], tuple[Any, frozenset[int]]] = {}
         self.forward_calls = 0
         self.forwarded_tokens = 0
+        #: when set, called with each job the moment its generation is finished
+        self.on_done: Callable[[Job], None] | None = None
 
     # ------------------------------------------------------------------ requests
     def jobs(self, requests: Sequence[Any]) -> list[Job]:
@@ -167,6 +169,11 @@ class Generator:
             else:
                 for job in jobs:
                     (self._exact if self.route == "exact" else self._plain)(job)
+                    self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        if self.on_done is not None:
+            self.on_done(job)
 
     def _next(self, job: Job, logits: torch.Tensor) -> int:
         """The greedy token from one row's last logits ``[vocab]`` after the processors."""
@@ -248,6 +255,8 @@ class Generator:
             self.forwarded_tokens += ids.numel()
             logits = out.logits[:, -1]
             finished = [b for b, job in enumerate(active) if job.push(self._next(job, logits[b]), self.tokenizer)]
+            for b in finished:
+                self._finished(active[b])
             for b in reversed(finished):  # fill holes from the back so indices stay valid
                 last = len(active) - 1
                 if pending:
@@ -272,7 +281,10 @@ class Generator:
         self.forward_calls += 1
         self.forwarded_tokens += ids.numel()
         state.store(slot, compat.cache_layers(cache))
-        return job.push(self._next(job, out.logits[0, -1]), self.tokenizer)
+        done = job.push(self._next(job, out.logits[0, -1]), self.tokenizer)
+        if done:
+            self._finished(job)
+        return done
 
 
 class SlotState:
