@@ -293,16 +293,21 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             check_fits(spec, dtype, device, params=param_count(source))
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
-        lm = build_backend(backend, source, options)
-        if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
-            _say(f"{spec.alias}: {lm.engine_note}")
-        if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
-            from evalsuite.run.request_cache import wrap
+        kept = _kept_answers(source, options, config, loaded) if use_cache else None
+        if kept is not None:  # every answer and audit is in the request cache: the model is not loaded
+            lm, auditor = kept
+            _say(f"{spec.alias}: every answer is in the request cache; the model is not loaded")
+        else:
+            lm = build_backend(backend, source, options)
+            if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+                _say(f"{spec.alias}: {lm.engine_note}")
+            if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
+                from evalsuite.run.request_cache import wrap
 
-            lm = wrap(lm, source, options, backend)
-        from evalsuite.run.audit import Auditor
+                lm = wrap(lm, source, options, backend)
+            from evalsuite.run.audit import Auditor
 
-        auditor = Auditor(lm, enabled=config.audit)
+            auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
@@ -350,7 +355,9 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
     """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
-    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None)
+    unloaded = isinstance(getattr(lm, "lm", None), _Deferred) and lm.lm._lm is None
+    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None,
+             "the model was not loaded" if unloaded else None)
     return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
@@ -427,7 +434,7 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     task is scored again on the plain executor), then write its samples and scores."""
     from evalsuite.store.shards import select, shard_part, shard_score_rows
 
-    everything = task.prompts(limit)
+    everything = _task_prompts(task, limit)
     prompts = select(everything, shard)
     spec = task.spec
     samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
@@ -441,6 +448,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     scores = score_samples(run_id, model, task, samples)
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
+        if (audited.status in ("agree", "not applicable") and hasattr(lm, "keep_audit") and prompts
+                and not isinstance(auditor, _KeptAudits)):
+            # kept with the answers: a rerun that finds them all needs neither the model nor a new audit
+            requests = [inst for p in prompts for inst in p.instances]
+            lm.keep_audit(lm.audit_key(spec.name, prompts[0].request_type, requests, shard_part(shard) if shard else ""),
+                          audited.fields())
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -448,6 +461,73 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     # A shard's scores are partial: stored as merge metadata and scored at read time.
     store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
     store.write_scores(run_id, model, spec.name, shard_score_rows(scores), part=shard_part(shard))
+
+
+def _task_prompts(task: LoadedTask, limit: int | None) -> list[DocPrompt]:
+    """``task.prompts(limit)``, built once per loaded task (the request-cache check and the task share them)."""
+    built = task.__dict__.setdefault("_evalsuite_prompts", {})
+    if limit not in built:
+        built[limit] = task.prompts(limit)
+    return built[limit]
+
+
+class _Deferred:
+    """A backend built on first use: behind the request cache when every answer was found kept,
+    it is never built unless an answer disappears from the cache in the meantime."""
+
+    def __init__(self, build: Any) -> None:
+        self._build, self._lm = build, None
+
+    def _loaded(self) -> Any:
+        if self._lm is None:
+            self._lm = self._build()
+        return self._lm
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return self._loaded().loglikelihood(requests)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return self._loaded().generate_until(requests)
+
+
+class _KeptAudits:
+    """The audits kept with the answers, for a run that loads no model (:func:`_kept_answers`)."""
+
+    def __init__(self, audits: dict[str, dict[str, Any]], enabled: bool, backend: str) -> None:
+        self.audits, self.enabled, self.backend = audits, enabled, backend
+
+    def check(self, task: LoadedTask, *_args: Any, **_kwargs: Any) -> Any:
+        from evalsuite.run.audit import Audit
+
+        if not self.enabled:
+            return Audit("not audited" if self.backend == "evalsuite" else "not applicable")
+        fields = {k.removeprefix("audit_"): v for k, v in self.audits[task.spec.name].items()}
+        note = "; ".join(x for x in (fields.pop("note", None), "kept with the cached answers it checked") if x)
+        return Audit(**fields, note=note)
+
+
+def _kept_answers(source: ModelSource, options: Any, config: RunConfig,
+                  loaded: dict[str, LoadedTask]) -> tuple[Any, _KeptAudits] | None:
+    """The request cache over a backend that is not loaded, with the kept audits, when every
+    request of every task has a kept answer (and, where the run audits, every task a kept
+    audit of exactly those answers); else None and the model is loaded as usual."""
+    from evalsuite.run.request_cache import wrap
+    from evalsuite.store.shards import select, shard_part
+
+    lm = wrap(_Deferred(lambda: build_backend(config.backend, source, options)), source, options, config.backend)
+    audits: dict[str, dict[str, Any]] = {}
+    for name, task in loaded.items():
+        prompts = select(_task_prompts(task, config.limit), config.shard)
+        requests = [inst for p in prompts for inst in p.instances]
+        if not requests or not lm.has_all(prompts[0].request_type, requests):
+            return None
+        if config.audit:
+            part = shard_part(config.shard) if config.shard else ""
+            fields = lm.kept_audit(lm.audit_key(name, prompts[0].request_type, requests, part))
+            if fields is None:
+                return None
+            audits[name] = fields
+    return lm, _KeptAudits(audits, config.audit, config.backend)
 
 
 def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,

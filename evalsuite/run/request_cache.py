@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS requests (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
+CREATE TABLE IF NOT EXISTS audits (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    audit TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -275,7 +281,9 @@ class CachedLM(LM):
             ) from None
 
     def discard(self, kind: str, requests: list[Any]) -> int:
-        """Delete these requests' answers (the self-audit rejected them); how many were stored."""
+        """Delete these requests' answers (the self-audit rejected them); how many were stored.
+        (A kept audit of them can no longer match: its key holds every request's key, and a
+        task whose answers are missing is computed, so audited, again.)"""
         keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
         deleted = 0
         with self.conn:
@@ -287,6 +295,34 @@ class CachedLM(LM):
 
     def stats(self) -> str:
         return f"request cache: {self.hits} answered from cache, {self.misses} computed"
+
+    # -- a run whose every answer is kept needs no model ------------------------------------
+    def has_all(self, kind: str, requests: Sequence[Any]) -> bool:
+        """Whether every one of ``requests`` has a kept answer (nothing would reach the model)."""
+        keys = {request_key(self.key_prefix, kind, req.args) for req in requests}
+        return len(self._lookup(keys)) == len(keys)
+
+    def audit_key(self, task: str, kind: str, requests: Sequence[Any], part: str = "") -> str:
+        """The key of a task's audit: the model and settings (the prefix), the task, the shard
+        and every request it was drawn from, so it is reused only for exactly these answers."""
+        keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
+        return hashlib.sha256(json.dumps([self.key_prefix, task, part, keys]).encode()).hexdigest()
+
+    def kept_audit(self, key: str) -> dict[str, Any] | None:
+        """The audit fields kept for ``key`` by the run that computed these answers, if any."""
+        row = self.conn.execute("SELECT audit FROM audits WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def keep_audit(self, key: str, fields: dict[str, Any]) -> None:
+        """Keep a task's audit of these answers (an audit that passed, or did not apply)."""
+        try:
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO audits VALUES (?, ?, ?, ?)",
+                                  (key, self.model, json.dumps(fields), time.time()))
+        except sqlite3.OperationalError as exc:
+            raise EvalsuiteError(
+                f"could not write the request cache {self.cache_path} ({exc}); free disk space or run with --no-cache"
+            ) from None
 
 
 def _encode(value: Any) -> Any:
@@ -355,8 +391,10 @@ def clear(path: str | os.PathLike | None = None, model: str | None = None) -> in
     try:
         if model:
             deleted = conn.execute("DELETE FROM requests WHERE model = ?", (model,)).rowcount
+            conn.execute("DELETE FROM audits WHERE model = ?", (model,))
         else:
             deleted = conn.execute("DELETE FROM requests").rowcount
+            conn.execute("DELETE FROM audits")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("VACUUM")
     finally:
