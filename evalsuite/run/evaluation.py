@@ -289,16 +289,20 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     source = None
     try:
         source = materialize(spec, config.verify_weights)
-        if not spec.params:  # registry models were checked in evaluate(), before any data loaded
-            check_fits(spec, dtype, device, params=param_count(source))
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status="running"), part)
-        kept = _kept_answers(source, options, config, loaded) if use_cache else None
+
+        def load() -> Any:
+            if not spec.params:  # registry models were checked in evaluate(), before any data loaded
+                check_fits(spec, dtype, device, params=param_count(source))
+            return build_backend(backend, source, options)
+
+        kept = _kept_answers(load, source, options, config, loaded) if use_cache else None
         if kept is not None:  # every answer and audit is in the request cache: the model is not loaded
             lm, auditor = kept
             _say(f"{spec.alias}: every answer is in the request cache; the model is not loaded")
         else:
-            lm = build_backend(backend, source, options)
+            lm = load()
             if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
                 _say(f"{spec.alias}: {lm.engine_note}")
             if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
@@ -506,15 +510,16 @@ class _KeptAudits:
         return Audit(**fields, note=note)
 
 
-def _kept_answers(source: ModelSource, options: Any, config: RunConfig,
+def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfig,
                   loaded: dict[str, LoadedTask]) -> tuple[Any, _KeptAudits] | None:
     """The request cache over a backend that is not loaded, with the kept audits, when every
     request of every task has a kept answer (and, where the run audits, every task a kept
-    audit of exactly those answers); else None and the model is loaded as usual."""
+    audit of exactly those answers); else None and the model is loaded as usual. (Neither the
+    model nor its memory check, which builds it on the meta device, is touched before that.)"""
     from evalsuite.run.request_cache import wrap
     from evalsuite.store.shards import select, shard_part
 
-    lm = wrap(_Deferred(lambda: build_backend(config.backend, source, options)), source, options, config.backend)
+    lm = wrap(_Deferred(load), source, options, config.backend)
     audits: dict[str, dict[str, Any]] = {}
     for name, task in loaded.items():
         prompts = select(_task_prompts(task, config.limit), config.shard)
