@@ -2,11 +2,11 @@
 PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
-DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(wildcard shared/data),shared/data,))
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dry-run dus-demo test test-fast test-system-deps bench clean-results
+.PHONY: setup demo dry-run dus-demo test test-fast test-system-deps bench gpu-check clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -68,6 +68,14 @@ bench: setup
 		--hf-batch-sizes 1,8,32 --threads 1 $(DATA_ARG) --out $(BENCH_OUT)-gsm8k.json
 	$(BIN)/python benchmarks/engine_vs_lmeval.py --merge $(BENCH_OUT)-loglikelihood.json $(BENCH_OUT)-gsm8k.json \
 		--out $(BENCH_OUT).json
+
+# The GPU acceptance check (docs/scaling.md): `evalsuite run` end to end, engine vs lm-eval hf (and
+# vLLM when installed), the OOM back-off, the family matrix, the audit and device auto on one GPU;
+# under 8 minutes on one H100, one verdict table, exit 1 on any failing stage. Runs with this
+# checkout's .venv when there is one (the GPU machine's own CUDA torch otherwise).
+GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(DATA_ARG) --out benchmarks/results/gpu-check.json
 
 clean-results:
 	rm -rf results/runs results/scores results/samples reports/*.html

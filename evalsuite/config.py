@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from evalsuite.backends import BACKENDS, DEFAULT_BACKEND, GENERATION_MODES, BackendOptions
+from evalsuite.backends import BACKENDS, DEFAULT_BACKEND, BackendOptions
+from evalsuite.backends.registry import all_options, get_backend, option as backend_option
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR
 
@@ -70,6 +71,13 @@ def _option(default: Any, help: str, *, flag: str | None = None, parse: Any = No
     return field(default=default, metadata=meta)
 
 
+def _backend_option(name: str) -> Any:
+    """A field declared by the backend that owns it (:mod:`evalsuite.backends.registry`)."""
+    opt = backend_option(name)
+    return _option(opt.default, opt.help, parse=positive_int if opt.positive else opt.parse, metavar=opt.metavar,
+                   choices=opt.choices, group=opt.group)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every option of a run. Build it with keyword arguments (or :meth:`from_args`), then
@@ -87,31 +95,33 @@ class RunConfig:
     data_dir: str | Path | None = _option(
         None, "local datasets laid out as <hub id with / as __>/<config>/<split>.jsonl "
               "(default: $EVALSUITE_DATA_DIR, else the Hugging Face Hub)", metavar="DIR")
+    data_revision: str | None = _option(
+        None, "Hub datasets' revision instead of the pinned commits: main, a commit id, or HUB_ID=REV pairs, "
+              "comma-separated (the commit used is recorded with the run)", metavar="REV")
+    task_dir: str | Path | None = _option(
+        None, "a folder of your own task .yaml files, added to the built-in ones (default: $EVALSUITE_TASK_DIR; "
+              "docs/tasks.md)", metavar="DIR")
     backend: str = _option(
-        DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; lm-eval-hf is lm-eval's own hf model)",
+        DEFAULT_BACKEND, f"scoring backend (default: {DEFAULT_BACKEND}; "
+                         + "; ".join(f"{b} is {get_backend(b).summary}" for b in BACKENDS if b != DEFAULT_BACKEND) + ")",
         choices=sorted(BACKENDS))
-    device: str = _option("cpu", "cpu, cuda or cuda:N (default: cpu)")
+    device: str = _option(
+        "auto", "auto, cpu, cuda or cuda:N (default: auto: every visible GPU the model needs, else the CPU; a model "
+                "that cannot finish within a day on the CPU is then refused unless --device cpu is given)")
     dtype: str | None = _option(
         None, "weights dtype (default: float32 on CPU, the registry's dtype on GPU)", choices=DTYPES)
     batch_size: int | str = _option(
         "auto", "a positive whole number or auto (default). lm-eval-hf: requests per batch; evalsuite engine: at most "
                 "this many rows per forward pass and sequences decoded together (its token budget batches by itself "
                 "under auto)", parse=batch_size_arg)
-    generation: str = _option(
-        GENERATION_MODES[0], "evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "
-                             "decode together) or exact (one prompt at a time, batch-size-1 arithmetic)",
-        choices=GENERATION_MODES)
+    generation: str = _backend_option("generation")
     results_dir: str | Path = _option(
         DEFAULT_RESULTS_DIR, f"parquet results store (default: {DEFAULT_RESULTS_DIR}/)", metavar="DIR")
     tag: str | None = _option(None, "label stored with the run, e.g. nightly-2026-11-26 (run-id characters)")
     run_id: str | None = _option(None, "run id to use (default: a new one): 1-64 of A-Z a-z 0-9 . _ -, starting "
                                        "with a letter or digit, no '__'")
-    tensor_parallel: int | None = _option(
-        None, "vllm: GPUs one model is split over (default: from the registry and GPU memory)",
-        parse=positive_int, metavar="N", group="scale")
-    data_parallel: int = _option(
-        1, "vllm: model replicas on this machine, through Ray (default: 1)", parse=positive_int, metavar="M",
-        group="scale")
+    tensor_parallel: int | None = _backend_option("tensor_parallel")
+    data_parallel: int = _backend_option("data_parallel")
     shard: tuple[int, int] | str | None = _option(
         None, "evaluate documents p %% N == I of each task; N machines with one --run-id form one run",
         metavar="I/N", group="scale")
@@ -156,7 +166,7 @@ class RunConfig:
         return cls(**{**given, **overrides})
 
     # -- the input check -----------------------------------------------------------------------
-    def validate(self, *, gpu: bool = True) -> RunConfig:
+    def validate(self, *, gpu: bool = True, cpu_budget: bool = True) -> RunConfig:
         """The checks every run shares, before anything loads; the normalized config.
 
         ``models`` and ``tasks`` become tuples of names (the default model; suites expanded),
@@ -164,8 +174,12 @@ class RunConfig:
         ``cuda``. Each bad value raises a one-line :class:`EvalsuiteError` naming the fix.
         ``gpu=False`` leaves out whether the device's GPU is present (``check_device``):
         ``evaluate`` asks that after the checks that need no GPU (registry models' memory and
-        parallel sizes), so those errors come first on a machine without one.
+        parallel sizes), so those errors come first on a machine without one. ``device="auto"``
+        becomes ``cuda`` or ``cpu`` (:mod:`evalsuite.models.devices`); where it became ``cpu``,
+        registry models that cannot finish within a day there are refused (``cpu_budget``; the
+        dry run, which says how long, passes False).
         """
+        from evalsuite.models.devices import AUTO, check_cpu_run, resolve_device
         from evalsuite.store.names import check_name
         from evalsuite.store.shards import check_shard, parse_shard
 
@@ -175,10 +189,17 @@ class RunConfig:
         limit = self.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise EvalsuiteError(f"--limit must be a positive number of documents, got {limit}; omit it for full runs")
-        if self.backend not in BACKENDS:
-            raise EvalsuiteError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
-        device = "cuda" if self.backend == "vllm" and self.device == "cpu" else self.device
+        device = "cuda" if get_backend(self.backend).gpu_only and self.device in ("cpu", AUTO) else resolve_device(self.device)
         model_names, task_names = self.selection()
+        if self.device == AUTO and device == "cpu" and cpu_budget:
+            from evalsuite.models.memory import check_fits
+            from evalsuite.models.registry import REGISTRY
+
+            for name in model_names:
+                spec = REGISTRY.get(name.strip())
+                if spec is not None:  # beyond the RAM says so first; then beyond a day
+                    check_fits(spec, self.dtype or "float32", "cpu")
+                    check_cpu_run(spec.alias, spec.params, task_names, self.limit)
         batch_size = parse_batch_size(self.batch_size)
         shard = self.shard
         if shard is not None:
@@ -188,18 +209,20 @@ class RunConfig:
                 raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise EvalsuiteError(f"unknown --dtype '{self.dtype}'; choose one of {', '.join(DTYPES)}")
-        if self.generation not in GENERATION_MODES:
-            raise EvalsuiteError(f"unknown --generation '{self.generation}'; choose one of {', '.join(GENERATION_MODES)}")
-        for flag, value in (("--tensor-parallel", self.tensor_parallel), ("--data-parallel", self.data_parallel)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise EvalsuiteError(f"{flag} must be a positive whole number, got {value!r}")
+        for opt in all_options():  # each backend's own options, checked as their declarations say
+            opt.check(getattr(self, opt.name))
+        from evalsuite.tasks.data import parse_data_revision
+
+        parse_data_revision(self.data_revision)  # refused here, before anything loads
         check_device(device, present=gpu)
         return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
 
     def selection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The model names (default ``smollm2``) and the task names, suites expanded."""
-        from evalsuite.tasks import expand_tasks
+        from evalsuite.tasks import expand_tasks, use_task_dir
 
+        if self.task_dir is not None:
+            use_task_dir(self.task_dir)
         tasks = self.tasks
         if isinstance(tasks, str) and not tasks.strip() or (tasks is not None and not split_names(tasks)):
             raise EvalsuiteError("no task given; pass --tasks with task or suite names (see `evalsuite tasks`)")
@@ -237,7 +260,7 @@ def check_device(device: str, present: bool = True) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present (``present``); refused before any weight loads."""
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (kind == "cpu" and index) or (index and not index.isdigit()):
-        raise EvalsuiteError(f"unknown --device '{device}'; use cpu, cuda or cuda:N")
+        raise EvalsuiteError(f"unknown --device '{device}'; use auto, cpu, cuda or cuda:N")
     if kind == "cuda" and present:
         import torch
 

@@ -21,7 +21,7 @@ SHARED_DATA = Path(os.environ.get("EVALSUITE_TEST_DATA", REPO.parent / "shared" 
 
 
 #: Settings of the developer's that must not leak into tests, and where tests put theirs instead.
-_USER_SETTINGS = ("EVALSUITE_DATA_DIR", "EVALSUITE_TASKS_DIR", "EVALSUITE_CACHE", "EVALSUITE_REQUEST_CACHE",
+_USER_SETTINGS = ("EVALSUITE_DATA_DIR", "EVALSUITE_TASK_DIR", "EVALSUITE_CACHE", "EVALSUITE_REQUEST_CACHE",
                   "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE",
                   "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR")
 
@@ -193,3 +193,12 @@ def family_dirs(tmp_path_factory, smollm2_tokenizer) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("families")
     return {name: build_family(name, smollm2_tokenizer, root / name) for name in FAMILIES}
+
+
+@pytest.fixture(autouse=True)
+def _no_user_task_dir():
+    """A test's ``--task-dir`` (the catalogue's process-wide user folder) ends with the test."""
+    yield
+    from evalsuite.tasks.catalogue import use_task_dir
+
+    use_task_dir(None)

@@ -63,15 +63,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.hidden_size, 2 * config.hidden_size), nn.GELU(),
                                  nn.Linear(2 * config.hidden_size, config.hidden_size))
 
-    def forward(self, x, pos, past):
+    def forward(self, x, pos, past, mask=None):
         b, t, _ = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(x.shape[-1], dim=-1)
         q, k, v = (z.view(b, t, self.heads, self.dim).transpose(1, 2) for z in (q, k, v))
         q, k = rotate(q, pos, self.dim), rotate(k, pos, self.dim)
         if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            k, v = torch.cat([past[0].expand(b, -1, -1, -1), k], 2), torch.cat([past[1].expand(b, -1, -1, -1), v], 2)
         n = k.shape[2]
-        mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
+        if mask is None:
+            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
         att = (q @ k.transpose(-1, -2)) / self.dim ** 0.5
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, -1)
@@ -118,6 +119,72 @@ class TinyQwenForCausalLM(PreTrainedModel, GenerationMixin):
 '''
 
 
+# A stand-in for the Baichuan / InternLM generation of remote code: its own attention (fused
+# projection, its own rotary, position ids and 4-D masks honoured) and its own cache format (a
+# tuple of per-layer (keys, values)); a transformers ``Cache`` handed in is read through its
+# layers, as such code reads a legacy tuple, so an empty one fails (``IndexError``) and the
+# cache it is handed is never extended (it returns its own tuple).
+REMOTE_CACHE_MODEL = REMOTE_MODEL.replace(
+    "from transformers.modeling_outputs import CausalLMOutputWithPast",
+    "from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast") + """
+
+class Decoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                **kwargs):
+        past = past_key_values
+        if past is not None and not isinstance(past, tuple):  # a transformers Cache: its layers as a tuple
+            past = tuple((layer.keys, layer.values) for layer in past.layers)
+        start = past[0][0].shape[2] if past is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]
+        mask = None
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        x = self.wte(input_ids)
+        presents = []
+        for i, block in enumerate(self.h):
+            x, kv = block(x, position_ids, None if past is None else past[i], mask)
+            presents.append(kv)
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x),
+                                       past_key_values=tuple(presents) if use_cache else None)
+
+
+class TinyCachedForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = TinyQwenConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_decoder(self):
+        return self.model
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        return CausalLMOutputWithPast(logits=self.lm_head(out.last_hidden_state), past_key_values=out.past_key_values)
+
+    # generate() with its own tuple cache, as the Qwen v1 stand-in
+    prepare_inputs_for_generation = TinyQwenForCausalLM.prepare_inputs_for_generation
+    _update_model_kwargs_for_generation = TinyQwenForCausalLM._update_model_kwargs_for_generation
+"""
+#: Where the length-switching rope family switches to its long factors: below every ARC,
+#: HellaSwag and GSM8K prompt of the matrix, above the probe's default 64 tokens.
+LONGROPE_SWITCH = 256
+
+
 def _configs(tokenizer: Any) -> dict[str, Any]:
     import transformers as tf
 
@@ -152,11 +219,21 @@ def _configs(tokenizer: Any) -> dict[str, Any]:
         "stablelm": tf.StableLmConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, max_position_embeddings=4096, **common),
         "cohere": tf.CohereConfig(logit_scale=0.5, **{**llama_like, "tie_word_embeddings": True}),
+        # Phi-3 longrope: short factors up to LONGROPE_SWITCH tokens, long ones for a longer input
+        "phi3-longrope": tf.Phi3Config(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=4096, original_max_position_embeddings=LONGROPE_SWITCH, sliding_window=None,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                             "long_factor": [1.0 + i for i in range(8)],
+                             "original_max_position_embeddings": LONGROPE_SWITCH}, **common),
+        # a state-space model: no attention, no key/value cache (its own recurrent state)
+        "mamba": tf.MambaConfig(hidden_size=64, num_hidden_layers=2, state_size=8, expand=2, conv_kernel=4,
+                                **{k: v for k, v in common.items() if k != "tie_word_embeddings"}),
     }
 
 
 #: The slowest first (remote code generates without a cache), so a parallel test run starts it early.
-FAMILIES = ("remote", "llama", "mistral-short", "mistral-long", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi",
+FAMILIES = ("remote", "remote-cache", "mamba", "phi3-longrope", "llama", "mistral-short", "mistral-long", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi",
             "phi3", "falcon", "gpt2", "gpt_neox", "opt", "bloom", "stablelm", "cohere")
 
 
@@ -179,13 +256,14 @@ def build_family(name: str, tokenizer: Any, folder: Path, seed: int = 0) -> Path
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    if name == "remote":
+    if name in ("remote", "remote-cache"):
+        cls = "TinyQwenForCausalLM" if name == "remote" else "TinyCachedForCausalLM"
         (folder / "configuration_tiny_qwen.py").write_text(REMOTE_CONFIG)
-        (folder / "modeling_tiny_qwen.py").write_text(REMOTE_MODEL)
+        (folder / "modeling_tiny_qwen.py").write_text(REMOTE_MODEL if name == "remote" else REMOTE_CACHE_MODEL)
         (folder / "config.json").write_text(json.dumps({
-            "architectures": ["TinyQwenForCausalLM"], "model_type": "tiny_qwen_v1",
+            "architectures": [cls], "model_type": "tiny_qwen_v1",
             "auto_map": {"AutoConfig": "configuration_tiny_qwen.TinyQwenConfig",
-                         "AutoModelForCausalLM": "modeling_tiny_qwen.TinyQwenForCausalLM"},
+                         "AutoModelForCausalLM": f"modeling_tiny_qwen.{cls}"},
             "vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
             "seq_length": 4096, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "torch_dtype": "float32",

@@ -178,6 +178,9 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
         assert set(result["backends"][backend]) == {"arc", "mmlu", "gsm8k"}
         assert all(entry["tokens_per_s"] > 0 for entry in result["backends"][backend].values())
     assert "tokens/s" in proc.stdout
+    stages = {v["stage"]: v["status"] for v in result["verdicts"]}  # make gpu-check's verdict table
+    assert "gpu_check verdict on cpu" in proc.stdout and not [s for s, v in stages.items() if v == "fail"]
+    assert stages["device auto"] == stages["evalsuite run"] == stages["oom back-off"] == "pass"
     if (script.parent.parent / "tests" / "families.py").exists():
         llama = result["families"]["llama"]
         assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []

@@ -69,9 +69,9 @@ def test_every_field_reaches_the_config_through_evaluate(spec, monkeypatch):
 
 
 def test_other_commands_take_their_run_options_from_the_fields():
-    for command, names in (("nightly", {"tasks", "limit", "data_dir", "backend", "device", "results_dir",
+    for command, names in (("nightly", {"tasks", "limit", "task_dir", "data_dir", "backend", "device", "results_dir",
                                         "use_cache", "tag"}),
-                           ("contamination", {"models", "tasks", "limit", "data_dir", "device", "dtype",
+                           ("contamination", {"models", "tasks", "limit", "task_dir", "data_dir", "device", "dtype",
                                               "results_dir", "trust_remote_code", "progress"})):
         parser = _subcommand(command)
         offered = {a.dest for a in parser._actions} & {f.name for f in FIELDS}

@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evalsuite.cli", "run", "--device", "tpu", "--tasks", "arc",
                            "--results-dir", str(results)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown --device 'tpu'; use cpu, cuda or cuda:N"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown --device 'tpu'; use auto, cpu, cuda or cuda:N"]
     assert not results.exists()
 
 

@@ -29,6 +29,11 @@ DECLINED = {
     "bloom": ({"tree", "cache", "batched"}, "ALiBi"),
     "remote": ({"tree", "cache", "batched", "exact"}, "registry"),
     "gemma2": ({"tree", "batched"}, "soft-capping"),
+    # its own cache format: an empty transformers cache fails; the probe's kept trunk finds it
+    "remote-cache": ({"tree", "cache", "batched", "exact"}, "failed on the probe"),
+    # past the switch the whole input takes the long factors: no shared past, no batched decoding
+    "phi3-longrope": ({"tree", "cache", "batched"}, "rope factors switch"),
+    "mamba": ({"tree", "cache", "batched", "exact"}, "registry"),
 }
 #: Families whose attention does not pass the engine's context to the attention function
 #: (the probe finds it): on the CPU they run on the cache executor and exact generation.
@@ -156,3 +161,59 @@ def test_plain_executor_is_lm_eval_hf(tiny_llama):
     got, want = engine.token_logprobs(text)[0], tree.token_logprobs(text)[0]
     assert got.tokens == want.tokens
     assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs)) <= TOL
+
+
+def test_a_route_that_raises_mid_run_is_abandoned(family_dirs, prompts, monkeypatch):
+    """The round-two probe (no kept trunk) accepted the cache executor and exact generation for
+    remote code with its own cache format, which then raised on the first real prompt. Given that
+    decision, the engine abandons each route when it raises, redoes the call on the next exact
+    one, says so, and gives lm-eval hf's numbers; no traceback."""
+    from evalsuite.backends.engine import capabilities, planner
+
+    model, tokenizer = load_family(family_dirs["remote-cache"])
+    # the probe as it was: no kept trunk in its plan (SMALL_ROW rows), so the empty cache never met
+    monkeypatch.setattr(capabilities, "probe_budgets",
+                        lambda requests, device, copies: planner.Budgets.for_device(device, 64, copies, 4))
+    real_generation = capabilities.probe_generation
+    monkeypatch.setattr(capabilities, "probe_generation", lambda model, tok, route, *a: (
+        0.0 if route == "exact" else real_generation(model, tok, route, *a)))
+    engine = wrap_model(model, tokenizer, BackendOptions(batch_size=4, max_gen_toks=GEN_TOKENS, generation="exact"),
+                        attention="cache")
+    assert (engine.capabilities.loglikelihood, engine.capabilities.generation) == ("cache", "exact"), engine.engine_note
+    monkeypatch.undo()  # the fallback probes the next route with today's probe
+    reference = wrap_hf_model(model, tokenizer, BackendOptions(max_gen_toks=GEN_TOKENS))
+    arc, gsm8k = prompts["arc"][:1], prompts["gsm8k"][:1]
+    _assert_same_lls(run_requests(engine, arc), run_requests(reference, arc), "after fallback")
+    assert engine.executor.name == "plain" and "cache" in engine.capabilities.declined
+    assert run_requests(engine, gsm8k) == run_requests(reference, gsm8k)
+    assert engine.generator.route == "plain"
+    note = engine.engine_note
+    assert "the cache executor raised IndexError" in note and "redone on the plain executor" in note, note
+    assert "exact generation raised" in note and "decoded again on the plain route" in note, note
+    assert len(engine.fallbacks) == 2  # each route abandoned once, not per call
+    later = prompts["arc"][1:]
+    _assert_same_lls(run_requests(engine, later), run_requests(reference, later), "a later call")
+    assert len(engine.fallbacks) == 2
+
+
+def test_length_switching_rope_plain_batches_reproduce_batch_size_one(family_dirs, prompts):
+    """Longrope past its switch: lm-eval hf at batch size 1 computes a short input with the short
+    factors; padded into a batch with a long one it would get the long factors. The plain
+    executor batches equal lengths only for such a model, so it gives the batch-1 numbers."""
+    from evalsuite.backends.engine.plain import plain_tally
+    from families import LONGROPE_SWITCH
+
+    model, tokenizer = load_family(family_dirs["phi3-longrope"])
+    engine = wrap_model(model, tokenizer, BackendOptions(batch_size=8))
+    assert engine.capabilities.equal_lengths and engine.executor.name == "plain", engine.engine_note
+    pairs = [engine.encode_pair(*inst.args) for inst in prompts["arc"][0].instances]
+    # the same questions cut below the switch, batched with the long ones
+    pairs += [(c[-(LONGROPE_SWITCH // 2):], x) for c, x in pairs]
+    reference = wrap_hf_model(model, tokenizer, BackendOptions(batch_size=1))
+    want = reference._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs])
+    assert {len(c + x) > LONGROPE_SWITCH for c, x in pairs} == {True, False}
+    got = plain_loglikelihoods(model, pairs, max_length=engine.max_length, batch_size=len(pairs))  # the rule decides
+    _assert_same_lls([got], [want], "plain, equal lengths")
+    _assert_same_lls([engine.loglikelihood_pairs([])], [[]], "empty")
+    padded = plain_tally(model, pairs, max_length=engine.max_length, batch_size=len(pairs), equal_lengths=False).results()
+    assert max(abs(a - b) for (a, _), (b, _) in zip(padded, want)) > 10 * TOL  # the test can fail

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import evalsuite
-from evalsuite.backends import BACKENDS, BackendOptions
+from evalsuite.backends import BACKENDS, BackendOptions, get_backend
 from evalsuite.backends.lmeval_hf import wrap_hf_model
 from evalsuite.tasks.data import file_sha256
 from evalsuite.run.evaluation import run_requests
@@ -45,7 +45,7 @@ def _load(folder):
 
 
 def _backends():
-    return [b for b in ("lm-eval-hf", "evalsuite") if b in BACKENDS and _importable(BACKENDS[b])]
+    return [b for b in ("lm-eval-hf", "evalsuite") if b in BACKENDS and _importable(get_backend(b).builder)]
 
 
 def _importable(target: str) -> bool:

@@ -36,7 +36,7 @@ def test_installed_wheel_lists_and_renders_the_six_tasks(tmp_path, data_dir):
     assert install.returncode == 0, install.stderr[-2000:]
     # run from an unrelated folder, with the wheel's copy first on the path (not the checkout)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("EVALSUITE_TASKS_DIR", None)
+    env.pop("EVALSUITE_TASK_DIR", None)
     where = subprocess.run([sys.executable, "-c", "import evalsuite, evalsuite.tasks as t; "
                             "print(evalsuite.__file__); print(t.tasks_dir())"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

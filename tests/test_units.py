@@ -246,7 +246,7 @@ def test_a_model_missing_from_the_cache_is_one_line_offline():
         hub.resolve_snapshot("evalsuite-tests/not-cached", None)
     message = str(info.value)
     assert message == hub.offline_message("evalsuite-tests/not-cached")
-    assert "\n" not in message and "huggingface-cli download evalsuite-tests/not-cached" in message
+    assert "\n" not in message and "hf download evalsuite-tests/not-cached" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback
 
 

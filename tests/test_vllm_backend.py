@@ -102,3 +102,93 @@ def test_gpu_device_map_spreads_only_models_that_need_it():
     assert gpu_device_map(source("solar"), "bfloat16", gpu_memory=H100, gpu_count=4) == {"": 0}
     assert gpu_device_map(source("mixtral"), "bfloat16", gpu_memory=H100, gpu_count=2) == "auto"
     assert gpu_device_map(source("mixtral"), "bfloat16", gpu_memory=H100, gpu_count=1) == {"": 0}
+
+
+# -- one engine per model, whole tasks, the card's real memory (issue 22) --------------------------
+H200 = 150_754_820_096  # what torch reports for an H200 (140 GiB)
+
+
+def test_one_h200_runs_mixtral_at_tensor_parallel_1():
+    mixtral = resolve_model("mixtral")
+    assert backend.default_tensor_parallel(mixtral, "bfloat16", H200) == 1
+    assert backend.default_tensor_parallel(mixtral, "bfloat16", H100) == 2
+    assert backend.default_tensor_parallel(resolve_model("qwen2-72b"), "bfloat16", H200) == 2
+
+
+class StandInLLM:
+    """vLLM's ``LLM`` as the pool sees it: counts constructions, answers each request with its
+    own first token id (so order mistakes show)."""
+
+    built = 0
+
+    def __init__(self) -> None:
+        type(self).built += 1
+
+    def generate(self, requests, params):
+        assert len(requests) == len(params)
+        return [request[0] for request in requests]
+
+
+def test_replicas_start_once_per_model_not_per_call():
+    StandInLLM.built = 0
+    stopped = []
+    pool = backend.ReplicaPool(3, lambda i: StandInLLM(), lambda replica, reqs, ps: replica.generate(reqs, ps),
+                               lambda handles: handles, stopped.append)
+    for task_size in (7, 1, 32, 5):  # four whole tasks of one model
+        requests = [[i, 99] for i in range(task_size)]
+        assert pool.generate(requests, ["greedy"] * task_size) == list(range(task_size))
+    assert StandInLLM.built == 3  # one engine per replica for every task of the model
+    pool.release()
+    assert len(stopped) == 3
+    pool.generate([[5]], ["greedy"])  # the next model starts its own
+    assert StandInLLM.built == 6
+
+
+def test_runner_sends_vllm_whole_tasks(data_dir):
+    """The runner's call site: one backend call per task for vLLM, 32-document chunks otherwise."""
+    from evalsuite.config import CHUNK_DOCS
+    from evalsuite.run.evaluation import _score_prompts, whole_task_chunk
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    class CountingLM:
+        calls = 0
+
+        def loglikelihood(self, instances):
+            type(self).calls += 1
+            return [(-1.0, False)] * len(instances)
+
+    task = LoadedTask(load_spec("arc"), data_dir)
+    prompts = task.prompts(70)
+    _score_prompts(CountingLM(), task, prompts, "m", "r", False, whole_task_chunk("vllm"))
+    assert CountingLM.calls == 1
+    CountingLM.calls = 0
+    _score_prompts(CountingLM(), task, prompts, "m", "r", False, whole_task_chunk("evalsuite"))
+    assert CountingLM.calls == -(-70 // CHUNK_DOCS)
+
+
+def test_ray_with_data_parallel_is_refused_up_front(tmp_path, capsys, data_dir, monkeypatch):
+    import evalsuite.run.ray_shards as ray_shards
+
+    monkeypatch.setattr(ray_shards, "_import_ray", lambda: pytest.fail("Ray must not start"))
+    code = main(["run", "--models", "solar", "--backend", "vllm", "--data-parallel", "2", "--ray", "local",
+                 "--shards", "2", "--tasks", "arc", "--limit", "1", "--results-dir", str(tmp_path),
+                 "--data-dir", str(data_dir)])
+    assert code == 2
+    assert "use --shards 4 instead" in capsys.readouterr().err
+
+
+def test_a_models_replicas_are_released_when_its_tasks_are_done(tmp_path):
+    """The runner releases the backend's replicas after the model, through the request cache."""
+    from evalsuite.run.evaluation import _close
+    from evalsuite.run.request_cache import CachedLM
+
+    class Backend:
+        released = 0
+
+        def release_replicas(self):
+            type(self).released += 1
+
+    _close(CachedLM(Backend(), "key", tmp_path / "cache.sqlite"))
+    _close(Backend())
+    _close(object())  # a backend without replicas: nothing to do
+    assert Backend.released == 2

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from evalsuite.store.records import ScoreRecord
+from evalsuite.store.status import TaskStatus
 from evalsuite.tasks.catalogue import TaskSpec
 
 
@@ -36,13 +37,13 @@ def score_records(run_id: str, model: str, spec: TaskSpec, values: Sequence[floa
     evaluated document is listed as ``missing`` rather than silently dropped.
     """
     value, stderr = aggregate(spec, values, groups)
-    out = [ScoreRecord(run_id, model, spec.name, None, spec.metric, value, stderr, len(values), n_total, "ok", None)]
+    out = [ScoreRecord(run_id, model, spec.name, None, spec.metric, value, stderr, len(values), n_total, TaskStatus.OK, None)]
     if spec.group_by:
         for subject, total in sorted((subjects or {}).items()):
             unit_values = [v for v, g in zip(values, groups, strict=True) if g == subject]
             mean, err = mean_stderr(unit_values)
             out.append(ScoreRecord(run_id, model, spec.name, subject, spec.metric, mean, err, len(unit_values), total,
-                                   "ok" if unit_values else "missing", None))
+                                   TaskStatus.OK if unit_values else TaskStatus.MISSING, None))
     return out
 
 

@@ -29,8 +29,9 @@ from typing import Any
 
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.run_views import RunView, load_run, read_baseline, set_baseline
-from evalsuite.analysis.paired_stats import MIN_SHARED, Paired, paired
+from evalsuite.analysis.paired_stats import MIN_SHARED, Paired, grouped_task, paired
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import RunStatus, TaskStatus
 
 __all__ = ["RunComparison", "ComparisonRefused", "RunRef", "TaskComparison", "compare_runs", "read_baseline",
            "resolve_ref", "set_baseline"]
@@ -181,7 +182,7 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
         raise EvalsuiteError(f"'{baseline_ref}' and '{candidate_ref}' are the same run ({base.run_id}, {base.model}): "
                              f"a run compared with itself differs by nothing; name two different runs")
     for side, view in (("baseline", base), ("candidate", cand)):
-        if view.status in ("running", "incomplete"):
+        if view.status in (RunStatus.RUNNING, RunStatus.INCOMPLETE):
             raise EvalsuiteError(f"the {side} run {view.run_id} of {view.model} is {view.status}: "
                                  + "; ".join(view.notes or ["wait for it to finish"]))
     base_scores, cand_scores = base.task_scores(), cand.task_scores()
@@ -194,11 +195,11 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
             problems.append(f"{task}: not evaluated in the {side} run")
             continue
         b, c = base_scores[task], cand_scores[task]
-        if c.status != "ok":
-            verdict = "failed" if b.status == "ok" else "skipped"
+        if c.status != TaskStatus.OK:
+            verdict = "failed" if b.status == TaskStatus.OK else "skipped"
             result.tasks.append(_empty(task, b.metric, verdict, f"candidate {c.status}: {c.error or ''}".strip()))
             continue
-        if b.status != "ok":
+        if b.status != TaskStatus.OK:
             result.tasks.append(_empty(task, b.metric, "new", f"baseline {b.status}: {b.error or ''}".strip()))
             continue
         compared, task_problems = _compare_task(task, b.metric, base_samples, cand_samples, max_drop, alpha)
@@ -215,13 +216,7 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
 
 def _compare_task(task: str, metric: str | None, base: Any, cand: Any, max_drop: float,
                   alpha: float) -> tuple[TaskComparison | None, list[str]]:
-    from evalsuite.tasks import load_spec
-
-    try:
-        grouped = load_spec(task).macro_averaged
-    except EvalsuiteError:
-        grouped = base.loc[base["task"] == task, "subtask"].nunique() > 1
-    found = paired(base, cand, task, metric=metric, grouped=grouped)
+    found = paired(base, cand, task, metric=metric, grouped=grouped_task(task, base))
     problems = []
     if found is None:
         return None, [f"{task}: no shared documents"]

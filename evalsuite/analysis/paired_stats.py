@@ -29,6 +29,19 @@ MIN_SHARED = 10
 KEY = ["subtask", "doc_index"]
 
 
+def grouped_task(task: str, rows: Any) -> bool:
+    """Whether ``task``'s documents are resampled within their subjects: what its YAML says
+    (``aggregate: mean_of_groups``, MMLU), the one answer ``compare``, ``nightly`` and the report
+    share; for a stored task no task file defines, whether its rows (``rows``: samples with
+    ``task`` and ``subtask``) carry more than one subject."""
+    from evalsuite.tasks.catalogue import macro_averaged
+
+    known = macro_averaged(task)
+    if known is not None:
+        return known
+    return bool(rows.loc[rows["task"] == task, "subtask"].nunique() > 1)
+
+
 @dataclass(frozen=True)
 class Paired:
     """Candidate minus baseline on the shared documents of one task; scores and deltas x100."""

@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "task_dir", None):  # the user's own tasks join the catalogue for this command
+            from evalsuite.tasks import use_task_dir
+
+            use_task_dir(args.task_dir)
         return int(args.func(args) or 0)
     except EvalsuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 REFS = ("a run id (RUN@MODEL for a run of several models), a model alias (its latest finished run), "
         "tag:T (the latest run tagged T), latest (the latest finished run) or baseline (`evalsuite baseline show`)")
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("baseline", help="the reference run")
     parser.add_argument("candidate", help="the run under test")
     add_results_dir(parser)
+    add_task_dir(parser)
     add_thresholds(parser)
     parser.add_argument("--force", action="store_true",
                         help="compare even if the runs cover different documents or saw different prompts "

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_option(parser, "models", required=True, help="comma-separated models to check (aliases, Hub ids, folders)")
     parser.add_argument("--reference", help="reference model (e.g. the base the checked model was trained from)")
-    add_run_options(parser, ["tasks", "limit"])
+    add_run_options(parser, ["tasks", "limit", "task_dir"])
     parser.add_argument("--k", type=_fraction, default=0.2, help="fraction of least likely tokens (default: 0.2)")
     parser.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, metavar="N",
                         help=f"with --reference: neighbours sampled per document (default: {DEFAULT_NEIGHBOURS}, "

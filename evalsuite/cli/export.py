@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-limited", action="store_true",
                         help="export a --limit run's model-index anyway, each metric marked 'n = a of b documents'")
     add_results_dir(parser)
+    add_task_dir(parser)
     parser.set_defaults(func=handle)
 
 

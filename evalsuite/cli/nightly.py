@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder, alias, Hub id or .gguf file")
     parser.add_argument("--baseline", metavar="REF",
                         help="compare with this run instead of the stored baseline (run id, tag:T, model, latest)")
-    add_run_options(parser, ["tasks", "limit", "data_dir", "backend", "device", "results_dir", "use_cache"])
+    add_run_options(parser, ["tasks", "limit", "task_dir", "data_dir", "backend", "device", "results_dir", "use_cache"])
     add_option(parser, "tag", help="run tag (default: nightly-YYYY-MM-DD)")
     add_thresholds(parser)
     parser.add_argument("--force", action="store_true", help="compare shared documents even if the runs differ")

@@ -15,6 +15,11 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "data_dir")
 
 
+def add_task_dir(parser: argparse.ArgumentParser) -> None:
+    """``--task-dir DIR``: every command that reads tasks offers it (:func:`evalsuite.cli.main` applies it)."""
+    add_option(parser, "task_dir")
+
+
 def add_log_to(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-to", metavar="TRACKER",
                         help="after the run, log params, scores and the HTML report to mlflow:URI "

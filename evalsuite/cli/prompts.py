@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from evalsuite.cli.options import add_data_dir, positive_int
+from evalsuite.cli.options import add_data_dir, add_task_dir, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", required=True, help="one task: arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="first N documents (per subject for MMLU)")
     add_data_dir(parser)
+    add_task_dir(parser)
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
     parser.set_defaults(func=handle)
 

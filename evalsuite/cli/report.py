@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 
 def _names(text: str) -> list[str]:
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-published", dest="published", action="store_false",
                         help="leave the published leaderboard rows out of the table")
     add_results_dir(parser)
+    add_task_dir(parser)
     parser.add_argument("--out", metavar="FILE", help="HTML file to write (default: reports/report-<run id>.html)")
     parser.set_defaults(func=handle)
 

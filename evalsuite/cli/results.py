@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,13 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "TruthfulQA, Winogrande, GSM8K, H6).",
     )
     add_results_dir(parser)
+    add_task_dir(parser)
     parser.add_argument("--run", metavar="ID", help="show this run (shards merged) instead of each model's latest "
                                                      "finished run")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from evalsuite.analysis.leaderboard import format_table
+    from evalsuite.analysis.leaderboard import run_summary
     from evalsuite.store.run_views import latest_runs, run_views
 
     views = run_views(args.results_dir, args.run) if args.run else latest_runs(args.results_dir)
@@ -27,10 +28,5 @@ def handle(args: argparse.Namespace) -> int:
         from evalsuite.errors import EvalsuiteError
 
         raise EvalsuiteError(f"no finished run in {args.results_dir}/ yet; run `evalsuite run` first")
-    problems = [f"{v.model} {task}: {score.status}: {score.error}" for v in views
-                for task, score in v.task_scores().items() if score.status not in ("ok",) and score.error]
-    from evalsuite.run.audit import summary_lines
-
-    print("\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views),
-                     *[note for v in views for note in v.notes]]))
+    print(run_summary(views))
     return 0

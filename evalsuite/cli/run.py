@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from evalsuite.config import add_run_options
@@ -42,7 +42,8 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.shard and (args.ray or args.shards):
         raise EvalsuiteError("--shard runs one shard here; --ray with --shards N runs all N: give one or the other")
-    config = RunConfig.from_args(args).validate(gpu=False)  # the GPU is checked after the models (evaluate)
+    # the GPU is checked after the models (evaluate); the dry run is how a slow CPU run is measured
+    config = RunConfig.from_args(args).validate(gpu=False, cpu_budget=not args.dry_run)
     if not config.progress:
         quiet_progress()
     if args.dry_run:
@@ -57,7 +58,7 @@ def handle(args: argparse.Namespace) -> int:
                              "run from Python with evalsuite.outputs.trackers.log_run(TARGET, RUN_ID), or use --ray")
     if args.ray or args.shards:
         return _handle_ray(args, config)
-    result = evaluate(config=config)
+    result = evaluate(config=replace(config, device=args.device))  # evaluate says how "auto" chose
     print()
     print(result.table())
     print(f"\nrun {result.run_id}: scores and per-sample results in {result.results_dir}/ "

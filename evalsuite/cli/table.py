@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalsuite.cli.options import add_results_dir
+from evalsuite.cli.options import add_results_dir, add_task_dir
 
 
 def _names(text: str) -> list[str]:
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pick.add_argument("--runs", type=_names, metavar="ID,ID", help="every model of these run ids")
     parser.add_argument("--tag", metavar="T", help="only runs tagged T")
     add_results_dir(parser)
+    add_task_dir(parser)
     parser.set_defaults(func=handle)
 
 

@@ -62,11 +62,13 @@ def resolve_snapshot(repo_id: str, revision: str | None) -> tuple[str, Path]:
     try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES, local_files_only=not online)
     except GatedRepoError:
-        raise EvalsuiteError(f"{repo_id} is gated on the Hugging Face Hub: accept its licence on the model page and "
-                             f"log in (`huggingface-cli login`), or pass a local folder") from None
+        raise EvalsuiteError(f"{repo_id} is gated on the Hugging Face Hub: accept its licence at "
+                             f"https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN), or pass a "
+                             f"local folder") from None
     except RepositoryNotFoundError:
-        raise EvalsuiteError(f"no model '{repo_id}' on the Hugging Face Hub (or it is private); check the id, log in "
-                             f"with `huggingface-cli login`, or pass a local folder") from None
+        raise EvalsuiteError(f"no model '{repo_id}' on the Hugging Face Hub (or it is private); check the id at "
+                             f"https://huggingface.co/{repo_id}, log in (`hf auth login` or HF_TOKEN), or pass a "
+                             f"local folder") from None
     except RevisionNotFoundError:
         raise EvalsuiteError(f"{repo_id} has no revision '{revision}' on the Hub; check --revision") from None
     except Exception as exc:  # LocalEntryNotFoundError offline; HTTP and validation errors online
@@ -80,5 +82,5 @@ def resolve_snapshot(repo_id: str, revision: str | None) -> tuple[str, Path]:
 
 def offline_message(repo_id: str) -> str:
     return (f"the Hugging Face Hub is not reachable and {repo_id} is not in the local Hub cache; on a machine "
-            f"with access run `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass it "
+            f"with access run `hf download {repo_id} --local-dir DIR`, copy DIR here and pass it "
             f"as the model (or fill the Hub cache and set HF_HUB_OFFLINE=1)")

@@ -67,19 +67,23 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
 
     kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": bool(source.spec.trust_remote_code),
                               **local_only(source.spec.kind)}
+    device_map = gpu_device_map(source, dtype) if device == "cuda" else None
+    placement: dict[str, Any] = {"device_map": device_map}
+    if device_map == "auto":  # leave each GPU room for activations and caches beside its layers
+        placement["max_memory"] = gpu_max_memory()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         clean_up_like_period_transformers(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
             dtype=torch_dtype(dtype),
-            device_map=gpu_device_map(source, dtype) if device == "cuda" else None,
+            **placement,
             **kwargs,
         )
     except OSError as exc:
         raise EvalsuiteError(
             f"could not load {source.path}: {str(exc).splitlines()[0]}; check the name, your Hub access "
-            f"(huggingface-cli login for gated models) or use a local folder"
+            f"(`hf auth login` or HF_TOKEN for gated models) or use a local folder"
         ) from None
     if device != "cuda":
         model.to(device)
@@ -103,3 +107,20 @@ def gpu_device_map(source: ModelSource, dtype: str, gpu_memory: int | None = Non
     if gpu_count <= 1:
         return {"": 0}
     return {"": 0} if required_bytes(param_count(source), dtype) <= gpu_memory else "auto"
+
+
+#: Share of each GPU that ``device_map="auto"`` must leave free of weights (at least
+#: :data:`GPU_HEADROOM_MIN` bytes): the forward's activations, the key/value pasts and copies
+#: within the engine's token budget, the output layer's chunks and the CUDA context live there.
+GPU_HEADROOM = 0.15
+GPU_HEADROOM_MIN = 2 * 2**30
+
+
+def gpu_max_memory(totals: list[int] | None = None) -> dict[int, int]:
+    """accelerate's ``max_memory`` per GPU index: its total memory less the headroom. Without
+    it accelerate fills the first cards to the brim and the first long batch runs out of memory."""
+    if totals is None:
+        import torch
+
+        totals = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return {i: max(0, total - max(int(total * GPU_HEADROOM), GPU_HEADROOM_MIN)) for i, total in enumerate(totals)}

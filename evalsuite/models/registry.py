@@ -33,10 +33,21 @@ class ModelSpec:
     params: int | None = None
     layers: int | None = None
     arch: str | None = None
-    gated: bool = False
+    gated: bool = False  # licence to accept on the Hub (the Hub's own flag wins where reachable)
     min_gpus_80gb: int = 1
     notes: str = ""
+    backends: tuple[str, ...] = ()  # the backends that can run it (empty: every backend)
+    requires: tuple[str, ...] = ()  # modules it needs beyond the default install (import names)
+    extra: str | None = None  # the evalsuite extra that installs ``requires``
 
+    @property
+    def page(self) -> str | None:
+        """The model's page on the Hugging Face Hub (Hub models only)."""
+        return f"https://huggingface.co/{self.source}" if self.kind == "hub" else None
+
+
+QWEN_V1_NOTE = "Qwen v1: its own modelling code; run natively by vLLM (0.23 at the latest), tokenizer needs tiktoken"
+QWEN_V1_ROUTE = {"backends": ("vllm",), "requires": ("tiktoken",), "extra": "qwen"}
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.alias: spec
@@ -46,7 +57,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("solar-instruct", "upstage/SOLAR-10.7B-Instruct-v1.0", params=10_731_524_096, layers=48,
                   arch="llama", dtype="float16"),
         ModelSpec("mistral", "mistralai/Mistral-7B-v0.1", params=7_241_732_096, layers=32, arch="mistral",
-                  notes="the DUS base"),
+                  gated=True, notes="the DUS base"),
         ModelSpec("llama2-7b", "meta-llama/Llama-2-7b-hf", params=6_738_415_616, layers=32, arch="llama",
                   dtype="float16", gated=True),
         ModelSpec("llama2-13b", "meta-llama/Llama-2-13b-hf", params=13_015_864_320, layers=40, arch="llama",
@@ -54,13 +65,20 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("llama2-70b", "meta-llama/Llama-2-70b-hf", params=68_976_648_192, layers=80, arch="llama",
                   dtype="float16", gated=True, min_gpus_80gb=2),
         ModelSpec("mixtral", "mistralai/Mixtral-8x7B-v0.1", params=46_702_792_704, layers=32, arch="mixtral",
-                  min_gpus_80gb=2),
+                  gated=True, min_gpus_80gb=2),
         ModelSpec("mixtral-instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", params=46_702_792_704, layers=32,
-                  arch="mixtral", min_gpus_80gb=2),
+                  arch="mixtral", gated=True, min_gpus_80gb=2),
+        # Qwen v1: remote code (QWenLMHeadModel, a tiktoken tokenizer) written for transformers 4.3x, not
+        # the transformers evalsuite runs on; vLLM implements it natively (removed after vLLM 0.23).
         ModelSpec("qwen-14b", "Qwen/Qwen-14B", params=14_167_290_880, layers=40, arch="qwen",
-                  trust_remote_code=True, notes="Qwen v1 needs its own modelling code"),
+                  trust_remote_code=True, notes=QWEN_V1_NOTE, **QWEN_V1_ROUTE),
         ModelSpec("qwen-72b", "Qwen/Qwen-72B", params=72_287_920_128, layers=80, arch="qwen",
-                  trust_remote_code=True, min_gpus_80gb=4, notes="Qwen v1 needs its own modelling code"),
+                  trust_remote_code=True, min_gpus_80gb=4, notes=QWEN_V1_NOTE, **QWEN_V1_ROUTE),
+        # The later Qwen releases are native to transformers (qwen2) and run on every backend.
+        ModelSpec("qwen1.5-14b", "Qwen/Qwen1.5-14B", params=14_167_290_880, layers=40, arch="qwen2"),
+        ModelSpec("qwen1.5-72b", "Qwen/Qwen1.5-72B", params=72_287_920_128, layers=80, arch="qwen2", min_gpus_80gb=4),
+        ModelSpec("qwen2-7b", "Qwen/Qwen2-7B", params=7_615_616_512, layers=28, arch="qwen2"),
+        ModelSpec("qwen2-72b", "Qwen/Qwen2-72B", params=72_706_203_648, layers=80, arch="qwen2", min_gpus_80gb=4),
         ModelSpec("yi-34b", "01-ai/Yi-34B", params=34_388_917_248, layers=60, arch="llama"),
         ModelSpec("falcon-180b", "tiiuae/falcon-180B", params=179_522_565_120, layers=80, arch="falcon",
                   gated=True, min_gpus_80gb=8),
@@ -72,6 +90,23 @@ REGISTRY: dict[str, ModelSpec] = {
                   dtype="float32", notes="SmolLM2 depth up-scaled with overlap 8 (30 -> 44 layers), no further training"),
     ]
 }
+
+def check_route(spec: ModelSpec, backend: str) -> None:
+    """Refuse, before anything loads, a model on a backend that cannot run it as the paper ran
+    it, or without the packages it needs; the message says which flag and what to install."""
+    if spec.backends and backend not in spec.backends:
+        install = f"pip install 'evalsuite[{','.join([*spec.backends, *([spec.extra] if spec.extra else [])])}]'"
+        raise UnknownModelError(
+            f"{spec.alias} ({spec.source}) runs only on --backend {' or '.join(spec.backends)} here "
+            f"({spec.notes or 'its code does not load under the installed transformers'}); pass --backend "
+            f"{spec.backends[0]} on a GPU machine ({install})")
+    import importlib.util
+
+    missing = [name for name in spec.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        install = f"pip install 'evalsuite[{spec.extra}]'" if spec.extra else f"pip install {' '.join(missing)}"
+        raise UnknownModelError(f"{spec.alias} needs {', '.join(missing)}, which is not installed; {install}")
+
 
 #: ``dus:BASE:M``: the base model's name and the overlap M of a depth up-scaled model.
 DUS_SPEC = re.compile(r"^dus:(?P<base>.+):(?P<overlap>\d+)$")

@@ -15,6 +15,10 @@
   unless another is given).
 * ``scores_csv``: one row per task and MMLU subject, plus H6.
 
+The names and card fields of each task come from its YAML's ``export:`` block (shots, metric,
+dataset config and split from the task itself; :class:`evalsuite.tasks.catalogue.ExportNames`),
+so a user's own task (``--task-dir``) exports under its own name like the six.
+
 Each task's self-audit (:mod:`evalsuite.run.audit`) goes along: ``evalsuite.run.audit`` in the lm-eval
 JSON (status, n, agree, max |Δ|, note), the ``source`` name of each model-index entry
 ("audit: 8/8, max |Δ| 2e-05"), and the ``audit_*`` columns of the CSV task rows.
@@ -35,7 +39,8 @@ from typing import Any
 from evalsuite import __version__
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.run_views import is_missing, load_run  # load_run: the one read path, also for export's callers
-from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.store.status import FINISHED, TaskStatus
+from evalsuite.tasks.catalogue import TaskSpec, load_suite, lookup, ordered
 
 #: Default ``source.url`` of the model-index: the lm-eval results file exported beside it (upload
 #: both to the model repository), unless the user names where the results live (--source-url).
@@ -44,7 +49,8 @@ DEFAULT_SOURCE_URL = "results.json"
 
 @dataclass(frozen=True)
 class V1Task:
-    """How the leaderboard's harness and SOLAR's model card name one task."""
+    """How the leaderboard's harness and a model card name one task: its YAML's ``export:``
+    names with the task's own shots, metric, dataset config and split."""
 
     harness: str  # task name in lm-eval at b281b09 (MMLU: prefix of the 57 subject tasks)
     leaderboard: str  # the leaderboard's results key (before the "|shots")
@@ -56,21 +62,30 @@ class V1Task:
     dataset: str  # the card's dataset "type"
     config: str | None
     split: str
+    grouped: bool  # the task's score is the mean of its subjects' (its rows per subject are exported)
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> V1Task:
+        names = spec.export_names
+        return cls(names.harness, names.leaderboard, names.version, spec.num_fewshot, spec.metric, names.metric_name,
+                   names.card_name or spec.title, names.card_dataset or spec.dataset.hub_id, spec.dataset.config,
+                   spec.eval_split, spec.macro_averaged)
 
 
-V1_TASKS = {
-    "arc": V1Task("arc_challenge", "arc:challenge", 0, 25, "acc_norm", "normalized accuracy",
-                  "AI2 Reasoning Challenge (25-Shot)", "ai2_arc", "ARC-Challenge", "test"),
-    "hellaswag": V1Task("hellaswag", "hellaswag", 0, 10, "acc_norm", "normalized accuracy", "HellaSwag (10-Shot)",
-                        "hellaswag", None, "validation"),
-    "mmlu": V1Task("hendrycksTest", "hendrycksTest", 1, 5, "acc", "accuracy", "MMLU (5-Shot)", "cais/mmlu", "all",
-                   "test"),
-    "truthfulqa": V1Task("truthfulqa_mc", "truthfulqa:mc", 1, 0, "mc2", None, "TruthfulQA (0-shot)", "truthful_qa",
-                         "multiple_choice", "validation"),
-    "winogrande": V1Task("winogrande", "winogrande", 0, 5, "acc", "accuracy", "Winogrande (5-shot)", "winogrande",
-                         "winogrande_xl", "validation"),
-    "gsm8k": V1Task("gsm8k", "gsm8k", 0, 5, "acc", "accuracy", "GSM8k (5-shot)", "gsm8k", "main", "test"),
-}
+def v1_task(task: str) -> V1Task | None:
+    """A stored task's export names, or None when no task file defines it (pass its --task-dir)."""
+    spec = lookup(task)
+    return V1Task.of(spec) if spec else None
+
+
+def _exported(rows: dict[tuple[str, str | None], dict[str, Any]]) -> list[tuple[str, V1Task]]:
+    """The run's tasks the catalogue knows, leaderboard tasks first in column order."""
+    out = []
+    for task in ordered({t for t, _ in rows}):
+        v1 = v1_task(task)
+        if v1 is not None:
+            out.append((task, v1))
+    return out
 
 
 def _ok_rows(view: Any) -> dict[tuple[str, str | None], dict[str, Any]]:
@@ -78,7 +93,7 @@ def _ok_rows(view: Any) -> dict[tuple[str, str | None], dict[str, Any]]:
     out = {}
     for rec in view.scores.to_dict("records"):
         value = rec.get("value")
-        if rec.get("status") == "ok" and not is_missing(value):
+        if rec.get("status") == TaskStatus.OK and not is_missing(value):
             sub = rec.get("subtask")
             out[(rec["task"], sub if isinstance(sub, str) else None)] = rec
     return out
@@ -99,13 +114,12 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
     n_shot: dict[str, int] = {}
     n_samples: dict[str, dict[str, int]] = {}
     audits: dict[str, dict[str, Any]] = {}
-    for task in LEADERBOARD_TASKS:
-        v1 = V1_TASKS[task]
+    for task, v1 in _exported(rows):
         if (task, None) in rows and isinstance(rows[(task, None)].get("audit_status"), str):
             audits[task] = _audit_fields(rows[(task, None)])
-        if task == "mmlu":
+        if v1.grouped:
             entries = [(f"{v1.harness}-{sub}", rec) for (t, sub), rec in sorted(rows.items(), key=lambda kv: str(kv[0][1]))
-                       if t == "mmlu" and sub is not None]
+                       if t == task and sub is not None]
         else:
             entries = [(v1.harness, rows[(task, None)])] if (task, None) in rows else []
         for name, rec in entries:
@@ -151,11 +165,15 @@ def _audit_fields(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def leaderboard_values(view: Any) -> dict[str, Any]:
-    """The six columns and H6, x100, as the leaderboard shows them (MMLU: plain mean of subjects)."""
+    """The six columns (then any other task scored) and H6, x100, as the leaderboard shows them
+    (MMLU: plain mean of subjects)."""
+    from evalsuite.analysis.leaderboard import columns
+
     row = view.leaderboard_row()
-    out: dict[str, Any] = {task: round(row.scores[task], 4) for task in LEADERBOARD_TASKS if task in row.scores}
-    out["h6"] = None if math.isnan(row.h6) else round(row.h6, 4)
-    out["h6_complete"] = row.complete
+    key = load_suite().score_key
+    out: dict[str, Any] = {task: round(row.scores[task], 4) for task in columns([row]) if task in row.scores}
+    out[key] = None if math.isnan(row.h6) else round(row.h6, 4)
+    out[f"{key}_complete"] = row.complete
     return out
 
 
@@ -163,16 +181,15 @@ def leaderboard_values(view: Any) -> dict[str, Any]:
 def model_index(view: Any, *, name: str | None = None, allow_limited: bool = False,
                 source_url: str = DEFAULT_SOURCE_URL) -> dict[str, Any]:
     """The ``model-index`` metadata (a dict; :func:`model_index_yaml` writes the YAML block)."""
-    if view.status not in ("ok", "partial"):
+    if view.status not in FINISHED:
         raise EvalsuiteError(f"run {view.run_id} of {view.model} is {view.status}: finish it before publishing its scores")
     rows = _ok_rows(view)
     results = []
     limited = []
-    for task in LEADERBOARD_TASKS:
+    for task, v1 in _exported(rows):
         rec = rows.get((task, None))
         if rec is None:
             continue
-        v1 = V1_TASKS[task]
         n, total = int(rec["n"] or 0), int(rec["n_total"] or 0)
         metric: dict[str, Any] = {"type": v1.metric, "value": round(100 * float(rec["value"]), 2)}
         label = v1.metric_name
@@ -227,9 +244,9 @@ def scores_csv(view: Any) -> str:
     model_id = getattr(view.record, "model_id", None)
     frame = view.scores.sort_values(["task", "subtask"], na_position="first", kind="stable")
     for rec in frame.to_dict("records"):
-        v1 = V1_TASKS.get(rec["task"])
+        v1 = v1_task(rec["task"])
         sub = rec["subtask"] if isinstance(rec["subtask"], str) else ""
-        name = (f"{v1.harness}-{sub}" if sub else ("" if rec["task"] == "mmlu" else v1.harness)) if v1 else ""
+        name = (f"{v1.harness}-{sub}" if sub else ("" if v1.grouped else v1.harness)) if v1 else ""
         writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": rec["task"],
                          "lm_eval_task": name, "subtask": sub, "metric": rec["metric"],
                          "score": _pct(rec["value"]), "stderr": _pct(rec["stderr"]),
@@ -237,10 +254,13 @@ def scores_csv(view: Any) -> str:
                          else int(rec["n_total"]), "status": rec["status"],
                          **_audit_csv(rec)})
     values = leaderboard_values(view)
-    if values.get("h6") is not None:
-        writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": "h6",
-                         "metric": "mean of six" if values["h6_complete"] else "mean of tasks present (incomplete)",
-                         "score": f"{values['h6']:.4f}", "status": "ok" if values["h6_complete"] else "incomplete"})
+    suite = load_suite()
+    key = suite.score_key
+    if values.get(key) is not None:
+        count = {6: "six"}.get(len(suite.tasks), str(len(suite.tasks)))
+        writer.writerow({"run_id": view.run_id, "model": view.model, "model_id": model_id, "task": key,
+                         "metric": f"mean of {count}" if values[f"{key}_complete"] else "mean of tasks present (incomplete)",
+                         "score": f"{values[key]:.4f}", "status": TaskStatus.OK if values[f"{key}_complete"] else TaskStatus.INCOMPLETE})
     return buffer.getvalue()
 
 

@@ -1,7 +1,8 @@
 """Paper-style tables (the layout of the SOLAR paper's Table 2) from stored scores.
 
-Columns: Model, Size, Type, H6, ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K; the best
-value of each score column in bold; rows sorted by H6 like the paper. The same rows render as
+Columns: Model, Size, Type, H6, ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K (the
+leaderboard suite's, from ``tasks/``), then any other task a row has; the best value of each
+score column in bold; rows sorted by H6 like the paper. The same rows render as
 Markdown, LaTeX, CSV or HTML, so a table pasted into a paper and the one in a README agree.
 Published rows (optional) come from the CSV shipped with evalsuite; their per-task values
 are marked with a dagger when only the H6 is confirmed.
@@ -15,15 +16,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalsuite.analysis.leaderboard import LeaderboardTable
 from evalsuite.errors import EvalsuiteError
-from evalsuite.analysis.leaderboard import COLUMNS
 from evalsuite.models.registry import REGISTRY
 from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR
-from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, title
 
 FORMATS = ("md", "latex", "csv", "html")
-HEADER = ["Model", "Size", "Type", "H6", *COLUMNS.values()]
-SCORE_COLUMNS = ["h6", *LEADERBOARD_TASKS]
 DASH = "—"
 
 
@@ -39,6 +38,17 @@ class TableRow:
     published: bool = False
     unconfirmed: bool = False  # published per-task values not confirmed
     note: str = ""
+
+
+def score_columns(rows: list[TableRow]) -> dict[str, str]:
+    """Score column -> title: the suite's score ("h6": H6), its tasks, then other tasks of ``rows``."""
+    suite = leaderboard_tasks()
+    extra = sorted({k for row in rows for k in row.values} - {"h6", *suite})
+    return {"h6": load_suite().score_label, **{t: title(t) for t in (*suite, *extra)}}
+
+
+def header(rows: list[TableRow]) -> list[str]:
+    return ["Model", "Size", "Type", *score_columns(rows).values()]
 
 
 def format_size(params: int | float | None) -> str:
@@ -57,17 +67,18 @@ def our_rows(results_dir: str | Path = DEFAULT_RESULTS_DIR, models: list[str] | 
 
     comparison = collect(results_dir, models=models, runs=runs, tag=tag, with_samples=False)
     types = {p.hub_id: p.type for p in load_published()}
+    table = LeaderboardTable.of(comparison.rows)
     rows = []
     for entry, lb in zip(comparison.entries, comparison.rows, strict=True):
         spec = REGISTRY.get(entry.model)
         values = dict(lb.scores)
-        if not math.isnan(lb.h6):
-            values["h6"] = lb.h6
+        score = table.score(lb)
+        if score is not None:
+            values["h6"] = score
         rows.append(TableRow(
             model=entry.label, size=format_size(spec.params) if spec else DASH,
             type=types.get(spec.source, DASH) if spec else DASH, values=values, h6_complete=lb.complete,
-            note=", ".join(f"{COLUMNS[t]} n={lb.n[t]}/{lb.n_total[t]}" for t in LEADERBOARD_TASKS
-                           if t in lb.n and lb.n[t] < lb.n_total.get(t, 0)),
+            note=", ".join(f"{name} n={n}/{total}" for name, n, total in table.evaluated(lb, only_limited=True)),
         ))
     return rows
 
@@ -90,16 +101,16 @@ def best_values(rows: list[TableRow]) -> dict[str, float]:
     """Per score column, the best value among ``rows`` (rounded as shown, so ties bold alike)."""
     best: dict[str, float] = {}
     for row in rows:
-        for col in SCORE_COLUMNS:
+        for col in score_columns(rows):
             if col in row.values:
                 best[col] = max(best.get(col, -math.inf), round(row.values[col], 2))
     return best
 
 
-def _cells(row: TableRow, best: dict[str, float]) -> list[tuple[str, bool, str]]:
+def _cells(row: TableRow, best: dict[str, float], columns: dict[str, str]) -> list[tuple[str, bool, str]]:
     """(text, is_best, mark) per score column; mark is '*' (incomplete H6) or '†' (unconfirmed)."""
     out = []
-    for col in SCORE_COLUMNS:
+    for col in columns:
         if col not in row.values:
             out.append((DASH, False, ""))
             continue
@@ -112,9 +123,9 @@ def _cells(row: TableRow, best: dict[str, float]) -> list[tuple[str, bool, str]]
 def footnotes(rows: list[TableRow]) -> list[str]:
     notes = []
     if any(not r.h6_complete and "h6" in r.values for r in rows):
-        notes.append("* H6 incomplete: mean of the tasks evaluated only.")
+        notes.append(f"* {load_suite().score_label} incomplete: mean of the tasks evaluated only.")
     if any(r.unconfirmed for r in rows):
-        notes.append("† published per-task value not confirmed (only the H6 average is).")
+        notes.append(f"† published per-task value not confirmed (only the {load_suite().score_label} average is).")
     limited = [f"{r.model}: {r.note}" for r in rows if not r.published and r.note]
     if limited:
         notes.append("Limited runs (documents evaluated/total): " + "; ".join(limited) + ".")
@@ -122,10 +133,10 @@ def footnotes(rows: list[TableRow]) -> list[str]:
 
 
 def to_markdown(rows: list[TableRow]) -> str:
-    best = best_values(rows)
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join([":---"] * 3 + ["---:"] * 7) + "|"]
+    best, columns = best_values(rows), score_columns(rows)
+    lines = ["| " + " | ".join(header(rows)) + " |", "|" + "|".join([":---"] * 3 + ["---:"] * len(columns)) + "|"]
     for row in rows:
-        cells = [f"**{t}**{m}" if b else f"{t}{m}" for t, b, m in _cells(row, best)]
+        cells = [f"**{t}**{m}" if b else f"{t}{m}" for t, b, m in _cells(row, best, columns)]
         lines.append("| " + " | ".join([row.model.replace("|", "\\|"), row.size, row.type, *cells]) + " |")
     notes = footnotes(rows)
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -141,12 +152,12 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(rows: list[TableRow]) -> str:
-    best = best_values(rows)
-    lines = [r"\begin{tabular}{lll" + "r" * 7 + "}", r"\hline",
-             " & ".join(latex_escape(h) for h in HEADER) + r" \\", r"\hline"]
+    best, columns = best_values(rows), score_columns(rows)
+    lines = [r"\begin{tabular}{lll" + "r" * len(columns) + "}", r"\hline",
+             " & ".join(latex_escape(h) for h in header(rows)) + r" \\", r"\hline"]
     for row in rows:
         cells = []
-        for text, is_best, mark in _cells(row, best):
+        for text, is_best, mark in _cells(row, best, columns):
             body = r"\textbf{" + text + "}" if is_best else latex_escape(text)
             cells.append(body + latex_escape(mark))
         lines.append(" & ".join([latex_escape(row.model), latex_escape(row.size), latex_escape(row.type), *cells])
@@ -158,20 +169,20 @@ def to_latex(rows: list[TableRow]) -> str:
 def to_csv(rows: list[TableRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*HEADER, "h6_complete", "published", "per_task_confirmed", "note"])
+    writer.writerow([*header(rows), "h6_complete", "published", "per_task_confirmed", "note"])
     for row in rows:
-        values = [f"{row.values[c]:.2f}" if c in row.values else "" for c in SCORE_COLUMNS]
+        values = [f"{row.values[c]:.2f}" if c in row.values else "" for c in score_columns(rows)]
         writer.writerow([row.model, row.size, row.type, *values, row.h6_complete, row.published,
                          not row.unconfirmed, row.note])
     return buf.getvalue().rstrip("\n")
 
 
 def to_html(rows: list[TableRow]) -> str:
-    best = best_values(rows)
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr></thead>",
+    best, columns = best_values(rows), score_columns(rows)
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header(rows)) + "</tr></thead>",
            "<tbody>"]
     for row in rows:
-        cells = "".join(f"<td>{'<b>' + t + '</b>' if b else t}{m}</td>" for t, b, m in _cells(row, best))
+        cells = "".join(f"<td>{'<b>' + t + '</b>' if b else t}{m}</td>" for t, b, m in _cells(row, best, columns))
         out.append(f"<tr><td>{html.escape(row.model)}</td><td>{row.size}</td><td>{html.escape(row.type)}</td>"
                    f"{cells}</tr>")
     out += ["</tbody>", "</table>"]

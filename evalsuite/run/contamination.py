@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,24 +136,31 @@ def check_threshold(rule: Rule) -> None:
 
 # -- documents -------------------------------------------------------------------------------
 def document_text(task: str, doc: dict[str, Any]) -> str:
-    """The text whose likelihood is checked: the benchmark's own fields, no prompt template."""
-    if task == "arc":
-        choices = doc["choices"]
-        return f"{doc['question']} {choices['text'][choices['label'].index(doc['answerKey'])]}"
-    if task == "mmlu":
-        return f"{doc['question'].strip()} {doc['choices'][int(doc['answer'])]}"
-    if task == "truthfulqa":
-        mc1 = doc["mc1_targets"]
-        return f"{doc['question']} {mc1['choices'][list(mc1['labels']).index(1)]}"
-    if task == "gsm8k":
-        return f"{doc['question']} {doc['answer']}"
-    if task == "hellaswag":  # lm-eval's processed document (v1 preprocessing)
-        return f"{doc['query']} {doc['choices'][int(doc['gold'])]}"
-    if task == "winogrande":
-        option = doc["option1"] if str(doc["answer"]) == "1" else doc["option2"]
-        return doc["sentence"].replace("_", option, 1)
-    raise EvalsuiteError(f"no contamination document text is defined for task '{task}'; "
-                         "choose among arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k")
+    """The text whose likelihood is checked: the benchmark's own fields, no prompt template,
+    as the task's YAML declares them (``contamination_text``, a Jinja template of the document)."""
+    from evalsuite.tasks.catalogue import load_spec
+
+    from jinja2.exceptions import SecurityError, TemplateSyntaxError
+
+    spec = load_spec(task)
+    if spec.contamination_text is None:
+        raise EvalsuiteError(f"task '{task}' declares no contamination_text (the document fields whose text is "
+                             "checked); add one to its YAML (docs/tasks.md)")
+    try:
+        return _text_template(spec.contamination_text).render(doc)
+    except (SecurityError, TemplateSyntaxError) as exc:
+        raise EvalsuiteError(f"{spec.folder / (task + '.yaml')}: contamination_text cannot be used ({exc}); "
+                             "write it from the document's fields (docs/tasks.md)") from None
+
+
+@lru_cache(maxsize=64)
+def _text_template(source: str) -> Any:
+    """The task file's template, compiled once; sandboxed, since a task file may come from a
+    user's folder (it reads the document's fields and calls plain str/list methods, no more)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
 
 
 @dataclass(frozen=True)
@@ -429,6 +437,7 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
           trust_remote_code: bool) -> tuple[Any, str, str]:
     """The evalsuite engine for a model name, its alias (as runs store it) and its weights identity."""
     from evalsuite.backends import BackendOptions, build_backend
+    from evalsuite.backends.registry import logprob_backend
     from evalsuite.models.memory import check_fits, param_count
     from evalsuite.models.registry import resolve_model
     from evalsuite.models.source import materialize
@@ -439,7 +448,7 @@ def _load(name: str, device: str, dtype: str | None, batch_size: int | str,
 
     dtype = resolve_dtype(spec, device, dtype)[0]
     check_fits(spec, dtype, device, params=spec.params or param_count(source))
-    lm = build_backend("evalsuite", source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
+    lm = build_backend(logprob_backend(), source, BackendOptions(device=device, dtype=dtype, batch_size=batch_size))
     return lm, spec.alias, source.identity
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from evalsuite.backends.registry import get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig
 from evalsuite.run.speed_profile import SpeedProfile
 
@@ -183,20 +184,28 @@ def plan_cost(
 
     if config is None:
         options.setdefault("progress", False)  # called directly, the plan is quiet unless asked
-    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate()
+    config = RunConfig.build(config, models=models, tasks=tasks, **options).validate(cpu_budget=False)
     device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
     root = resolve_data_dir(config.data_dir)
-    loaded, unavailable = load_tasks(list(config.tasks), root)
+    from evalsuite.tasks.data import parse_data_revision
+
+    loaded, unavailable = load_tasks(list(config.tasks), root, parse_data_revision(config.data_revision))
     if not loaded:
         raise MissingDataError("; ".join(f"{t}: {why}" for t, why in unavailable.items()))
     out = []
-    for name in config.models:
-        spec = resolve_model(name, trust_remote_code=config.trust_remote_code)
+    from evalsuite.models.access import check_access_all
+    from evalsuite.models.registry import check_route
+
+    specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
+    for spec in specs:
+        check_route(spec, backend)
+    check_access_all(spec for spec in specs if spec.kind == "hub")  # before any download
+    for spec in specs:
         source = materialize(spec, config.verify_weights)
         chosen_dtype = resolve_dtype(spec, device, config.dtype)[0]
         tokenizer, max_length = _tokenizer_and_length(source)
         speed = None
-        if config.measure and backend != "vllm":
+        if config.measure and get_backend(backend).cost_model is not None:  # a model timed in this process
             from evalsuite.run.speed_profile import measured_speed
 
             speed = measured_speed(source, chosen_dtype, device, again=config.remeasure)
@@ -262,7 +271,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                           new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
                           tokenizer_fallback=encoder.fallback)
         if speed is not None:
-            mode = generation if backend == "evalsuite" else "exact"  # lm-eval hf: batch size 1, as v1 ran
+            # the engine decodes as --generation says; lm-eval hf one prompt at a time, as v1 ran
+            mode = generation if get_backend(backend).cost_model == "engine" else "exact"
             result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
             result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
         return result
@@ -320,9 +330,9 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
     if speed is not None:
-        result.host_seconds = _host_seconds(tokenizer, requests, next(iter(calls()), []), max_length,
-                                            backend == "evalsuite")
-        if backend == "evalsuite":
+        engine = get_backend(backend).cost_model == "engine"
+        result.host_seconds = _host_seconds(tokenizer, requests, next(iter(calls()), []), max_length, engine)
+        if engine:
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
                                                + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
             result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)

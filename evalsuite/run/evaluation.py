@@ -15,7 +15,6 @@ which :mod:`evalsuite.store.run_views` reads as ``interrupted`` once the process
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import secrets
 import signal
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalsuite.backends import BackendOptions, build_backend
+from evalsuite.backends.registry import ask, get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig, backend_settings, check_device, parse_batch_size
 from evalsuite.tasks.data import resolve_data_dir
 from evalsuite.errors import DataFormatError, EvalsuiteError, MissingDataError, StoreError
@@ -37,10 +37,11 @@ from evalsuite.models.identity import ModelSource
 from evalsuite.models.loading import resolve_dtype
 from evalsuite.models.memory import check_fits, param_count
 from evalsuite.run.manifest import environment
-from evalsuite.models.registry import ModelSpec, resolve_model
+from evalsuite.models.registry import ModelSpec, check_route, resolve_model
 from evalsuite.models.source import materialize
 from evalsuite.store.records import RunRecord, SampleRecord, ScoreRecord
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import FINISHED, RunStatus, TaskStatus
 from evalsuite.tasks import DocPrompt, LoadedTask, load_spec
 
 if TYPE_CHECKING:
@@ -103,15 +104,9 @@ class EvalResult:
         return [v.leaderboard_row() for v in self.views()]
 
     def table(self) -> str:
-        from evalsuite.analysis.leaderboard import format_table
+        from evalsuite.analysis.leaderboard import run_summary
 
-        views = self.views()
-        notes = [n for v in views for n in v.notes]
-        problems = [f"{v.model} {t}: {s.status}: {s.error}" for v in views for t, s in v.task_scores().items()
-                    if s.status not in ("ok", "shard")]
-        from evalsuite.run.audit import summary_lines
-
-        return "\n".join([format_table([v.leaderboard_row() for v in views]), *problems, *summary_lines(views), *notes])
+        return run_summary(self.views())
 
     @property
     def exit_code(self) -> int:
@@ -123,11 +118,11 @@ class EvalResult:
             text = f"{self.shard[0]}/{self.shard[1]}"
             rows = self.store.runs(run_id=self.run_id)
             mine = rows[rows["shard"] == text]
-            done = set(mine[mine["status"] == "ok"]["model"])
+            done = set(mine[mine["status"] == RunStatus.OK]["model"])
             return EXIT_OK if set(self.models) <= done else EXIT_TASK_PROBLEM
         for view in self.views():
             statuses = {t: s.status for t, s in view.task_scores().items()}
-            if any(statuses.get(task) != "ok" for task in self.tasks):
+            if any(statuses.get(task) != TaskStatus.OK for task in self.tasks):
                 return EXIT_TASK_PROBLEM
         return EXIT_OK
 
@@ -170,23 +165,40 @@ def evaluate(
 
         return plan_cost(config=config)
     # -- phase 1: check the input; nothing is loaded or written yet -------------------------
+    requested_device = config.device
     config = config.validate(gpu=False)
     backend, device, dtype = config.backend, config.device, config.dtype
     task_names = list(config.tasks)
     specs = [resolve_model(name, trust_remote_code=config.trust_remote_code) for name in config.models]
+    for spec in specs:  # a model its backend cannot run, or without its packages: refused first
+        check_route(spec, backend)
+
+    plans_parallel = get_backend(backend).plans_parallel  # such a backend plans its GPUs and memory itself
 
     def check_parallel(spec: ModelSpec) -> None:
-        model_dtype = default_dtype(spec, device, dtype) if backend == "vllm" else "float32"
+        model_dtype = default_dtype(spec, device, dtype) if plans_parallel else "float32"
         _parallelism(spec, backend, model_dtype, config.tensor_parallel, config.data_parallel)
 
     for spec in specs:  # what needs no network or GPU first: GGUF files, the memory of registry models
         if spec.kind == "gguf":
             check_gguf(Path(spec.source))
         if spec.params:
-            if backend != "vllm":
+            if not plans_parallel:
                 check_fits(spec, default_dtype(spec, device, dtype), device)
             check_parallel(spec)
     check_device(device)
+    from evalsuite.models.access import check_access_all
+
+    check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
+    if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
+        from evalsuite.models.access import hub_params
+        from evalsuite.models.devices import check_cpu_run
+
+        for spec in specs:
+            params = None if spec.params else hub_params(spec)
+            if params:
+                check_fits(spec, default_dtype(spec, device, dtype), device, params=params)
+                check_cpu_run(spec.alias, params, task_names, config.limit)
     for spec in specs:
         if spec.kind == "hub":  # reachable (or cached) at all? Pins the revision to a commit, once
             from evalsuite.models.hub import resolve_snapshot
@@ -209,19 +221,26 @@ def evaluate(
     # -- phase 2: the tasks' data --------------------------------------------------------------
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, tuple[str, str]] = {}  # task -> (missing | failed, why)
+    from evalsuite.tasks.data import parse_data_revision, with_revision
+
+    revisions = parse_data_revision(config.data_revision)
     for name in task_names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), root)
+            task_spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(task_spec, dataset=with_revision(task_spec.dataset, revisions)), root)
         except MissingDataError as exc:
-            unavailable[name] = ("missing", str(exc))
+            unavailable[name] = (TaskStatus.MISSING, str(exc))
         except DataFormatError as exc:
-            unavailable[name] = ("failed", str(exc))
+            unavailable[name] = (TaskStatus.FAILED, str(exc))
     if not loaded:
         raise EvalsuiteError("nothing to evaluate: " + "; ".join(f"{t}: {why}" for t, (_, why) in unavailable.items()))
     start = _start_run(store, config, specs, list(loaded))
     run_id = start.run_id
+    from evalsuite.models.devices import describe_device
+
+    _say(describe_device(device, requested_device))  # the run's first line: what it runs on (bad input: none)
     for name, (status, why) in unavailable.items():
-        _say(f"{name}: {'no data' if status == 'missing' else 'broken data'}, not evaluated: {why}")
+        _say(f"{name}: {'no data' if status == TaskStatus.MISSING else 'broken data'}, not evaluated: {why}")
 
     # -- phase 3: models x tasks ---------------------------------------------------------------
     try:
@@ -272,7 +291,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
     options = config.backend_options(dtype, tensor_parallel, data_parallel)
     record = _run_record(run_id, spec, None, options, backend, loaded, limit, started, tag, shard, run_notes)
-    store.write_run(replace(record, status="running"), part)
+    store.write_run(replace(record, status=RunStatus.RUNNING), part)
 
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
@@ -280,17 +299,19 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
-        if status == "ok" or status == "partial":
+        if status in FINISHED:
             store.write_run(final, part)
             return
         with contextlib.suppress(EvalsuiteError):  # e.g. the disk filled up: the row stays "running"
             store.write_run(final, part)
 
     source = None
+    _say(f"{spec.alias}: {run_notes or dtype_note}, backend {backend}"
+         + (f", tensor parallel {tensor_parallel} x data parallel {data_parallel}" if get_backend(backend).plans_parallel else ""))
     try:
         source = materialize(spec, config.verify_weights)
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
-        store.write_run(replace(record, status="running"), part)
+        store.write_run(replace(record, status=RunStatus.RUNNING), part)
 
         def load() -> Any:
             if not spec.params:  # registry models were checked in evaluate(), before any data loaded
@@ -303,7 +324,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             _say(f"{spec.alias}: every answer is in the request cache; the model is not loaded")
         else:
             lm = load()
-            if isinstance(getattr(lm, "engine_note", None), str):  # which executor, and why
+            if lm.engine_note:  # which executor, and why
                 _say(f"{spec.alias}: {lm.engine_note}")
             if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
                 from evalsuite.run.request_cache import wrap
@@ -313,55 +334,72 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
 
             auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source)
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source)
         raise
     except StoreError:
         raise
     except BaseException as exc:
         if not _input_error(exc):  # a bug: the row says failed, the error keeps its traceback
-            finish("failed", _failure_text(exc), source)
+            finish(RunStatus.FAILED, _failure_text(exc), source)
             raise
         # a model that does not load (its files, its size, the machine's memory): its tasks fail
         # with the reason, other models run
         message = f"the model did not load ({exc if isinstance(exc, EvalsuiteError) else _one_line(exc)})"
         for name, task in loaded.items():
-            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, "failed",
+            store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED,
                                                                         message)], part=part)
         _say(f"{spec.alias}: {message}; its tasks are recorded as failed")
-        finish("failed", message, source)
+        finish(RunStatus.FAILED, message, source)
         return
 
     for name, (status, why) in unavailable.items():
         store.write_scores(run_id, spec.alias, name, [_score_record(run_id, spec.alias, name, None, status, why)])
     outcomes = [status for status, _ in unavailable.values()]
+    chunk = whole_task_chunk(backend)
     try:
         for name, task in loaded.items():
             try:
-                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor)
-                outcomes.append("ok")
+                _evaluate_task(lm, task, spec.alias, store, run_id, limit, progress, shard=shard, auditor=auditor,
+                               chunk=chunk)
+                outcomes.append(TaskStatus.OK)
             except DataFormatError as exc:  # the task's data is broken: keep what other tasks computed, go on
                 message = str(exc)
-                outcomes.append("failed")
+                outcomes.append(TaskStatus.FAILED)
                 store.write_scores(run_id, spec.alias, name,
-                                   [_score_record(run_id, spec.alias, name, task, "failed", message)], part=part)
+                                   [_score_record(run_id, spec.alias, name, task, TaskStatus.FAILED, message)], part=part)
                 _say(f"{spec.alias} {name}: failed ({message}); other tasks continue")
     except KeyboardInterrupt as exc:
-        finish("interrupted", _interrupt_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source, _cache_note(lm, use_cache))
         raise
     except BaseException as exc:  # bad input found mid-run, or a bug: the row says failed, the error propagates
-        finish("failed", _failure_text(exc), source, _cache_note(lm, use_cache))
+        finish(RunStatus.FAILED, _failure_text(exc), source, _cache_note(lm, use_cache))
         raise
+    finally:
+        _close(lm)
     if use_cache:
         _say(f"{spec.alias}: {lm.stats()}")
-    status = "ok" if all(o == "ok" for o in outcomes) else "partial" if "ok" in outcomes else "failed"
+    status = (RunStatus.OK if all(o == TaskStatus.OK for o in outcomes)
+              else RunStatus.PARTIAL if TaskStatus.OK in outcomes else RunStatus.FAILED)
     finish(status, None, source, _cache_note(lm, use_cache))
+
+
+def whole_task_chunk(backend: str) -> int | None:
+    """Documents per backend call: a backend that takes whole tasks (vLLM: its own scheduler
+    batches, and each call has a fixed cost) gets the task at once; the others :data:`CHUNK_DOCS`."""
+    return None if get_backend(backend).whole_tasks else CHUNK_DOCS
+
+
+def _close(lm: Any) -> None:
+    """Release what a backend holds beyond the model (vLLM's replicas) once its model is done."""
+    release = getattr(lm, "release_replicas", None)  # the request cache forwards to its backend
+    if callable(release):
+        release()
 
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
     """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
     unloaded = isinstance(getattr(lm, "lm", None), _Deferred) and lm.lm._lm is None
-    notes = (getattr(lm, "engine_note", None), lm.stats() if use_cache and hasattr(lm, "stats") else None,
-             "the model was not loaded" if unloaded else None)
+    notes = (lm.engine_note, lm.stats() if use_cache else None, "the model was not loaded" if unloaded else None)
     return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
@@ -394,17 +432,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _parallelism(spec: ModelSpec, backend: str, dtype: str, tensor_parallel: int | None,
                  data_parallel: int) -> tuple[int, int]:
-    """(tensor, data) parallel sizes: vLLM's from the registry and the GPUs; 1 elsewhere."""
-    if backend == "vllm":
-        from evalsuite.backends.vllm import plan_parallel
-
-        return plan_parallel(spec, dtype, tensor_parallel, data_parallel)
-    if (tensor_parallel or 1) > 1 or data_parallel > 1:
-        raise EvalsuiteError(
-            "--tensor-parallel and --data-parallel need --backend vllm; other backends spread a large model "
-            "over all visible GPUs (--device cuda), and --shard I/N splits the documents across machines"
-        )
-    return 1, 1
+    """(tensor, data) parallel sizes: a backend that plans them (vLLM) from the registry and the
+    GPUs; 1 elsewhere (:meth:`evalsuite.backends.registry.BackendInfo.parallel`)."""
+    return get_backend(backend).parallel(spec, dtype, tensor_parallel, data_parallel)
 
 
 @contextlib.contextmanager
@@ -433,23 +463,25 @@ def _signals_raise(run_id: str, results_dir: str) -> Iterator[None]:
 # -- one task ----------------------------------------------------------------------------------
 def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, run_id: str,
                    limit: int | None, progress: bool, shard: tuple[int, int] | None = None,
-                   auditor: Any = None) -> None:
+                   auditor: Any = None, chunk: int | None = CHUNK_DOCS) -> None:
     """Score the task, audit it (a sample re-scored the plain way; beyond tolerance the whole
     task is scored again on the plain executor), then write its samples and scores."""
     from evalsuite.store.shards import select, shard_part, shard_score_rows
 
     everything = _task_prompts(task, limit)
     prompts = select(everything, shard)
+    known = len(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned before this task
     spec = task.spec
-    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress)
+    samples, responses = _score_prompts(lm, task, prompts, model, run_id, progress, chunk)
     audited = (auditor.check(task, prompts, responses, run_id, everything if shard else None)
                if auditor is not None else None)
     if audited is not None and audited.status == "rerun":
         auditor.forget_cached(prompts)
         _say(f"{model} {spec.name}: audit {audited.agree}/{audited.n} ({audited.note}); scoring the task again "
              f"on the plain executor")
-        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress)
+        samples, _ = _score_prompts(auditor.plain, task, prompts, model, run_id, progress, chunk)
     scores = score_samples(run_id, model, task, samples)
+    abandoned = list(getattr(lm, "fallbacks", None) or ())[known:]  # and while scoring it: the row says so
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
         if (audited.status in ("agree", "not applicable") and hasattr(lm, "keep_audit") and prompts
@@ -458,6 +490,9 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
             requests = [inst for p in prompts for inst in p.instances]
             lm.keep_audit(lm.audit_key(spec.name, prompts[0].request_type, requests, shard_part(shard) if shard else ""),
                           audited.fields())
+    if abandoned:
+        scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
+        _say(f"{model} {spec.name}: " + "; ".join(abandoned))
     if shard is None:
         store.write_samples(run_id, model, spec.name, samples)
         store.write_scores(run_id, model, spec.name, scores)
@@ -481,6 +516,10 @@ class _Deferred:
 
     def __init__(self, build: Any) -> None:
         self._build, self._lm = build, None
+
+    @property
+    def engine_note(self) -> str | None:
+        return None if self._lm is None else self._lm.engine_note
 
     def _loaded(self) -> Any:
         if self._lm is None:
@@ -536,20 +575,22 @@ def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfi
 
 
 def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
-                   progress: bool) -> tuple[list[SampleRecord], list[list[Any]]]:
-    """The documents' sample records and the backend's responses (per document), chunk by chunk."""
+                   progress: bool, chunk: int | None = CHUNK_DOCS) -> tuple[list[SampleRecord], list[list[Any]]]:
+    """The documents' sample records and the backend's responses (per document), ``chunk``
+    documents per call (``None``: the whole task in one call)."""
     from tqdm.auto import tqdm
 
     samples: list[SampleRecord] = []
     answered: list[list[Any]] = []
     bar = tqdm(total=len(prompts), desc=f"{model} {task.spec.name}", unit="doc", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    for start in range(0, len(prompts), CHUNK_DOCS):
-        chunk = prompts[start:start + CHUNK_DOCS]
-        with _document_progress(lm, chunk, bar):
-            responses = run_requests(lm, chunk)
+    step = chunk or max(len(prompts), 1)
+    for start in range(0, len(prompts), step):
+        part = prompts[start:start + step]
+        with _document_progress(lm, part, bar):
+            responses = run_requests(lm, part)
         answered.extend(responses)
-        for prompt, response in zip(chunk, responses, strict=True):
+        for prompt, response in zip(part, responses, strict=True):
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
     bar.close()
     return samples, answered
@@ -565,9 +606,14 @@ def _document_progress(lm: Any, chunk: Sequence[DocPrompt], bar: Any) -> Iterato
     left = [len(prompt.instances) for prompt in chunk]
     finished = moved = 0
 
+    seen: set[int] = set()
+
     def answered(indices: list[int], _answers: list[Any], done: float) -> None:
         nonlocal finished, moved
         for i in indices:
+            if i in seen:  # a call redone (the engine fell back to another route) reports again
+                continue
+            seen.add(i)
             left[owner[i]] -= 1
             finished += left[owner[i]] == 0
         at = min(len(chunk), max(finished, int(done * len(chunk))))
@@ -590,9 +636,7 @@ def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:
     """Send the prompts' instances to the backend in one call; responses grouped per prompt."""
     instances = [inst for p in prompts for inst in p.instances]
     kind = prompts[0].request_type
-    method = lm.generate_until if kind == "generate_until" else lm.loglikelihood
-    kwargs = {"disable_tqdm": True} if "disable_tqdm" in inspect.signature(method).parameters else {}
-    flat = method(instances, **kwargs)
+    flat = ask(lm, "generate_until" if kind == "generate_until" else "loglikelihood", instances)
     grouped, offset = [], 0
     for prompt in prompts:
         grouped.append(flat[offset:offset + len(prompt.instances)])

@@ -48,11 +48,20 @@ def run_on_ray(
     if shards < 1:
         raise EvalsuiteError("--shards must be at least 1")
     config = RunConfig.build(config, **options)
+    if config.data_parallel > 1:  # a shard's replicas would ask Ray for GPUs the shard already holds
+        raise EvalsuiteError(f"--ray runs one shard per Ray task and cannot also start --data-parallel replicas inside "
+                             f"a shard; use --shards {shards * config.data_parallel} instead (one shard per replica), "
+                             f"or --data-parallel {config.data_parallel} without --ray on one machine")
     ray = _import_ray()
+    if config.device == "auto":  # the shards' GPUs are reserved from the device, so decide it here
+        from evalsuite.models.devices import resolve_device
+
+        config = replace(config, device=resolve_device(config.device))
     # Workers may start in another folder: give them absolute paths.
     config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
                      results_dir=str(Path(config.results_dir).resolve()),
-                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None)
+                     data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None,
+                     task_dir=str(Path(config.task_dir).resolve()) if config.task_dir else None)
     run_id = config.run_id
     resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
                                 config.data_parallel)
@@ -81,12 +90,15 @@ def shard_resources(models: Sequence[str] | str | None, backend: str, device: st
     registry's ``min_gpus_80gb``); the other backends on ``cuda`` spread a model over every GPU
     Ray gives them, as many as the registry says the largest model needs.
     """
-    if backend != "vllm" and not device.startswith("cuda"):
+    from evalsuite.backends.registry import get_backend
+
+    info = get_backend(backend)
+    if not info.gpu_only and not device.startswith("cuda"):
         return {"num_cpus": 1, "num_gpus": 0}
     names = [models] if isinstance(models, str) else list(models or ["smollm2"])
     names = [n.strip() for name in names for n in name.split(",") if n.strip()]
     biggest = max(resolve_model(n).min_gpus_80gb for n in names)
-    gpus = (tensor_parallel or biggest) * (data_parallel if backend == "vllm" else 1)
+    gpus = (tensor_parallel or biggest) * (data_parallel if info.plans_parallel else 1)
     return {"num_cpus": 1, "num_gpus": gpus}
 
 

@@ -216,11 +216,9 @@ class CachedLM(LM):
             hit = [i for i, k in enumerate(keys) if k in found]
             outer(hit, [_decode(kind, answers[i]) for i in hit], cached_share)
         if missing:
-            import inspect
+            from evalsuite.backends.registry import ask
 
-            method = getattr(self.lm, kind)
-            kwargs = {"disable_tqdm": disable_tqdm} if "disable_tqdm" in inspect.signature(method).parameters else {}
-            reported: set[int] = set()  # positions in ``missing`` already handed on
+            reported: dict[int, Any] = {}  # position in ``missing`` -> the answer handed on
             buffer: list[tuple[str, Any]] = []
             last_flush = time.monotonic()
 
@@ -232,18 +230,19 @@ class CachedLM(LM):
                 last_flush = time.monotonic()
 
             def answered(indices: list[int], values: list[Any], done: float) -> None:  # the inner model, mid-call
-                reported.update(indices)
+                new = [(i, v) for i, v in zip(indices, values, strict=True) if i not in reported]
+                reported.update(zip(indices, values))  # (a call redone after a route fell back reports again)
                 buffer.extend((keys[missing[i]], value) for i, value in zip(indices, values, strict=True))
                 if buffer and time.monotonic() - last_flush >= FLUSH_SECONDS:
                     flush()
                 if outer is not None:
-                    outer([missing[i] for i in indices], values, cached_share + (1 - cached_share) * done)
+                    outer([missing[i] for i, _ in new], [v for _, v in new], cached_share + (1 - cached_share) * done)
 
             hooked = "answer_hook" in getattr(self.lm, "__dict__", {})
             if hooked:
                 self.lm.answer_hook = answered
             try:
-                computed = method([requests[i] for i in missing], **kwargs)
+                computed = ask(self.lm, kind, [requests[i] for i in missing], disable_tqdm)
             finally:
                 if hooked:
                     self.lm.answer_hook = None
@@ -253,7 +252,9 @@ class CachedLM(LM):
             for i, value in zip(missing, computed, strict=True):
                 answers[i] = value
             rest = [j for j in range(len(missing)) if j not in reported]
-            self._store(kind, [(keys[missing[j]], computed[j]) for j in rest])
+            # what the call returned is what the cache keeps, also where a redone call changed an answer
+            self._store(kind, [(keys[missing[j]], computed[j]) for j in range(len(missing))
+                               if j not in reported or reported[j] != computed[j]])
             if outer is not None:
                 outer([missing[j] for j in rest], [computed[j] for j in rest], 1.0)
         return [_decode(kind, a) if isinstance(a, str) and k in found else a for a, k in zip(answers, keys, strict=True)]

@@ -29,6 +29,7 @@ from evalsuite.errors import EvalsuiteError
 from evalsuite.models.registry import REGISTRY, ModelSpec
 from evalsuite.store.records import RunRecord
 from evalsuite.store.parquet_store import ResultsStore
+from evalsuite.store.status import RunStatus
 
 #: Model kinds keyed by their file or folder name (which two models can share).
 _NAMED_BY_PATH = ("local", "gguf")
@@ -165,7 +166,7 @@ def _check_existing(store: ResultsStore, run_id: str, resume: bool, shard: tuple
             if old != new:
                 raise EvalsuiteError(f"{what} {where} was run with {name} {_show(old)} ({row.model}), this command "
                                      f"has {_show(new)}: rerun with the run's settings, or choose a new --run-id")
-    keep = {r.model for r in mine if effective_status(r) == "ok"}
+    keep = {r.model for r in mine if effective_status(r) == RunStatus.OK}
     if mine and keep >= set(by_key):
         raise EvalsuiteError(f"{what} is finished (ok) {where} and is never rewritten; choose a new --run-id to "
                              f"evaluate again")

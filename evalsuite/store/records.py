@@ -22,6 +22,8 @@ from typing import Any, Union
 
 import pyarrow as pa
 
+from evalsuite.store.status import WRITTEN_RUN_STATUSES, TaskStatus
+
 #: Version of the table layouts below. 2 added runs.{model_files_hash, backend_settings, shard,
 #: pid, pid_started, error}.
 SCHEMA_VERSION = 2
@@ -30,10 +32,10 @@ TABLE_KEY = b"evalsuite.table"
 
 #: Run statuses. ``running`` is written when a run starts; the others when it ends. A ``running``
 #: row whose process is gone is read back as ``interrupted`` (see :mod:`evalsuite.store.run_views`).
-RUN_STATUSES = ("running", "ok", "partial", "failed", "interrupted")
+RUN_STATUSES = tuple(WRITTEN_RUN_STATUSES)
 #: Task statuses. ``shard`` marks a shard's partial score row (merge metadata, never shown);
 #: ``incomplete`` is a sharded task whose shards are not all in the store yet (read time only).
-TASK_STATUSES = ("ok", "missing", "failed", "shard", "incomplete")
+TASK_STATUSES = tuple(TaskStatus)
 
 
 @dataclass
@@ -97,6 +99,9 @@ class ScoreRecord:
     audit_agree: int | None = None  # of those, how many matched within tolerance
     audit_max_abs_diff: float | None = None  # max |Δ log-likelihood| over the sample
     audit_note: str | None = None  # what was sampled, and what was done when it did not match
+    # What the engine did differently while scoring this task (a fast path or generation route
+    # that raised and was abandoned for the model, the work redone on the next exact route).
+    engine_note: str | None = None
 
 
 @dataclass

@@ -36,30 +36,29 @@ from evalsuite.errors import EvalsuiteError
 from evalsuite.fsutil import write_json
 from evalsuite.store.records import RunRecord, ScoreRecord
 from evalsuite.store.parquet_store import DEFAULT_RESULTS_DIR, SHARD_PART, ResultsStore, process_alive
+from evalsuite.store.status import FINISHED, UNFINISHED, RunStatus
 
-#: Runs whose scores a reader shows by default ("latest").
-FINISHED = ("ok", "partial")
 BASELINE_FILE = "baseline.json"
 
 
 def effective_status(row: RunRecord) -> str:
     """The stored status, with a ``running`` row of a dead process read as ``interrupted``."""
-    status = row.status or "running"
-    if status == "running" and process_alive(row.host, row.pid, row.pid_started) is False:
-        return "interrupted"
+    status = row.status or RunStatus.RUNNING
+    if status == RunStatus.RUNNING and process_alive(row.host, row.pid, row.pid_started) is False:
+        return RunStatus.INTERRUPTED
     return status
 
 
 def _combined_status(statuses: list[str]) -> str:
     """One status for the parts (shards) of a run of one model."""
-    for state in ("running", "interrupted"):
+    for state in UNFINISHED:
         if state in statuses:
             return state
-    if "ok" in statuses and all(s == "ok" for s in statuses):
-        return "ok"
+    if RunStatus.OK in statuses and all(s == RunStatus.OK for s in statuses):
+        return RunStatus.OK
     if any(s in FINISHED for s in statuses):
-        return "partial"
-    return "failed"
+        return RunStatus.PARTIAL
+    return RunStatus.FAILED
 
 
 # -- the view of one (run, model) ------------------------------------------------------------
@@ -136,8 +135,8 @@ class _Index:
     def status(self, key: tuple[str, str]) -> str:
         """The combined status; ``incomplete`` for a finished sharded run with shards absent."""
         status = _combined_status([effective_status(r) for r in self.parts[key]])
-        if status not in ("running", "interrupted") and self.shards_missing(key):
-            return "incomplete"
+        if status not in UNFINISHED and self.shards_missing(key):
+            return RunStatus.INCOMPLETE
         return status
 
     def shards_missing(self, key: tuple[str, str]) -> bool:
@@ -212,14 +211,14 @@ def _view(store: ResultsStore, index: _Index, key: tuple[str, str], scores: Any)
     status = index.status(key)
     record = RunRecord(**{**asdict(parts[0]), "status": status})
     merged = sharding.merge(store, run_id, model, parts, scores)
-    if merged.missing and status not in ("running", "interrupted"):
-        status = record.status = "incomplete"
+    if merged.missing and status not in UNFINISHED:
+        status = record.status = RunStatus.INCOMPLETE
     view = RunView(run_id, model, record, status, merged.scores, store, merged.count, merged.missing,
                    list(merged.notes))
-    if status == "interrupted":
+    if status == RunStatus.INTERRUPTED:
         view.notes.append(f"{model}: run {run_id} was interrupted ({record.error or 'its process is gone'}); "
                           f"finish it with the same command plus --resume")
-    elif status == "running":
+    elif status == RunStatus.RUNNING:
         view.notes.append(f"{model}: run {run_id} is still running" + (f" on {record.host}" if record.host else ""))
     return view
 
@@ -388,8 +387,8 @@ def resumable_run_id(results_dir: str | os.PathLike, models: list[str], tasks: l
                 and all(list(r.tasks or []) == list(tasks) for r in rows)
                 and all(r.limit == limit and r.backend == backend and r.tag == tag for r in rows))
         statuses = [index.status(k) for k in keys]
-        unfinished = any(s in ("interrupted", "failed") for s in statuses) or {k[1] for k in keys} != wanted
-        if same and unfinished and "running" not in statuses:
+        unfinished = any(s in (RunStatus.INTERRUPTED, RunStatus.FAILED) for s in statuses) or {k[1] for k in keys} != wanted
+        if same and unfinished and RunStatus.RUNNING not in statuses:
             return run_id
     return None
 

@@ -23,11 +23,12 @@ from evalsuite.store import records
 from evalsuite.errors import EvalsuiteError
 from evalsuite.store.records import RunRecord
 from evalsuite.store.parquet_store import SHARD_PART, ResultsStore
+from evalsuite.store.status import TaskStatus
 from evalsuite.tasks import load_spec
 
 T = TypeVar("T")
 #: Status of a per-shard score row: metadata for the merge, never a score to show.
-SHARD_STATUS = "shard"
+SHARD_STATUS = TaskStatus.SHARD
 #: Run-row fields every shard of a model must agree on, or the merge would mix two evaluations.
 SAME_ACROSS_SHARDS = ("limit", "weights_hash", "model_files_hash", "revision", "dtype", "backend")
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -101,7 +102,7 @@ def merge(store: ResultsStore, run_id: str, model: str, parts: Sequence[RunRecor
     missing: dict[str, list[int]] = {}
     for task, task_rows in sharded.groupby("task", sort=True):
         same = plain["task"] == task
-        if (same & (plain["status"] != "missing")).any():
+        if (same & (plain["status"] != TaskStatus.MISSING)).any():
             raise EvalsuiteError(f"run {run_id} has both unsharded and sharded results for {model} {task}; "
                                  f"use a new --run-id for a sharded rerun")
         plain = plain[~same]  # a machine without the task's data: its shard shows as missing below
@@ -141,14 +142,14 @@ def _merged_rows(run_id: str, model: str, task: str, score_rows: Any, samples: A
     head = (heads if len(heads) else score_rows).iloc[0]
     base = {"run_id": run_id, "model": model, "task": task, "subtask": None, "metric": head["metric"],
             "n_total": head["n_total"]}
-    failed = heads[~heads["status"].isin([SHARD_STATUS, "ok"])]
+    failed = heads[~heads["status"].isin([SHARD_STATUS, TaskStatus.OK])]
     if len(failed):
         first = failed.iloc[0]
         return [{**base, "value": math.nan, "stderr": math.nan, "n": 0, "status": first["status"],
                  "error": first["error"]}]
     if absent:
         shards = ", ".join(f"{i}/{count}" for i in absent)
-        return [{**base, "value": math.nan, "stderr": math.nan, "n": 0, "status": "incomplete",
+        return [{**base, "value": math.nan, "stderr": math.nan, "n": 0, "status": TaskStatus.INCOMPLETE,
                  "error": f"shard(s) {shards} missing; run them with --run-id {run_id}"}]
     keys = [(None if isinstance(s, float) or s is None else s, int(d))
             for s, d in zip(samples["subtask"], samples["doc_index"])]
@@ -172,4 +173,4 @@ def _merged_rows(run_id: str, model: str, task: str, score_rows: Any, samples: A
 # -- writing -------------------------------------------------------------------------------
 def shard_score_rows(rows: list[records.ScoreRecord]) -> list[records.ScoreRecord]:
     """A shard's score records marked as such: readers never show them, merges read their metadata."""
-    return [replace(row, status=SHARD_STATUS) if row.status == "ok" else row for row in rows]
+    return [replace(row, status=SHARD_STATUS) if row.status == TaskStatus.OK else row for row in rows]

@@ -15,21 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from jinja2.exceptions import UndefinedError
 
 from evalsuite import compat
 from evalsuite.tasks.data import SplitData, load_split, process_rows, row_location
 from evalsuite.errors import DataFormatError
 from evalsuite.tasks.fewshot import FewShotSchedule, ScheduledSampler, ShotDoc, ShotPool, v1_schedule
-from evalsuite.tasks.catalogue import TaskSpec, lm_eval_tasks_root, load_spec
+from evalsuite.tasks.catalogue import TaskSpec, load_spec
+from evalsuite.tasks.scorers import GSM8K_INVALID, SampleScore, gsm8k_extract, get_scorer  # noqa: F401  (re-exported)
 
 #: What a document's own content raises in lm-eval's processing and templates: a field missing
 #: (KeyError, Jinja's UndefinedError), null or of the wrong type (TypeError, AttributeError on
@@ -78,17 +77,6 @@ class DocPrompt:
         return row
 
 
-@dataclass(frozen=True)
-class SampleScore:
-    """The outcome of one document: what was predicted and the metric value."""
-
-    value: float
-    prediction: str
-    loglikelihoods: tuple[float, ...] | None = None
-    generation: str | None = None
-    extracted: str | None = None
-
-
 @dataclass
 class TaskUnit:
     """One lm-eval task object with its documents: the whole task, or one MMLU subject."""
@@ -109,6 +97,7 @@ class LoadedTask:
     def __init__(self, spec: TaskSpec, data_dir: Path | None):
         compat.check_versions()  # prompts come from lm-eval's internals: refuse a release they may differ in
         self.spec = spec
+        self.scorer = get_scorer(spec.scorer)
         self.data_files: dict[str, str] = {}
         eval_data = self._load(spec.eval_split, data_dir)
         shot_data = self._load(spec.fewshot_split, data_dir) if spec.fewshot_split else None
@@ -230,7 +219,7 @@ class LoadedTask:
             context, gen_kwargs = instances[0].args
             return DocPrompt(
                 spec.name, unit.subtask, doc_index, position, "generate_until", (context,), (),
-                tuple(gen_kwargs["until"]), gsm8k_extract(doc["answer"]), doc, instances,
+                tuple(gen_kwargs["until"]), str(self.scorer.gold(task, doc)), doc, instances,
             )
         pairs = [inst.args for inst in instances]
         contexts = tuple(dict.fromkeys(p[0] for p in pairs))
@@ -241,30 +230,13 @@ class LoadedTask:
         )
 
     def _gold(self, unit: TaskUnit, doc: dict[str, Any]) -> int | str:
-        task = unit.lm_task
-        if self.spec.metric == "mc2":
-            return sum(doc["mc2_targets"]["labels"])  # the first n choices are the true ones
-        gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
-        if isinstance(gold, str) and not gold.isdigit():
-            gold = task.doc_to_choice(doc).index(gold)
-        return int(gold)
+        return self.scorer.gold(unit.lm_task, doc)
 
     def score(self, prompt: DocPrompt, responses: Sequence[Any]) -> SampleScore:
-        """Score one document from the backend's responses to its instances (in order)."""
-        if self.spec.is_generation:
-            text = responses[0]
-            extracted = gsm8k_extract(text)
-            return SampleScore(float(extracted == prompt.gold), extracted, generation=text, extracted=extracted)
-        unit = self._unit(prompt.subtask)
-        results = [(float(ll), bool(greedy)) for ll, greedy in responses]
-        metrics = unit.lm_task.process_results(prompt.doc, results)
-        lls = np.array([r[0] for r in results])
-        if self.spec.metric == "acc_norm":
-            lengths = np.array([float(len(c)) for c in unit.lm_task.doc_to_choice(prompt.doc)])
-            pred = int(np.argmax(lls / lengths))
-        else:
-            pred = int(np.argmax(lls))
-        return SampleScore(float(metrics[self.spec.result_key]), str(pred), tuple(float(x) for x in lls))
+        """Score one document from the backend's responses to its instances (in order), by the
+        task's scorer (:mod:`evalsuite.tasks.scorers`)."""
+        unit = self._unit(prompt.subtask) if not self.scorer.generation else None
+        return self.scorer.score(unit.lm_task if unit else None, prompt.doc, prompt.gold, responses, self.spec.result_key)
 
     def _unit(self, subtask: str | None) -> TaskUnit:
         for unit in self.units:
@@ -273,15 +245,21 @@ class LoadedTask:
         raise KeyError(subtask)
 
 
-def load_tasks(names: Sequence[str], data_dir: Path | None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
-    """The tasks whose data loads, and for the others why not (a missing or unreadable file)."""
+def load_tasks(names: Sequence[str], data_dir: Path | None,
+               revisions: dict[str | None, str] | None = None) -> tuple[dict[str, LoadedTask], dict[str, str]]:
+    """The tasks whose data loads, and for the others why not (a missing or unreadable file);
+    ``revisions``: Hub dataset revisions (:func:`evalsuite.tasks.data.parse_data_revision`)."""
+    from dataclasses import replace
+
     from evalsuite.errors import MissingDataError
+    from evalsuite.tasks.data import with_revision
 
     loaded: dict[str, LoadedTask] = {}
     unavailable: dict[str, str] = {}
     for name in names:
         try:
-            loaded[name] = LoadedTask(load_spec(name), data_dir)
+            spec = load_spec(name)
+            loaded[name] = LoadedTask(replace(spec, dataset=with_revision(spec.dataset, revisions or {})), data_dir)
         except (MissingDataError, DataFormatError) as exc:
             unavailable[name] = str(exc)
     return loaded, unavailable
@@ -329,16 +307,6 @@ def _odd_row(rows: list[dict[str, Any]]) -> tuple[int, str] | None:
             if row[key] is None and value is not None:
                 return index, f"field '{key}' is null"
     return None
-
-
-_GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")
-GSM8K_INVALID = "[invalid]"
-
-
-def gsm8k_extract(text: str) -> str:
-    """v1's strict GSM8K extraction: the first ``#### <number>``, commas removed."""
-    match = _GSM8K_ANSWER.search(text)
-    return match.group(1).strip().replace(",", "") if match else GSM8K_INVALID
 
 
 def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
@@ -392,7 +360,7 @@ def _make_lm_task(spec: TaskSpec, group: str | None, eval_rows: list[dict], shot
 
     # lm-eval logs a warning per task object about custom datasets and fewshot defaults.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    config = compat.load_lm_eval_yaml(lm_eval_tasks_root() / spec.lm_eval_config)
+    config = compat.load_lm_eval_yaml(spec.lm_eval_config_path)
     for key in ("tag", "group", "task_alias", "dataset_kwargs", "filter_list"):
         config.pop(key, None)
     config.update(spec.overrides)

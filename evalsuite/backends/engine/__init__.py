@@ -7,6 +7,8 @@ Files, one job each:
 * :mod:`.executors`: how a planned forward runs (CPU tree attention, or the model's own
   attention over a cache), chosen once per engine; :mod:`.tree_attention` is the CPU kernel;
 * :mod:`.capabilities`: which fast paths are exact for the loaded model (inspection + probe);
+* :mod:`.decisions`: that decision remembered per model content and engine code;
+* :mod:`.memory`: the token budget from free memory, out-of-memory recognised and named;
 * :mod:`.plain`: the always-exact floor, the model's own full forward per distinct input;
 * :mod:`.scoring`: log-probabilities at the scored positions only;
 * :mod:`.generation`: greedy generation, batched or exactly one prompt at a time;
@@ -45,7 +47,8 @@ def build(source: ModelSource, options: BackendOptions) -> EngineLM:
     from evalsuite.models.loading import load_transformers
 
     model, tokenizer = load_transformers(source, options.dtype, options.device)
-    return wrap_model(model, tokenizer, options)
+    # the capability decision is remembered per model content (:mod:`.decisions`)
+    return wrap_model(model, tokenizer, options, decision_key=f"{source.identity}|{source.files_hash or ''}")
 
 
 def wrap_model(model: Any, tokenizer: Any, options: BackendOptions, **kwargs: Any) -> EngineLM:

@@ -11,10 +11,24 @@ family, so the decision is made from the loaded model, twice:
    soft-cap, sinks, anything unknown); the config and the modelling module show the position
    scheme (ALiBi) and the head's transform after ``lm_head`` (Gemma-2 soft-capping, Cohere's
    ``logit_scale``, Granite's ``logits_scaling``).
-2. **Probe.** A short synthetic input (longer than the model's windows where affordable) goes
-   through the model's own full forward (:mod:`.plain`) and through each fast path the
-   inspection allowed; a path that disagrees beyond :data:`PROBE_TOL` (or raises) is declined.
-   The head function is checked against the model's own logits the same way.
+2. **Probe.** A short synthetic input (longer than the model's windows, and past any length
+   where its rope factors switch, where affordable) goes through the model's own full forward
+   (:mod:`.plain`, at batch size 1 as lm-eval ``hf`` is the reference) and through each fast
+   path the inspection allowed, planned with a small row size so that the plan keeps trunks
+   and rows attend to them (and a second call reuses a remembered one) as in a real run; a
+   path that disagrees beyond :data:`PROBE_TOL` (or raises) is declined. The head function is
+   checked against the model's own logits the same way. The same requests batched with padding
+   show whether the model's numbers depend on the batch (then the plain executor batches equal
+   lengths only). Generation routes are judged against what lm-eval ``hf`` runs: the model's
+   own ``generate`` at batch size 1.
+3. **Rules** where the probe cannot reach: a model whose rope factors switch with the input's
+   length (longrope, dynamic NTK; :func:`length_switches`) gets no shared pasts (a past computed
+   below the switch is not what a full forward past it computes), no batched decoding, and
+   equal-length plain batches.
+
+What still fails in a real run (a remote model's cache code meeting an input the probe did not
+have) is caught by the engine, which abandons that route for the model and redoes the call on
+the next exact one (:func:`next_route`), saying so in the run's and the task's notes.
 
 What a fast path cannot do exactly goes to the plain executor (log-likelihoods) or to exact /
 plain generation. The decision (:class:`Capabilities`) is one line in the run notes.
@@ -29,6 +43,7 @@ from typing import Any
 import torch
 
 from evalsuite import compat
+from evalsuite.backends.engine.rope import length_switches, model_text_config
 
 SPY_ATTENTION = "evalsuite_spy"
 #: Keyword arguments of an attention call the fast paths reproduce (``sliding_window`` through
@@ -54,6 +69,10 @@ class Capabilities:
     windows: tuple[int | None, ...] = ()
     reasons: tuple[str, ...] = ()
     model_type: str = "model"
+    #: the plain executor batches inputs of one length only (the model's numbers depend on padding)
+    equal_lengths: bool = False
+    #: fast paths and generation routes declined for this model (a runtime fallback skips them)
+    declined: tuple[str, ...] = ()
 
     @property
     def note(self) -> str:
@@ -100,8 +119,7 @@ def _window(value: Any) -> int | None:
 
 
 def text_config(model: Any) -> Any:
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return model_text_config(model)
 
 
 def decoder(model: Any) -> Any:
@@ -223,13 +241,37 @@ def probe_requests(vocab: int, length: int, seed: int = 0) -> list[tuple[list[in
     ]
 
 
+#: rope types whose frequencies depend on the input's length, and the config key of the switch
+def probe_budgets(requests: list[tuple[list[int], list[int]]], device_type: str, copies_past: bool) -> Any:
+    """The planner's budgets for the probe: rows of at most 8 tokens and a token budget of a
+    third of the longest input, so that the plan keeps trunks (in pieces), rows attend to them,
+    and a second call reuses a remembered one, as in a real run (:func:`plan_keeps_trunks`)."""
+    from evalsuite.backends.engine import planner
+
+    budget = max(16, max(len(c) + len(x) for c, x in requests) // 3)
+    return planner.Budgets.for_device(device_type, budget, copies_past, 4, small_row=8)
+
+
+def plan_keeps_trunks(the_plan: Any) -> bool:
+    """Whether a plan computes a kept trunk and has rows attending to a computed past."""
+    from evalsuite.backends.engine import planner
+
+    forwards = [s for s in the_plan.steps if isinstance(s, planner.Forward)]
+    return any(f.keep is not None for f in forwards) and any(r.past is not None for f in forwards for r in f.rows)
+
+
 def probe_length(model: Any, max_length: int, windows: tuple[int | None, ...]) -> int:
-    """Past every window shorter than the context (where affordable), else a short input."""
+    """Past every window shorter than the context and every length where the rope factors
+    switch (where affordable), else a short input."""
     device = next(model.parameters()).device.type
     cap = PROBE_MAX_TOKENS.get(device, PROBE_MAX_TOKENS["cpu"])
     finite = [w for w in windows if w is not None and w < max_length and w + 24 <= cap]
     # four windows long: the probe's trunk pieces (a third of it) then run past a window too
     want = min(cap, 4 * max(finite) + 24) if finite else 64
+    # past a switch, with the second probe context (about half as long) below it
+    switches = [n for n, _ in length_switches(model, max_length) if n + 32 <= cap]
+    if switches:
+        want = max(want, min(cap, max(switches) + 32))
     return max(16, min(want, max_length - 2))
 
 
@@ -281,31 +323,41 @@ def head_difference(model: Any, head: Callable[[torch.Tensor], torch.Tensor], id
     return float("inf") if torch.isnan(d) else float(d)
 
 
-def probe_generation(model: Any, tokenizer: Any, route: str, windows: tuple[int | None, ...], length: int) -> float:
-    """Max |Δ log-prob| of each decoded step's logits on ``route`` against the model's full
-    forward over the prompt and the tokens decoded before it (two prompts of different lengths)."""
+def probe_generation(model: Any, tokenizer: Any, route: str, windows: tuple[int | None, ...], length: int,
+                     reference: dict[str, Any] | None = None) -> float:
+    """Max |Δ log-prob| of each decoded step's logits on ``route`` against what lm-eval ``hf``
+    runs, the model's own ``generate`` at batch size 1 (the "plain" route), two prompts of
+    different lengths; up to and including the first step where the two pick different tokens
+    (later steps condition on different texts). inf where the route decodes fewer steps.
+    ``reference``: a dict kept between calls for one model and length (``generate`` runs once)."""
     from evalsuite.backends.engine.generation import Generator, Job
 
-    gen = Generator(model, tokenizer, length + 64, 6, "batched", windows=windows, route=route)
-    gen.record = []
     vocab = int(getattr(text_config(model), "vocab_size", None) or len(tokenizer))
     draw = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, vocab, (n,), generator=draw).tolist() for n in (length, max(4, length - 7))]
-    jobs = [Job(i, p, [], 6, None, frozenset()) for i, p in enumerate(prompts)]
-    gen.run(jobs)
-    device = next(model.parameters()).device
+    decoded = reference if reference is not None else {}
+    for name in ("plain", route):
+        if name in decoded and name == "plain":
+            continue
+        gen = Generator(model, tokenizer, length + 64, 6, "batched", windows=windows, route=name)
+        gen.record = []
+        # the model's own generation-config processors and EOS ids, as generate() applies them
+        jobs = [Job(i, p, [], 6, *gen.processors(len(p), 6)) for i, p in enumerate(prompts)]
+        gen.run(jobs)
+        decoded[name] = [(job.new, [lg for index, lg in gen.record if index == job.index]) for job in jobs]
     worst = 0.0
-    with torch.inference_mode():
-        for job in jobs:
-            got = torch.stack([logits for index, logits in gen.record if index == job.index])
-            ids = torch.tensor([job.prompt + job.new[:-1]], dtype=torch.long, device=device)
-            want = model(input_ids=ids, use_cache=False).logits[0, -len(job.new):].float().cpu()
-            d = (torch.log_softmax(got, -1) - torch.log_softmax(want, -1)).abs().max()
+    for (want_ids, want), (got_ids, got) in zip(decoded["plain"], decoded[route]):
+        for step, expected in enumerate(want):
+            if step >= len(got):
+                return float("inf")
+            d = (torch.log_softmax(got[step], -1) - torch.log_softmax(expected, -1)).abs().max()
             worst = max(worst, float("inf") if torch.isnan(d) else float(d))
+            if got_ids[step] != want_ids[step]:
+                break
     return worst
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:80]}"
 
@@ -331,8 +383,13 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
     tol = tolerance(model)
     reasons: list[str] = []
     declined: dict[str, str] = {}  # fast path -> why not
+    switches = length_switches(model, max_length)
     if found.alibi:
         declined["tree"] = declined["cache"] = "ALiBi positions"
+    if switches:
+        at = ", ".join(f"{kind} at {n} tokens" for n, kind in switches)
+        declined.setdefault("tree", f"rope factors switch with the input's length ({at})")
+        declined.setdefault("cache", declined["tree"])
     extras = found.extras()
     if not found.routed:
         declined.setdefault("tree", "attention outside transformers' registry")
@@ -349,7 +406,7 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
         try:
             head_off = head_difference(model, head, requests[0][0][:16])
         except Exception as exc:  # noqa: BLE001 - a decoder without hidden states: no fast path
-            head_off, why = float("inf"), f"no decoder hidden states ({_first_line(exc)})"
+            head_off, why = float("inf"), f"no decoder hidden states ({first_line(exc)})"
         else:
             why = f"the model's logits are not lm_head(hidden){' + ' + ', '.join(head_steps) if head_steps else ''}"
         if not head_off <= tol:
@@ -361,23 +418,29 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
     default = ["tree", "cache"] if device == "cpu" else ["cache"]
     order = [requested, *(n for n in default if n != requested)] if requested in ("tree", "cache") else default
     chosen = "plain"
+    # the reference is lm-eval hf at batch size 1; the same requests padded into one batch show
+    # whether this model's numbers depend on the batch
+    reference = plain_tally(model, requests, max_length=max_length, batch_size=1, logits_dtype=torch.float32).logprobs
+    padded = plain_tally(model, requests, max_length=max_length, batch_size=len(requests), logits_dtype=torch.float32,
+                         equal_lengths=False).logprobs
+    padding_off = max_difference(padded, reference)
+    equal_lengths = bool(switches) or not padding_off <= tol
+    if equal_lengths:
+        why = f"off by {padding_off:.1e} padded" if not padding_off <= tol else "by rule"
+        reasons.append(f"padded batches change this model's numbers ({why}): plain batches of equal lengths")
     if requested != "plain":
-        reference = plain_tally(model, requests, max_length=max_length, logits_dtype=torch.float32).logprobs
         for name in order:
             if name in declined:
                 continue
-            try:
-                off = max_difference(probe_executor(name, windows, types, requests), reference)
-            except Exception as exc:  # noqa: BLE001 - a path that cannot run this model is declined
-                declined[name] = f"{name} executor failed on the probe ({_first_line(exc)})"
-                continue
-            if off <= tol:
+            off, error = probe_path(name, windows, types, requests, reference, probe_executor)
+            if error is None and off <= tol:
                 chosen = name
                 break
-            declined[name] = f"{name} executor off by {off:.1e} on the probe"
+            declined[name] = (f"{name} executor failed on the probe ({error})" if error
+                              else f"{name} executor off by {off:.1e} on the probe")
     if chosen == "plain":
-        why = [declined[n] for n in order if n in declined] or ["requested"]
-        reasons.append(f"{'; '.join(dict.fromkeys(why))}: plain forward")
+        why_not = [declined[n] for n in order if n in declined] or ["requested"]
+        reasons.append(f"{'; '.join(dict.fromkeys(why_not))}: plain forward")
     elif any(w is not None for w in windows):
         shown = sorted({w for w in windows if w is not None})
         crossed = "probed past it" if length > max(shown) else f"beyond the {length}-token probe: applied by rule"
@@ -385,25 +448,60 @@ def decide(model: Any, tokenizer: Any, max_length: int, requested: str | None,
                        f"layers ({crossed})")
     if chosen != order[0] and chosen != "plain" and order[0] in declined:
         reasons.append(f"{order[0]} declined: {declined[order[0]]}")
-    generation = _generation_route(model, tokenizer, found, extras, windows, generation_mode, tol, length, reasons)
-    return Capabilities(chosen, generation, windows, tuple(reasons), model_type), head
+    routes_declined: list[str] = []
+    generation = _generation_route(model, tokenizer, found, extras, windows, generation_mode, tol, length, reasons,
+                                   switches, routes_declined)
+    return Capabilities(chosen, generation, windows, tuple(reasons), model_type, equal_lengths,
+                        tuple(sorted(set(declined) | set(routes_declined)))), head
+
+
+def probe_path(name: str, windows: tuple[int | None, ...], types: list[str] | None,
+               requests: list[tuple[list[int], list[int]]], reference: list[list[float]],
+               probe_executor: Callable[..., list[list[float]]]) -> tuple[float, str | None]:
+    """(max per-token |Δ| of fast path ``name`` on the probe requests, None), or (inf, the first
+    line of the error) where it raises."""
+    try:
+        return max_difference(probe_executor(name, windows, types, requests), reference), None
+    except Exception as exc:  # noqa: BLE001 - a path that cannot run this model is declined
+        return float("inf"), first_line(exc)
 
 
 def _generation_route(model: Any, tokenizer: Any, found: Survey, extras: list[str], windows: tuple[int | None, ...],
-                      mode: str, tol: float, length: int, reasons: list[str]) -> str:
-    """"batched" where asked and exact, else "exact" (the model's own cache), else "plain"."""
+                      mode: str, tol: float, length: int, reasons: list[str],
+                      switches: list[tuple[int, str]] = (), declined: list[str] | None = None) -> str:  # type: ignore[assignment]
+    """"batched" where asked and exact, else "exact" (the model's own cache), else "plain" (the
+    model's own ``generate``, the reference the others are judged against)."""
     routes = ["batched", "exact", "plain"] if mode == "batched" else ["exact", "plain"]
+    declined = declined if declined is not None else []
+    reference: dict[str, Any] = {}  # generate()'s tokens and logits, computed once
     for route in routes[:-1]:
-        if route == "batched" and (found.alibi or not found.routed or extras):
-            why = "ALiBi positions" if found.alibi else ", ".join(extras) if extras else "attention outside the registry"
+        if route == "batched" and (found.alibi or not found.routed or extras or switches):
+            why = ("ALiBi positions" if found.alibi else ", ".join(extras) if extras
+                   else "rope factors switch with the length" if switches and found.routed
+                   else "attention outside the registry")
             reasons.append(f"batched generation declined: {why}")
+            declined.append(route)
             continue
         try:
-            off = probe_generation(model, tokenizer, route, windows, min(length, 96))
+            off = probe_generation(model, tokenizer, route, windows, min(length, 96), reference)
         except Exception as exc:  # noqa: BLE001
-            reasons.append(f"{route} generation failed on the probe ({_first_line(exc)})")
+            reasons.append(f"{route} generation failed on the probe ({first_line(exc)})")
+            declined.append(route)
             continue
         if off <= tol:
             return route
-        reasons.append(f"{route} generation off by {off:.1e} on the probe")
+        reasons.append(f"{route} generation off by {off:.1e} against generate() on the probe")
+        declined.append(route)
     return routes[-1]
+
+
+#: Fallback order of the log-likelihood executors and of the generation routes.
+LOGLIKELIHOOD_ROUTES = ("tree", "cache", "plain")
+GENERATION_ROUTES = ("batched", "exact", "plain")
+
+
+def next_route(current: str, declined: tuple[str, ...] | set[str]) -> str:
+    """The route after ``current`` in its fallback order that was not declined ("plain" last)."""
+    order = LOGLIKELIHOOD_ROUTES if current in LOGLIKELIHOOD_ROUTES[:2] else GENERATION_ROUTES
+    later = order[order.index(current) + 1:] if current in order else order[-1:]
+    return next((r for r in later if r not in declined), order[-1])

@@ -12,9 +12,10 @@ Two modes (and a floor):
 
 * ``exact``: one prompt at a time, prefill then one token per step over a ``DynamicCache``: the
   same calls as ``generate`` at batch size 1.
-* ``plain`` (not a user mode: the route :mod:`.capabilities` takes where the model's own cache
-  use does not reproduce its full forward, e.g. remote code with its own cache format): one
-  prompt at a time, each step the model's full forward over the prompt and the tokens so far.
+* ``plain`` (not a user mode: the floor :mod:`.capabilities` takes where neither of the others
+  reproduces what lm-eval ``hf`` runs, e.g. remote code with its own cache format): the model's
+  own ``generate`` at batch size 1, the very call lm-eval ``hf`` makes (its own cache, its own
+  ``prepare_inputs_for_generation``), stopped by the same rules; exact by construction.
 * ``batched`` (default): prompts of any lengths decode together. Each prompt is prefilled alone
   (the same numerics as batch size 1), its keys and values are copied into a slot of a
   preallocated per-layer buffer, and every decode step runs the active slots as one batch, each
@@ -24,6 +25,13 @@ Two modes (and a floor):
   layer, from the capabilities) limits what a row attends to. Per row the arithmetic is that of
   batch size 1 except for kernel blocking at a different batch size (float rounding in the last
   bits; the benchmark checks the texts against lm-eval's ``hf`` model).
+
+Out of memory: batched decoding halves its slots and decodes the unfinished prompts again (the
+finished ones keep their texts: each row's arithmetic does not depend on the others), down to
+one slot; a prompt that does not fit alone raises :class:`~.memory.RowOutOfMemory`, which the
+engine turns into one line naming the task, document and length. With a model spread over
+several GPUs the slot buffers live on each layer's device and each step's positions and masks
+are copied to it once.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ import torch
 from evalsuite import compat
 from evalsuite.errors import EvalsuiteError
 from evalsuite.backends import GENERATION_MODES
+from evalsuite.backends.engine.memory import RowOutOfMemory, is_oom, release
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,11 @@ class Job:
     eos: frozenset[int]
     new: list[int] = field(default_factory=list)
     slot: int = -1
+    done: bool = False
+
+    def reset(self) -> None:
+        """Forget what was decoded (the prompt is decoded again, on another route or batch)."""
+        self.new, self.slot, self.done = [], -1, False
 
     @property
     def length(self) -> int:
@@ -78,9 +92,11 @@ class Job:
         """Append a generated token; whether the row is done."""
         self.new.append(token)
         if token in self.eos or len(self.new) >= self.max_gen:
+            self.done = True
             return True
         text = tokenizer.decode(self.new[-STOP_LOOKBACK:], skip_special_tokens=False)
-        return any(s and s in text for s in self.until)
+        self.done = any(s and s in text for s in self.until)
+        return self.done
 
     def text(self, tokenizer: Any) -> str:
         out = tokenizer.decode(self.new, skip_special_tokens=True)
@@ -116,6 +132,11 @@ class Generator:
         self._processors: dict[tuple[int, int], tuple[Any, frozenset[int]]] = {}
         self.forward_calls = 0
         self.forwarded_tokens = 0
+        #: times batched decoding halved its slots after running out of memory
+        self.oom_splits = 0
+        #: called with the error when the route raises; it sets another route (the engine's
+        #: runtime fallback, :meth:`~.lm.EngineLM._abandon_generation`); None: the error propagates
+        self.fallback: Any = None
         #: when set, called with each job the moment its generation is finished
         self.on_done: Callable[[Job], None] | None = None
 
@@ -155,21 +176,66 @@ class Generator:
         return self._processors[key]
 
     def generate(self, requests: Sequence[Any]) -> list[str]:
+        """The requests' texts. A route that raises (not out of memory, not bad input) goes to
+        :attr:`fallback`, which moves :attr:`route` on, and every prompt is decoded again."""
         jobs = self.jobs(requests)
         if not jobs:
             return []
-        self.run(jobs)
+        while True:
+            try:
+                self.run(jobs)
+                break
+            except Exception as exc:
+                if (self.fallback is None or self.route == "plain" or isinstance(exc, (RowOutOfMemory, EvalsuiteError))
+                        or is_oom(exc)):
+                    raise
+                self.fallback(exc)
+                for job in jobs:
+                    job.reset()
         return [job.text(self.tokenizer) for job in jobs]
 
     def run(self, jobs: list[Job]) -> None:
-        """Decode the jobs on this generator's route."""
+        """Decode the jobs not yet done on this generator's route (out of memory: see the module
+        docstring)."""
         with torch.inference_mode():
             if self.route == "batched":
-                self._batched(jobs)
-            else:
-                for job in jobs:
+                self._batched_backoff([job for job in jobs if not job.done])
+                return
+            for job in jobs:
+                if job.done:
+                    continue
+                try:
                     (self._exact if self.route == "exact" else self._plain)(job)
                     self._finished(job)
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    release(self.device)
+                    raise RowOutOfMemory(job.index, job.length + job.max_gen - len(job.new)) from None
+
+    def _batched_backoff(self, jobs: list[Job]) -> None:
+        slots: int | None = None
+        while True:
+            todo = [job for job in jobs if not job.done]
+            if not todo:
+                return
+            try:
+                self._batched(todo, slots)
+                return
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                release(self.device)
+                used = self._used_slots
+                if used <= 1:
+                    job = max((j for j in todo if not j.done), key=lambda j: len(j.prompt), default=todo[0])
+                    raise RowOutOfMemory(job.index, len(job.prompt) + job.max_gen) from None
+                slots = used // 2
+                self.oom_splits += 1
+                log.warning("out of memory decoding %d prompts together; again with %d", used, slots)
+                for job in todo:
+                    if not job.done:
+                        job.reset()
 
     def _finished(self, job: Job) -> None:
         if self.on_done is not None:
@@ -200,21 +266,33 @@ class Generator:
             step = torch.tensor([[token]], dtype=torch.long, device=self.device)
             attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype, device=self.device)], dim=1)
 
-    # ------------------------------------------------------------------ plain: full forward per step
+    # ------------------------------------------------------------------ plain: the model's own generate
     def _plain(self, job: Job) -> None:
-        from evalsuite.backends.engine.plain import accepts_logits_to_keep
+        """``model.generate`` at batch size 1, as lm-eval ``hf`` calls it; each new token is
+        pushed to the job, whose stop rules end the call (a stopping criterion)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        keep = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
-        while True:
-            ids = torch.tensor([job.prompt + job.new], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False, **keep).logits
-            self.forward_calls += 1
-            self.forwarded_tokens += ids.numel()
-            if job.push(self._next(job, logits[0, -1]), self.tokenizer):
-                return
+        tokenizer = self.tokenizer
+
+        class Pushed(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+                done = job.done or job.push(int(input_ids[0, -1]), tokenizer)
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        ids = torch.tensor([job.prompt], dtype=torch.long, device=self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_gen, do_sample=False,
+                                  stopping_criteria=StoppingCriteriaList([Pushed()]), pad_token_id=pad, use_cache=True,
+                                  output_logits=self.record is not None, return_dict_in_generate=True)
+        steps = out.sequences.shape[1] - len(job.prompt)
+        self.forward_calls += steps
+        self.forwarded_tokens += len(job.prompt) + max(0, steps - 1)
+        if self.record is not None:
+            for logits in out.logits[:len(job.new)]:
+                self.record.append((job.index, logits[0].float().cpu()))
 
     # ------------------------------------------------------------------ batched: slots
-    def _slots(self, jobs: list[Job]) -> tuple[int, int]:
+    def _slots(self, jobs: list[Job], cap: int | None = None) -> tuple[int, int]:
         """(slots, capacity in tokens per slot) within the device's slot memory."""
         cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         capacity = max(len(j.prompt) + j.max_gen for j in jobs)
@@ -228,12 +306,13 @@ class Generator:
             memory = free // 3
         else:
             memory = SLOT_MEMORY.get(dev, SLOT_MEMORY["cpu"])
-        slots = max(1, min(self.max_rows or MAX_SLOTS.get(dev, 32), len(jobs), memory // (capacity * per_token)))
+        slots = max(1, min(cap or self.max_rows or MAX_SLOTS.get(dev, 32), len(jobs), memory // (capacity * per_token)))
         return slots, capacity
 
-    def _batched(self, jobs: list[Job]) -> None:
+    def _batched(self, jobs: list[Job], cap: int | None = None) -> None:
         compat.register_attention(SLOT_ATTENTION, slot_attention)
-        slots, capacity = self._slots(jobs)
+        slots, capacity = self._slots(jobs, cap)
+        self._used_slots = slots
         pending = sorted(jobs, key=lambda j: -len(j.prompt))[::-1]  # pop() takes the longest first
         state = SlotState(capacity, slots)
         active: list[Job] = []
@@ -301,6 +380,8 @@ class SlotState:
         #: per layer, its window; per distinct window, this step's mask
         self.windows: tuple[int | None, ...] = ()
         self.masks: dict[int | None, torch.Tensor] = {}
+        #: this step's positions and masks copied to the other devices a model spans
+        self._moved: dict[tuple[torch.device, int | None], torch.Tensor] = {}
         self.width = 0
 
     def store(self, slot: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -332,11 +413,25 @@ class SlotState:
         visible = keys[None, :] <= positions[:, None]
         self.windows = tuple(windows)
         self.masks = {None: visible[:, None, None, :]}
+        self._moved = {}
         for window in set(self.windows) - {None}:  # transformers' sliding masks: keys > position - window
             self.masks[window] = (visible & (keys[None, :] > positions[:, None] - window))[:, None, None, :]
 
-    def mask(self, layer: int) -> torch.Tensor:
-        return self.masks[self.windows[layer] if layer < len(self.windows) else None]
+    def mask(self, layer: int, device: torch.device | None = None) -> torch.Tensor:
+        window = self.windows[layer] if layer < len(self.windows) else None
+        return self._on(self.masks[window], device, window)
+
+    def positions_on(self, device: torch.device) -> torch.Tensor:
+        assert self.positions is not None
+        return self._on(self.positions, device, -1)
+
+    def _on(self, tensor: torch.Tensor, device: torch.device | None, key: int | None) -> torch.Tensor:
+        """``tensor`` on ``device`` (a layer of a model spread over GPUs), copied once per step."""
+        if device is None or tensor.device == device:
+            return tensor
+        if (device, key) not in self._moved:
+            self._moved[(device, key)] = tensor.to(device)
+        return self._moved[(device, key)]
 
 
 def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -352,11 +447,12 @@ def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
     kv_heads = key.shape[1]
     layer = module.layer_idx
     keys, values = state.keys[layer], state.values[layer]
-    index = torch.arange(rows, device=query.device)
-    keys[index, :, state.positions] = key[:, :, 0]
-    values[index, :, state.positions] = value[:, :, 0]
+    index = torch.arange(rows, device=keys.device)
+    positions = state.positions_on(keys.device)  # the layer's device where a model spans GPUs
+    keys[index, :, positions] = key[:, :, 0].to(keys.device)
+    values[index, :, positions] = value[:, :, 0].to(keys.device)
     q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, keys[:rows, :, :state.width], values[:rows, :, :state.width], attn_mask=state.mask(layer), scale=scaling
+        q, keys[:rows, :, :state.width], values[:rows, :, :state.width], attn_mask=state.mask(layer, keys.device), scale=scaling
     )
     return out.reshape(rows, heads, 1, dim).transpose(1, 2), None

@@ -10,6 +10,12 @@ and the continuation is what follows the context's encoding; an empty context be
 prefix token) is ``TemplateLM``'s own, inherited. The requests' model inputs go into one
 :class:`~.prefix_tree.PrefixTree`, :func:`~.planner.plan_forwards` cuts it into forward passes, the
 executor chosen at construction runs them, and :mod:`.scoring` reads the targets' log-probs.
+
+A route that raises in a real run (an executor, a generation route: remote code meeting an
+input the probe did not have) is abandoned for the model: the call is redone on the next exact
+route (tree, then cache, then plain; batched, then exact, then plain), a route not probed yet is
+probed first, and the event goes to :attr:`EngineLM.fallbacks` (the task's row and the run's
+notes). Out of memory is not a defect of the route: the forward is split (:mod:`.memory`).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,24 +31,19 @@ from lm_eval.api.model import TemplateLM
 
 from evalsuite import compat
 from evalsuite.backends import BackendOptions
-from evalsuite.backends.engine import capabilities, planner, scoring
+from evalsuite.backends.engine import capabilities, decisions, planner, scoring
 from evalsuite.backends.engine.executors import Executor, Past, select_executor
 from evalsuite.backends.engine.generation import Generator
 from evalsuite.backends.engine.plain import PlainExecutor, plain_tally
 from evalsuite.backends.engine.prefix_tree import PrefixTree, empty_context_pair, tree_of, truncated_inputs
 from evalsuite.backends.engine.tokenize import resolve_max_length
+from evalsuite.backends.engine.memory import RowOutOfMemory, device_budget, is_oom, release
+from evalsuite.errors import EvalsuiteError
 
 log = logging.getLogger(__name__)
 
 #: Rows of one plain-executor forward when --batch-size is "auto".
 PLAIN_ROWS = 8
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class EngineLM(TemplateLM):
         token_budget: int | None = None,
         max_length: int | None = None,
         attention: str | None = None,
+        decision_key: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model  # a transformers causal LM in eval mode
@@ -106,19 +108,47 @@ class EngineLM(TemplateLM):
         #: progress moves before the whole call returns
         self.answer_hook: Callable[[list[int], list[Any], float], None] | None = None
         self.lm_head = capabilities.head_function(model)[0]  # the probe scores through it
-        #: what is exact for this model, decided by inspection and a probe (:mod:`.capabilities`)
-        self.capabilities, self.lm_head = capabilities.decide(model, tokenizer, self._max_length, attention,
-                                                              self._probe, options.generation)
+        self._max_rows, self._token_budget = max_rows, token_budget
+        #: what went differently in the run than the capabilities said (a route abandoned), in order
+        self.fallbacks: list[str] = []
+        #: the request instances of the call being scored (their task and document name an error)
+        self._instances: Sequence[Any] | None = None
+        #: what is exact for this model, decided by inspection and a probe (:mod:`.capabilities`),
+        #: or the decision an earlier run made for the same model content and engine code
+        #: (:mod:`.decisions`, keyed by ``decision_key``)
+        self._decision_key = decisions.full_key(decision_key, model, self._max_length, attention, options.generation)
+        cached = decisions.load(self._decision_key) if self._decision_key else None
+        self.decision_reused = cached is not None
+        if cached is not None:
+            self.capabilities = cached
+        else:
+            self.capabilities, self.lm_head = capabilities.decide(model, tokenizer, self._max_length, attention,
+                                                                  self._probe, options.generation)
+            if self._decision_key:
+                decisions.store(self._decision_key, self.capabilities)
         self.executor = self._executor(self.capabilities.loglikelihood, self.capabilities.windows)
-        self.budgets = planner.Budgets.for_device(self._device.type, token_budget, self.executor.copies_past, max_rows)
+        self._set_budgets()
         self.generator = Generator(model, tokenizer, self._max_length, self.max_gen_toks, options.generation, max_rows,
                                    windows=self.capabilities.windows, route=self.capabilities.generation)
         self.stats.reset()  # the probe's forwards are not the run's
 
+    def _set_budgets(self) -> None:
+        """The planner's budgets for the current executor: the given token budget, else on CUDA
+        one from the free memory (:func:`.memory.device_budget`), else the device's default."""
+        budget, self.budget_note = (self._token_budget, None) if self._token_budget else device_budget(
+            self.model, self._device, self.executor.copies_past)
+        self.budgets = planner.Budgets.for_device(self._device.type, budget, self.executor.copies_past, self._max_rows)
+
     @property
     def engine_note(self) -> str:
-        """Which executor and generation route this model runs on and why (for the run notes)."""
-        return self.capabilities.note
+        """Which executor and generation route this model runs on and why, whether the decision
+        was reused from an earlier run, and any route abandoned during the run (for the run notes)."""
+        parts = [self.capabilities.note]
+        if self.decision_reused:
+            parts.append("capability decision reused from an earlier run of this model and engine (not probed again)")
+        if getattr(self, "budget_note", None):
+            parts.append(self.budget_note)
+        return "; ".join(parts + self.fallbacks)
 
     def _executor(self, name: str, windows: tuple[int | None, ...]) -> Executor | PlainExecutor:
         return select_executor(self.model, name, windows, capabilities.layer_types(self.model))
@@ -129,14 +159,20 @@ class EngineLM(TemplateLM):
         token budget so that trunks are kept and rows attend to pasts as in a real run."""
         saved = self.__dict__.get("executor"), self.__dict__.get("budgets"), self._trunk_memory
         self.executor = select_executor(self.model, name, windows, layer_types)
-        budget = max(16, max(len(c) + len(x) for c, x in requests) // 3)
-        self.budgets = planner.Budgets.for_device(self._device.type, budget, self.executor.copies_past, 4)
+        self.budgets = capabilities.probe_budgets(requests, self._device.type, self.executor.copies_past)
         self._trunk_memory = OrderedDict()
         try:
-            tree = tree_of(requests, self.max_length)
+            # two calls: the first keeps a root trunk, the second starts from it (as a task's
+            # later documents start from the preamble the first ones computed)
+            first = max(1, len(requests) // 2)
             tally = scoring.Tally(len(requests))
             with torch.inference_mode():
-                self.run_plan(tree, tally, logits_dtype=torch.float32)
+                for part in (range(first), range(first, len(requests))):
+                    sub = scoring.Tally(len(part))
+                    self.run_plan(tree_of([requests[i] for i in part], self.max_length), sub,
+                                  logits_dtype=torch.float32)
+                    for k, i in enumerate(part):
+                        tally.logprobs[i] = sub.logprobs[k]
             return tally.logprobs
         finally:
             self.executor, self.budgets, self._trunk_memory = saved
@@ -185,7 +221,11 @@ class EngineLM(TemplateLM):
     # ------------------------------------------------------------------ log-likelihood
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         """``TemplateLM``'s (its pair split), without a tokenizing progress bar by default."""
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._instances = requests
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._instances = None
 
     def loglikelihood_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """:meth:`loglikelihood` on plain ``(context, continuation)`` strings."""
@@ -197,17 +237,80 @@ class EngineLM(TemplateLM):
         if not requests:
             return []
         start = time.perf_counter()
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        while True:
+            try:
+                tally = self._score_pairs(pairs)
+                break
+            except RowOutOfMemory as exc:
+                raise self._too_large(exc, "scoring") from None
+            except Exception as exc:
+                if is_oom(exc) or isinstance(exc, EvalsuiteError) or self.executor.name == "plain":
+                    raise
+                self._abandon_executor(exc)
+        self.stats.seconds += time.perf_counter() - start
+        return tally.results(self.logits_dtype)
+
+    def _score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> scoring.Tally:
+        """The requests through the current executor."""
         if self.executor.name == "plain":
-            tally = self._plain([(ctx, cont) for _, ctx, cont in requests])
-            self.stats.seconds += time.perf_counter() - start
-            return tally.results(self.logits_dtype)
-        tree = tree_of([(ctx, cont) for _, ctx, cont in requests], self.max_length)
-        tally = scoring.Tally(len(requests))
+            return self._plain(pairs)
+        tree = tree_of(pairs, self.max_length)
+        tally = scoring.Tally(len(pairs))
         self.stats.unique_tokens += tree.n_tokens
         with torch.inference_mode():
             self.run_plan(tree, tally, after_forward=self._answered_hook(tree, tally))
-        self.stats.seconds += time.perf_counter() - start
-        return tally.results(self.logits_dtype)
+        return tally
+
+    # ------------------------------------------------------------------ a route abandoned mid-run
+    def _abandon_executor(self, exc: BaseException) -> None:
+        """The executor raised in a real run: go to the next one that is exact for this model
+        (probing it now if the decision did not), forget its pasts, note why."""
+        old = self.executor.name
+        declined = set(self.capabilities.declined) | {old}
+        new = capabilities.next_route(old, declined)
+        while new != "plain":
+            off, error = capabilities.probe_path(
+                new, self.capabilities.windows, capabilities.layer_types(self.model),
+                *self._probe_inputs(), self._probe)
+            if error is None and off <= capabilities.tolerance(self.model):
+                break
+            declined.add(new)
+            new = capabilities.next_route(new, declined)
+        self._trunk_memory.clear()
+        self.executor = self._executor(new, self.capabilities.windows)
+        self._set_budgets()
+        self.capabilities = replace(self.capabilities, loglikelihood=new, declined=tuple(sorted(declined)))
+        self._note_fallback(f"the {old} executor raised {capabilities.first_line(exc)} in the run: abandoned for this "
+                            f"model, log-likelihoods redone on the {new} executor")
+
+    def _probe_inputs(self) -> tuple[list[tuple[list[int], list[int]]], list[list[float]]]:
+        """The capability probe's requests and their reference log-probs (lm-eval hf at batch 1)."""
+        length = capabilities.probe_length(self.model, self.max_length, self.capabilities.windows)
+        vocab = int(getattr(capabilities.text_config(self.model), "vocab_size", None) or len(self.tokenizer))
+        requests = capabilities.probe_requests(vocab, length)
+        reference = plain_tally(self.model, requests, max_length=self.max_length, batch_size=1,
+                                logits_dtype=torch.float32).logprobs
+        return requests, reference
+
+    def _note_fallback(self, event: str) -> None:
+        log.warning("%s", event)
+        self.fallbacks.append(event)
+        if self._decision_key:  # the next run starts on the route this one ended on
+            decisions.store(self._decision_key, replace(self.capabilities,
+                                                        reasons=self.capabilities.reasons + (event,)))
+
+    def _too_large(self, exc: RowOutOfMemory, what: str) -> EvalsuiteError:
+        """One line naming the task, document and length that do not fit even alone."""
+        where = "a request"
+        if self._instances is not None and 0 <= exc.request < len(self._instances):
+            inst = self._instances[exc.request]
+            task, doc = getattr(inst, "task_name", None), getattr(inst, "doc_id", None)
+            where = f"{task or 'a task'} document {doc if doc is not None else '?'}"
+        return EvalsuiteError(
+            f"out of memory {what} {where} ({exc.length} tokens) even one row at a time on {self._device}; "
+            f"free memory on the device, use a smaller --dtype, or more GPUs"
+        )
 
     def _answered_hook(self, tree: PrefixTree, tally: scoring.Tally) -> Callable[[float], None] | None:
         """After each forward pass: hand the requests whose every target is now scored to
@@ -229,8 +332,9 @@ class EngineLM(TemplateLM):
         """The requests through the plain executor (the model's own full forward per input)."""
         rows = self.options.batch_size if isinstance(self.options.batch_size, int) else PLAIN_ROWS
         tally = plain_tally(self.model, requests, max_length=self.max_length, batch_size=rows,
-                            logits_dtype=self.logits_dtype)
+                            logits_dtype=self.logits_dtype, equal_lengths=self.capabilities.equal_lengths)
         self.stats.forward_calls += -(-len({tuple(c + x) for c, x in requests}) // rows)
+        self.stats.oom_splits += tally.oom_splits
         return tally
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -272,10 +376,13 @@ class EngineLM(TemplateLM):
             hidden, kept = self.executor.forward(rows, [None if r.past is None else pasts[r.past] for r in rows],
                                                  tree, keep)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled
-            if not _is_oom(exc) or len(rows) == 1:
+            if not is_oom(exc):
                 raise
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
+            release(self._device)
+            if len(rows) == 1:
+                row = rows[0]
+                past = 0 if row.past is None else _past_tokens(pasts[row.past])
+                raise RowOutOfMemory(_request_below(tree, row.nodes[-1]), past + len(row.nodes)) from None
             self.stats.oom_splits += 1
             log.warning("out of memory on a batch of %d rows; splitting it in two", len(rows))
             half = len(rows) // 2
@@ -324,18 +431,59 @@ class EngineLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations cut at the first stop string, as HFLM's (see :mod:`.generation`)."""
-        calls, tokens = self.generator.forward_calls, self.generator.forwarded_tokens
+        gen = self.generator
+        calls, tokens, splits = gen.forward_calls, gen.forwarded_tokens, gen.oom_splits
+        gen.fallback = self._abandon_generation  # a route that raises: the next exact one
         hook, finished = self.answer_hook, []
 
         def on_done(job: Any) -> None:
             finished.append(job.index)
-            hook([job.index], [job.text(self.tokenizer)], len(finished) / len(requests))  # type: ignore[misc]
+            hook([job.index], [job.text(self.tokenizer)], min(1.0, len(finished) / len(requests)))  # type: ignore[misc]
 
-        self.generator.on_done = None if hook is None else on_done
+        gen.on_done = None if hook is None else on_done
+        self._instances = requests
         try:
-            out = self.generator.generate(requests)
+            out = gen.generate(requests)
+        except RowOutOfMemory as exc:
+            raise self._too_large(exc, "generating for") from None
         finally:
-            self.generator.on_done = None
-        self.stats.forward_calls += self.generator.forward_calls - calls
-        self.stats.forwarded_tokens += self.generator.forwarded_tokens - tokens
+            self._instances = None
+            gen.on_done = None
+        self.stats.forward_calls += gen.forward_calls - calls
+        self.stats.forwarded_tokens += gen.forwarded_tokens - tokens
+        self.stats.oom_splits += gen.oom_splits - splits
         return out
+
+    def _abandon_generation(self, exc: BaseException) -> None:
+        """The generation route raised in a real run: the next route exact for this model (a
+        route not probed yet is probed against ``generate`` first), every prompt of the call again."""
+        old = self.generator.route
+        declined = set(self.capabilities.declined) | {old}
+        new = capabilities.next_route(old, declined)
+        tol = capabilities.tolerance(self.model)
+        while new != "plain":
+            length = capabilities.probe_length(self.model, self.max_length, self.capabilities.windows)
+            try:
+                off = capabilities.probe_generation(self.model, self.tokenizer, new, self.capabilities.windows,
+                                                    min(length, 96))
+            except Exception:  # noqa: BLE001 - a route that cannot run this model is skipped
+                off = float("inf")
+            if off <= tol:
+                break
+            declined.add(new)
+            new = capabilities.next_route(new, declined)
+        self.generator.route = new
+        self.capabilities = replace(self.capabilities, generation=new, declined=tuple(sorted(declined)))
+        self._note_fallback(f"{old} generation raised {capabilities.first_line(exc)} in the run: abandoned for this "
+                            f"model, the call's prompts decoded again on the {new} route")
+
+
+def _past_tokens(past: Past) -> int:
+    return int(past[0][0].shape[-2]) if past else 0
+
+
+def _request_below(tree: PrefixTree, node: int) -> int:
+    """A request whose input runs through ``node`` (the first scored node found below it)."""
+    while node not in tree.scores and tree.children[node]:
+        node = next(iter(tree.children[node].values()))
+    return tree.scores[node][0].request if node in tree.scores else -1

@@ -53,15 +53,18 @@ class Budgets:
     forward_cost: int
     kv_limit: int | None = None
     max_rows: int | None = None
+    #: a subtree this small is one packed row (the capability probe sets it small, so that its
+    #: short inputs are cut into kept trunks and rows below them, as a real run's are)
+    small_row: int = SMALL_ROW
 
     @classmethod
     def for_device(cls, device_type: str, token_budget: int | None = None, copies_past: bool | None = None,
-                   max_rows: int | None = None) -> Budgets:
+                   max_rows: int | None = None, small_row: int = SMALL_ROW) -> Budgets:
         budget = int(token_budget or DEFAULT_TOKEN_BUDGET.get(device_type, 4096))
         if copies_past is None:
             copies_past = device_type != "cpu"
         return cls(budget, FORWARD_COST.get(device_type, FORWARD_COST["cpu"]),
-                   KV_BUDGET_FACTOR * budget if copies_past else None, max_rows)
+                   KV_BUDGET_FACTOR * budget if copies_past else None, max_rows, small_row)
 
 
 @dataclass
@@ -222,7 +225,7 @@ class _Planner:
                trunks: list[tuple[list[int], int | None]]) -> None:
         tree = self.tree
         for child in tree.children[node].values():
-            if tree.size[child] + len(prefix) <= SMALL_ROW:
+            if tree.size[child] + len(prefix) <= self.budgets.small_row:
                 rows.append(self._row(child, prefix, past))
                 continue
             chain = tree.chain(child)

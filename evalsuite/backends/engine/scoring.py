@@ -25,6 +25,8 @@ class Tally:
     n: int
     logprobs: list[list[float]] = field(default_factory=list)
     greedy: list[bool] = field(default_factory=list)
+    #: batches the plain executor split in halves after running out of memory
+    oom_splits: int = 0
 
     def __post_init__(self) -> None:
         self.logprobs = [[] for _ in range(self.n)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from evalsuite.outputs.report.data import ReportData, Entry
+from evalsuite.store.status import TaskStatus
 
 
 def _as_dict(value: Any) -> dict[str, str]:
@@ -65,7 +66,7 @@ def _n_conflicts(out: list[str], comparison: ReportData) -> None:
     scores = comparison.scores
     if scores.empty:
         return
-    task_rows = scores[scores["subtask"].isna() & (scores["status"] == "ok")]
+    task_rows = scores[scores["subtask"].isna() & (scores["status"] == TaskStatus.OK)]
     for task, part in task_rows.groupby("task"):
         ns = dict(zip(part["model"] + " @ " + part["run_id"], part["n"], strict=True))
         if len(set(ns.values())) > 1:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.errors import EvalsuiteError
-from evalsuite.analysis.leaderboard import COLUMNS, LeaderboardRow
-from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.analysis.leaderboard import LeaderboardRow
+from evalsuite.tasks.catalogue import leaderboard_tasks, ordered, title
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,7 @@ class ReportData:
 
     def tasks(self) -> list[str]:
         """Tasks present in any entry's scores, leaderboard tasks first in their usual order."""
-        present = set(self.scores["task"].dropna()) if len(self.scores) else set()
-        ordered = [t for t in LEADERBOARD_TASKS if t in present]
-        return ordered + sorted(present - set(ordered))
+        return ordered(set(self.scores["task"].dropna()) if len(self.scores) else set())
 
 
 def load_published(path: str | Path | None = None) -> list[PublishedRow]:
@@ -86,7 +84,7 @@ def load_published(path: str | Path | None = None) -> list[PublishedRow]:
         rows.append(PublishedRow(
             model=rec["model"], hub_id=rec["hub_id"], type=rec["type"],
             params_b=float(rec["params_b"]) if rec.get("params_b") else None, h6=float(rec["h6"]),
-            scores={t: float(rec[t]) for t in LEADERBOARD_TASKS if rec.get(t)},
+            scores={t: float(rec[t]) for t in leaderboard_tasks() if rec.get(t)},
             confirmed=rec["confirmed"], source=rec["source"],
         ))
     return rows
@@ -127,4 +125,5 @@ def fmt_score(value: float | None) -> str:
 
 
 def task_label(task: str) -> str:
-    return COLUMNS.get(task, task)
+    """A task's title from its YAML (its name when no task file defines it)."""
+    return title(task)

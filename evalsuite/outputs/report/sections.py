@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from evalsuite.analysis.leaderboard import COLUMNS, LeaderboardRow
-from evalsuite.analysis.paired_stats import MIN_SHARED, paired
-from evalsuite.tasks import LEADERBOARD_TASKS
+from evalsuite.analysis.leaderboard import LeaderboardRow, LeaderboardTable
+from evalsuite.analysis.paired_stats import MIN_SHARED, grouped_task, paired
+from evalsuite.store.status import TaskStatus
+from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, macro_averaged
 from evalsuite.outputs.report import charts
 from evalsuite.outputs.report.comparability import _as_dict
 from evalsuite.outputs.report.data import ReportData, Entry, PublishedRow, fmt_score, task_label
@@ -37,7 +38,9 @@ def _nan(value: Any) -> bool:
 
 def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[str, Any]:
     """Rows of the sortable table: evaluated models first, then published reference rows."""
-    columns = ["h6", *LEADERBOARD_TASKS]
+    table = LeaderboardTable.of(comparison.rows)
+    titles = table.columns
+    columns = ["h6", *titles]
     best: dict[str, float] = {}
     for row in comparison.rows:
         for col in columns:
@@ -48,7 +51,7 @@ def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[s
     rows = []
     for entry, row in zip(comparison.entries, comparison.rows, strict=True):
         cells = [_h6_cell(row, best)]
-        for task in LEADERBOARD_TASKS:
+        for task in titles:
             value = row.scores.get(task)
             n, total = row.n.get(task), row.n_total.get(task)
             limited = value is not None and n is not None and total is not None and n < total
@@ -62,7 +65,7 @@ def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[s
         rows.append({"label": row.model, "published": False, "source": "", "cells": cells})
     for pub in sorted(published, key=lambda p: -p.h6):
         cells = [{"text": fmt_score(pub.h6), "sort": f"{pub.h6:.6f}", "best": False, "note": "", "title": ""}]
-        for task in LEADERBOARD_TASKS:
+        for task in titles:
             value = pub.scores.get(task)
             cells.append({"text": fmt_score(value) + ("" if pub.per_task_confirmed else "†"),
                           "sort": "" if value is None else f"{value:.6f}", "best": False, "note": "",
@@ -71,11 +74,11 @@ def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[s
                      "cells": cells})
     notes = []
     for row in comparison.rows:
-        if not row.complete and not math.isnan(row.h6):
-            absent = [COLUMNS[t] for t in LEADERBOARD_TASKS if t not in row.scores]
-            notes.append(f"{row.model}: H6 incomplete (*), mean of {6 - len(absent)} of 6 tasks; "
-                         f"missing: {', '.join(absent)}.")
-    return {"headers": ["H6", *[COLUMNS[t] for t in LEADERBOARD_TASKS]], "rows": rows, "notes": notes}
+        incomplete = table.incomplete(row)
+        if incomplete is not None:
+            notes.append(f"{row.model}: {table.score_label} incomplete (*), mean of {incomplete.present} of "
+                         f"{incomplete.total} tasks; missing: {', '.join(incomplete.missing)}.")
+    return {"headers": [table.score_label, *titles.values()], "rows": rows, "notes": notes}
 
 
 def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
@@ -84,11 +87,11 @@ def _task_status(comparison: ReportData) -> dict[tuple[Entry, str], str]:
     out: dict[tuple[Entry, str], str] = {}
     if scores.empty:
         return out
-    rows = scores[scores["subtask"].isna() & (scores["status"] != "ok")]
+    rows = scores[scores["subtask"].isna() & (scores["status"] != TaskStatus.OK)]
     for entry in comparison.entries:
         mine = rows[(rows["run_id"] == entry.run_id) & (rows["model"] == entry.model)]
         for task, state in zip(mine["task"], mine["status"], strict=True):
-            out[(entry, task)] = "no data" if state == "missing" else state
+            out[(entry, task)] = "no data" if state == TaskStatus.MISSING else state
     return out
 
 
@@ -118,7 +121,7 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
         by_task = {r["task"]: r for r in mine.to_dict("records")}
         for task in tasks:
             rec = by_task.get(task)
-            ok = rec is not None and rec["status"] == "ok" and not _nan(rec["value"])
+            ok = rec is not None and rec["status"] == TaskStatus.OK and not _nan(rec["value"])
             values[task].append(100 * rec["value"] if ok else math.nan)
             low, high = (score_interval(rec["metric"], float(rec["value"]), float(rec["stderr"]) if not _nan(rec["stderr"])
                                         else math.nan, int(rec["n"] or 0)) if ok else (math.nan, math.nan))
@@ -130,16 +133,17 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
     per_task = [{"task": t, "title": task_label(t),
                  "svg": charts.bars_with_ci(labels, values[t], errors[t], task_label(t), notes[t])} for t in tasks]
     # the overall chart always shows all six leaderboard tasks, so a missing one is visibly missing
-    columns = list(LEADERBOARD_TASKS) + [t for t in tasks if t not in LEADERBOARD_TASKS]
+    columns = list(leaderboard_tasks()) + [t for t in tasks if t not in leaderboard_tasks()]
     nan_col = [math.nan] * len(labels)
     none = [(math.nan, math.nan)] * len(labels)
     h6 = [r.h6 for r in comparison.rows]
-    h6_ci = [mean_interval([values[t][i] for t in LEADERBOARD_TASKS if t in values and not math.isnan(values[t][i])],
-                           [errors[t][i] for t in LEADERBOARD_TASKS if t in values and not math.isnan(values[t][i])])
+    h6_ci = [mean_interval([values[t][i] for t in leaderboard_tasks() if t in values and not math.isnan(values[t][i])],
+                           [errors[t][i] for t in leaderboard_tasks() if t in values and not math.isnan(values[t][i])])
              for i in range(len(labels))]
     matrix = [[values.get(t, nan_col)[i] for t in columns] + [h6[i]] for i in range(len(labels))]
     errs = [[errors.get(t, none)[i] for t in columns] + [h6_ci[i]] for i in range(len(labels))]
-    h6_name = "H6" if all(r.complete for r in comparison.rows) else "H6*"
+    suite_label = load_suite().score_label
+    h6_name = suite_label if all(r.complete for r in comparison.rows) else f"{suite_label}*"
     overall = charts.overall(labels, [task_label(t) for t in columns] + [h6_name], matrix, errs) if tasks else ""
     intervals = [{"label": label, "task": task_label(t), "text": _interval_text(values[t][i], errors[t][i])}
                  for t in tasks for i, label in enumerate(labels) if not math.isnan(values[t][i])]
@@ -155,10 +159,15 @@ def _interval_text(value: float, interval: tuple[float, float]) -> str:
     return f"{value:.1f}" + ("" if math.isnan(low) else f" [{low:.1f}, {high:.1f}]")
 
 
-def mmlu_heatmap(comparison: ReportData) -> dict[str, Any] | None:
-    """57 subjects x models from the per-subject score rows, or None when MMLU was not run."""
+def subject_heatmap(comparison: ReportData) -> dict[str, Any] | None:
+    """Subjects x models from the per-subject score rows of the first task whose YAML averages
+    its subjects (MMLU's 57), or None when no such task was run."""
     scores = comparison.scores
-    sub = scores[(scores["task"] == "mmlu") & scores["subtask"].notna()] if len(scores) else scores
+    grouped = [t for t in comparison.tasks() if macro_averaged(t)]
+    if not grouped:
+        return None
+    task = grouped[0]
+    sub = scores[(scores["task"] == task) & scores["subtask"].notna()] if len(scores) else scores
     if sub.empty:
         return None
     subjects = sorted(set(sub["subtask"]))
@@ -169,13 +178,13 @@ def mmlu_heatmap(comparison: ReportData) -> dict[str, Any] | None:
         mine = sub[(sub["run_id"] == entry.run_id) & (sub["model"] == entry.model)]
         n = total = 0
         for rec in mine.to_dict("records"):
-            if rec["status"] == "ok" and not _nan(rec["value"]):
+            if rec["status"] == TaskStatus.OK and not _nan(rec["value"]):
                 matrix[subjects.index(rec["subtask"]), j] = 100 * rec["value"]
             n += int(rec["n"] or 0)
             total += int(rec["n_total"] or 0)
         counts.append(f"{entry.label}: not evaluated" if not n else f"{entry.label}: n = {n} of {total}"
                       if n < total else f"{entry.label}: all {total} documents")
-    title = f"MMLU by subject ({len(subjects)} subjects; grey —: not evaluated)"
+    title = f"{task_label(task)} by subject ({len(subjects)} subjects; grey —: not evaluated)"
     return {"svg": charts.heatmap(subjects, labels, matrix, title), "counts": counts, "n_subjects": len(subjects)}
 
 
@@ -191,7 +200,7 @@ def deltas(comparison: ReportData, baseline: Entry) -> dict[str, Any]:
             cand = samples[(samples["run_id"] == entry.run_id) & (samples["model"] == entry.model)]
             for task in comparison.tasks():
                 metric = _metric(comparison, task)
-                result = paired(base, cand, task, metric=metric, grouped=task == "mmlu")
+                result = paired(base, cand, task, metric=metric, grouped=grouped_task(task, base))
                 if result is None:
                     rows.append({"candidate": entry.label, "task": task_label(task), "n_shared": 0})
                     continue
