@@ -537,13 +537,14 @@ class _KeptAudits:
     """The audits kept with the answers, for a run that loads no model (:func:`_kept_answers`)."""
 
     def __init__(self, audits: dict[str, dict[str, Any]], enabled: bool, backend: str) -> None:
-        self.audits, self.enabled, self.backend = audits, enabled, backend
+        self.audits, self.enabled = audits, enabled
+        self.engine = get_backend(backend).cost_model == "engine"  # the audit checks the evalsuite engine only
 
     def check(self, task: LoadedTask, *_args: Any, **_kwargs: Any) -> Any:
         from evalsuite.run.audit import Audit
 
         if not self.enabled:
-            return Audit("not audited" if self.backend == "evalsuite" else "not applicable")
+            return Audit("not audited" if self.engine else "not applicable")
         fields = {k.removeprefix("audit_"): v for k, v in self.audits[task.spec.name].items()}
         note = "; ".join(x for x in (fields.pop("note", None), "kept with the cached answers it checked") if x)
         return Audit(**fields, note=note)
