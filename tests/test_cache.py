@@ -139,3 +139,44 @@ def test_code_version_follows_the_scoring_code(tmp_path):
     target = next((copy / "backends").rglob("*.py"))
     target.write_text(target.read_text() + "\n# a fix\n")
     assert code_version(copy) != code_version()
+
+
+def test_a_fully_cached_run_loads_no_model(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
+    """Every answer and every task's audit kept: the rerun builds no backend (no model load), and
+    writes the first run's samples and audits; one answer missing and the model loads again."""
+    import sqlite3
+
+    import evalsuite.run.evaluation as evaluation
+    from evalsuite.run.evaluation import evaluate
+    from evalsuite.store.parquet_store import ResultsStore
+
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(tmp_path / "cache.sqlite"))
+    builds = []
+    real_build = evaluation.build_backend
+    monkeypatch.setattr(evaluation, "build_backend", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    common = dict(models=str(tiny_llama_dir), tasks="arc,gsm8k", limit=3, data_dir=data_dir, progress=False)
+    first = evaluate(**common, results_dir=tmp_path / "first")
+    assert builds == [1]
+    second = evaluate(**common, results_dir=tmp_path / "second")
+    assert builds == [1]  # no model built, none loaded
+
+    def stored(result):
+        store = ResultsStore(result.results_dir)
+        samples = store.samples(run_id=result.run_id).drop(columns=["run_id"]).sort_values(["task", "doc_index"])
+        scores = store.scores(run_id=result.run_id).set_index(["task", "subtask"])
+        return samples.reset_index(drop=True), scores, store.runs(run_id=result.run_id)["notes"].iloc[0]
+
+    samples1, scores1, _ = stored(first)
+    samples2, scores2, notes2 = stored(second)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(samples1, samples2)
+    assert list(scores2["audit_status"].dropna()) == list(scores1["audit_status"].dropna()) == ["agree", "agree"]
+    assert (scores2["audit_agree"].dropna() == scores1["audit_agree"].dropna()).all()
+    assert "0 computed" in notes2 and "the model was not loaded" in notes2
+
+    with sqlite3.connect(tmp_path / "cache.sqlite") as conn:  # one answer lost: that one is computed
+        conn.execute("DELETE FROM requests WHERE key = (SELECT key FROM requests LIMIT 1)")
+    third = evaluate(**common, results_dir=tmp_path / "third")
+    assert builds == [1, 1]
+    assert "1 computed" in stored(third)[2]

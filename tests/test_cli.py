@@ -145,3 +145,16 @@ def test_suite_with_missing_task_reports_missing_not_zero(tiny_llama_dir, data_d
     scores = pd.read_parquet(results / "scores")
     gsm = scores[scores["task"] == "gsm8k"]
     assert gsm["status"].item() == "missing" and pd.isna(gsm["value"].item())
+
+
+def test_help_texts_show_a_single_percent_sign():
+    """argparse %-formats argument help but not descriptions: a ``%%`` must never reach the screen."""
+    from evalsuite.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    texts = {"evalsuite": parser.format_help()}
+    texts.update({name: sub.format_help() for name, sub in subparsers.choices.items()})
+    doubled = [name for name, text in texts.items() if "%%" in text]
+    assert doubled == []
+    assert "95% interval" in texts["compare"] and "Min-K% Prob" in texts["contamination"]

@@ -157,6 +157,8 @@ def test_cli_compare_exit_codes_and_outputs(store, tmp_path, capsys):
     assert "| winogrande | acc | 60.00 | 40.00 | -20.00 |" in md.read_text()
     data = json.loads(js.read_text())
     assert data["regressed"] == ["winogrande"] and data["exit_code"] == 1 and data["tasks"][0]["test"] == "mcnemar"
-    assert main(["compare", "r1", "r1", "--results-dir", root]) == 0
+    assert main(["compare", "r1", "r1", "--results-dir", root]) == 2  # a run against itself proves nothing
+    assert "are the same run (r1, m)" in capsys.readouterr().err
+    assert main(["compare", "baseline", "r1", "--results-dir", root]) == 2  # the same run under two names
     assert main(["compare", "r1", "nope", "--results-dir", root]) == 2
     assert "is not a run id" in capsys.readouterr().err

@@ -218,3 +218,61 @@ def test_durations_carry_the_hour():
     assert _duration(1079.7 * 60) == "18 h 00 min"
     assert _duration(61 * 60) == "61 min"
     assert _duration(45) == "45 s"
+
+
+def test_estimate_is_within_1_5x_of_the_run(tiny_llama_dir, data_dir, tmp_path, isolated_cache, monkeypatch):
+    """The dry run's time against the run it predicts, on the same machine at the same load: a
+    tiny model on MMLU (57 subjects, each its own 5-shot preamble: where the estimate was 17x
+    short), ARC and Winogrande. Estimate and run alternate twice in this one process and the
+    sums are compared, so a burst of load on the shared machine moves both sides."""
+    import time
+
+    import evalsuite.run.evaluation as evaluation
+
+    spent: dict[str, float] = {}
+    real = evaluation._score_prompts
+
+    def timed(lm, task, *args, **kwargs):  # the run's work on each task, as the estimate covers it
+        start = time.perf_counter()
+        try:
+            return real(lm, task, *args, **kwargs)
+        finally:
+            spent[task.spec.name] = spent.get(task.spec.name, 0.0) + time.perf_counter() - start
+
+    monkeypatch.setattr(evaluation, "_score_prompts", timed)
+    common = dict(models=str(tiny_llama_dir), tasks="mmlu,arc,winogrande", limit=2, data_dir=data_dir,
+                  progress=False, use_cache=False, audit=False)
+    estimated = 0.0
+    for attempt in range(2):
+        plan = evalsuite.evaluate(**common, dry_run=True, remeasure=attempt == 0)
+        assert all(t.host_seconds > 0 for t in plan.models[0].tasks)
+        estimated += plan.models[0].est_seconds
+        evalsuite.evaluate(**common, results_dir=tmp_path / f"results{attempt}")
+    actual = sum(spent.values())
+    assert 1 / 1.5 <= actual / estimated <= 1.5, (actual, estimated, spent)
+
+
+def test_a_kept_profile_follows_the_load(tiny_llama_dir, isolated_cache, monkeypatch, capsys):
+    """A profile measured at one load is scaled for another (busy cores: load / cores), and
+    measured again when the machine is in another regime (beyond 2x)."""
+    from evalsuite.models.registry import resolve_model
+    from evalsuite.models.source import materialize
+    from evalsuite.run import speed_profile
+
+    source = materialize(resolve_model(str(tiny_llama_dir)))
+    cpus = speed_profile.os.cpu_count()
+    monkeypatch.setattr(speed_profile.os, "getloadavg", lambda: (1.0 * cpus, 0.0, 0.0))
+    first = speed_profile.measured_speed(source, "float32", "cpu", again=True)
+    assert first.load_average == 1.0 * cpus and first.load_scale == 1.0
+    monkeypatch.setattr(speed_profile.os, "getloadavg", lambda: (1.5 * cpus, 0.0, 0.0))
+    capsys.readouterr()
+    busier = speed_profile.measured_speed(source, "float32", "cpu")
+    assert "timing a few forwards" not in capsys.readouterr().out  # scaled, not measured
+    assert busier.load_scale == pytest.approx(1.5) and busier.fixed_s == pytest.approx(1.5 * first.fixed_s)
+    assert busier.per_token(512) == pytest.approx(1.5 * first.per_token(512))
+    assert "x1.50 for the load average now" in busier.describe()
+    monkeypatch.setattr(speed_profile.os, "getloadavg", lambda: (5.0 * cpus, 0.0, 0.0))
+    again = speed_profile.measured_speed(source, "float32", "cpu")
+    said = capsys.readouterr().out
+    assert "timing a few forwards of" in said and "another regime" in said
+    assert again.load_average == 5.0 * cpus and again.load_scale == 1.0

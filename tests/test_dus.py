@@ -263,16 +263,32 @@ def test_cli_dry_run_prints_map_and_counts(capsys):
     assert "dry run" in out
 
 
-def test_cli_builds_into_the_default_folder(tmp_path, cache, monkeypatch, capsys):
+def test_cli_builds_into_the_cache_not_the_current_folder(tmp_path, cache, monkeypatch, capsys):
+    """Without --out the build goes where ``dus:BASE:M`` is looked for: the current folder (a
+    checkout) stays clean, the hint names dus:BASE:M, and evaluating that name or running the
+    command again builds nothing a second time."""
+    from evalsuite.models.source import resolve_and_materialize
+
     base = tmp_path / "tinybase"
     tiny_model("mistral").save_pretrained(base)
     tiny_tokenizer().save_pretrained(base)
-    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)
     args = _parser().parse_args(["dus", str(base), "-m", "3"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "dus-tinybase-m3" / "config.json").is_file()
-    assert "new 0-2 <- A 0-2; new 3-5 <- B 3-5" in out and f"wrote {tmp_path / 'dus-tinybase-m3'}" in out
+    assert list(work.iterdir()) == []
+    folder = dus.cached_folder(resolve_and_materialize(str(base)), 3, str(base))
+    assert folder.is_relative_to(cache) and (folder / "config.json").is_file()
+    assert "new 0-2 <- A 0-2; new 3-5 <- B 3-5" in out and f"wrote {folder}" in out
+    assert f"evalsuite run --models dus:{base}:3" in out
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert dus.build_cached(resolve_and_materialize(str(base)), 3, str(base)) == folder  # what dus:BASE:M loads
+    assert args.func(args) == 0 and "already built" in capsys.readouterr().out
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built  # not rebuilt
+    with pytest.raises(EvalsuiteError, match="give it its own folder with --out"):
+        build(str(base), 3, None, dtype="float16", into_cache=True)
 
 
 def test_main_cli_reports_errors_in_one_line(capsys):

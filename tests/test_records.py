@@ -62,3 +62,21 @@ def test_files_from_a_newer_evalsuite_are_refused_by_name(tmp_path):
         store.runs(run_id="r9")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert store.runs().empty and store.unreadable == {path: str(err.value)}  # other runs stay readable
+
+
+def test_audit_counts_are_stored_and_read_as_integers(tmp_path):
+    """audit_n and audit_agree are int64 in the file and counts when read (8, not 8.0), though
+    the subject rows beside the task row have none."""
+    store = ResultsStore(tmp_path)
+    store.write_run(RunRecord("r1", "m", status="ok", tasks=["mmlu"]))
+    rows = [ScoreRecord("r1", "m", "mmlu", None, "acc", 0.5, 0.1, 4, 10, "ok", audit_status="agree", audit_n=8,
+                        audit_agree=8, audit_max_abs_diff=2e-5),
+            ScoreRecord("r1", "m", "mmlu", "anatomy", "acc", 0.5, 0.1, 4, 10, "ok")]
+    path = store.write_scores("r1", "m", "mmlu", rows)
+    assert pq.read_schema(path).field("audit_n").type == pa.int64()
+    scores = store.scores(run_id="r1")
+    assert str(scores["audit_n"].dtype) == str(scores["audit_agree"].dtype) == "Int64"
+    task_row = scores[scores["subtask"].isna()].iloc[0]
+    assert task_row["audit_n"] == 8 and str(task_row["audit_n"]) == "8"
+    assert scores["audit_n"].isna().sum() == 1
+    assert load_run("r1", store).task_scores()["mmlu"].audit_n == 8

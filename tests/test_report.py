@@ -147,6 +147,71 @@ def test_report_renders_sorts_and_filters_in_chromium(report_path, models, tmp_p
     assert image.size[0] >= 1000 and colours is not None and len(colours) > 50, "screenshot looks blank"
 
 
+@pytest.mark.slow
+def test_report_explains_its_numbers_in_chromium(report_path, store_dir, tmp_path):
+    """What the page shows, read from the rendered DOM: each pick is the largest of the numbers
+    shown for it (acc_norm's per-character values, mc2's probability shares), Winogrande's
+    options are whole sentences differing only in the marked part, every interval has width
+    (0 of 3 included) and H6 has one, no difference on 3 documents is coloured significant,
+    and neither local paths nor microseconds appear."""
+    from selenium.webdriver.common.by import By
+
+    driver = _driver(tmp_path)
+    try:
+        driver.get(report_path.resolve().as_uri())
+        checked = {}
+        for table in driver.find_elements(By.CSS_SELECTOR, "table.choices"):
+            metric = table.get_attribute("data-metric")
+            rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+            cells = [r.find_elements(By.CSS_SELECTOR, "td[data-decider]") for r in rows]
+            cells = [c for c in cells if c]
+            for column in range(len(cells[0])):
+                values = [float(c[column].get_attribute("data-decider")) for c in cells]
+                picked = [i for i, c in enumerate(cells) if "pick" in c[column].get_attribute("class").split()]
+                assert len(picked) == 1 and values[picked[0]] == max(values), (metric, values, picked)
+                shown = cells[picked[0]][column].text.split()[0]  # the number on the page is that value
+                assert abs(float(shown) - values[picked[0]]) < 1e-2
+            checked[metric] = checked.get(metric, 0) + 1
+        assert set(checked) == {"acc", "acc_norm", "mc2"}  # Winogrande, ARC, TruthfulQA
+
+        for doc in driver.find_elements(By.CSS_SELECTOR, ".doc[data-task=winogrande]"):
+            options = doc.find_elements(By.CSS_SELECTOR, "td.choice")
+            marks = [o.find_element(By.TAG_NAME, "mark").text for o in options]
+            texts = [o.text.split(": ", 1)[1].removesuffix(" gold") for o in options]
+            assert len(set(marks)) == len(options) and all(m.strip() for m in marks)
+            rest = {re.sub(r"<[^>]+>", "", re.sub(r"<mark>.*?</mark>", "\0", o.get_attribute("innerHTML")))
+                    .split(": ", 1)[1].removesuffix(" gold") for o in options}
+            assert len(rest) == 1  # the options differ only in the marked part
+            sentence = texts[0]
+            assert sentence[0].isupper() and sentence.rstrip()[-1] in ".!?\"'"  # whole sentences, not cut
+
+        intervals = [r.find_elements(By.TAG_NAME, "td") for r in
+                     driver.find_elements(By.CSS_SELECTOR, "#intervals tbody tr")]
+        spans = {}
+        for model, task, text in ((c[0].get_attribute("textContent"), c[1].get_attribute("textContent"),
+                                   c[2].get_attribute("textContent")) for c in intervals):
+            found = re.fullmatch(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", text)
+            assert found, (model, task, text)
+            value, low, high = map(float, found.groups())
+            assert low <= value <= high and high - low > 1, (model, task, text)
+            spans[(model, task)] = (value, low, high)
+        assert any(t.startswith("H6") for _, t in spans)
+
+        deltas = driver.find_element(By.ID, "chart-deltas").get_attribute("innerHTML")
+        assert "#b54a4a" not in deltas and "#4f9a5a" not in deltas  # 3 documents: no test applies
+        assert "too few documents" in deltas
+        for cell in driver.find_elements(By.CSS_SELECTOR, "#deltas tbody tr td:last-child"):
+            assert cell.text in ("too few docs", "no shared documents")
+
+        page = driver.find_element(By.TAG_NAME, "body").get_attribute("textContent")
+        for field in driver.find_elements(By.XPATH, "//div[@class='manifest']//tr[th='started' or th='finished']/td"):
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", field.text), field.text
+    finally:
+        driver.quit()
+    assert str(store_dir) not in page and str(store_dir.parent.parent) not in page
+    assert not re.search(r"(?<![\w:/.])/(tmp|root|home|Users)/", page)
+
+
 def test_report_is_self_contained(report_path):
     html = report_path.read_text(encoding="utf-8")
     external = re.findall(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", html, flags=re.I)

@@ -76,3 +76,62 @@ def test_kill_9_then_same_command_resumes(tiny_llama_dir, data_dir, tmp_path):
     reference = evaluate(models=str(tiny_llama_dir), tasks=TASKS, limit=LIMIT, data_dir=data_dir,
                          results_dir=tmp_path / "reference", progress=False, use_cache=False)
     pd.testing.assert_frame_equal(samples(results, killed_run), samples(tmp_path / "reference", reference.run_id))
+
+
+def test_interrupted_mid_chunk_keeps_each_answered_request(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a call to the engine (here in the twelfth forward pass of the first
+    32-document chunk, after the first documents' branches were scored): the requests answered so far are in the request cache, and the resumed run
+    computes only the others, with the samples of an uninterrupted run."""
+    from evalsuite.backends.engine.lm import EngineLM
+    from evalsuite.run.evaluation import RunInterrupted
+
+    common = dict(models=str(tiny_llama_dir), tasks="arc", limit=40, data_dir=data_dir, progress=False, audit=False)
+    reference = evaluate(**common, results_dir=tmp_path / "reference", use_cache=False)
+    total = sum(len(p.instances) for p in _arc_prompts(data_dir, 40))
+
+    cache = tmp_path / "cache" / "requests.sqlite"
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(cache))
+    real_forward, forwards = EngineLM._forward_safe, []
+
+    def interrupted_forward(self, *args, **kwargs):  # Ctrl-C arriving in the run's twelfth forward pass
+        forwards.append(self.answer_hook is not None)  # (not the capability probe's forwards)
+        if sum(forwards) == 12:
+            raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(EngineLM, "_forward_safe", interrupted_forward)
+    with pytest.raises(RunInterrupted):
+        evaluate(**common, results_dir=tmp_path / "results")
+    kept = cached_entries(cache)
+    assert 0 < kept < min(total, 32 * 4)  # answers of an unfinished first chunk (32 documents x 4 choices)
+
+    monkeypatch.setattr(EngineLM, "_forward_safe", real_forward)
+    resumed = evaluate(**common, results_dir=tmp_path / "results", resume=True)
+    notes = ResultsStore(tmp_path / "results").runs(run_id=resumed.run_id)["notes"].iloc[0]
+    assert f"request cache: {kept} answered from cache, {total - kept} computed" in notes
+    pd.testing.assert_frame_equal(samples(tmp_path / "results", resumed.run_id),
+                                  samples(tmp_path / "reference", reference.run_id))
+
+
+def _arc_prompts(data_dir: Path, limit: int) -> list:
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    return LoadedTask(load_spec("arc"), data_dir).prompts(limit)
+
+
+def test_progress_moves_within_a_chunk(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
+    """The bar of a task moves with the engine's forward passes, not once per 32-document call:
+    each update comes from inside a call (one chunk here), and they add up to the documents."""
+    import tqdm.auto
+
+    updates: list[float] = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    evaluate(models=str(tiny_llama_dir), tasks="arc", limit=32, data_dir=data_dir, progress=True, audit=False,
+             use_cache=False, results_dir=tmp_path / "results")
+    assert sum(updates) == 32 and len([n for n in updates if n > 0]) >= 8 and max(updates) < 32

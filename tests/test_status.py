@@ -106,8 +106,9 @@ def test_a_failed_or_interrupted_run_never_hides_earlier_results(tiny_llama_dir,
         raise EvalsuiteError("weights are corrupt")
 
     monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", broken_backend)
+    # (--no-cache: with every answer in the request cache the model would not be loaded at all)
     assert run("--models", str(tiny_llama_dir), "--tasks", "truthfulqa,winogrande", "--limit", "3", "--data-dir",
-               str(data_dir), results=results) == 1
+               str(data_dir), "--no-cache", results=results) == 1
     assert "truthfulqa: failed: the model did not load (weights are corrupt)" in capsys.readouterr().out
 
     # Ctrl-C while the model loads: recorded as interrupted, the message says how to resume
@@ -116,7 +117,7 @@ def test_a_failed_or_interrupted_run_never_hides_earlier_results(tiny_llama_dir,
 
     monkeypatch.setattr(evalsuite.run.evaluation, "build_backend", interrupted)
     assert run("--models", str(tiny_llama_dir), "--tasks", "truthfulqa,winogrande", "--limit", "3", "--data-dir",
-               str(data_dir), results=results) == 130
+               str(data_dir), "--no-cache", results=results) == 130
     assert "rerun the same command with --resume" in capsys.readouterr().err
     monkeypatch.undo()
     statuses = ResultsStore(results).runs().sort_values("started_at")["status"].tolist()

@@ -173,6 +173,9 @@ def compare_runs(store: ResultsStore | str | os.PathLike, baseline_ref: str, can
     """Compare two stored runs task by task; raises :class:`ComparisonRefused` unless comparable."""
     check_thresholds(max_drop, alpha)
     base, cand = load_run(baseline_ref, store), load_run(candidate_ref, store)
+    if (base.run_id, base.model) == (cand.run_id, cand.model):  # it would pass every time, proving nothing
+        raise EvalsuiteError(f"'{baseline_ref}' and '{candidate_ref}' are the same run ({base.run_id}, {base.model}): "
+                             f"a run compared with itself differs by nothing; name two different runs")
     for side, view in (("baseline", base), ("candidate", cand)):
         if view.status in (RunStatus.RUNNING, RunStatus.INCOMPLETE):
             raise EvalsuiteError(f"the {side} run {view.run_id} of {view.model} is {view.status}: "

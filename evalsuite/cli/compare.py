@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare", help="compare two runs per task with paired significance tests",
         description="Compare CANDIDATE with BASELINE task by task on the documents both runs share: both scores, "
-                    "the delta with its 95%% interval, a paired test and a verdict. Exit status: 0 no regression, "
+                    "the delta with its 95% interval, a paired test and a verdict. Exit status: 0 no regression, "
                     "1 a task regressed (or failed in the candidate), 2 bad input. Each side is " + REFS + ".",
     )
     parser.add_argument("baseline", help="the reference run")

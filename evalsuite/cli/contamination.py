@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "contamination", help="check benchmark documents for signs of memorisation (Min-K%% Prob)",
         description="Score every benchmark document (question + gold answer, no few-shot context, one forward "
-                    "pass) with Min-K%% Prob under each model; with --reference also the SOLAR instruct card's "
+                    "pass) with Min-K% Prob under each model; with --reference also the SOLAR instruct card's "
                     "comparison (neighbours sampled by the reference, ranked by the model). Prints per task the "
-                    "fraction of documents flagged with a bootstrap 95%% interval and stores every document's "
+                    "fraction of documents flagged with a bootstrap 95% interval and stores every document's "
                     "scores in the results store (table 'contamination'; shown by `evalsuite report`). "
                     "Docs: docs/contamination.md.",
     )

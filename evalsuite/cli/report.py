@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report", help="write an HTML comparison report of stored runs",
         description="Write one self-contained HTML file (no external resources): the leaderboard table with "
-                    "published reference rows, charts with 95%% intervals, MMLU by subject, paired differences "
+                    "published reference rows, charts with 95% intervals, MMLU by subject, paired differences "
                     "against a baseline, a sample browser and each run's manifest with comparability warnings.",
     )
     pick = parser.add_mutually_exclusive_group()

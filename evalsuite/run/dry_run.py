@@ -60,6 +60,7 @@ class TaskPlan:
     est_seconds_max: float | None = None  # generation: every document runs to 256 tokens
     tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
     plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
+    host_seconds: float = 0.0  # of est_seconds: the engine's tokenizing and prefix trees, timed on a sample now
 
 
 @dataclass
@@ -302,15 +303,48 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
     if speed is not None:
-        if get_backend(backend).cost_model == "engine":
+        engine = get_backend(backend).cost_model == "engine"
+        result.host_seconds = _host_seconds(tokenizer, requests, next(iter(calls()), []), max_length, engine)
+        if engine:
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
                                                + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
             result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)
-                                  + speed.scoring_seconds(result.scored_positions))
+                                  + speed.scoring_seconds(result.scored_positions) + result.host_seconds)
         else:  # lm-eval hf: one pass per distinct input, the output layer at every position
             result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
-                                  + speed.scoring_seconds(lm_eval_tokens))
+                                  + speed.scoring_seconds(lm_eval_tokens) + result.host_seconds)
     return result
+
+
+#: Requests of the first call whose tokenizing (and prefix tree) is timed for the estimate.
+HOST_SAMPLE = 64
+
+
+def _host_seconds(tokenizer: Any, requests: Sequence[tuple[str, str]], first_call: list[tuple[list[int], list[int]]],
+                  max_length: int, engine: bool) -> float:
+    """What the run spends off the model on these requests, timed here on a sample and scaled
+    up: lm-eval's pair encoding (the whole request, then its context: two full tokenizations of
+    every 5-shot or 25-shot context, per request) and, for the engine, building each call's
+    prefix tree. On a small model or a busy CPU this is a real share of the run (MMLU with a
+    tiny model: about half), and the forward timings of the speed profile do not contain it."""
+    from evalsuite.backends.engine.prefix_tree import tree_of
+
+    if not requests:
+        return 0.0
+    step = max(1, len(requests) // HOST_SAMPLE)
+    sample = list(requests[::step])[:HOST_SAMPLE]
+    start = time.perf_counter()
+    for context, continuation in sample:
+        tokenizer.encode(context + continuation, add_special_tokens=False)
+        tokenizer.encode(context.rstrip(), add_special_tokens=False)
+    per_char = (time.perf_counter() - start) / max(1, sum(len(c) + len(k) for c, k in sample))
+    total = per_char * sum(len(c) + len(k) for c, k in requests)
+    if engine and first_call:
+        start = time.perf_counter()
+        tree_of(first_call, max_length)
+        per_token = (time.perf_counter() - start) / max(1, sum(len(c) + len(k) for c, k in first_call))
+        total += per_token * sum(len(c) + len(k) for c, k in requests) / 4  # ~4 characters per token
+    return total
 
 
 def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:

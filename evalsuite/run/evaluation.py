@@ -242,16 +242,25 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
         source = prepared if prepared is not None else materialize(spec, config.verify_weights)
         record = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes)
         store.write_run(replace(record, status=RunStatus.RUNNING), part)
-        lm = build_backend(backend, source, options)
-        if lm.engine_note:  # which executor, and why
-            _say(f"{spec.alias}: {lm.engine_note}")
-        if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
-            from evalsuite.run.request_cache import wrap
 
-            lm = wrap(lm, source, options, backend)
-        from evalsuite.run.audit import Auditor
+        def load() -> Any:  # sized and opened by the preparation already
+            return build_backend(backend, source, options)
 
-        auditor = Auditor(lm, enabled=config.audit)
+        kept = _kept_answers(load, source, options, config, loaded) if use_cache else None
+        if kept is not None:  # every answer and audit is in the request cache: the model is not loaded
+            lm, auditor = kept
+            _say(f"{spec.alias}: every answer is in the request cache; the model is not loaded")
+        else:
+            lm = load()
+            if lm.engine_note:  # which executor, and why
+                _say(f"{spec.alias}: {lm.engine_note}")
+            if use_cache:  # finished requests survive a kill; a rerun computes only what is missing
+                from evalsuite.run.request_cache import wrap
+
+                lm = wrap(lm, source, options, backend)
+            from evalsuite.run.audit import Auditor
+
+            auditor = Auditor(lm, enabled=config.audit)
     except KeyboardInterrupt as exc:
         finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source)
         raise
@@ -317,7 +326,8 @@ def _close(lm: Any) -> None:
 
 def _cache_note(lm: Any, use_cache: bool) -> str | None:
     """The run's notes say which executor the engine chose and why, and how much came from the request cache."""
-    notes = (lm.engine_note, lm.stats() if use_cache else None)
+    unloaded = isinstance(getattr(lm, "lm", None), _Deferred) and lm.lm._lm is None
+    notes = (lm.engine_note, lm.stats() if use_cache else None, "the model was not loaded" if unloaded else None)
     return "; ".join(n for n in notes if isinstance(n, str) and n) or None
 
 
@@ -379,7 +389,7 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     task is scored again on the plain executor), then write its samples and scores."""
     from evalsuite.store.shards import select, shard_part, shard_score_rows
 
-    everything = task.prompts(limit)
+    everything = _task_prompts(task, limit)
     prompts = select(everything, shard)
     known = len(getattr(lm, "fallbacks", None) or ())  # routes the engine abandoned before this task
     spec = task.spec
@@ -395,6 +405,12 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     abandoned = list(getattr(lm, "fallbacks", None) or ())[known:]  # and while scoring it: the row says so
     if audited is not None:
         scores[0] = replace(scores[0], **audited.fields())
+        if (audited.status in ("agree", "not applicable") and hasattr(lm, "keep_audit") and prompts
+                and not isinstance(auditor, _KeptAudits)):
+            # kept with the answers: a rerun that finds them all needs neither the model nor a new audit
+            requests = [inst for p in prompts for inst in p.instances]
+            lm.keep_audit(lm.audit_key(spec.name, prompts[0].request_type, requests, shard_part(shard) if shard else ""),
+                          audited.fields())
     if abandoned:
         scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
         _say(f"{model} {spec.name}: " + "; ".join(abandoned))
@@ -405,6 +421,79 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
     # A shard's scores are partial: stored as merge metadata and scored at read time.
     store.write_samples(run_id, model, spec.name, samples, part=shard_part(shard))
     store.write_scores(run_id, model, spec.name, shard_score_rows(scores), part=shard_part(shard))
+
+
+def _task_prompts(task: LoadedTask, limit: int | None) -> list[DocPrompt]:
+    """``task.prompts(limit)``, built once per loaded task (the request-cache check and the task share them)."""
+    built = task.__dict__.setdefault("_evalsuite_prompts", {})
+    if limit not in built:
+        built[limit] = task.prompts(limit)
+    return built[limit]
+
+
+class _Deferred:
+    """A backend built on first use: behind the request cache when every answer was found kept,
+    it is never built unless an answer disappears from the cache in the meantime."""
+
+    def __init__(self, build: Any) -> None:
+        self._build, self._lm = build, None
+
+    @property
+    def engine_note(self) -> str | None:
+        return None if self._lm is None else self._lm.engine_note
+
+    def _loaded(self) -> Any:
+        if self._lm is None:
+            self._lm = self._build()
+        return self._lm
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return self._loaded().loglikelihood(requests)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return self._loaded().generate_until(requests)
+
+
+class _KeptAudits:
+    """The audits kept with the answers, for a run that loads no model (:func:`_kept_answers`)."""
+
+    def __init__(self, audits: dict[str, dict[str, Any]], enabled: bool, backend: str) -> None:
+        self.audits, self.enabled = audits, enabled
+        self.engine = get_backend(backend).cost_model == "engine"  # the audit checks the evalsuite engine only
+
+    def check(self, task: LoadedTask, *_args: Any, **_kwargs: Any) -> Any:
+        from evalsuite.run.audit import Audit
+
+        if not self.enabled:
+            return Audit("not audited" if self.engine else "not applicable")
+        fields = {k.removeprefix("audit_"): v for k, v in self.audits[task.spec.name].items()}
+        note = "; ".join(x for x in (fields.pop("note", None), "kept with the cached answers it checked") if x)
+        return Audit(**fields, note=note)
+
+
+def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfig,
+                  loaded: dict[str, LoadedTask]) -> tuple[Any, _KeptAudits] | None:
+    """The request cache over a backend that is not loaded, with the kept audits, when every
+    request of every task has a kept answer (and, where the run audits, every task a kept
+    audit of exactly those answers); else None and the model is loaded as usual. (Neither the
+    model nor its memory check, which builds it on the meta device, is touched before that.)"""
+    from evalsuite.run.request_cache import wrap
+    from evalsuite.store.shards import select, shard_part
+
+    lm = wrap(_Deferred(load), source, options, config.backend)
+    audits: dict[str, dict[str, Any]] = {}
+    for name, task in loaded.items():
+        prompts = select(_task_prompts(task, config.limit), config.shard)
+        requests = [inst for p in prompts for inst in p.instances]
+        if not requests or not lm.has_all(prompts[0].request_type, requests):
+            return None
+        if config.audit:
+            part = shard_part(config.shard) if config.shard else ""
+            fields = lm.kept_audit(lm.audit_key(name, prompts[0].request_type, requests, part))
+            if fields is None:
+                return None
+            audits[name] = fields
+    return lm, _KeptAudits(audits, config.audit, config.backend)
 
 
 def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: str, run_id: str,
@@ -420,13 +509,49 @@ def _score_prompts(lm: Any, task: LoadedTask, prompts: list[DocPrompt], model: s
     step = chunk or max(len(prompts), 1)
     for start in range(0, len(prompts), step):
         part = prompts[start:start + step]
-        responses = run_requests(lm, part)
+        with _document_progress(lm, part, bar):
+            responses = run_requests(lm, part)
         answered.extend(responses)
         for prompt, response in zip(part, responses, strict=True):
             samples.append(_sample_record(run_id, model, task, prompt, task.score(prompt, response)))
-        bar.update(len(part))
     bar.close()
     return samples, answered
+
+
+@contextlib.contextmanager
+def _document_progress(lm: Any, chunk: Sequence[DocPrompt], bar: Any) -> Iterator[None]:
+    """Move ``bar`` through ``chunk`` as the backend works on it, where it reports its progress
+    mid-call (``answer_hook``: the evalsuite engine after each forward pass or generation, the
+    request cache), else by the whole chunk when the call returns. The bar stands at the
+    documents fully answered or at the call's share of forward passes done, whichever is further."""
+    owner = [d for d, prompt in enumerate(chunk) for _ in prompt.instances]
+    left = [len(prompt.instances) for prompt in chunk]
+    finished = moved = 0
+
+    seen: set[int] = set()
+
+    def answered(indices: list[int], _answers: list[Any], done: float) -> None:
+        nonlocal finished, moved
+        for i in indices:
+            if i in seen:  # a call redone (the engine fell back to another route) reports again
+                continue
+            seen.add(i)
+            left[owner[i]] -= 1
+            finished += left[owner[i]] == 0
+        at = min(len(chunk), max(finished, int(done * len(chunk))))
+        if at > moved:
+            bar.update(at - moved)
+            moved = at
+
+    hooked = hasattr(lm, "answer_hook")
+    if hooked:
+        lm.answer_hook = answered
+    try:
+        yield
+    finally:
+        if hooked:
+            lm.answer_hook = None
+    bar.update(len(chunk) - moved)
 
 
 def run_requests(lm: Any, prompts: Sequence[DocPrompt]) -> list[list[Any]]:

@@ -3,9 +3,12 @@
 :class:`CachedLM` wraps any lm-eval ``LM``. Each ``Instance`` is looked up in a SQLite file by
 a key made of everything that can change a number (:func:`key_prefix`) and the exact request
 (request type and arguments). Only misses reach the inner model, in one call and in their
-original order (so a chunk that is computed again is batched exactly as before), and their
-answers are committed right after that call: a run killed with ``kill -9`` loses at most the
-chunk in flight. SQLite in WAL mode lets two processes read and write the file at once.
+original order (so a chunk that is computed again is batched exactly as before). A backend that
+reports answers as it computes them (the evalsuite engine's ``answer_hook``: after each forward
+pass, after each finished generation) has them committed as they come, at most
+:data:`FLUSH_SECONDS` apart, and whatever is left when the call returns or is interrupted: a
+run killed with ``kill -9`` loses at most the last second or so of work, Ctrl-C nothing. SQLite in
+WAL mode lets two processes read and write the file at once.
 
 A cached answer must never be served for a model or code that would answer differently, so the
 key holds: the weights (hash, or Hub commit), the model's other files (config, tokenizer,
@@ -31,6 +34,8 @@ from lm_eval.api.model import LM
 from evalsuite.errors import EvalsuiteError
 
 CACHE_FILE = "requests.sqlite"
+#: Answers reported during a backend call are committed at most this many seconds apart.
+FLUSH_SECONDS = 1.0
 #: Bumped when the key's layout or the stored form of a response changes: old entries then miss.
 KEY_VERSION = "2"
 #: The code that computes a response, besides the libraries: the backends, the version shims, and
@@ -47,6 +52,12 @@ CREATE TABLE IF NOT EXISTS requests (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
+CREATE TABLE IF NOT EXISTS audits (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    audit TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -150,7 +161,13 @@ class CachedLM(LM):
     """An lm-eval ``LM`` that answers repeated requests from the SQLite cache.
 
     ``hits`` and ``misses`` count instances answered from the cache and by the inner model.
+    ``answer_hook``, when set, is called as ``answer_hook(indices, answers, done)`` with the
+    indices of the current call's requests as they are answered (the cached ones at once, the
+    computed ones as the inner model reports them, or when its call returns) and the share of
+    the call done.
     """
+
+    answer_hook: Any = None
 
     def __init__(self, lm: Any, key_prefix: str, cache_path: str | os.PathLike, model: str | None = None):
         super().__init__()
@@ -193,15 +210,53 @@ class CachedLM(LM):
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(requests) - len(missing)
         self.misses += len(missing)
+        outer = self.answer_hook
+        cached_share = 1 - len(missing) / len(requests) if requests else 1.0
+        if outer is not None and missing != list(range(len(requests))):
+            hit = [i for i, k in enumerate(keys) if k in found]
+            outer(hit, [_decode(kind, answers[i]) for i in hit], cached_share)
         if missing:
             from evalsuite.backends.registry import ask
 
-            computed = ask(self.lm, kind, [requests[i] for i in missing], disable_tqdm)
+            reported: dict[int, Any] = {}  # position in ``missing`` -> the answer handed on
+            buffer: list[tuple[str, Any]] = []
+            last_flush = time.monotonic()
+
+            def flush() -> None:
+                nonlocal last_flush
+                if buffer:
+                    self._store(kind, buffer)
+                    buffer.clear()
+                last_flush = time.monotonic()
+
+            def answered(indices: list[int], values: list[Any], done: float) -> None:  # the inner model, mid-call
+                new = [(i, v) for i, v in zip(indices, values, strict=True) if i not in reported]
+                reported.update(zip(indices, values))  # (a call redone after a route fell back reports again)
+                buffer.extend((keys[missing[i]], value) for i, value in zip(indices, values, strict=True))
+                if buffer and time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    flush()
+                if outer is not None:
+                    outer([missing[i] for i, _ in new], [v for _, v in new], cached_share + (1 - cached_share) * done)
+
+            hooked = "answer_hook" in getattr(self.lm, "__dict__", {})
+            if hooked:
+                self.lm.answer_hook = answered
+            try:
+                computed = ask(self.lm, kind, [requests[i] for i in missing], disable_tqdm)
+            finally:
+                if hooked:
+                    self.lm.answer_hook = None
+                flush()  # answers finished before an interruption are kept
             if len(computed) != len(missing):
                 raise RuntimeError(f"backend answered {len(computed)} of {len(missing)} {kind} requests")
             for i, value in zip(missing, computed, strict=True):
                 answers[i] = value
-            self._store(kind, [(keys[i], value) for i, value in zip(missing, computed, strict=True)])
+            rest = [j for j in range(len(missing)) if j not in reported]
+            # what the call returned is what the cache keeps, also where a redone call changed an answer
+            self._store(kind, [(keys[missing[j]], computed[j]) for j in range(len(missing))
+                               if j not in reported or reported[j] != computed[j]])
+            if outer is not None:
+                outer([missing[j] for j in rest], [computed[j] for j in rest], 1.0)
         return [_decode(kind, a) if isinstance(a, str) and k in found else a for a, k in zip(answers, keys, strict=True)]
 
     def _lookup(self, keys: set[str]) -> dict[str, str]:
@@ -227,7 +282,9 @@ class CachedLM(LM):
             ) from None
 
     def discard(self, kind: str, requests: list[Any]) -> int:
-        """Delete these requests' answers (the self-audit rejected them); how many were stored."""
+        """Delete these requests' answers (the self-audit rejected them); how many were stored.
+        (A kept audit of them can no longer match: its key holds every request's key, and a
+        task whose answers are missing is computed, so audited, again.)"""
         keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
         deleted = 0
         with self.conn:
@@ -239,6 +296,34 @@ class CachedLM(LM):
 
     def stats(self) -> str:
         return f"request cache: {self.hits} answered from cache, {self.misses} computed"
+
+    # -- a run whose every answer is kept needs no model ------------------------------------
+    def has_all(self, kind: str, requests: Sequence[Any]) -> bool:
+        """Whether every one of ``requests`` has a kept answer (nothing would reach the model)."""
+        keys = {request_key(self.key_prefix, kind, req.args) for req in requests}
+        return len(self._lookup(keys)) == len(keys)
+
+    def audit_key(self, task: str, kind: str, requests: Sequence[Any], part: str = "") -> str:
+        """The key of a task's audit: the model and settings (the prefix), the task, the shard
+        and every request it was drawn from, so it is reused only for exactly these answers."""
+        keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
+        return hashlib.sha256(json.dumps([self.key_prefix, task, part, keys]).encode()).hexdigest()
+
+    def kept_audit(self, key: str) -> dict[str, Any] | None:
+        """The audit fields kept for ``key`` by the run that computed these answers, if any."""
+        row = self.conn.execute("SELECT audit FROM audits WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def keep_audit(self, key: str, fields: dict[str, Any]) -> None:
+        """Keep a task's audit of these answers (an audit that passed, or did not apply)."""
+        try:
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO audits VALUES (?, ?, ?, ?)",
+                                  (key, self.model, json.dumps(fields), time.time()))
+        except sqlite3.OperationalError as exc:
+            raise EvalsuiteError(
+                f"could not write the request cache {self.cache_path} ({exc}); free disk space or run with --no-cache"
+            ) from None
 
 
 def _encode(value: Any) -> Any:
@@ -307,8 +392,10 @@ def clear(path: str | os.PathLike | None = None, model: str | None = None) -> in
     try:
         if model:
             deleted = conn.execute("DELETE FROM requests WHERE model = ?", (model,)).rowcount
+            conn.execute("DELETE FROM audits WHERE model = ?", (model,))
         else:
             deleted = conn.execute("DELETE FROM requests").rowcount
+            conn.execute("DELETE FROM audits")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("VACUUM")
     finally:

@@ -7,6 +7,13 @@ weights' work per token, attention over the context), and greedy decoding steps 
 context (median of several). The
 profile is kept in evalsuite's cache (``$EVALSUITE_CACHE/speed/``), keyed on the weights, dtype,
 device, thread count, torch version and host, so later dry runs load nothing.
+
+A kept profile is only as good as the load it was measured at: on a CPU shared with other work
+the same forward takes several times longer. Each profile records the load average; a later dry
+run on CPU compares it with the load now (:func:`busy`: runnable tasks per core, at least 1)
+and scales every time by the ratio when it is within :data:`RESCALE_LIMIT`, or measures again
+when the machine is in another regime altogether (a profile taken idle, used on a machine
+running seven other jobs, promised 2 minutes for a 52-minute run).
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,9 @@ DECODE_CONTEXT, DECODE_STEPS = 512, 16
 #: Positions the output layer is timed on.
 HEAD_POSITIONS = 256
 PROFILE_VERSION = 3
+#: A kept CPU profile is scaled by (busy now / busy then) within this factor either way, and
+#: measured again beyond it.
+RESCALE_LIMIT = 2.0
 
 
 @dataclass
@@ -52,6 +62,16 @@ class SpeedProfile:
     measured_at: str
     load_average: float | None
     host: str
+    cpus: int | None = None  # os.cpu_count() where it was measured
+    load_scale: float = 1.0  # times were multiplied by this for the load now (1: as measured)
+    load_now: float | None = None  # the load average the scale was taken at
+
+    def scaled(self, factor: float, load_now: float) -> SpeedProfile:
+        """This profile with every time multiplied by ``factor`` (the machine's load changed)."""
+        return replace(self, seconds_by_length={k: v * factor for k, v in self.seconds_by_length.items()},
+                       fixed_s=self.fixed_s * factor, per_token_s=self.per_token_s * factor,
+                       attention_s=self.attention_s * factor, decode_step_s=self.decode_step_s * factor,
+                       head_s=self.head_s * factor, load_scale=self.load_scale * factor, load_now=load_now)
 
     def per_token(self, length: int) -> float:
         """Seconds per token for documents of ``length`` tokens, the fixed cost aside."""
@@ -74,6 +94,9 @@ class SpeedProfile:
 
         forwards = ", ".join(f"1x{k} {v * 1000:.0f} ms" for k, v in self.seconds_by_length.items())
         load = f", load average {self.load_average:.1f}" if self.load_average is not None else ""
+        if self.load_scale != 1.0 and self.load_now is not None:
+            load += (f"; times x{self.load_scale:.2f} for the load average now, {self.load_now:.1f} "
+                     f"on {self.cpus} cores")
         return (f"from forwards of {self.model} measured {self.measured_at} on {self.host} ({self.dtype}, {self.device}, "
                 f"{self.threads} thread{'s' if self.threads != 1 else ''}{load}): decoder forward of random tokens {forwards} (best of {REPEATS}), "
                 f"fitted as {self.fixed_s * 1000:.1f} ms per pass + {self.per_token(256) * 1000:.2f} ms per token at "
@@ -82,8 +105,10 @@ class SpeedProfile:
                 f"A log-likelihood task costs its engine tokens at the per-token cost of its median document length, "
                 f"plus the output layer at its scored positions; generation costs each prompt's prefill, then per call of "
                 f"{CHUNK_DOCS} documents decoded together the longest generation's steps plus the other rows' token work (one step "
-                f"per new token with --generation exact); batched generation has taken up to 1.7x this estimate on a "
-                f"CPU (docs/dry-run.md, 'Estimate against actual'). The machine is shared: the estimate moves with its load")
+                f"per new token with --generation exact), plus lm-eval's tokenizing of each request and the engine's "
+                f"prefix trees, timed now on a sample of the requests; batched generation has taken up to 1.7x this "
+                f"estimate on a CPU (docs/dry-run.md, 'Estimate against actual'). The machine is shared: the estimate "
+                f"holds at the load it was made at")
 
 
 def profile_path(source: Any, dtype: str, device: str) -> Path:
@@ -98,17 +123,42 @@ def profile_path(source: Any, dtype: str, device: str) -> Path:
 def measured_speed(source: Any, dtype: str, device: str, *, again: bool = False) -> SpeedProfile:
     """The kept profile, else a new measurement (loads the model once; SmolLM2: seconds)."""
     path = profile_path(source, dtype, device)
+    why = ""
     if path.is_file() and not again:
         try:
-            return SpeedProfile(**json.loads(path.read_text()))
+            kept = SpeedProfile(**json.loads(path.read_text()))
         except (TypeError, ValueError):
-            pass  # an older or broken profile: measure again
-    print(f"evalsuite: timing a few forwards of {source.spec.alias} ({dtype}, {device}) for the estimate; "
+            kept = None  # an older or broken profile: measure again
+        if kept is not None:
+            factor, now = load_factor(kept, device)
+            if factor is None:
+                return kept
+            if 1 / RESCALE_LIMIT <= factor <= RESCALE_LIMIT:
+                return kept.scaled(factor, now) if factor != 1.0 else kept
+            why = (f" again (the load average is {now:.1f} now, {kept.load_average:.1f} when it was measured: "
+                   f"another regime)")
+    print(f"evalsuite: timing a few forwards of {source.spec.alias} ({dtype}, {device}) for the estimate{why}; "
           f"kept in {path.parent}", flush=True)
     profile = measure(source, dtype, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, asdict(profile), indent=1)
     return profile
+
+
+def busy(load: float, cpus: int) -> float:
+    """Runnable tasks per core, at least 1: a CPU-bound run takes about this many times as long
+    as on the idle machine (each runnable task gets a fair share of the cores)."""
+    return max(1.0, load / max(1, cpus))
+
+
+def load_factor(profile: SpeedProfile, device: str) -> tuple[float | None, float]:
+    """(how much slower a forward is now than when ``profile`` was measured, the load now):
+    None on a GPU (the CPU's load does not set its speed) or where no load average exists."""
+    cpus = os.cpu_count() or 1
+    if not hasattr(os, "getloadavg") or device.split(":")[0] != "cpu" or profile.load_average is None:
+        return None, 0.0
+    now = os.getloadavg()[0]
+    return busy(now, cpus) / busy(profile.load_average, profile.cpus or cpus), now
 
 
 def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
@@ -158,6 +208,7 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
         seconds_by_length=seconds, fixed_s=fixed, per_token_s=per_token, attention_s=attention,
         decode_step_s=statistics.median(steps), head_s=head_s,
         measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), load_average=load, host=platform.node(),
+        cpus=os.cpu_count(),
     )
 
 

@@ -208,6 +208,8 @@ class ResultsStore:
             empty = records.schema(table).empty_table()
             data = empty.append_column("part", pa.array([], type=pa.string()))
         df = data.to_pandas()
+        for column in _COUNTS.get(table, ()):  # 8, not 8.0: pandas reads an int column with nulls as float
+            df[column] = df[column].astype("Int64")
         for column, value in equals.items():
             if value is not None:
                 df = df[df[column] == value]
@@ -347,6 +349,11 @@ def _create_exclusive(path: Path, content: dict[str, Any]) -> bool:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+#: Integer columns that are null in most rows (the audit counts: task rows only), read as pandas'
+#: nullable Int64 so that a count reads as a count.
+_COUNTS: dict[str, tuple[str, ...]] = {"scores": ("audit_n", "audit_agree")}
 
 
 def _read_claim(path: Path) -> dict[str, Any] | None:

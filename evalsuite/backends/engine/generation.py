@@ -36,7 +36,7 @@ are copied to it once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +137,8 @@ class Generator:
         #: called with the error when the route raises; it sets another route (the engine's
         #: runtime fallback, :meth:`~.lm.EngineLM._abandon_generation`); None: the error propagates
         self.fallback: Any = None
+        #: when set, called with each job the moment its generation is finished
+        self.on_done: Callable[[Job], None] | None = None
 
     # ------------------------------------------------------------------ requests
     def jobs(self, requests: Sequence[Any]) -> list[Job]:
@@ -204,6 +206,7 @@ class Generator:
                     continue
                 try:
                     (self._exact if self.route == "exact" else self._plain)(job)
+                    self._finished(job)
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
@@ -233,6 +236,10 @@ class Generator:
                 for job in todo:
                     if not job.done:
                         job.reset()
+
+    def _finished(self, job: Job) -> None:
+        if self.on_done is not None:
+            self.on_done(job)
 
     def _next(self, job: Job, logits: torch.Tensor) -> int:
         """The greedy token from one row's last logits ``[vocab]`` after the processors."""
@@ -327,6 +334,8 @@ class Generator:
             self.forwarded_tokens += ids.numel()
             logits = out.logits[:, -1]
             finished = [b for b, job in enumerate(active) if job.push(self._next(job, logits[b]), self.tokenizer)]
+            for b in finished:
+                self._finished(active[b])
             for b in reversed(finished):  # fill holes from the back so indices stay valid
                 last = len(active) - 1
                 if pending:
@@ -351,7 +360,10 @@ class Generator:
         self.forward_calls += 1
         self.forwarded_tokens += ids.numel()
         state.store(slot, compat.cache_layers(cache))
-        return job.push(self._next(job, out.logits[0, -1]), self.tokenizer)
+        done = job.push(self._next(job, out.logits[0, -1]), self.tokenizer)
+        if done:
+            self._finished(job)
+        return done
 
 
 class SlotState:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,6 +102,11 @@ class EngineLM(TemplateLM):
         #: root trunks kept across calls (key: their tokens), least recent first
         self._trunk_memory: OrderedDict[tuple[int, ...], Past] = OrderedDict()
         self.stats = EngineStats()
+        #: when set, called as ``answer_hook(indices, answers, done)`` after each forward pass (each
+        #: finished generation) with the requests of the current call answered by it and the share
+        #: of the call's forward passes (generations) done, so the request cache keeps answers and
+        #: progress moves before the whole call returns
+        self.answer_hook: Callable[[list[int], list[Any], float], None] | None = None
         self.lm_head = capabilities.head_function(model)[0]  # the probe scores through it
         self._max_rows, self._token_budget = max_rows, token_budget
         #: what went differently in the run than the capabilities said (a route abandoned), in order
@@ -254,7 +259,7 @@ class EngineLM(TemplateLM):
         tally = scoring.Tally(len(pairs))
         self.stats.unique_tokens += tree.n_tokens
         with torch.inference_mode():
-            self.run_plan(tree, tally)
+            self.run_plan(tree, tally, after_forward=self._answered_hook(tree, tally))
         return tally
 
     # ------------------------------------------------------------------ a route abandoned mid-run
@@ -307,6 +312,22 @@ class EngineLM(TemplateLM):
             f"free memory on the device, use a smaller --dtype, or more GPUs"
         )
 
+    def _answered_hook(self, tree: PrefixTree, tally: scoring.Tally) -> Callable[[float], None] | None:
+        """After each forward pass: hand the requests whose every target is now scored to
+        :attr:`answer_hook` (each request once, with the value the call will return)."""
+        hook = self.answer_hook
+        if hook is None:
+            return None
+        needed = Counter(s.request for scores in tree.scores.values() for s in scores)
+        pending = set(range(tally.n))
+
+        def report(done_share: float) -> None:
+            done = sorted(r for r in pending if len(tally.logprobs[r]) >= needed[r])
+            pending.difference_update(done)
+            hook(done, [tally.result(r, self.logits_dtype) for r in done], done_share)
+
+        return report
+
     def _plain(self, requests: Sequence[tuple[list[int], list[int]]]) -> scoring.Tally:
         """The requests through the plain executor (the model's own full forward per input)."""
         rows = self.options.batch_size if isinstance(self.options.batch_size, int) else PLAIN_ROWS
@@ -319,17 +340,23 @@ class EngineLM(TemplateLM):
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError("the leaderboard tasks need no rolling log-likelihoods")
 
-    def run_plan(self, tree: PrefixTree, tally: scoring.Tally, logits_dtype: torch.dtype | None = None) -> None:
-        """Plan the tree against the remembered root trunks, then run the steps in order."""
+    def run_plan(self, tree: PrefixTree, tally: scoring.Tally, logits_dtype: torch.dtype | None = None,
+                 after_forward: Callable[[float], None] | None = None) -> None:
+        """Plan the tree against the remembered root trunks, then run the steps in order
+        (``after_forward`` is called after each forward pass with the share of them done)."""
         the_plan = planner.plan_forwards(tree, self.budgets, list(self._trunk_memory))
         self.stats.reused_tokens += the_plan.reused_tokens
         pasts: dict[int, Past] = {}
+        passes, done = sum(isinstance(step, planner.Forward) for step in the_plan.steps), 0
         for step in the_plan.steps:
             if isinstance(step, planner.Forward):
                 kept = self._forward_safe(step.rows, pasts, tree, tally, keep=step.keep is not None,
                                           logits_dtype=logits_dtype)
                 if step.keep is not None:
                     pasts[step.keep] = kept
+                done += 1
+                if after_forward is not None:
+                    after_forward(done / passes)
             elif isinstance(step, planner.Reuse):
                 source = self._trunk_memory[step.key]
                 pasts[step.out] = [(k[:, :, :step.length], v[:, :, :step.length]) for k, v in source]
@@ -407,6 +434,13 @@ class EngineLM(TemplateLM):
         gen = self.generator
         calls, tokens, splits = gen.forward_calls, gen.forwarded_tokens, gen.oom_splits
         gen.fallback = self._abandon_generation  # a route that raises: the next exact one
+        hook, finished = self.answer_hook, []
+
+        def on_done(job: Any) -> None:
+            finished.append(job.index)
+            hook([job.index], [job.text(self.tokenizer)], min(1.0, len(finished) / len(requests)))  # type: ignore[misc]
+
+        gen.on_done = None if hook is None else on_done
         self._instances = requests
         try:
             out = gen.generate(requests)
@@ -414,6 +448,7 @@ class EngineLM(TemplateLM):
             raise self._too_large(exc, "generating for") from None
         finally:
             self._instances = None
+            gen.on_done = None
         self.stats.forward_calls += gen.forward_calls - calls
         self.stats.forwarded_tokens += gen.forwarded_tokens - tokens
         self.stats.oom_splits += gen.oom_splits - splits

@@ -34,9 +34,14 @@ class Tally:
 
     def results(self, dtype: torch.dtype = torch.float32) -> list[tuple[float, bool]]:
         """``(sum of log-probs, all greedy)`` per request; a half-precision sum as v1 took it."""
+        return [self.result(request, dtype) for request in range(self.n)]
+
+    def result(self, request: int, dtype: torch.dtype = torch.float32) -> tuple[float, bool]:
+        """One request's ``(sum of log-probs, all greedy)``, as :meth:`results` gives it."""
+        lp, greedy = self.logprobs[request], self.greedy[request]
         if dtype == torch.float32:
-            return [(float(sum(lp)), g) for lp, g in zip(self.logprobs, self.greedy)]
-        return [(float(torch.tensor(lp, dtype=dtype).sum()), g) for lp, g in zip(self.logprobs, self.greedy)]
+            return float(sum(lp)), greedy
+        return float(torch.tensor(lp, dtype=dtype).sum()), greedy
 
 
 def score(lm_head: torch.nn.Module, hidden: torch.Tensor, rows: list[Row], tree: PrefixTree, tally: Tally,

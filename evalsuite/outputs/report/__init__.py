@@ -42,10 +42,10 @@ def render(comparison: ReportData, *, baseline: str | None = None, title: str | 
     return template.render(
         title=title or "evalsuite report: " + ", ".join(e.label for e in comparison.entries),
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        results_dir=str(comparison.results_dir),
+        results_dir=sections.no_local_paths(str(comparison.results_dir)),
         entries=comparison.entries,
         baseline=base.label,
-        warnings=[*comparison.notes, *comparability.warnings(comparison)],
+        warnings=[sections.no_local_paths(w) for w in (*comparison.notes, *comparability.warnings(comparison))],
         leaderboard=sections.leaderboard(comparison, load_published() if published else []),
         charts=sections.task_charts(comparison),
         heatmap=sections.subject_heatmap(comparison),

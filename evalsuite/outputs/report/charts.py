@@ -48,14 +48,21 @@ def to_svg(fig: plt.Figure) -> str:
     return text.strip()
 
 
-def bars_with_ci(labels: Sequence[str], values: Sequence[float], stderrs: Sequence[float], title: str,
+def _whiskers(values: Sequence[float], intervals: Sequence[tuple[float, float]]) -> np.ndarray:
+    """``yerr`` of matplotlib (2 x n: below, above) from (low, high) intervals; none where absent."""
+    below = [max(0.0, v - lo) if not (math.isnan(v) or math.isnan(lo)) else 0.0 for v, (lo, _) in zip(values, intervals)]
+    above = [max(0.0, hi - v) if not (math.isnan(v) or math.isnan(hi)) else 0.0 for v, (_, hi) in zip(values, intervals)]
+    return np.array([below, above])
+
+
+def bars_with_ci(labels: Sequence[str], values: Sequence[float], intervals: Sequence[tuple[float, float]], title: str,
                  notes: Sequence[str] | None = None) -> str:
-    """One bar per model with its 95% interval (1.96 x stderr), values in points."""
+    """One bar per model with its 95% interval (low, high; :mod:`evalsuite.analysis.intervals`), in points."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(max(3.2, 0.9 * len(labels) + 1.4), 2.6))
         x = np.arange(len(labels))
         vals = [v if not math.isnan(v) else 0.0 for v in values]
-        errs = [1.96 * s if not math.isnan(s) else 0.0 for s in stderrs]
+        errs = _whiskers(values, intervals)
         ax.bar(x, vals, color=[color(i) for i in range(len(labels))], width=0.65)
         ax.errorbar(x, vals, yerr=errs, fmt="none", ecolor="#222222", capsize=4, linewidth=1)
         for i, v in enumerate(values):
@@ -73,15 +80,15 @@ def bars_with_ci(labels: Sequence[str], values: Sequence[float], stderrs: Sequen
 
 
 def overall(labels: Sequence[str], tasks: Sequence[str], matrix: Sequence[Sequence[float]],
-            errors: Sequence[Sequence[float]]) -> str:
-    """Grouped bars: tasks (and H6) on x, one bar per model, with 95% intervals."""
+            intervals: Sequence[Sequence[tuple[float, float]]]) -> str:
+    """Grouped bars: tasks (and H6) on x, one bar per model, with 95% intervals (low, high)."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks) + 0.4 * len(labels)), 3.0))
         x = np.arange(len(tasks))
         width = 0.8 / max(1, len(labels))
         for i, label in enumerate(labels):
             vals = np.array([v if not math.isnan(v) else 0.0 for v in matrix[i]])
-            errs = np.array([1.96 * e if not math.isnan(e) else 0.0 for e in errors[i]])
+            errs = _whiskers(matrix[i], intervals[i])
             offset = x + (i - (len(labels) - 1) / 2) * width
             ax.bar(offset, vals, width * 0.92, yerr=errs, capsize=2,
                    color=color(i), label=_short(label), error_kw={"linewidth": 0.8, "ecolor": "#222222"})
@@ -115,20 +122,21 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], matrix: np.ndarray, title:
 
 
 def forest(labels: Sequence[str], deltas: Sequence[float], lows: Sequence[float], highs: Sequence[float],
-           title: str) -> str:
-    """Paired differences with 95% intervals; a vertical line at zero."""
+           title: str, significant: Sequence[bool]) -> str:
+    """Paired differences with 95% intervals; a vertical line at zero. Coloured only where the
+    differences table says "significant" (its test applies: enough shared documents, p < 0.05)."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.32 * len(labels)))
         y = np.arange(len(labels))[::-1]
-        for yi, d, lo, hi in zip(y, deltas, lows, highs, strict=True):
-            sig = not math.isnan(lo) and (lo > 0 or hi < 0)
+        for yi, d, lo, hi, sig in zip(y, deltas, lows, highs, significant, strict=True):
             c = "#b54a4a" if sig and d < 0 else "#4f9a5a" if sig else "#777777"
             if not math.isnan(lo):
                 ax.plot([lo, hi], [yi, yi], color=c, linewidth=2)
             ax.plot([d], [yi], "o", color=c, markersize=5)
         ax.axvline(0, color="#333333", linewidth=0.8)
         ax.set_yticks(y, list(labels), fontsize=8)
-        ax.set_xlabel("difference vs baseline (points x100; green/red: 95% interval excludes 0)")
+        ax.set_xlabel("difference vs baseline (points x100; green/red: significant, as in the table; grey: not, "
+                      "or too few documents to test)", fontsize=8)
         ax.set_title(title, fontsize=10, loc="left")
         return to_svg(fig)
 

@@ -6,12 +6,13 @@ spelt out (missing task "—", incomplete H6 "*", limited runs "n = 50 of 1172")
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
 
 from evalsuite.analysis.leaderboard import LeaderboardRow, LeaderboardTable
-from evalsuite.analysis.paired_stats import grouped_task, paired
+from evalsuite.analysis.paired_stats import MIN_SHARED, grouped_task, paired
 from evalsuite.store.status import TaskStatus
 from evalsuite.tasks.catalogue import leaderboard_tasks, load_suite, macro_averaged
 from evalsuite.outputs.report import charts
@@ -104,13 +105,16 @@ def _h6_cell(row: LeaderboardRow, best: dict[str, float]) -> dict[str, Any]:
 
 
 def task_charts(comparison: ReportData) -> dict[str, Any]:
-    """One bar chart per task (95% intervals from stderr) and one overall."""
+    """One bar chart per task and one overall, with 95% intervals that hold on few documents
+    (:mod:`evalsuite.analysis.intervals`: Wilson for accuracies, t for mc2; H6 from the tasks')."""
+    from evalsuite.analysis.intervals import mean_interval, score_interval
+
     labels = [e.label for e in comparison.entries]
     scores = comparison.scores
     task_rows = scores[scores["subtask"].isna()] if len(scores) else scores
     tasks = comparison.tasks()
-    values = {t: [] for t in tasks}
-    errors = {t: [] for t in tasks}
+    values: dict[str, list[float]] = {t: [] for t in tasks}
+    errors: dict[str, list[tuple[float, float]]] = {t: [] for t in tasks}
     notes: dict[str, list[str]] = {t: [] for t in tasks}
     for entry in comparison.entries:
         mine = task_rows[(task_rows["run_id"] == entry.run_id) & (task_rows["model"] == entry.model)]
@@ -119,7 +123,9 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
             rec = by_task.get(task)
             ok = rec is not None and rec["status"] == TaskStatus.OK and not _nan(rec["value"])
             values[task].append(100 * rec["value"] if ok else math.nan)
-            errors[task].append(100 * rec["stderr"] if ok and not _nan(rec["stderr"]) else math.nan)
+            low, high = (score_interval(rec["metric"], float(rec["value"]), float(rec["stderr"]) if not _nan(rec["stderr"])
+                                        else math.nan, int(rec["n"] or 0)) if ok else (math.nan, math.nan))
+            errors[task].append((100 * low, 100 * high))
             if ok and rec["n_total"] and rec["n"] < rec["n_total"]:
                 notes[task].append(f"{charts._short(entry.label, 18)}: n = {int(rec['n'])} of {int(rec['n_total'])}")
             elif not ok:
@@ -129,13 +135,28 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
     # the overall chart always shows all six leaderboard tasks, so a missing one is visibly missing
     columns = list(leaderboard_tasks()) + [t for t in tasks if t not in leaderboard_tasks()]
     nan_col = [math.nan] * len(labels)
+    none = [(math.nan, math.nan)] * len(labels)
     h6 = [r.h6 for r in comparison.rows]
+    h6_ci = [mean_interval([values[t][i] for t in leaderboard_tasks() if t in values and not math.isnan(values[t][i])],
+                           [errors[t][i] for t in leaderboard_tasks() if t in values and not math.isnan(values[t][i])])
+             for i in range(len(labels))]
     matrix = [[values.get(t, nan_col)[i] for t in columns] + [h6[i]] for i in range(len(labels))]
-    errs = [[errors.get(t, nan_col)[i] for t in columns] + [math.nan] for i in range(len(labels))]
-    label = load_suite().score_label
-    h6_name = label if all(r.complete for r in comparison.rows) else f"{label}*"
+    errs = [[errors.get(t, none)[i] for t in columns] + [h6_ci[i]] for i in range(len(labels))]
+    suite_label = load_suite().score_label
+    h6_name = suite_label if all(r.complete for r in comparison.rows) else f"{suite_label}*"
     overall = charts.overall(labels, [task_label(t) for t in columns] + [h6_name], matrix, errs) if tasks else ""
-    return {"overall": overall, "tasks": per_task}
+    intervals = [{"label": label, "task": task_label(t), "text": _interval_text(values[t][i], errors[t][i])}
+                 for t in tasks for i, label in enumerate(labels) if not math.isnan(values[t][i])]
+    intervals += [{"label": label, "task": h6_name, "text": _interval_text(h6[i], h6_ci[i])}
+                  for i, label in enumerate(labels) if not math.isnan(h6[i])]
+    return {"overall": overall, "tasks": per_task, "intervals": intervals}
+
+
+def _interval_text(value: float, interval: tuple[float, float]) -> str:
+    if math.isnan(value):
+        return "—"
+    low, high = interval
+    return f"{value:.1f}" + ("" if math.isnan(low) else f" [{low:.1f}, {high:.1f}]")
 
 
 def subject_heatmap(comparison: ReportData) -> dict[str, Any] | None:
@@ -193,9 +214,11 @@ def deltas(comparison: ReportData, baseline: Entry) -> dict[str, Any]:
                     "prompts_differ": result.prompts_differ,
                 })
     shown = [r for r in rows if r["n_shared"]]
-    svg = charts.forest([f"{charts._short(r['candidate'], 22)} · {r['task']}" for r in shown],
+    svg = charts.forest([f"{charts._short(r['candidate'], 22)} · {r['task']}"
+                         + (" (too few documents)" if r["n_shared"] < MIN_SHARED else "") for r in shown],
                         [r["delta_raw"] for r in shown], [r["low"] for r in shown], [r["high"] for r in shown],
-                        f"Paired differences vs {charts._short(baseline.label, 40)}") if shown else ""
+                        f"Paired differences vs {charts._short(baseline.label, 40)}",
+                        [r["significant"] for r in shown]) if shown else ""
     return {"baseline": baseline.label, "rows": rows, "svg": svg}
 
 
@@ -218,7 +241,9 @@ def manifests(comparison: ReportData) -> list[dict[str, Any]]:
                 value = "none (full)" if _nan(value) else int(value)
             elif key == "wall_time_s" and not _nan(value):
                 value = f"{value:.1f}"
-            fields.append((label, "—" if _nan(value) or value == "" else str(value)))
+            elif key in ("started_at", "finished_at") and hasattr(value, "strftime") and not _nan(value):
+                value = value.strftime("%Y-%m-%d %H:%M:%S UTC")  # to the second: microseconds say nothing here
+            fields.append((label, "—" if _nan(value) or value == "" else no_local_paths(str(value))))
         tasks = run.get("tasks")
         out.append({
             "label": entry.label, "fields": fields, "audits": _audits(comparison, entry),
@@ -227,6 +252,16 @@ def manifests(comparison: ReportData) -> list[dict[str, Any]]:
             "data_hashes": sorted(_as_dict(run.get("data_hashes")).items()),
         })
     return out
+
+
+#: An absolute or home-relative local path (not a Hub id, not a URL): the report names only its last part.
+_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s/;,()'\"]+/)+([^\s/;,()'\"]+)/?")
+
+
+def no_local_paths(text: str) -> str:
+    """``text`` with each local path shortened to ``…/<last part>``: a report is mailed and
+    published, and the folders of the machine that ran it are nobody else's business."""
+    return _LOCAL_PATH.sub(lambda m: f"…/{m.group(1)}", text)
 
 
 def _audits(comparison: ReportData, entry: Entry) -> list[tuple[str, str, str]]:
@@ -247,7 +282,8 @@ def _audits(comparison: ReportData, entry: Entry) -> list[tuple[str, str, str]]:
 
 
 def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> list[dict[str, Any]]:
-    """Per task, documents shared by the compared runs, disagreements first, with each model's pick."""
+    """Per task, documents shared by the compared runs, disagreements first, with each model's pick
+    and the numbers that decided it (:func:`_pick`)."""
     samples = comparison.samples
     if samples is None or samples.empty:
         return []
@@ -258,11 +294,12 @@ def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> 
         part = frame[frame["task"] == task]
         if part.empty:
             continue
+        metric = _metric(comparison, task)
         docs: dict[tuple[str, int], dict[str, Any]] = {}
         for rec in part.sort_values(["subtask", "doc_index"]).to_dict("records"):
             key = (rec["subtask"], int(rec["doc_index"]))
-            doc = docs.setdefault(key, _doc_view(task, rec))
-            doc["picks"].append(_pick(labels[(rec["run_id"], rec["model"])], rec))
+            doc = docs.setdefault(key, _doc_view(task, rec, metric))
+            doc["picks"].append(_pick(labels[(rec["run_id"], rec["model"])], rec, metric))
         chosen = list(docs.values())
         for doc in chosen:
             doc["disagree"] = len({p["prediction"] for p in doc["picks"]}) > 1
@@ -272,29 +309,78 @@ def sample_browser(comparison: ReportData, per_task: int = SAMPLES_PER_TASK) -> 
     return out
 
 
-def _doc_view(task: str, rec: dict[str, Any]) -> dict[str, Any]:
+def _doc_view(task: str, rec: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
     contexts = list(rec["contexts"]) if rec["contexts"] is not None else []
     continuations = list(rec["continuations"]) if rec["continuations"] is not None else []
+    prompt_label = "prompt"
     if len(contexts) > 1:  # Winogrande: the options are the contexts, the continuation is shared
-        prompt = "(one context per option; shared continuation:) " + (continuations[0] if continuations else "")
-        choices = [c[-160:] for c in contexts]
+        preamble, choices = _options(contexts, continuations[0] if continuations else "")
+        prompt, prompt_label = preamble, "shared few-shot preamble"
     else:
         prompt = contexts[0] if contexts else ""
-        choices = continuations
+        choices = [{"before": c, "differs": "", "after": ""} for c in continuations]
     gold = rec["gold"]
+    texts = [c["before"] + c["differs"] + c["after"] for c in choices]
+    true_choices: list[int] = []
     gold_text = gold
-    if gold is not None and str(gold).isdigit() and int(gold) < len(choices):
-        gold_text = f"{gold}: {choices[int(gold)].strip()}"
+    if gold is not None and str(gold).isdigit():
+        if metric == "mc2":  # the first ``gold`` choices are the true ones (tasks.lm_adapter)
+            true_choices = list(range(min(int(gold), len(choices))))
+            gold_text = f"choices 0–{int(gold) - 1} are true" if int(gold) > 1 else "choice 0 is true"
+        elif int(gold) < len(choices):
+            true_choices = [int(gold)]
+            gold_text = f"{gold}: {texts[int(gold)].strip()}"
     return {"task": task, "subtask": rec["subtask"], "doc_index": int(rec["doc_index"]), "prompt": prompt,
-            "prompt_tail": prompt[-300:], "choices": choices, "gold": gold, "gold_text": gold_text,
-            "generative": rec["generation"] is not None and not choices[1:], "picks": []}
+            "prompt_label": prompt_label, "prompt_tail": prompt[-300:], "choices": choices, "gold": gold,
+            "gold_text": gold_text, "true_choices": true_choices, "true_word": "true" if metric == "mc2" else "gold",
+            "metric": metric or "", "generative": rec["generation"] is not None and not choices[1:], "picks": []}
 
 
-def _pick(label: str, rec: dict[str, Any]) -> dict[str, Any]:
-    lls = rec["loglikelihoods"]
-    lls = [f"{x:.2f}" for x in lls] if lls is not None else []
-    return {"label": label, "prediction": rec["prediction"], "correct": bool(rec["value"] and rec["value"] > 0),
-            "loglikelihoods": lls, "generation": rec["generation"], "extracted": rec["extracted"]}
+def _options(contexts: list[str], continuation: str) -> tuple[str, list[dict[str, str]]]:
+    """Winogrande's options as whole sentences: the few-shot preamble they share (up to the last
+    blank line common to all), then per option its sentence and the shared continuation, split
+    into (before, differs, after) at whole words so the part that differs can be marked."""
+    shared = len(_common_prefix(contexts))
+    cut = contexts[0].rfind("\n\n", 0, shared)
+    cut = cut + 2 if cut >= 0 else 0
+    own = [c[cut:] + continuation for c in contexts]
+    a = len(_common_prefix(own))
+    while a > 0 and any(a < len(o) and o[a].isalnum() and o[a - 1].isalnum() for o in own):
+        a -= 1  # not inside a word
+    b = len(_common_prefix([o[::-1] for o in own]))
+    b = min(b, min(len(o) for o in own) - a)
+    while b > 0 and any(o[len(o) - b].isalnum() and o[len(o) - b - 1].isalnum() for o in own):
+        b -= 1
+    return contexts[0][:cut], [{"before": o[:a], "differs": o[a:len(o) - b], "after": o[len(o) - b:]} for o in own]
+
+
+def _common_prefix(texts: list[str]) -> str:
+    import os
+
+    return os.path.commonprefix(texts) if texts else ""
+
+
+def _pick(label: str, rec: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
+    """One model's answer to a document: per choice the number the metric picks by (``decider``),
+    the raw log-likelihoods beside it where that number is another, and whether ✓/✗ applies."""
+    lls = [float(x) for x in rec["loglikelihoods"]] if rec["loglikelihoods"] is not None else []
+    continuations = list(rec["continuations"]) if rec["continuations"] is not None else []
+    decider, name, raw = lls, "log-likelihood", []
+    if metric == "acc_norm" and len(continuations) == len(lls):
+        # lm-eval's acc_norm: log-likelihood / len(choice), the choice without its leading " " delimiter
+        lengths = [max(1, len(c[1:] if c.startswith(" ") else c)) for c in continuations]
+        decider, name, raw = [ll / n for ll, n in zip(lls, lengths)], "log-likelihood per character", lls
+    elif metric == "mc2" and lls:
+        top = max(lls)
+        weights = [math.exp(ll - top) for ll in lls]
+        decider, name, raw = [w / sum(weights) for w in weights], "share of probability", lls
+    digits = 4 if metric in ("acc_norm", "mc2") else 2
+    value = rec["value"]
+    return {"label": label, "prediction": rec["prediction"], "correct": bool(value and value > 0),
+            "judged": metric != "mc2", "value": "—" if _nan(value) else f"{float(value):.3f}",
+            "decider": [f"{x:.{digits}f}" for x in decider], "decider_sort": [repr(x) for x in decider],
+            "decider_name": name if lls else "", "raw": [f"{x:.2f}" for x in raw],
+            "loglikelihoods": [f"{x:.2f}" for x in lls], "generation": rec["generation"], "extracted": rec["extracted"]}
 
 
 def contamination(comparison: ReportData) -> dict[str, Any]:
