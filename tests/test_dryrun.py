@@ -244,7 +244,7 @@ def test_estimate_is_within_1_5x_of_the_run(tiny_llama_dir, data_dir, tmp_path, 
                   progress=False, use_cache=False, audit=False)
     estimated = 0.0
     for attempt in range(2):
-        plan = evalsuite.evaluate(**common, dry_run=True, remeasure=attempt == 0)
+        plan = evalsuite.plan_cost(**common, remeasure=attempt == 0)
         assert all(t.host_seconds > 0 for t in plan.models[0].tasks)
         estimated += plan.models[0].est_seconds
         evalsuite.evaluate(**common, results_dir=tmp_path / f"results{attempt}")

@@ -229,8 +229,11 @@ def test_decision_is_reused_for_the_same_model_and_code_only(tiny, monkeypatch):
 def test_a_run_reuses_the_decision_and_notes_a_route_abandoned(tiny, tmp_path, monkeypatch):
     """Two runs of one model folder: the second reuses the decision (the run notes say so); a
     changed model folder is probed again; a route that raises mid-run is named in the task's row
-    and in the run's notes, and the run ends ok."""
+    and in the run's notes, and the run ends ok. evalsuite's cache is this test's own, so no
+    earlier test's decision for the same tiny model is found."""
     from evalsuite.run.evaluation import evaluate
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "evalsuite-cache"))
 
     _, _, folder = tiny
     calls = []

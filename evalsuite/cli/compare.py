@@ -44,11 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from evalsuite.analysis.comparison import compare_runs
 
+    check_outputs(args.markdown, args.json)  # bad output paths are bad input: refused before comparing
     result = compare_runs(args.results_dir, args.baseline, args.candidate, max_drop=args.max_drop,
                           alpha=args.alpha, force=args.force)
     print(result.table())
     write_outputs(result, args.markdown, args.json)
     return result.exit_code
+
+
+def check_outputs(markdown: Path | None, json_path: Path | None) -> None:
+    """``--markdown``/``--json`` checked as :func:`write_outputs` will write them, before any work."""
+    from evalsuite.fsutil import check_output
+
+    for flag, path in (("--markdown", markdown), ("--json", json_path)):
+        if path is not None:
+            check_output(path, flag)
 
 
 def write_outputs(result: Any, markdown: Path | None, json_path: Path | None) -> None:
