@@ -325,7 +325,7 @@ def bootstrap_interval(flags: Sequence[bool], samples: int = BOOTSTRAP_SAMPLES, 
 
 def summarize(frame: Any) -> list[TaskSummary]:
     """Per (check, model, task) summaries of stored document rows."""
-    out = []
+    out: list[TaskSummary] = []
     if frame is None or frame.empty:
         return out
     for (_, model, task), part in frame.groupby(["check_id", "model", "task"], sort=False):
@@ -391,6 +391,7 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     from evalsuite.backends.registry import logprob_backend
 
     config = RunConfig.build(config, backend=logprob_backend()).validate()  # always the log-probability backend
+    assert isinstance(config.models, tuple) and isinstance(config.tasks, tuple)  # validate() made both tuples of names
     names, device, dtype, batch_size = list(config.models), config.device, config.dtype, config.batch_size
     progress, results_dir = config.progress, config.results_dir
     check_threshold(default_rule(reference is not None, neighbours, threshold))
