@@ -381,7 +381,7 @@ def stored_runs(results_dir: str | os.PathLike | ResultsStore, run_id: str | Non
     return _run_rows(store.read("runs", run_id=run_id))
 
 
-def resumable_run_id(results_dir: str | os.PathLike, models: list[str], tasks: list[str], limit: int | None,
+def resumable_run_id(results_dir: str | os.PathLike | ResultsStore, models: list[str], tasks: list[str], limit: int | None,
                      backend: str, tag: str | None) -> str | None:
     """The most recent unfinished run (interrupted, or missing a later model) of the same models,
     tasks, limit, backend and tag: rerunning under its id overwrites its partial files, so the
