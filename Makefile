@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(wildcard share
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dry-run dus-demo test test-fast test-system-deps bench gpu-check clean-results
+.PHONY: setup demo dry-run dus-demo lint test test-fast test-system-deps bench gpu-check clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -45,15 +45,21 @@ test-system-deps:
 		{ echo "error: the browser test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test" >&2; exit 1; }; \
 	fi
 
+# Lint and type check (configured in pyproject.toml): ruff over the code, tests and benchmarks,
+# mypy over the package. The fast lane and the full suite (.ci/run) run it first.
+lint: setup
+	$(BIN)/ruff check evalsuite tests benchmarks
+	$(BIN)/mypy
+
 # Two pytest workers, one torch thread each (pytest-xdist): the suite is mostly tiny models and
 # subprocesses, so two processes use this 2-core machine better than one process with two threads.
-test: setup test-system-deps
+test: setup lint test-system-deps
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=25
 
 # The fast lane while you work: every module's unit tests, not the tests marked slow (those that
 # need SmolLM2's ~20 s conversion or run for more than a few seconds; tests/conftest.py). One
 # torch thread: the fast lane's models are tiny and threads only contend on a shared machine.
-test-fast: setup
+test-fast: setup lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10
 
 # Engine vs lm-eval's hf model on all six tasks (HFLM at its fastest of batch 1, 8, 32), one

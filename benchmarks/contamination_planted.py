@@ -26,7 +26,7 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +229,7 @@ def _write(args, results, planted_docs, unseen_docs, ref_scores, planted, clock,
     payload = {
         "what": "SmolLM2-135M-Instruct (reference) vs a copy trained further on 50 ARC-Challenge test documents "
                 "mixed with ARC train documents; AUC planted vs unseen, flag rates per group",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} CPU, {platform.python_version()}",
         "settings": {"threads": args.threads, "planted": len(planted_docs), "unseen": len(unseen_docs), "train_docs": args.train_docs,
                      "steps": args.steps, "batch": args.batch, "lr": args.lr, "neighbours": args.neighbours,

@@ -25,7 +25,7 @@ import math
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def main() -> int:
             seconds = time.perf_counter() - start
             summary["tasks"][task] = {"command": command, "run_id": result.run_id, "limit": limit,
                                       "wall_time_s": round(seconds, 1),
-                                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                      "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
             print(f"{task}: done in {seconds:.0f} s", flush=True)
             _write(summary_path, summary)
 

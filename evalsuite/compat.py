@@ -34,7 +34,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.metadata import version as _installed_version
 from typing import Any
 
@@ -86,7 +86,7 @@ def routes_attention_through_registry(model: Any) -> bool:
     return bool(getattr(model, "_supports_attention_backend", False))
 
 
-@lru_cache(maxsize=None)
+@cache
 def register_attention(name: str, function: Any) -> None:
     """Make ``name`` a transformers attention implementation (once per process and name)."""
     from transformers import AttentionInterface
@@ -133,7 +133,7 @@ def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_keyword(forward: Any) -> str:
     import inspect
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from lm_eval.api.instance import Instance
 
 from conftest import build_tiny_llama, run_concurrently

@@ -7,7 +7,7 @@ discordant pairs, the paired bootstrap for mc2 and MMLU's mean of subjects.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from evalsuite.errors import EvalsuiteError
 from evalsuite.store.run_views import load_run
 from evalsuite.store.parquet_store import ResultsStore
 
-T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def write_run(store: ResultsStore, run_id: str, model: str, tasks: dict[str, list[float]], *, minutes: int = 0,

@@ -7,7 +7,6 @@ compared with what lm-eval's own ``hf`` model returns for the same requests.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -16,7 +16,6 @@ from evalsuite.backends import BackendOptions
 
 
 def build(source: ModelSource, options: BackendOptions) -> Any:
-    from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = load_transformers(source, options.dtype, options.device)
     return wrap_hf_model(model, tokenizer, options)

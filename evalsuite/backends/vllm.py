@@ -129,7 +129,9 @@ def ray_replicas(model_args: dict[str, Any], tensor_parallel: int) -> tuple[Call
             prompts = [TokensPrompt(prompt_token_ids=r) for r in requests]
             return self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
 
-    return (lambda _i: Replica.remote(), lambda replica, reqs, ps: replica.generate.remote(reqs, ps),
+    # ray.remote makes Replica an actor class with .remote(); ray's types do not say so.
+    return (lambda _i: Replica.remote(),  # type: ignore[attr-defined]
+            lambda replica, reqs, ps: replica.generate.remote(reqs, ps),
             ray.get, ray.kill)
 
 

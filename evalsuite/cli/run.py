@@ -67,6 +67,7 @@ def handle(args: argparse.Namespace) -> int:
     print(f"\nrun {result.run_id}: scores and per-sample results in {result.results_dir}/ "
           f"(runs, scores, samples parquet tables)")
     if config.shard:
+        assert isinstance(config.shard, tuple)  # validate() parsed "I/N"
         index, count = config.shard
         print(f"shard {index}/{count} done; once all {count} shards are in {result.results_dir}/, "
               f"`evalsuite results --run {result.run_id}` shows the merged run")

@@ -81,8 +81,9 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     # The dequantized tensors are plain floats; drop the GGUF marker so the model can be saved.
     model.config.quantization_config = None
     delattr(model.config, "quantization_config")
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # torch types Module.__setattr__ as taking a Tensor or Module; these are plain attributes.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
 
     def save(folder: Path) -> None:
         model.save_pretrained(folder)

@@ -86,7 +86,8 @@ def load_transformers(source: ModelSource, dtype: str, device: str) -> tuple[Any
             f"(`hf auth login` or HF_TOKEN for gated models) or use a local folder"
         ) from None
     if device != "cuda":
-        model.to(device)
+        # transformers' wrapper around ``to`` is typed as taking the model itself (a stub problem).
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
+from typing import TypedDict
 
 from evalsuite.errors import UnknownModelError
 
@@ -47,7 +48,17 @@ class ModelSpec:
 
 
 QWEN_V1_NOTE = "Qwen v1: its own modelling code; run natively by vLLM (0.23 at the latest), tokenizer needs tiktoken"
-QWEN_V1_ROUTE = {"backends": ("vllm",), "requires": ("tiktoken",), "extra": "qwen"}
+
+
+class _Route(TypedDict):
+    """The ModelSpec fields that say which backends can run a model and what it needs installed."""
+
+    backends: tuple[str, ...]
+    requires: tuple[str, ...]
+    extra: str
+
+
+QWEN_V1_ROUTE: _Route = {"backends": ("vllm",), "requires": ("tiktoken",), "extra": "qwen"}
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.alias: spec

@@ -131,7 +131,7 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
     if not results:
         raise EvalsuiteError(f"run {view.run_id} of {view.model} has no finished leaderboard task to export")
     record = view.record
-    limit = getattr(record, "limit", None)
+    limit: Any = getattr(record, "limit", None)  # None, NaN (parquet's absent) or a number
     return {
         "results": results,
         "versions": versions,

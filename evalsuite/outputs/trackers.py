@@ -79,7 +79,8 @@ def payloads(run_id: str, results_dir: str | Path, folder: Path) -> list[Payload
         record = vars(view.record)
         params = {"run_id": run_id, "model": model, **{k: _text(record.get(k)) for k in PARAM_FIELDS}}
         params["status"] = view.status
-        params["tasks"] = ",".join(record.get("tasks") if record.get("tasks") is not None else [])
+        tasks = record.get("tasks")
+        params["tasks"] = ",".join(tasks if tasks is not None else [])
         metrics: dict[str, float] = {}
         for (task, subtask), rec in _ok_rows(view).items():
             if subtask is not None:
@@ -93,6 +94,7 @@ def payloads(run_id: str, results_dir: str | Path, folder: Path) -> list[Payload
             metrics["h6"] = float(values["h6"])
             metrics["h6_complete"] = 1.0 if values["h6_complete"] else 0.0
         stem = f"{run_id}__{slug(model)}"
+        assert report is not None  # built whenever there are views
         artifacts = [report]
         try:
             import json
@@ -151,8 +153,8 @@ def _mlflow(uri: str, item: Payload) -> str:
         try:
             for key, value in item.params.items():
                 client.log_param(mlflow_id, key, value)
-            for key, value in item.metrics.items():
-                client.log_metric(mlflow_id, key, value)
+            for key, number in item.metrics.items():
+                client.log_metric(mlflow_id, key, number)
             for path in item.artifacts:
                 client.log_artifact(mlflow_id, str(path), "report" if path.suffix == ".html" else "results")
         except Exception:
@@ -166,7 +168,8 @@ def _wandb(project: str, item: Payload) -> str:
     import wandb
 
     mode = os.environ.get("WANDB_MODE", "offline")
-    run = wandb.init(project=project, name=f"{item.model} {item.run_id}", mode=mode, config=item.params,
+    # wandb types ``mode`` as a Literal; WANDB_MODE is the user's string, which wandb itself checks
+    run = wandb.init(project=project, name=f"{item.model} {item.run_id}", mode=mode, config=item.params,  # type: ignore[arg-type]
                      reinit="create_new", settings=wandb.Settings(silent=True))
     try:
         run.summary.update(item.metrics)

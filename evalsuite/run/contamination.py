@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,7 +325,7 @@ def bootstrap_interval(flags: Sequence[bool], samples: int = BOOTSTRAP_SAMPLES, 
 
 def summarize(frame: Any) -> list[TaskSummary]:
     """Per (check, model, task) summaries of stored document rows."""
-    out = []
+    out: list[TaskSummary] = []
     if frame is None or frame.empty:
         return out
     for (_, model, task), part in frame.groupby(["check_id", "model", "task"], sort=False):
@@ -368,7 +368,7 @@ def format_summaries(summaries: Sequence[TaskSummary]) -> str:
 def new_check_id() -> str:
     import secrets
 
-    return "c-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return "c-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None = None, reference: str | None = None,
@@ -391,6 +391,7 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     from evalsuite.backends.registry import logprob_backend
 
     config = RunConfig.build(config, backend=logprob_backend()).validate()  # always the log-probability backend
+    assert isinstance(config.models, tuple) and isinstance(config.tasks, tuple)  # validate() made both tuples of names
     names, device, dtype, batch_size = list(config.models), config.device, config.dtype, config.batch_size
     progress, results_dir = config.progress, config.results_dir
     check_threshold(default_rule(reference is not None, neighbours, threshold))
@@ -413,7 +414,7 @@ def check(models: Sequence[str] | str | None = None, *, config: RunConfig | None
     rule = default_rule(reference is not None, neighbours, threshold)
     docs = documents_of(list(loaded.values()), config.limit)
     check_id = new_check_id()
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     ref_scores: list[DocumentScore] | None = None
     ref_neighbours: list[list[str]] | None = None
     ref_id = None

@@ -11,6 +11,7 @@ import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import TypedDict
 
 from evalsuite import __version__
 
@@ -39,7 +40,21 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def environment() -> dict[str, object]:
+class Environment(TypedDict):
+    """The run record's environment fields (:class:`evalsuite.store.records.RunRecord`), by name."""
+
+    evalsuite_version: str
+    git_commit: str
+    lm_eval_version: str
+    transformers_version: str
+    torch_version: str
+    python_version: str
+    host: str
+    pid: int
+    pid_started: float
+
+
+def environment() -> Environment:
     """Versions, code commit, host and the process: a ``running`` row of a dead process is an
     interrupted run (the start time guards against a reused pid)."""
     import os

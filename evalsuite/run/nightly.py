@@ -10,7 +10,7 @@ put the Markdown in the job summary and keep both as artifacts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def nightly(
     config = RunConfig.build(config, models=model, **options)
     check_model_names(config.models, "--model")
     baseline = check_inputs(config.results_dir, baseline, max_drop, alpha)
-    tag = config.tag or f"nightly-{datetime.now(timezone.utc):%Y-%m-%d}"
+    tag = config.tag or f"nightly-{datetime.now(UTC):%Y-%m-%d}"
     result = evaluate(config=RunConfig.build(config, tag=tag, resume=True))
     results_dir = config.results_dir
     candidate = f"{result.run_id}@{result.models[0]}"

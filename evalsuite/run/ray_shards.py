@@ -58,11 +58,11 @@ def run_on_ray(
 
         config = replace(config, device=resolve_device(config.device))
     # Workers may start in another folder: give them absolute paths.
-    config = replace(config, run_id=config.run_id or new_run_id(), progress=False,
+    run_id = config.run_id or new_run_id()
+    config = replace(config, run_id=run_id, progress=False,
                      results_dir=str(Path(config.results_dir).resolve()),
                      data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None,
                      task_dir=str(Path(config.task_dir).resolve()) if config.task_dir else None)
-    run_id = config.run_id
     resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
                                 config.data_parallel)
     started_here = _connect(ray, address, num_cpus)

@@ -24,7 +24,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,7 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
     with torch.inference_mode():
         decoder(input_ids=ids[:, :32])  # warm-up
         for length in LENGTHS:
-            seconds[str(length)] = min(timed(lambda: decoder(input_ids=ids[:, :length])) for _ in range(REPEATS))
+            seconds[str(length)] = min(timed(lambda n=length: decoder(input_ids=ids[:, :n])) for _ in range(REPEATS))
         from transformers import DynamicCache
 
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -207,7 +207,7 @@ def measure(source: Any, dtype: str, device: str) -> SpeedProfile:
         model=source.spec.alias, dtype=dtype, device=device, threads=torch.get_num_threads(),
         seconds_by_length=seconds, fixed_s=fixed, per_token_s=per_token, attention_s=attention,
         decode_step_s=statistics.median(steps), head_s=head_s,
-        measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), load_average=load, host=platform.node(),
+        measured_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), load_average=load, host=platform.node(),
         cpus=os.cpu_count(),
     )
 

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from evalsuite.store import names
 from evalsuite.errors import EvalsuiteError
@@ -95,7 +96,7 @@ class Settings:
         return cls(tuple(row.tasks or ()), _int(row.limit), row.backend, row.dtype, generation, row.tag)
 
 
-def _int(value: object) -> int | None:
+def _int(value: Any) -> int | None:  # a parquet cell: None, NaN or a number
     return None if value is None or value != value else int(value)  # NaN: absent
 
 

@@ -26,7 +26,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ class _Index:
 
     def started(self, key: tuple[str, str]) -> datetime:
         times = [r.started_at for r in self.parts[key] if r.started_at is not None]
-        return min(times) if times else datetime.min.replace(tzinfo=timezone.utc)
+        return min(times) if times else datetime.min.replace(tzinfo=UTC)
 
     def ordered(self) -> list[tuple[str, str]]:
         """(run id, model) pairs, oldest first."""
@@ -381,7 +381,7 @@ def stored_runs(results_dir: str | os.PathLike | ResultsStore, run_id: str | Non
     return _run_rows(store.read("runs", run_id=run_id))
 
 
-def resumable_run_id(results_dir: str | os.PathLike, models: list[str], tasks: list[str], limit: int | None,
+def resumable_run_id(results_dir: str | os.PathLike | ResultsStore, models: list[str], tasks: list[str], limit: int | None,
                      backend: str, tag: str | None) -> str | None:
     """The most recent unfinished run (interrupted, or missing a later model) of the same models,
     tasks, limit, backend and tag: rerunning under its id overwrites its partial files, so the
@@ -428,7 +428,7 @@ def set_baseline(results_dir: str | os.PathLike | ResultsStore, ref: str) -> Run
         raise EvalsuiteError(f"run {view.run_id} of {view.model} is {view.status}; only a finished run can be the baseline")
     payload = {"ref": ref, "run_id": view.run_id, "model": view.model, "tag": view.record.tag,
                "started_at": str(view.record.started_at),
-               "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "set_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         store.root.mkdir(parents=True, exist_ok=True)
         write_json(store.root / BASELINE_FILE, payload, indent=2, fsync=True)

@@ -41,6 +41,7 @@ def v1_schedule(n_eval: int, n_train: int, k: int, *, random_shots: bool = True)
     rnd.seed(V1_SEED)
     order = list(range(n_eval))
     rnd.shuffle(order)
+    shots: dict[int, tuple[int, ...]]
     if k == 0:
         shots = {i: () for i in order}
     elif not random_shots:

@@ -127,6 +127,8 @@ class LoadedTask:
 
     def _build_units(self, eval_data: SplitData, shot_data: SplitData | None) -> list[TaskUnit]:
         spec = self.spec
+        groups: dict[str | None, list[int]]  # None: the one group of an ungrouped task
+        shot_groups: dict[str | None, list[int]]
         if spec.group_by is None:
             groups = {None: list(range(len(eval_data.rows)))}
             shot_groups = {None: list(range(len(shot_data.rows)))} if shot_data else {}
@@ -306,8 +308,8 @@ def _odd_row(rows: list[dict[str, Any]]) -> tuple[int, str] | None:
     return None
 
 
-def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
+def _group_rows(rows: list[dict[str, Any]], key: str) -> dict[str | None, list[int]]:
+    groups: dict[str | None, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row[key], []).append(i)
     return groups

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from typing import Any
 
 #: A cut after the few-shot delimiter, before a non-space character.
@@ -185,4 +184,13 @@ class Encoded:
             return self._ready[index]
         if index in self._plain:
             return self._plain[index]
-        return tuple(chain.from_iterable(self._pieces[k] for k in self._layouts[index]))  # type: ignore[arg-type,union-attr]
+        # Texts without a layout, or with a piece that has no clean cut, were plain-encoded into
+        # self._plain by prepare(): here the layout and every one of its pieces exist.
+        layout = self._layouts[index]
+        assert layout is not None
+        ids: list[int] = []
+        for key in layout:
+            piece = self._pieces[key]
+            assert piece is not None
+            ids.extend(piece)
+        return tuple(ids)

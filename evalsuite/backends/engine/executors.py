@@ -83,7 +83,8 @@ class TreeAttentionExecutor(Executor):
         super().__init__(model, windows)
         compat.register_attention(tree_attention.NAME, tree_attention.tree_attention)
 
-    def _run(self, ids, pos, local, pasts, keep):
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor, local: torch.Tensor | None, pasts: list[Past | None],
+             keep: bool) -> tuple[torch.Tensor, Past | None]:
         by_past: dict[int, tuple[Past, list[int]]] = {}
         for b, past in enumerate(pasts):
             if past is not None:
@@ -138,7 +139,8 @@ class CacheExecutor(Executor):
             layers.append((keys, values))
         return compat.cache_from_layers(layers), length
 
-    def _run(self, ids, pos, local, pasts, keep):
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor, local: torch.Tensor | None, pasts: list[Past | None],
+             keep: bool) -> tuple[torch.Tensor, Past | None]:
         batch, width = ids.shape
         cache, past = self._cache(pasts, batch)
         mask: Any = None
@@ -156,6 +158,7 @@ class CacheExecutor(Executor):
                 if len(masks) == 1:
                     mask = self._mask(next(iter(masks.values())))
                 else:
+                    assert self.layer_types is not None  # __init__ refuses several windows without them
                     mask = {kind: self._mask(masks[w]) for w, kind in zip(self.windows, self.layer_types)}
             else:
                 mask = self._mask(full)

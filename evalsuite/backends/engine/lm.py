@@ -146,8 +146,9 @@ class EngineLM(TemplateLM):
         parts = [self.capabilities.note]
         if self.decision_reused:
             parts.append("capability decision reused from an earlier run of this model and engine (not probed again)")
-        if getattr(self, "budget_note", None):
-            parts.append(self.budget_note)
+        budget_note = getattr(self, "budget_note", None)
+        if budget_note:
+            parts.append(budget_note)
         return "; ".join(parts + self.fallbacks)
 
     def _executor(self, name: str, windows: tuple[int | None, ...]) -> Executor | PlainExecutor:
@@ -175,7 +176,10 @@ class EngineLM(TemplateLM):
                         tally.logprobs[i] = sub.logprobs[k]
             return tally.logprobs
         finally:
-            self.executor, self.budgets, self._trunk_memory = saved
+            # written back as read, through the instance dict: during __init__'s probe neither is set
+            # yet (None here), and __init__ sets both right after
+            self.__dict__.update(executor=saved[0], budgets=saved[1])
+            self._trunk_memory = saved[2]
 
     @property
     def token_budget(self) -> int:
@@ -353,6 +357,7 @@ class EngineLM(TemplateLM):
                 kept = self._forward_safe(step.rows, pasts, tree, tally, keep=step.keep is not None,
                                           logits_dtype=logits_dtype)
                 if step.keep is not None:
+                    assert kept is not None  # a kept forward is one row: it returns its past or raises
                     pasts[step.keep] = kept
                 done += 1
                 if after_forward is not None:
@@ -372,8 +377,10 @@ class EngineLM(TemplateLM):
     def _forward_safe(self, rows: list[planner.Row], pasts: dict[int, Past], tree: PrefixTree,
                       tally: scoring.Tally, keep: bool = False, logits_dtype: torch.dtype | None = None) -> Past | None:
         """One planned forward; on out-of-memory split the batch in halves and retry each."""
+        executor = self.executor
+        assert isinstance(executor, Executor)  # planned forwards never run on "plain" (plain_tally does)
         try:
-            hidden, kept = self.executor.forward(rows, [None if r.past is None else pasts[r.past] for r in rows],
+            hidden, kept = executor.forward(rows, [None if r.past is None else pasts[r.past] for r in rows],
                                                  tree, keep)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled
             if not is_oom(exc):

@@ -7,6 +7,7 @@ half precision otherwise, where the per-request sum is also taken in that dtype 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +45,7 @@ class Tally:
         return float(torch.tensor(lp, dtype=dtype).sum()), greedy
 
 
-def score(lm_head: torch.nn.Module, hidden: torch.Tensor, rows: list[Row], tree: PrefixTree, tally: Tally,
+def score(lm_head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, rows: list[Row], tree: PrefixTree, tally: Tally,
           dtype: torch.dtype = torch.float32) -> int:
     """Add the rows' scored positions to ``tally``; returns how many positions were scored."""
     where_b: list[int] = []

@@ -62,6 +62,7 @@ class TreeContext:
         """The additive mask of the rows' own tokens with the window applied (made once per forward)."""
         if window not in self._window_masks:
             pos = self.positions
+            assert pos is not None  # tree_attention asks for a window mask only with positions
             width = pos.shape[1]
             near = (pos[:, :, None] - pos[:, None, :]) < window
             if self.local_mask is None:
@@ -110,6 +111,7 @@ def tree_attention(
     if ctx is None:
         raise RuntimeError(f"the {NAME!r} attention needs the engine's TreeContext")
     flash = compat.cpu_flash_attention()
+    assert flash is not None  # supported() chose this kernel only where torch has the op
     batch, heads, width, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -124,6 +126,7 @@ def tree_attention(
     local_k = key.repeat_interleave(group, dim=1) if group > 1 else key
     local_v = value.repeat_interleave(group, dim=1) if group > 1 else value
     window = ctx.window(module.layer_idx)
+    mask: torch.Tensor | None
     if window is not None and ctx.positions is not None:
         mask = ctx.local_window_mask(window).to(dtype)
     else:
@@ -137,6 +140,7 @@ def tree_attention(
             n = rows.numel()
             past_mask = None
             if window is not None:  # past keys sit at positions 0..n-1; a query sees those > p - window
+                assert ctx.positions is not None  # a window is kept above only with positions
                 qpos = ctx.positions[rows][:, None, :].expand(n, group, width).reshape(-1)
                 near = (qpos[:, None] - torch.arange(past_k.shape[2])[None, :]) < window
                 if not bool(near.any()):

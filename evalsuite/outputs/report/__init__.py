@@ -8,7 +8,7 @@ fonts or scripts), so it can be mailed, archived or opened offline years later.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from evalsuite.errors import EvalsuiteError
@@ -21,7 +21,7 @@ __all__ = ["build_report", "render", "default_out", "ReportData", "collect", "lo
 
 def default_out(comparison: ReportData) -> Path:
     """``reports/<first run id>.html`` unless the user names a file."""
-    stamp = comparison.entries[0].run_id if comparison.entries else datetime.now(timezone.utc).strftime("%Y%m%d")
+    stamp = comparison.entries[0].run_id if comparison.entries else datetime.now(UTC).strftime("%Y%m%d")
     return Path("reports") / f"report-{stamp}.html"
 
 
@@ -41,7 +41,7 @@ def render(comparison: ReportData, *, baseline: str | None = None, title: str | 
     template = env.get_template("report.html.j2")
     return template.render(
         title=title or "evalsuite report: " + ", ".join(e.label for e in comparison.entries),
-        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         results_dir=sections.no_local_paths(str(comparison.results_dir)),
         entries=comparison.entries,
         baseline=base.label,

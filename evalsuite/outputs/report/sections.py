@@ -44,9 +44,9 @@ def leaderboard(comparison: ReportData, published: list[PublishedRow]) -> dict[s
     best: dict[str, float] = {}
     for row in comparison.rows:
         for col in columns:
-            value = row.h6 if col == "h6" else row.scores.get(col, math.nan)
-            if not _nan(value) and value > best.get(col, -math.inf):
-                best[col] = value
+            score = row.h6 if col == "h6" else row.scores.get(col, math.nan)
+            if not _nan(score) and score > best.get(col, -math.inf):
+                best[col] = score
     status = _task_status(comparison)
     rows = []
     for entry, row in zip(comparison.entries, comparison.rows, strict=True):
@@ -121,15 +121,17 @@ def task_charts(comparison: ReportData) -> dict[str, Any]:
         by_task = {r["task"]: r for r in mine.to_dict("records")}
         for task in tasks:
             rec = by_task.get(task)
-            ok = rec is not None and rec["status"] == TaskStatus.OK and not _nan(rec["value"])
-            values[task].append(100 * rec["value"] if ok else math.nan)
-            low, high = (score_interval(rec["metric"], float(rec["value"]), float(rec["stderr"]) if not _nan(rec["stderr"])
-                                        else math.nan, int(rec["n"] or 0)) if ok else (math.nan, math.nan))
-            errors[task].append((100 * low, 100 * high))
-            if ok and rec["n_total"] and rec["n"] < rec["n_total"]:
-                notes[task].append(f"{charts._short(entry.label, 18)}: n = {int(rec['n'])} of {int(rec['n_total'])}")
-            elif not ok:
+            if rec is None or rec["status"] != TaskStatus.OK or _nan(rec["value"]):
+                values[task].append(math.nan)
+                errors[task].append((math.nan, math.nan))
                 notes[task].append(f"{charts._short(entry.label, 18)}: " + (rec["status"] if rec else "not run"))
+                continue
+            values[task].append(100 * rec["value"])
+            low, high = score_interval(rec["metric"], float(rec["value"]), float(rec["stderr"]) if not _nan(rec["stderr"])
+                                       else math.nan, int(rec["n"] or 0))
+            errors[task].append((100 * low, 100 * high))
+            if rec["n_total"] and rec["n"] < rec["n_total"]:
+                notes[task].append(f"{charts._short(entry.label, 18)}: n = {int(rec['n'])} of {int(rec['n_total'])}")
     per_task = [{"task": t, "title": task_label(t),
                  "svg": charts.bars_with_ci(labels, values[t], errors[t], task_label(t), notes[t])} for t in tasks]
     # the overall chart always shows all six leaderboard tasks, so a missing one is visibly missing
@@ -191,7 +193,7 @@ def subject_heatmap(comparison: ReportData) -> dict[str, Any] | None:
 def deltas(comparison: ReportData, baseline: Entry) -> dict[str, Any]:
     """Paired differences of every other entry against the baseline, per task."""
     samples = comparison.samples
-    rows = []
+    rows: list[dict[str, Any]] = []  # the template's rows: mixed values
     if samples is not None and not samples.empty:
         base = samples[(samples["run_id"] == baseline.run_id) & (samples["model"] == baseline.model)]
         for entry in comparison.entries:
@@ -236,7 +238,7 @@ def manifests(comparison: ReportData) -> list[dict[str, Any]]:
         run = comparison.run_row(entry)
         fields = []
         for key, label in MANIFEST_FIELDS:
-            value = run.get(key)
+            value: Any = run.get(key)  # a parquet cell (None or NaN where absent), then its text
             if key == "limit":
                 value = "none (full)" if _nan(value) else int(value)
             elif key == "wall_time_s" and not _nan(value):
