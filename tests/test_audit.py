@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-#: Documents per task: ARC 3 x 4 = 12 requests (the audit takes >= 8 of them), GSM8K all 3 prompts.
+#: Documents per task: ARC 3 x 4 = 12 requests, GSM8K 3 prompts (the audit takes at least one of each).
 LIMIT = 3
 
 
@@ -41,19 +41,28 @@ def _samples(result, task: str) -> pd.DataFrame:
     return result.samples(task).sort_values("eval_position").reset_index(drop=True)
 
 
-def test_sample_is_seeded_whole_documents_and_about_one_percent() -> None:
-    from types import SimpleNamespace
+def test_sample_fits_the_budget_seeded_whole_documents_and_a_long_floor() -> None:
+    from evalsuite.run.audit import SHARE, DocCost, choose_sample
 
-    from evalsuite.run.audit import MIN_REQUESTS, sample_documents
-
-    prompts = [SimpleNamespace(instances=(0, 1, 2, 3)) for _ in range(1000)]
-    first = sample_documents(prompts, "run-a", "arc")
-    assert first == sample_documents(prompts, "run-a", "arc")  # reproducible from run id + task
-    assert first != sample_documents(prompts, "run-b", "arc") != sample_documents(prompts, "run-a", "mmlu")
-    assert sum(len(prompts[i].instances) for i in first) == 40  # 1 % of 4000 requests
-    few = [SimpleNamespace(instances=(0, 1)) for _ in range(3)]
-    assert sorted(sample_documents(few, "r", "arc")) == [0, 1, 2]  # fewer than MIN_REQUESTS: all of them
-    assert MIN_REQUESTS == 8
+    assert SHARE == 0.03
+    # 1000 documents of 4 requests; document 617 holds the longest input (a long document)
+    costs = [DocCost(400 + (i % 7) * 10, 120, i % 4) for i in range(1000)]
+    costs[617] = DocCost(2000, 900, 2)
+    engine = 200_000  # the task's engine tokens: the budget is 3 % of them, 6000 plain tokens
+    first = choose_sample(costs, engine, SHARE, "run-a", "arc")
+    assert first == choose_sample(costs, engine, SHARE, "run-a", "arc")  # reproducible from run id + task
+    assert first != choose_sample(costs, engine, SHARE, "run-b", "arc") != choose_sample(costs, engine, SHARE, "run-a", "mmlu")
+    assert first.budget == 6000 and 5000 < first.tokens <= 6000  # within the budget, and using it
+    assert first.tokens == sum(costs[i].tokens for i in first.documents)
+    assert 617 in first.documents and first.partial is None  # the floor: the long document, whole
+    # a budget too small for any whole document: the floor's longest input alone
+    tiny = choose_sample(costs, 10_000, SHARE, "run-a", "arc")
+    assert tiny.documents == () and tiny.partial == (617, 2) and tiny.tokens == 900 > tiny.budget
+    assert tiny.requests_of(617) == (2,) and tiny.requests_of(3) == () and tiny.picked == [617]
+    # equally long inputs: the floor is a seeded choice among them
+    flat = [DocCost(400, 120, 0) for _ in range(50)]
+    floors = {choose_sample(flat, 1000, SHARE, f"run-{k}", "arc").partial for k in range(20)}
+    assert len(floors) > 5
 
 
 def test_tolerances() -> None:
@@ -72,24 +81,25 @@ def test_clean_run_agrees_and_is_shown_everywhere(tiny_llama_dir, data_dir, resu
 
     result = _run(tiny_llama_dir, data_dir, results_dir, run_id="clean")
     arc, gsm = _task_row(result, "arc"), _task_row(result, "gsm8k")
-    assert arc["audit_status"] == "agree" and arc["audit_n"] >= 8 and arc["audit_agree"] == arc["audit_n"]
-    assert 0 <= arc["audit_max_abs_diff"] < 1e-3
-    assert gsm["audit_status"] == "agree" and gsm["audit_n"] == gsm["audit_agree"] == LIMIT
-    assert "re-generated one at a time" in gsm["audit_note"]
+    assert arc["audit_status"] == "agree" and arc["audit_n"] >= 1 and arc["audit_agree"] == arc["audit_n"]
+    assert 0 <= arc["audit_max_abs_diff"] < 1e-3 and "engine tokens" in arc["audit_note"]
+    gsm_n = gsm["audit_n"]
+    assert gsm["audit_status"] == "agree" and 1 <= gsm_n == gsm["audit_agree"] <= LIMIT
+    assert "one forward over prompt + generated tokens" in gsm["audit_note"]
 
     assert main(["results", "--results-dir", str(results_dir), "--run", "clean"]) == 0
     out = capsys.readouterr().out
-    assert f"arc {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in out and "gsm8k 3/3 same text" in out
+    assert f"arc {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in out and f"gsm8k {gsm_n}/{gsm_n} same text" in out
 
     report = tmp_path / "report.html"
     assert main(["report", "--results-dir", str(results_dir), "--out", str(report)]) == 0
     html = report.read_text(encoding="utf-8")
-    assert f"audit: {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in html and "audit: 3/3 same text" in html
+    assert f"audit: {arc['audit_n']}/{arc['audit_n']}, max |Δ|" in html and f"audit: {gsm_n}/{gsm_n} same text" in html
 
     view = load_run("clean", results_dir)
     exported = lm_eval_results(view)["evalsuite"]["audit"]
     assert exported["arc"]["status"] == "agree" and exported["arc"]["n"] == arc["audit_n"]
-    assert exported["gsm8k"]["text"] == "audit: 3/3 same text"
+    assert exported["gsm8k"]["text"] == f"audit: {gsm_n}/{gsm_n} same text"
     json.dumps(exported)  # JSON-ready
     csv = pd.read_csv(io.StringIO(scores_csv(view))).set_index("task")
     assert csv.loc["arc", "audit_status"] == "agree" and int(csv.loc["arc", "audit_n"]) == arc["audit_n"]
@@ -183,3 +193,72 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
         assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []
     else:  # the matrix's builders come with the family matrix (tests/families.py)
         assert "families" in result["skipped"]
+
+
+# -- the request cache falsified: a resumed or repeated run proves what it is served ---------------
+def _falsify(cache_path: Path, pick) -> int:
+    """Rewrite the cached log-likelihood answers ``pick(ll)`` selects: 3 nats lower, the greedy
+    flag kept (a wrong number that looks like any other). How many were rewritten."""
+    import sqlite3
+
+    conn = sqlite3.connect(cache_path)
+    rows = conn.execute("SELECT key, response FROM requests WHERE request_type = 'loglikelihood'").fetchall()
+    changed = 0
+    for key, response in rows:
+        ll, greedy = json.loads(response)
+        if pick(ll):
+            conn.execute("UPDATE requests SET response = ? WHERE key = ?", (json.dumps([ll - 3.0, greedy]), key))
+            changed += 1
+    conn.commit()
+    conn.close()
+    return changed
+
+
+def _floor_request(data_dir: Path, model: Path, run_id: str, limit: int) -> tuple[int, int]:
+    """(document position, request) of the audit's floor for ARC: the longest input's request."""
+    from transformers import AutoTokenizer
+
+    from evalsuite.run.audit import SHARE
+    from evalsuite.run.dry_run import _plan_task
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    task = LoadedTask(load_spec("arc"), data_dir)
+    plan = _plan_task(task, AutoTokenizer.from_pretrained(model), 4096, limit, None, "evalsuite", None,
+                      audit=(SHARE, run_id))
+    if plan.audit.partial is not None:
+        return plan.audit.partial
+    raise AssertionError("the budget took the floor's whole document: use more documents")
+
+
+@pytest.mark.parametrize("falsified", ["every answer", "one answer in the long document"])
+def test_falsified_request_cache_is_caught(tiny_llama_dir, data_dir, results_dir, isolated_cache, falsified) -> None:
+    """A clean run fills the request cache; its answers are then falsified and a second run is
+    served them: the audit rejects the task, scores it again the plain way, stores the clean
+    numbers and drops the falsified answers. "one answer in the long document": a single wrong
+    answer, on the longest input of the longest document (the floor of every sample)."""
+    from evalsuite.run import request_cache as cache
+
+    limit = 8  # 32 ARC requests: the 3 % budget is below one whole 25-shot document, so the floor is one request
+    clean = evaluate_arc(tiny_llama_dir, data_dir, results_dir, "clean", limit)
+    doc, request = _floor_request(data_dir, tiny_llama_dir, "served", limit)
+    samples = _samples(clean, "arc")
+    target = float(samples.loc[doc, "loglikelihoods"][request])
+    pick = (lambda ll: True) if falsified == "every answer" else (lambda ll: ll == target)
+    assert _falsify(isolated_cache, pick) == (cache.info(isolated_cache).entries if falsified == "every answer" else 1)
+
+    served = evaluate_arc(tiny_llama_dir, data_dir, results_dir, "served", limit)
+    row = _task_row(served, "arc")
+    assert row["audit_status"] == "rerun" and row["audit_agree"] < row["audit_n"], row
+    assert row["audit_max_abs_diff"] == pytest.approx(3.0, abs=1e-3)
+    mine, ref = _samples(served, "arc"), samples
+    for got, want in zip(mine["loglikelihoods"], ref["loglikelihoods"], strict=True):
+        assert list(got) == pytest.approx(list(want), abs=1e-4)
+    assert row["value"] == _task_row(clean, "arc")["value"]
+    assert cache.info(isolated_cache).entries == 0  # the task's served answers are forgotten
+
+
+def evaluate_arc(model: Path, data_dir: Path, results: Path, run_id: str, limit: int):
+    from evalsuite.run.evaluation import evaluate
+
+    return evaluate(str(model), tasks="arc", limit=limit, data_dir=data_dir, results_dir=results, batch_size=4,
+                    progress=False, run_id=run_id)

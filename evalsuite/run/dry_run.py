@@ -57,6 +57,8 @@ class TaskPlan:
     est_seconds_max: float | None = None  # generation: every document runs to 256 tokens
     tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
     plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
+    audit: Any = None  # the self-audit's sample (evalsuite.run.audit.AuditSample) when planned
+    audit_est_seconds: float | None = None  # its estimated time on the plain executor
 
 
 @dataclass
@@ -92,6 +94,9 @@ class ModelPlan:
     def table(self) -> str:
         """The plan as the terminal shows it."""
         header = ["task", "docs", "requests", "lm-eval hf tokens", "engine tokens", "new tokens (gen)", "est. time"]
+        audited = any(t.audit is not None for t in self.tasks)
+        if audited:
+            header.append("audit")
         rows = []
         for t in self.tasks:
             docs = f"{t.docs}" + (f"/{t.docs_total}" if t.docs != t.docs_total else "")
@@ -102,6 +107,8 @@ class ModelPlan:
                 new, est = "-", _duration(t.est_seconds)
             engine = f"{t.engine_tokens:,}" + ("*" if t.kind == "loglikelihood" and not t.engine_planned else "")
             rows.append([t.task, docs, f"{t.requests:,}", f"{t.lm_eval_tokens:,}", engine, new, est])
+            if audited:
+                rows[-1].append(_audit_cell(t))
         total_est = _duration(self.est_seconds)
         if self.est_seconds_max is not None and self.est_seconds_max != self.est_seconds:
             total_est += f" (<= {_duration(self.est_seconds_max)})"
@@ -109,6 +116,10 @@ class ModelPlan:
                      f"{sum(t.lm_eval_tokens for t in self.tasks):,}", f"{sum(t.engine_tokens for t in self.tasks):,}",
                      f"<= {sum(t.new_tokens_max for t in self.tasks):,}" if any(t.new_tokens_max for t in self.tasks) else "-",
                      total_est])
+        if audited:
+            tokens = sum(t.audit.tokens for t in self.tasks if t.audit is not None)
+            seconds = [t.audit_est_seconds for t in self.tasks if t.audit is not None]
+            rows[-1].append(f"{tokens:,} tok" + ("" if None in seconds else f", {_duration(sum(seconds))}"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = [f"dry run: {self.model} ({self.model_id}), {self.dtype} on {self.device}, backend {self.backend}, "
                  f"{'limit ' + str(self.limit) + ' per task (per subject for MMLU)' if self.limit else 'full splits'}; "
@@ -121,6 +132,10 @@ class ModelPlan:
                      "engine = the engine's planner on the prefix trees (shared prefixes once per call, padding "
                      f"included); new tokens: generation budget, documents x {MAX_NEW_TOKENS} (~ expected: reference "
                      "answer lengths + stop)")
+        if audited:
+            lines.append("audit: the self-audit's sample, re-run on the plain executor after each task (tokens, "
+                         "estimated time): within --audit-share of the task's engine tokens, at least one request "
+                         "(docs/exactness.md)")
         if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
             lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
                          "is planned by the engine's own planner, padding included: +1-2 % on HellaSwag and ARC)")
@@ -210,8 +225,9 @@ def plan_cost(
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
+            audited = (config.audit_share, config.run_id or "dry-run") if backend == "evalsuite" and config.audit else None
             task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed, device.split(":")[0],
-                                   config.generation)
+                                   config.generation, audit=audited)
             task_plan.plan_seconds = time.perf_counter() - start
             model_plan.tasks.append(task_plan)
         out.append(model_plan)
@@ -239,7 +255,11 @@ def _tokenizer_and_length(source: Any) -> tuple[Any, int]:
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
-               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
+               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched",
+               prompts: Sequence[Any] | None = None, audit: tuple[float, str] | None = None) -> TaskPlan:
+    """One task's plan. ``prompts``: these documents instead of the task's (the self-audit plans
+    a sharded task's whole population); ``audit``: (share, run id) also chooses the self-audit's
+    sample (:func:`evalsuite.run.audit.choose_sample`) from the per-document costs counted here."""
     from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from evalsuite.backends.engine.planner import count_calls
     from evalsuite.backends.engine.prefix_tree import truncated_inputs
@@ -247,7 +267,9 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     from evalsuite.tasks.piecewise import PiecewiseEncoder
     from evalsuite.store.shards import select
 
-    prompts = select(task.prompts(limit), shard)
+    from evalsuite.run.audit import DocCost, choose_sample
+
+    prompts = select(task.prompts(limit), shard) if prompts is None else list(prompts)
     encoder = PiecewiseEncoder(tokenizer)
     spec = task.spec
     if spec.is_generation:
@@ -260,10 +282,14 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                           sum(lengths), int(statistics.median(lengths)) if lengths else 0,
                           new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
                           tokenizer_fallback=encoder.fallback)
+        if audit is not None:  # one forward over prompt + generated tokens per audited prompt
+            result.audit = choose_sample([DocCost(n + g, n, 0) for n, g in zip(lengths, expected)],
+                                         result.engine_tokens + result.new_tokens_expected, audit[0], audit[1], spec.name)
         if speed is not None:
             mode = generation if backend == "evalsuite" else "exact"  # lm-eval hf: batch size 1, as v1 ran
             result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
             result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
+        result.audit_est_seconds = _audit_seconds(result, speed)
         return result
 
     requests = [tuple(inst.args) for p in prompts for inst in p.instances]
@@ -292,6 +318,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     # every task: the exact distinct inputs and prefix-tree tokens, fast
     lm_eval_tokens = scored = 0
     doc_lengths: list[int] = []
+    doc_costs: list[Any] = []  # the plain executor's tokens per document, for the self-audit
 
     def inputs_per_call() -> Iterable[list[tuple[int, ...]]]:
         nonlocal lm_eval_tokens, scored
@@ -302,6 +329,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
             while at < len(chunk):
                 n = len(next(docs).instances)
                 doc_lengths.append(max(map(len, inputs[at:at + n])))
+                longest = max(range(n), key=lambda j: len(inputs[at + j]))
+                doc_costs.append(DocCost(sum(map(len, set(inputs[at:at + n]))), len(inputs[at + longest]), longest))
                 at += n
             distinct = {x: len(k) for x, (_, k) in zip(inputs, chunk)}
             lm_eval_tokens += sum(map(len, distinct))
@@ -318,6 +347,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
+    if audit is not None:
+        result.audit = choose_sample(doc_costs, result.engine_tokens, audit[0], audit[1], spec.name)
     if speed is not None:
         if backend == "evalsuite":
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
@@ -327,7 +358,16 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         else:  # lm-eval hf: one pass per distinct input, the output layer at every position
             result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
                                   + speed.scoring_seconds(lm_eval_tokens))
+    result.audit_est_seconds = _audit_seconds(result, speed)
     return result
+
+
+def _audit_seconds(plan: TaskPlan, speed: SpeedProfile | None) -> float | None:
+    """The self-audit's sample on the plain executor: its tokens at the task's median length, one
+    pass per audited document (the output layer, at the continuations only, is left out)."""
+    if plan.audit is None or speed is None:
+        return None
+    return speed.forward_seconds(plan.audit.tokens, plan.median_doc_tokens, len(plan.audit.picked))
 
 
 def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
@@ -351,6 +391,13 @@ def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int],
             rows, context = gens[begin:begin + slots], max(lengths[begin:begin + slots])
             total += max(rows) * speed.decode_step_s + (sum(rows) - max(rows)) * speed.per_token(context)
     return total
+
+
+def _audit_cell(plan: TaskPlan) -> str:
+    if plan.audit is None:
+        return "-"
+    cell = f"{plan.audit.tokens:,} tok"
+    return cell if plan.audit_est_seconds is None else f"{cell}, {_duration(plan.audit_est_seconds)}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -302,7 +302,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             lm = wrap(lm, source, options, backend)
         from evalsuite.run.audit import Auditor
 
-        auditor = Auditor(lm, enabled=config.audit)
+        auditor = Auditor(lm, enabled=config.audit, share=config.audit_share)
     except KeyboardInterrupt as exc:
         finish("interrupted", _interrupt_text(exc), source)
         raise
