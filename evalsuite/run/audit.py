@@ -4,21 +4,24 @@ Why: a list of model families that were tested is not a guarantee; the next fami
 next detail (a window, a soft-cap, a position scheme) that a fast path may miss. So after each
 task the runner hands what the engine answered to :class:`Auditor`, which
 
-* log-likelihood tasks: takes a seeded random sample of the task's documents (whole documents,
-  so the prediction, the argmax over a document's choices, can be compared too) holding at
-  least :data:`MIN_REQUESTS` requests and about :data:`SHARE` of them, re-scores them with the
-  plain executor (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's
-  own full forward on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the
-  greedy flags and the predictions. A request agrees when |Δ ll| is within tolerance and (in
+* chooses a sample within a cost budget (:func:`choose_sample`): plain-executor tokens within
+  ``--audit-share`` (:data:`SHARE`, 3 %) of the task's engine tokens, both counted by the dry
+  run's own counting; the floor is the document with the task's longest input (whole if it
+  fits, else that request alone), so at least one request is always audited; then whole
+  documents in a seeded order (run id and task) while they fit. A pure function of the task's
+  documents: a resumed run and every shard audit the same requests as an unsharded run;
+* log-likelihood tasks: re-scores the sample with the plain executor
+  (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's own full forward
+  on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the greedy flags and
+  the predictions of whole documents. A request agrees when |Δ ll| is within tolerance and (in
   float32) its greedy flag is the same; the audit passes when every sampled request agrees. A
   prediction that differs while every number is within tolerance is a near tie (two choices
   closer than the rounding), noted in ``audit_note``, not a failure: either answer is right
   to that precision;
-* generation tasks: re-generates a sample of the requests one prompt at a time
-  (``Generator(..., mode="exact")``, the same calls as ``generate`` at batch size 1) and
-  compares the text.
-
-The seed is derived from the run id and the task, so an audit can be repeated exactly.
+* generation tasks: one plain forward over prompt + generated tokens per sampled prompt
+  (:mod:`evalsuite.run.greedy_check`): every generated token must be the greedy choice (a near
+  tie within the dtype's per-token tolerance is noted, not failed) and the decoding must stop
+  where the text ends.
 
 An audit beyond tolerance never leaves a silently different number: the task is scored again
 on :class:`PlainLM` (plain forward, exact generation), its score row says so, and the request
@@ -47,9 +50,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: The share of a task's engine tokens (the dry run's count) the audit may run on the plain
-#: executor by default (``--audit-share``); at least one request per task is audited whatever it is.
-SHARE = 0.03
+from evalsuite.run.audit_sample import SHARE, AuditSample, DocCost, choose_sample
+
 #: |Δ ll| allowed per request in float32 ...
 FP32_TOLERANCE = 1e-3
 #: ... or this much per continuation token where more: HellaSwag's 40-100-token endings sum to
@@ -110,92 +112,12 @@ def summary_lines(views: Sequence[Any]) -> list[str]:
     return lines
 
 
-def combine(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The audit fields of a task merged from its shards' rows (sums, the largest |Δ|, the worst status)."""
-    statuses = [r.get("audit_status") for r in rows if isinstance(r.get("audit_status"), str)]
-    if not statuses:
-        return {}
-    status = next((s for s in ("rerun", "not audited", "not applicable") if s in statuses), "agree")
-    diffs = [float(r["audit_max_abs_diff"]) for r in rows if not _missing(r.get("audit_max_abs_diff"))]
-    notes = [r["audit_note"] for r in rows if isinstance(r.get("audit_note"), str)]
-    return {"audit_status": status, "audit_n": sum(_int(r.get("audit_n")) for r in rows),
-            "audit_agree": sum(_int(r.get("audit_agree")) for r in rows),
-            "audit_max_abs_diff": max(diffs) if diffs else None, "audit_note": "; ".join(notes) or None}
-
-
 def tolerance(dtype: str, continuation_tokens: int) -> float:
     """|Δ ll| allowed for one request of ``continuation_tokens`` tokens scored in ``dtype``."""
     per_token = HALF_TOLERANCE_PER_TOKEN.get(str(dtype).replace("torch.", ""))
     if per_token is None:
         return max(FP32_TOLERANCE, FP32_TOLERANCE_PER_TOKEN * continuation_tokens)
     return per_token * max(1, continuation_tokens)
-
-
-@dataclass(frozen=True)
-class DocCost:
-    """What auditing one document costs on the plain executor, in tokens (the dry run counts it)."""
-
-    tokens: int  # the document's distinct model inputs (generation: prompt + expected new tokens)
-    longest: int  # its longest input
-    longest_request: int  # that request's position in the document
-
-
-@dataclass(frozen=True)
-class AuditSample:
-    """Which requests of a task are audited: whole documents, and perhaps one request alone (the
-    floor's long input, when its whole document does not fit the budget). Indices are into the
-    task's documents (the whole population for a sharded run)."""
-
-    documents: tuple[int, ...]
-    partial: tuple[int, int] | None  # (document, request)
-    tokens: int  # the plain executor's tokens for the sample
-    budget: int  # share x engine tokens
-    engine_tokens: int  # the task's engine tokens (the dry run's count)
-
-    def requests_of(self, document: int) -> tuple[int, ...] | None:
-        """The requests of ``document`` audited: None for all of them, () for none."""
-        if document in self.documents:
-            return None
-        return (self.partial[1],) if self.partial is not None and self.partial[0] == document else ()
-
-    @property
-    def picked(self) -> list[int]:
-        """Every document with at least one audited request, ascending."""
-        return sorted({*self.documents, *([self.partial[0]] if self.partial else [])})
-
-    def requests(self, sizes: Sequence[int]) -> int:
-        """Requests audited, given each document's request count."""
-        return sum(sizes[i] for i in self.documents) + (1 if self.partial else 0)
-
-
-def seed_of(run_id: str, task: str) -> int:
-    return int(hashlib.sha256(f"{run_id}\0{task}".encode()).hexdigest()[:16], 16)
-
-
-def choose_sample(costs: Sequence[DocCost], engine_tokens: int, share: float, run_id: str, task: str) -> AuditSample:
-    """The audit's sample of a task, within ``share`` x ``engine_tokens`` plain-executor tokens.
-
-    The floor: the document with the longest input (windows and truncation show on long inputs;
-    a seeded choice among equally long ones), whole if it fits the budget, else that input
-    alone. Then whole documents in a seeded order (run id and task), each one that still fits.
-    A pure function of the task's documents: a resumed run and every shard choose the same."""
-    if not costs:
-        return AuditSample((), None, 0, 0, engine_tokens)
-    budget = int(share * engine_tokens)
-    order = list(range(len(costs)))
-    random.Random(seed_of(run_id, task)).shuffle(order)
-    floor = max(order, key=lambda i: costs[i].longest)  # first of the longest in the seeded order
-    whole, partial = [], None
-    if costs[floor].tokens <= budget:
-        whole.append(floor)
-        spent = costs[floor].tokens
-    else:
-        partial, spent = (floor, costs[floor].longest_request), costs[floor].longest
-    for index in order:
-        if index != floor and spent + costs[index].tokens <= budget:
-            whole.append(index)
-            spent += costs[index].tokens
-    return AuditSample(tuple(sorted(whole)), partial, spent, budget, engine_tokens)
 
 
 class PlainLM:
@@ -371,5 +293,4 @@ def _int(value: Any) -> int:
 
 __all__ = ["Audit", "Auditor", "PlainLM", "AUDIT_STATUSES", "FP32_TOLERANCE", "FP32_TOLERANCE_PER_TOKEN",
            "HALF_TOLERANCE_PER_TOKEN",
-           "SHARE", "AuditSample", "DocCost", "choose_sample", "describe", "describe_row", "summary_lines", "combine",
-           "tolerance"]
+           "SHARE", "AuditSample", "DocCost", "choose_sample", "describe", "describe_row", "summary_lines", "tolerance"]

@@ -267,7 +267,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     from evalsuite.tasks.piecewise import PiecewiseEncoder
     from evalsuite.store.shards import select
 
-    from evalsuite.run.audit import DocCost, choose_sample
+    from evalsuite.run.audit_sample import DocCost, choose_sample
 
     prompts = select(task.prompts(limit), shard) if prompts is None else list(prompts)
     encoder = PiecewiseEncoder(tokenizer)
