@@ -299,15 +299,21 @@ def _engine(model_dir: Path, dtype: str):
 
 
 def test_generation_check_accepts_greedy_texts_and_rejects_others(tiny_llama_dir, gsm8k_requests) -> None:
-    """The engine's batched texts pass; a text with a token added, or cut short, does not."""
+    """The engine's batched texts pass, from the tokens it recorded and (as a text served by the
+    request cache) from the text alone; a text with a token added, or cut short, does not."""
     from evalsuite.run.audit import tolerance
     from evalsuite.run.greedy_check import check_greedy
 
     engine = _engine(tiny_llama_dir, "float32")
     texts = engine.generate_until(gsm8k_requests)
     tol = tolerance("float32", 1)
+    recorded = dict(engine.generator.generated)
+    assert len(recorded) == len(texts)
     for request, text in zip(gsm8k_requests, texts, strict=True):
         assert check_greedy(engine.generator, request, text, tol).ok
+        engine.generator.generated = {}
+        assert check_greedy(engine.generator, request, text, tol).ok  # served text: encoded again
+        engine.generator.generated = recorded
         added = check_greedy(engine.generator, request, text + " 42", tol)
         assert not added.ok and ("not the greedy choice" in added.why or "token limit" in added.why)
         words = text.split(" ")

@@ -7,6 +7,10 @@ prompt and the tokens before it, and the decoding then stops as it did. All thos
 in one forward over prompt + generated tokens (the model's own forward, batch size 1, as the
 prefill of ``generate`` runs it), so that is what :func:`check_greedy` runs:
 
+* a text the engine decoded in this process is checked on its recorded token ids
+  (:attr:`~evalsuite.backends.engine.generation.Generator.generated`, stop tokens included):
+  one forward, then the recorded tokens replayed through the generator's own stop rule must end
+  at the last one with exactly the text. A text served by the request cache has no ids:
 * the text is encoded again; where the model's argmax is a different split of the same text
   (byte-level tokenizers can spell a word two ways) the check follows the model's token and
   forwards once more from the same prompt;
@@ -55,6 +59,9 @@ def check_greedy(generator: Any, request: Any, text: str, tolerance: float) -> G
     job = generator.jobs([request])[0]
     if any(s and s in text for s in job.until):
         return GreedyCheck(False, why="the text contains a stop string")
+    recorded = getattr(generator, "generated", {}).get((request.args[0], text))
+    if recorded:  # computed in this process: the very tokens decoded, stop tokens included
+        return _check_tokens(generator, job, list(recorded), text, tolerance)
     new = tokenizer.encode(text, add_special_tokens=False) if text else []
     with torch.inference_mode():
         logits, cache = _forward(generator, job.prompt + new, len(new) + 1)
@@ -83,6 +90,28 @@ def check_greedy(generator: Any, request: Any, text: str, tolerance: float) -> G
     if not stop:
         return GreedyCheck(False, ties, forwards, "the decoding does not stop where the text ends")
     return GreedyCheck(True, ties + tie, forwards)
+
+
+def _check_tokens(generator: Any, job: Any, new: list[int], text: str, tolerance: float) -> GreedyCheck:
+    """The recorded tokens of ``text``: one forward; each must be greedy (or a near tie), and
+    replaying them must stop at the last one with exactly ``text``."""
+    with torch.inference_mode():
+        logits, _ = _forward(generator, job.prompt + new[:-1], len(new))
+        ties = 0
+        for k, token in enumerate(new):
+            logprobs = _logprobs(job, logits[k], job.prompt + new[:k])
+            gap = float(logprobs.max() - logprobs[token])
+            if gap > tolerance:
+                return GreedyCheck(False, ties, 1, f"token {k + 1} of the text is not the greedy choice "
+                                   f"(log-prob gap {gap:.2g})")
+            ties += int(gap > 0 and int(logprobs.argmax()) != token)
+    replay = replace(job, new=[])
+    for k, token in enumerate(new):
+        if replay.push(token, generator.tokenizer) != (k == len(new) - 1):
+            return GreedyCheck(False, ties, 1, "the decoding does not stop where the text ends")
+    if replay.text(generator.tokenizer) != text:
+        return GreedyCheck(False, ties, 1, "the tokens do not decode to the text")
+    return GreedyCheck(True, ties, 1)
 
 
 def _forward(generator: Any, ids: list[int], keep: int, cache: Any = None, seen: int = 0) -> tuple[torch.Tensor, Any]:

@@ -116,6 +116,8 @@ class Generator:
         self._processors: dict[tuple[int, int], tuple[Any, frozenset[int]]] = {}
         self.forward_calls = 0
         self.forwarded_tokens = 0
+        #: the token ids each (context, text) was decoded from: the self-audit checks them in one forward
+        self.generated: dict[tuple[str, str], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ requests
     def jobs(self, requests: Sequence[Any]) -> list[Job]:
@@ -157,7 +159,9 @@ class Generator:
         if not jobs:
             return []
         self.run(jobs)
-        return [job.text(self.tokenizer) for job in jobs]
+        texts = [job.text(self.tokenizer) for job in jobs]
+        self.generated.update(((req.args[0], text), tuple(job.new)) for req, job, text in zip(requests, jobs, texts))
+        return texts
 
     def run(self, jobs: list[Job]) -> None:
         """Decode the jobs on this generator's route."""
