@@ -144,7 +144,8 @@ class RunConfig:
               "tolerance the task is scored again the plain way); score rows then say 'not audited'", flag="--no-audit")
     audit_share: float = _option(
         0.03, "the self-audit's budget: plain-forward tokens as a share of each task's engine tokens, a fraction or "
-              "a percentage (default 0.03 = 3%%; at least one request per task is audited whatever the share)",
+              "a percentage (default 0.03 = 3%%; at least one request per task is audited whatever the share; 1 audits "
+              "every request)",
         parse=share_arg, metavar="SHARE")
     resume: bool = _option(
         False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "

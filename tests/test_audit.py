@@ -67,6 +67,8 @@ def test_sample_fits_the_budget_seeded_whole_documents_and_a_long_floor() -> Non
     flat = [DocCost(400, 120, 0) for _ in range(50)]
     floors = {choose_sample(flat, 1000, SHARE, f"run-{k}", "arc").partial for k in range(20)}
     assert len(floors) > 5
+    everything = choose_sample(costs, 10_000, 1.0, "run-a", "arc")  # --audit-share 1: every request
+    assert everything.documents == tuple(range(1000)) and everything.partial is None
 
 
 def test_tolerances() -> None:

@@ -64,10 +64,13 @@ def choose_sample(costs: Sequence[DocCost], engine_tokens: int, share: float, ru
     The floor: the document with the longest input (windows and truncation show on long inputs;
     a seeded choice among equally long ones), whole if it fits the budget, else that input
     alone. Then whole documents in a seeded order (run id and task), each one that still fits.
+    A share of 1 takes every document.
     A pure function of the task's documents: a resumed run and every shard choose the same."""
     if not costs:
         return AuditSample((), None, 0, 0, engine_tokens)
     budget = int(share * engine_tokens)
+    if share >= 1:  # everything (the plain path has no prefix sharing: its tokens exceed the engine's)
+        return AuditSample(tuple(range(len(costs))), None, sum(c.tokens for c in costs), budget, engine_tokens)
     order = list(range(len(costs)))
     random.Random(seed_of(run_id, task)).shuffle(order)
     floor = max(order, key=lambda i: costs[i].longest)  # first of the longest in the seeded order
