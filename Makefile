@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(wildcard share
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dry-run dus-demo lint test test-fast test-system-deps bench gpu-check clean-results
+.PHONY: setup demo dry-run dus-demo lint test test-fast test-system-deps bench bench-process gpu-check clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -82,6 +82,12 @@ bench: setup
 GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
 	$(GPU_PY) benchmarks/gpu_check.py $(DATA_ARG) --out benchmarks/results/gpu-check.json
+
+# Whole `evalsuite run` processes (the self-audit included) against --backend lm-eval-hf, and with
+# --no-audit: issue 23's speed targets (ARC 16, HellaSwag 8, GSM8K 16 documents).
+bench-process: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/whole_process.py --model smollm2 --runs arc=16,hellaswag=8,gsm8k=16 \
+		$(DATA_ARG) --out benchmarks/results/whole-process-cpu-smollm2-fp32.json
 
 clean-results:
 	rm -rf results/runs results/scores results/samples reports/*.html

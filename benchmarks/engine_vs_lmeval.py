@@ -15,11 +15,14 @@ seconds over sum of engine seconds), and projected to the full splits (each task
 per document times its full document count, summed per backend).
 
 The self-audit (:mod:`evalsuite.run.audit`) runs after each task exactly as ``evalsuite run`` runs
-it (a seeded sample, at least 8 requests and about 1 %, re-scored by the plain executor, or
-re-generated one prompt at a time) and its time is reported as a share of the engine's time on
-the task: measured at the sampled size (where the floor of 8 requests dominates) and projected
-to the full split (seconds per audited request x the full split's audit size, over the engine's
-seconds per document x the full split's documents).
+it (a seeded sample within ``--audit-share`` of the task's engine tokens, at least one request,
+re-scored by the plain executor; GSM8K: one forward over prompt + generated tokens per sampled
+prompt) and its time is reported as a share of the engine's time on the task: measured at the
+sampled size (where the one-request floor can dominate) and projected to the full split (the
+share times the plain executor's seconds per token over the engine's seconds per engine token:
+on a full split the sample fills its budget). ``--no-audit-in-time`` is not needed: the engine's
+seconds never include the audit, and ``engine_seconds_with_audit`` adds it, so both speed-ups
+are reported.
 
 A roofline measures the model's peak forward throughput on this machine (best of a few batch
 shapes, before and after the tasks); engine efficiency is the time a perfect engine would need
@@ -190,31 +193,39 @@ def compare_loglikelihood(
 
 
 def measure_audit(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt], answers: list[Any]) -> dict[str, Any]:
-    """The runner's self-audit of the task on the engine's answers, timed."""
+    """The runner's self-audit of the task on the engine's answers, timed, with its sample's
+    size in the dry run's counting (plain tokens audited, the task's engine tokens)."""
     from evalsuite.run.audit import Auditor
 
     grouped, at = [], 0
     for prompt in prompts:
         grouped.append(list(answers[at:at + len(prompt.instances)]))
         at += len(prompt.instances)
-    result, seconds = timed(lambda: Auditor(engine).check(loaded, prompts, grouped, "benchmark"))
+    auditor = Auditor(engine)
+    result, seconds = timed(lambda: auditor.check(loaded, prompts, grouped, "benchmark"))
+    sample = auditor.sample(loaded, prompts, "benchmark")
     return {"audit_seconds": seconds, "audit_n": result.n, "audit_agree": result.agree, "audit_status": result.status,
-            "audit_max_abs_diff": result.max_abs_diff}
+            "audit_max_abs_diff": result.max_abs_diff, "audit_note": result.note, "audit_tokens": sample.tokens,
+            "audit_engine_tokens": sample.engine_tokens}
 
 
 def audit_share(audit: dict[str, Any], engine_seconds: float, docs: int, requests: int, task: str) -> dict[str, Any]:
-    """The audit's time over the task's engine time, measured and projected to the full split."""
-    import math
+    """The audit's time over the task's engine time, measured and projected to the full split.
 
-    from evalsuite.run.audit import MIN_REQUESTS, SHARE
+    On a full split the floor (one request) is negligible and the sample fills its budget, the
+    share of the task's engine tokens, so the audit's share of the time is that share times the
+    plain executor's seconds per token over the engine's seconds per engine token (both measured
+    here, tokens counted as the dry run counts them)."""
+    from evalsuite.run.audit import SHARE
 
-    full_requests = requests / docs * FULL_DOCS[task]
-    full_audited = min(full_requests, max(MIN_REQUESTS, math.ceil(SHARE * full_requests)))
-    projected_audit = audit["audit_seconds"] / max(1, audit["audit_n"] or 1) * full_audited
+    plain_per_token = audit["audit_seconds"] / max(1, audit["audit_tokens"])
+    engine_per_token = engine_seconds / max(1, audit["audit_engine_tokens"])
     projected_engine = engine_seconds / docs * FULL_DOCS[task]
+    share = SHARE * plain_per_token / engine_per_token
     return {**audit, "audit_share": audit["audit_seconds"] / engine_seconds,
-            "audit_seconds_projected_full": projected_audit, "engine_seconds_projected_full": projected_engine,
-            "audit_share_projected_full": projected_audit / projected_engine}
+            "engine_seconds_with_audit": engine_seconds + audit["audit_seconds"],
+            "audit_seconds_projected_full": share * projected_engine, "engine_seconds_projected_full": projected_engine,
+            "audit_share_projected_full": share}
 
 
 def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask, prompts: list[DocPrompt],
@@ -272,6 +283,13 @@ def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask
 FULL_DOCS = {"arc": 1172, "hellaswag": 10042, "mmlu": 14042, "truthfulqa": 817, "winogrande": 1267, "gsm8k": 1319}
 
 
+def with_audit(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its speed-up counting the audit's time (the engine's own is ``speedup``)."""
+    if "engine_seconds_with_audit" in row:
+        row["speedup_with_audit"] = row["hf_seconds"] / row["engine_seconds_with_audit"]
+    return row
+
+
 def whole_suite(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The suite's speed-up, time-weighted over the sampled documents and projected to the full
     splits (seconds per document x full document count, per task and backend)."""
@@ -280,10 +298,13 @@ def whole_suite(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     hf_full = sum(v["hf_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
     eng_full = sum(v["engine_seconds"] / v["docs"] * FULL_DOCS[k] for k, v in tasks.items())
     audited = [v for v in tasks.values() if "audit_seconds" in v]
+    audit_s = sum(v["audit_seconds"] for v in audited)
+    audit_full = sum(v["audit_seconds_projected_full"] for v in audited)
     audit = {} if not audited else {"audit": {
-        "share_sampled": sum(v["audit_seconds"] for v in audited) / sum(v["engine_seconds"] for v in audited),
-        "share_projected_full": sum(v["audit_seconds_projected_full"] for v in audited)
-        / sum(v["engine_seconds_projected_full"] for v in audited)}}
+        "share_sampled": audit_s / sum(v["engine_seconds"] for v in audited),
+        "share_projected_full": audit_full / sum(v["engine_seconds_projected_full"] for v in audited),
+        "speedup_sampled_with_audit": hf_s / (eng_s + audit_s),
+        "speedup_projected_full_with_audit": hf_full / (eng_full + audit_full)}}
     return {**audit,
         "tasks": list(tasks),
         "sampled": {"docs": sum(v["docs"] for v in tasks.values()), "hf_seconds": hf_s, "engine_seconds": eng_s,
@@ -362,9 +383,10 @@ def run(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         loaded, prompts = select_prompts(task, limits.get(task, args.limit), args.data_dir, args.mmlu_subjects)
         print(f"  {task}: {len(prompts)} documents", flush=True)
         if loaded.spec.is_generation:
-            report["tasks"][task] = compare_generation(engine, hfs, loaded, prompts, getattr(args, "exact_generation", False))
+            report["tasks"][task] = with_audit(compare_generation(engine, hfs, loaded, prompts,
+                                                                  getattr(args, "exact_generation", False)))
         else:
-            report["tasks"][task] = compare_loglikelihood(engine, hfs, loaded, prompts, getattr(args, "rounds", 1))
+            report["tasks"][task] = with_audit(compare_loglikelihood(engine, hfs, loaded, prompts, getattr(args, "rounds", 1)))
         row = report["tasks"][task]
         print(f"  {task}: hf (batch {row['hf_batch_size']}) {row['hf_seconds']:.1f}s engine {row['engine_seconds']:.1f}s "
               f"-> {row['speedup']:.2f}x, agreement {row['agreement']:.3f}", flush=True)
@@ -430,24 +452,30 @@ TITLES = {"arc": "ARC (25-shot)", "hellaswag": "HellaSwag (10-shot)", "mmlu": "M
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The table of docs/speed.md for a report."""
+    """The table of docs/speed.md for a report: speed-ups with the audit's time included (what a
+    run's wall clock sees) and, second, of the engine alone."""
     lines = ["| task | docs | lm-eval hf batch | lm-eval hf tokens | engine tokens | unique tokens | lm-eval hf s | "
-             "engine s | speed-up | same answers | max \\|Δ ll\\| |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "engine s | audit s | speed-up, audit included | speed-up, engine alone | same answers | max \\|Δ ll\\| |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, r in report["tasks"].items():
         same = "not compared" if r["agreement"] is None else (
             f"{r['agreement']:.0%}" + (" identical text" if "strict_match_engine" in r else ""))
         delta = f"{r['max_abs_delta_loglikelihood']:.1e}" if "max_abs_delta_loglikelihood" in r else "–"
+        audit_s = f"{r['audit_seconds']:.1f}" if "audit_seconds" in r else "–"
+        with_audit_x = f"**{r['speedup_with_audit']:.2f}x**" if "speedup_with_audit" in r else "–"
         lines.append(f"| {TITLES.get(task, task)} | {r['docs']} | {r['hf_batch_size']} | {r['hf_tokens'] or '–'} | "
                      f"{r['engine_tokens']} | {r.get('unique_tokens', '–')} | {r['hf_seconds']:.1f} | "
-                     f"{r['engine_seconds']:.1f} | **{r['speedup']:.2f}x** | {same} | {delta} |")
+                     f"{r['engine_seconds']:.1f} | {audit_s} | {with_audit_x} | {r['speedup']:.2f}x | {same} | {delta} |")
     if "whole_suite" in report:
         w = report["whole_suite"]
+        a = w.get("audit", {})
         lines.append(f"| whole suite, time-weighted over the sampled docs | {w['sampled']['docs']} | | | | | "
-                     f"{w['sampled']['hf_seconds']:.1f} | {w['sampled']['engine_seconds']:.1f} | "
-                     f"**{w['sampled']['speedup']:.2f}x** | | |")
+                     f"{w['sampled']['hf_seconds']:.1f} | {w['sampled']['engine_seconds']:.1f} | | "
+                     f"**{a.get('speedup_sampled_with_audit', float('nan')):.2f}x** | {w['sampled']['speedup']:.2f}x | | |")
         lines.append(f"| whole suite, projected to the full splits | {sum(w['projected_full']['docs'].values())} | | | | | "
-                     f"{w['projected_full']['hf_hours']:.1f} h | {w['projected_full']['engine_hours']:.1f} h | "
-                     f"**{w['projected_full']['speedup']:.2f}x** | | |")
+                     f"{w['projected_full']['hf_hours']:.1f} h | {w['projected_full']['engine_hours']:.1f} h | | "
+                     f"**{a.get('speedup_projected_full_with_audit', float('nan')):.2f}x** | "
+                     f"{w['projected_full']['speedup']:.2f}x | | |")
     return "\n".join(lines)
 
 
@@ -476,7 +504,9 @@ def print_table(report: dict[str, Any]) -> None:
         if "audit_seconds" in r:
             delta = "" if r["audit_max_abs_diff"] is None else f", max |d| {r['audit_max_abs_diff']:.1e}"
             print(f"{task}: audit {r['audit_agree']}/{r['audit_n']} {r['audit_status']}{delta}, {r['audit_seconds']:.2f}s "
-                  f"= {r['audit_share']:.1%} of the engine's time here, {r['audit_share_projected_full']:.2%} "
+                  f"({r['audit_tokens']} plain tokens) = {r['audit_share']:.1%} of the engine's time here "
+                  f"(speed-up {r['speedup_with_audit']:.2f}x with it, {r['speedup']:.2f}x without), "
+                  f"{r['audit_share_projected_full']:.2%} "
                   f"projected to the full split")
     if "audit" in report.get("whole_suite", {}):
         a = report["whole_suite"]["audit"]

@@ -44,7 +44,8 @@ Beside the speed figures, two exactness checks (issue 17):
   lm-eval ``hf`` on the same ARC documents and one GSM8K prompt: |Δ ll| within the audit's bf16
   tolerance (:func:`evalsuite.run.audit.tolerance`), same predictions, same text;
 * the self-audit on the device: :class:`evalsuite.run.audit.Auditor` on each family's ARC answers
-  and on the SOLAR-shaped model's ARC answers, which must agree.
+  and on the SOLAR-shaped model's ARC answers, which must agree (``share=1.0``: every request of
+  these few documents, not a run's 3 % budget).
 
 A family beyond tolerance, an error or an audit that does not agree makes the exit status 1.
 The matrix adds 18 tiny models (about 10 s each on a loaded 2-core CPU, mostly building and
@@ -594,7 +595,7 @@ def check_family(families: Any, name: str, tokenizer: Any, folder: Path, args: A
             for p, a, b in zip(arc_prompts, got, ref, strict=True)]
     texts, ref_texts = run_requests(engine, gsm_prompts), run_requests(hf, gsm_prompts)
     with torch.inference_mode():
-        audit = Auditor(engine).check(arc_task, arc_prompts, got, f"gpu-check-{name}")
+        audit = Auditor(engine, share=1.0).check(arc_task, arc_prompts, got, f"gpu-check-{name}")
     return {"executor": engine.executor.name, "max_abs_dll": worst, "within_tolerance": bool(within),
             "same_prediction": sum(same) / len(same),
             "same_text": sum(a == b for a, b in zip(texts, ref_texts, strict=True)) / len(texts),
@@ -630,7 +631,7 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
             from evalsuite.run.audit import Auditor
 
             clock = time.perf_counter()
-            audit = Auditor(lm).check(task, task_prompts, out[task_name], "gpu-check")
+            audit = Auditor(lm, share=1.0).check(task, task_prompts, out[task_name], "gpu-check")
             sync()
             results["_solar_audit"] = {**audit_entry(audit), "seconds": round(time.perf_counter() - clock, 3),
                                        "share_of_task": round((time.perf_counter() - clock) / seconds, 4)}

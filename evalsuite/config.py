@@ -60,6 +60,17 @@ def limit_arg(text: str) -> int:
     return whole_number(text, 1, "; omit --limit to evaluate every document")
 
 
+def share_arg(text: str) -> float:
+    """A share in (0, 1], as ``0.03`` or ``3%`` (argparse type)."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.03 or a percentage such as 3%, got '{text}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1 (100%), got '{text}'; --no-audit turns the audit off")
+    return value
+
+
 def batch_size_arg(text: str) -> int | str:
     """``auto`` or a positive whole number (argparse type)."""
     try:
@@ -143,9 +154,14 @@ class RunConfig:
     use_cache: bool = _option(
         True, "compute every request again, bypassing the request cache (`evalsuite cache info`)", flag="--no-cache")
     audit: bool = _option(
-        True, "skip the evalsuite engine's self-audit (after each task a seeded ~1%% sample, at least 8 requests, "
-              "re-scored by the model's plain forward; beyond tolerance the task is scored again the plain way); "
-              "score rows then say 'not audited'", flag="--no-audit")
+        True, "skip the evalsuite engine's self-audit (after each task a seeded sample within --audit-share of the "
+              "task's engine tokens, at least one request, re-computed by the model's plain forward; beyond "
+              "tolerance the task is scored again the plain way); score rows then say 'not audited'", flag="--no-audit")
+    audit_share: float = _option(
+        0.03, "the self-audit's budget: plain-forward tokens as a share of each task's engine tokens, a fraction or "
+              "a percentage (default 0.03 = 3%%; at least one request per task is audited whatever the share; 1 audits "
+              "every request)",
+        parse=share_arg, metavar="SHARE")
     resume: bool = _option(
         False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "
                "its run id; says so when there is none. Without it an existing --run-id is refused; with it a different "
@@ -219,6 +235,10 @@ class RunConfig:
         from evalsuite.tasks.data import parse_data_revision
 
         parse_data_revision(self.data_revision)  # refused here, before anything loads
+        share = self.audit_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise EvalsuiteError(f"--audit-share must be a fraction above 0 and at most 1, got {share!r}; "
+                                 "--no-audit turns the audit off")
         check_device(device, present=gpu)
         return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
 

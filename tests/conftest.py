@@ -13,11 +13,45 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EVALSUITE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+# -- comparing numbers: tolerances that scale with the quantity (docs/exactness.md's rules) ------
+def loglikelihood_tolerance(continuation_tokens: int, floor: float = 1e-4) -> float:
+    """|Δ| allowed between two correct float32 executors on one request's summed log-likelihood:
+    docs/exactness.md's per-token rule (3e-5 a continuation token: summation noise grows with the
+    sum), never below ``floor`` (the tests' 1e-4 is stricter than the audit's 1e-3: a short
+    continuation agrees to ~1e-5 a token)."""
+    from evalsuite.run.audit import FP32_TOLERANCE_PER_TOKEN
+
+    return max(floor, FP32_TOLERANCE_PER_TOKEN * continuation_tokens)
+
+
+def document_tolerance(continuations: Any, tokenizer: Any) -> float:
+    """:func:`loglikelihood_tolerance` for every request of a stored document (its longest continuation)."""
+    return loglikelihood_tolerance(max(len(tokenizer.encode(c, add_special_tokens=False)) for c in continuations))
+
+
+def assert_same_printout(got: str, want: str) -> None:
+    """Two printouts equal except for float noise: every number within one unit of its last printed
+    digit (``0.4321`` vs ``0.4322``, ``4e-06`` vs ``3e-06``), all other text identical."""
+    import re
+
+    number = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+    assert number.sub("#", got) == number.sub("#", want), f"the text differs:\n{got}\n---\n{want}"
+
+    def unit(text: str) -> float:
+        mantissa, _, exponent = text.lower().partition("e")
+        decimals = len(mantissa.partition(".")[2])
+        return 10.0 ** (-decimals + (int(exponent) if exponent else 0))
+
+    for a, b in zip(number.findall(got), number.findall(want), strict=True):
+        assert abs(float(a) - float(b)) <= max(unit(a), unit(b)) * 1.0001, f"{a} vs {b}"
 
 
 #: Settings of the developer's that must not leak into tests, and where tests put theirs instead.

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from transformers import AutoTokenizer
+
+from conftest import REPO, SHARED_DATA, document_tolerance
 from families import FAMILIES
 from evalsuite.models.registry import REGISTRY
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="leaderboard data not available")
 
-#: |Δ log-likelihood| allowed against lm-eval's hf model in float32.
-TOL = 1e-4
 #: (families, tasks) of each CLI run.
 GROUPS = (([f for f in FAMILIES if f != "remote"], "arc,gsm8k"), (["remote"], "arc"))
 
@@ -52,7 +52,10 @@ def test_cli_run_default_backend_matches_lm_eval_hf(group, family_dirs, tmp_path
         mine, theirs = ours[ours["model"] == key], ref[ref["model"] == key]
         assert set(mine["task"]) == set(tasks.split(",")), family
         arc, ref_arc = mine[mine["task"] == "arc"], theirs[theirs["task"] == "arc"]
-        for got, want in zip(arc["loglikelihoods"], ref_arc["loglikelihoods"], strict=True):
-            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= TOL, family
+        tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+        for got, want, continuations in zip(arc["loglikelihoods"], ref_arc["loglikelihoods"], ref_arc["continuations"],
+                                            strict=True):
+            tol = document_tolerance(continuations, tokenizer)
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= tol, family
         assert list(arc["prediction"]) == list(ref_arc["prediction"]), family
         assert list(mine[mine["task"] == "gsm8k"]["generation"]) == list(theirs[theirs["task"] == "gsm8k"]["generation"]), family

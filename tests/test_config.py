@@ -31,7 +31,7 @@ def _cli_value(spec) -> tuple[list[str], object]:
     if action.choices:
         value = next(c for c in reversed(list(action.choices)) if c != spec.default)
         return [action.option_strings[0], value], value
-    text = "7" if spec.name != "shard" else "1/4"
+    text = {"shard": "1/4", "audit_share": "7%"}.get(spec.name, "7")
     return [action.option_strings[0], text], action.type(text) if action.type else text
 
 
@@ -125,12 +125,24 @@ def test_validate_normalizes():
     ({"data_parallel": 0}, "--data-parallel must be a positive whole number"),
     ({"device": "tpu"}, "unknown --device 'tpu'"),
     ({"device": "cpu:1"}, "unknown --device 'cpu:1'"),
+    ({"audit_share": 0}, "--audit-share must be a fraction above 0 and at most 1"),
+    ({"audit_share": 3}, "--audit-share must be a fraction above 0 and at most 1"),
+    ({"audit_share": "3%"}, "--audit-share must be a fraction above 0 and at most 1"),
 ])
 def test_each_bad_value_is_one_line(options, message):
     with pytest.raises(EvalsuiteError) as info:
         RunConfig(**options).validate()
     text = str(info.value)
     assert text.startswith(message) and "\n" not in text
+
+
+def test_audit_share_on_the_command_line():
+    from evalsuite.config import share_arg
+
+    assert share_arg("0.05") == share_arg("5%") == pytest.approx(0.05) and share_arg("1") == 1.0
+    for bad in ("0", "150%", "-1", "lots"):
+        with pytest.raises(Exception, match="--no-audit|fraction"):
+            share_arg(bad)
 
 
 def test_an_unknown_option_is_refused_by_name():

@@ -6,6 +6,9 @@ import math
 
 import pytest
 import torch
+from transformers import AutoTokenizer
+
+from conftest import assert_same_printout, loglikelihood_tolerance
 
 from evalsuite.cli import main
 from evalsuite.run.ray_shards import run_on_ray, shard_resources
@@ -45,9 +48,12 @@ def test_ray_shards_merge_to_the_unsharded_run(tiny_llama_dir, data_dir, tmp_pat
     local = {(r["task"], r["subtask"], r["doc_index"]): r for r in store.samples(run_id="local").to_dict("records")}
     ray = {(r["task"], r["subtask"], r["doc_index"]): r for r in store.samples(run_id="ray").to_dict("records")}
     assert local.keys() == ray.keys()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     for key, row in local.items():
         assert ray[key]["value"] == row["value"], key
-        assert ray[key]["loglikelihoods"] == pytest.approx(row["loglikelihoods"], abs=1e-4), key
+        tokens = max(len(tokenizer.encode(c, add_special_tokens=False)) for c in row["continuations"])
+        for got, want in zip(ray[key]["loglikelihoods"], row["loglikelihoods"], strict=True):
+            assert abs(got - want) <= loglikelihood_tolerance(tokens), key
 
     expected = store.scores(run_id="local")
     expected = expected[expected["subtask"].isna()].set_index("task")
@@ -62,4 +68,5 @@ def test_ray_shards_merge_to_the_unsharded_run(tiny_llama_dir, data_dir, tmp_pat
     main(["results", "--results-dir", str(results), "--run", "local"])
     local_table = capsys.readouterr().out
     main(["results", "--results-dir", str(results), "--run", "ray"])
-    assert capsys.readouterr().out == local_table
+    # each process's own batches round differently: the audit's max |Δ| (4e-06 vs 3e-06) is noise
+    assert_same_printout(capsys.readouterr().out, local_table)

@@ -110,6 +110,9 @@ class BackendInfo:
     cost_model: str | None = None
     #: answers ``token_logprobs(texts)`` (the contamination check's scores)
     token_logprobs: bool = False
+    #: re-checks a sample of each task on the model's plain forward after scoring it (the
+    #: self-audit, evalsuite.run.audit); the dry run then also plans the audit's sample and cost
+    audits: bool = False
     #: takes a whole task per call (its own scheduler batches, and each call has a fixed cost such
     #: as starting replicas); otherwise the runner sends chunks of documents, so progress and the
     #: request cache move as they go
@@ -198,7 +201,7 @@ def logprob_backend() -> str:
 
 # -- the backends ------------------------------------------------------------------------------
 register(BackendInfo(
-    "evalsuite", "evalsuite.backends.engine:build", cost_model="engine", token_logprobs=True,
+    "evalsuite", "evalsuite.backends.engine:build", cost_model="engine", token_logprobs=True, audits=True,
     summary="evalsuite's engine (default)",
     options=(Option("generation", GENERATION_MODES[0],
                     "evalsuite backend's greedy decoding (GSM8K): batched (default: prompts of any length "

@@ -4,21 +4,24 @@ Why: a list of model families that were tested is not a guarantee; the next fami
 next detail (a window, a soft-cap, a position scheme) that a fast path may miss. So after each
 task the runner hands what the engine answered to :class:`Auditor`, which
 
-* log-likelihood tasks: takes a seeded random sample of the task's documents (whole documents,
-  so the prediction, the argmax over a document's choices, can be compared too) holding at
-  least :data:`MIN_REQUESTS` requests and about :data:`SHARE` of them, re-scores them with the
-  plain executor (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's
-  own full forward on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the
-  greedy flags and the predictions. A request agrees when |Δ ll| is within tolerance and (in
+* chooses a sample within a cost budget (:func:`choose_sample`): plain-executor tokens within
+  ``--audit-share`` (:data:`SHARE`, 3 %) of the task's engine tokens, both counted by the dry
+  run's own counting; the floor is the document with the task's longest input (whole if it
+  fits, else that request alone), so at least one request is always audited; then whole
+  documents in a seeded order (run id and task) while they fit. A pure function of the task's
+  documents: a resumed run and every shard audit the same requests as an unsharded run;
+* log-likelihood tasks: re-scores the sample with the plain executor
+  (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's own full forward
+  on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the greedy flags and
+  the predictions of whole documents. A request agrees when |Δ ll| is within tolerance and (in
   float32) its greedy flag is the same; the audit passes when every sampled request agrees. A
   prediction that differs while every number is within tolerance is a near tie (two choices
   closer than the rounding), noted in ``audit_note``, not a failure: either answer is right
   to that precision;
-* generation tasks: re-generates a sample of the requests one prompt at a time
-  (``Generator(..., mode="exact")``, the same calls as ``generate`` at batch size 1) and
-  compares the text.
-
-The seed is derived from the run id and the task, so an audit can be repeated exactly.
+* generation tasks: one plain forward over prompt + generated tokens per sampled prompt
+  (:mod:`evalsuite.run.greedy_check`): every generated token must be the greedy choice (a near
+  tie within the dtype's per-token tolerance is noted, not failed) and the decoding must stop
+  where the text ends.
 
 An audit beyond tolerance never leaves a silently different number: the task is scored again
 on :class:`PlainLM` (plain forward, exact generation), its score row says so, and the request
@@ -47,10 +50,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: At least this many requests are re-scored per task (all of them when the task has fewer).
-MIN_REQUESTS = 8
-#: About this share of a task's requests is re-scored.
-SHARE = 0.01
+from evalsuite.run.audit_sample import SHARE, AuditSample, DocCost, choose_sample
+
 #: |Δ ll| allowed per request in float32 ...
 FP32_TOLERANCE = 1e-3
 #: ... or this much per continuation token where more: HellaSwag's 40-100-token endings sum to
@@ -111,42 +112,12 @@ def summary_lines(views: Sequence[Any]) -> list[str]:
     return lines
 
 
-def combine(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The audit fields of a task merged from its shards' rows (sums, the largest |Δ|, the worst status)."""
-    statuses = [r.get("audit_status") for r in rows if isinstance(r.get("audit_status"), str)]
-    if not statuses:
-        return {}
-    status = next((s for s in ("rerun", "not audited", "not applicable") if s in statuses), "agree")
-    diffs = [float(r["audit_max_abs_diff"]) for r in rows if not _missing(r.get("audit_max_abs_diff"))]
-    notes = [r["audit_note"] for r in rows if isinstance(r.get("audit_note"), str)]
-    return {"audit_status": status, "audit_n": sum(_int(r.get("audit_n")) for r in rows),
-            "audit_agree": sum(_int(r.get("audit_agree")) for r in rows),
-            "audit_max_abs_diff": max(diffs) if diffs else None, "audit_note": "; ".join(notes) or None}
-
-
 def tolerance(dtype: str, continuation_tokens: int) -> float:
     """|Δ ll| allowed for one request of ``continuation_tokens`` tokens scored in ``dtype``."""
     per_token = HALF_TOLERANCE_PER_TOKEN.get(str(dtype).replace("torch.", ""))
     if per_token is None:
         return max(FP32_TOLERANCE, FP32_TOLERANCE_PER_TOKEN * continuation_tokens)
     return per_token * max(1, continuation_tokens)
-
-
-def sample_documents(prompts: Sequence[Any], run_id: str, task: str) -> list[int]:
-    """Indices (ascending) of the documents audited: a seeded shuffle, whole documents, until
-    at least ``max(MIN_REQUESTS, SHARE x requests)`` requests (or all) are in."""
-    total = sum(len(p.instances) for p in prompts)
-    target = min(total, max(MIN_REQUESTS, math.ceil(SHARE * total)))
-    seed = int(hashlib.sha256(f"{run_id}\0{task}".encode()).hexdigest()[:16], 16)
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    picked, count = [], 0
-    for index in order:
-        if count >= target:
-            break
-        picked.append(index)
-        count += len(prompts[index].instances)
-    return sorted(picked)
 
 
 class PlainLM:
@@ -184,13 +155,14 @@ class PlainLM:
 class Auditor:
     """Audits each task of one model's run (see the module docstring)."""
 
-    def __init__(self, lm: Any, *, enabled: bool = True) -> None:
+    def __init__(self, lm: Any, *, enabled: bool = True, share: float = SHARE) -> None:
         self.lm = lm  # what the runner asks: the engine, perhaps behind the request cache
         inner = getattr(lm, "lm", lm)
         from evalsuite.backends.engine import lm as engine_lm
 
         self.engine = inner if isinstance(inner, engine_lm.EngineLM) else None
         self.enabled = enabled
+        self.share = share
         self._plain: PlainLM | None = None
 
     @property
@@ -202,6 +174,14 @@ class Auditor:
     @property
     def dtype(self) -> str:
         return str(next(self.engine.model.parameters()).dtype).replace("torch.", "")
+
+    def sample(self, task: Any, population: Sequence[Any], run_id: str) -> AuditSample:
+        """The task's sample, costed by the dry run's counting with the engine's tokenizer."""
+        from evalsuite.run.dry_run import _plan_task
+
+        plan = _plan_task(task, self.engine.tokenizer, self.engine.max_length, None, None, "evalsuite", None,
+                          self.engine.device.type, prompts=population, audit=(self.share, run_id))
+        return plan.audit
 
     def check(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], run_id: str,
               population: Sequence[Any] | None = None) -> Audit:
@@ -222,21 +202,24 @@ class Auditor:
         if not task.spec.is_generation and self.engine.executor.name == "plain":
             return Audit("not applicable", note="log-likelihoods already run on the plain executor (the model's "
                                                 "capabilities declined the fast paths): the audit's own path")
-        picked = sample_documents(prompts, run_id, task.spec.name)
-        if population is not None:
-            mine = {(p.subtask, p.doc_index): i for i, p in enumerate(prompts)}
-            drawn = [population[i] for i in sample_documents(population, run_id, task.spec.name)]
-            picked = sorted(mine[key] for key in ((p.subtask, p.doc_index) for p in drawn) if key in mine)
-        if not picked:
+        everything = list(population) if population is not None else list(prompts)
+        sample = self.sample(task, everything, run_id)
+        mine = {(p.subtask, p.doc_index): i for i, p in enumerate(prompts)}
+        picks = [(mine[key], sample.requests_of(d)) for d in sample.picked
+                 if (key := (everything[d].subtask, everything[d].doc_index)) in mine]
+        if not picks:
             return Audit("agree", 0, 0, None, "no document of this shard drawn")
+        cost = (f"{sample.tokens:,} plain tokens, {sample.tokens / max(1, sample.engine_tokens):.1%} of the task's "
+                f"{sample.engine_tokens:,} engine tokens")
         if task.spec.is_generation:
-            return self._check_generation(prompts, responses, picked)
-        return self._check_loglikelihood(task, prompts, responses, picked)
+            return self._check_generation(prompts, responses, [i for i, _ in picks], cost)
+        return self._check_loglikelihood(task, prompts, responses, picks, cost)
 
     def _check_loglikelihood(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]],
-                             picked: list[int]) -> Audit:
-        requests = [inst for i in picked for inst in prompts[i].instances]
-        fast = [tuple(r) for i in picked for r in responses[i]]
+                             picks: list[tuple[int, tuple[int, ...] | None]], cost: str) -> Audit:
+        chosen = [(i, range(len(prompts[i].instances)) if which is None else which) for i, which in picks]
+        requests = [prompts[i].instances[j] for i, which in chosen for j in which]
+        fast = [tuple(responses[i][j]) for i, which in chosen for j in which]
         plain = self.plain.loglikelihood(requests)
         lengths = [len(cont) for _, cont in self.plain.pairs(requests)]
         diffs = [abs(float(f[0]) - float(p[0])) for f, p in zip(fast, plain, strict=True)]
@@ -245,15 +228,19 @@ class Auditor:
         strict_flags = self.dtype not in HALF_TOLERANCE_PER_TOKEN
         agree = sum(d <= tolerance(self.dtype, n) and (bool(f[1]) == bool(p[1]) or not strict_flags)
                     for d, n, f, p in zip(diffs, lengths, fast, plain, strict=True))
-        flips, at = 0, 0
-        for i in picked:
-            k = len(prompts[i].instances)
+        flips, at, whole = 0, 0, 0
+        for (i, which), _ in zip(chosen, picks, strict=True):
+            k = len(which)
             mine, ref = fast[at:at + k], plain[at:at + k]
             at += k
-            if task.score(prompts[i], mine).prediction != task.score(prompts[i], ref).prediction:
-                flips += 1
+            if k == len(prompts[i].instances):  # a whole document: its prediction is compared too
+                whole += 1
+                if task.score(prompts[i], mine).prediction != task.score(prompts[i], ref).prediction:
+                    flips += 1
         worst = max(diffs) if diffs else 0.0
-        note = f"{len(picked)} documents, {self.dtype}"
+        parts = len(chosen) - whole
+        note = f"{whole} whole document(s)" + (f" and {parts} long request(s) alone" if parts else "")
+        note += f", {cost}, {self.dtype}"
         if flips:
             note += f", {flips} prediction(s) differ"
         if agree == len(requests):  # a prediction that flips with every number within tolerance is a near tie
@@ -261,15 +248,22 @@ class Auditor:
         return Audit("rerun", len(requests), agree, worst,
                      note + "; beyond tolerance: re-scored on the plain executor")
 
-    def _check_generation(self, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], picked: list[int]) -> Audit:
-        requests = [prompts[i].instances[0] for i in picked]
-        fast = [responses[i][0] for i in picked]
-        exact = self.plain.generate_until(requests)
-        agree = sum(a == b for a, b in zip(fast, exact, strict=True))
-        note = f"{len(picked)} prompts re-generated one at a time, {self.dtype}"
-        if agree == len(requests):
-            return Audit("agree", len(requests), agree, None, note)
-        return Audit("rerun", len(requests), agree, None, note + "; texts differ: re-generated one prompt at a time")
+    def _check_generation(self, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], picked: list[int],
+                          cost: str) -> Audit:
+        from evalsuite.run.greedy_check import check_greedy
+
+        generator = self.engine.generator
+        results = [check_greedy(generator, prompts[i].instances[0], responses[i][0], tolerance(self.dtype, 1))
+                   for i in picked]
+        agree = sum(r.ok for r in results)
+        ties = sum(r.near_ties for r in results)
+        note = (f"{len(picked)} prompt(s) checked by one forward over prompt + generated tokens, {cost}, {self.dtype}"
+                + (f", {ties} near tie(s) within tolerance" if ties else ""))
+        if agree == len(results):
+            return Audit("agree", len(results), agree, None, note)
+        why = "; ".join(r.why for r in results if not r.ok)
+        return Audit("rerun", len(results), agree, None,
+                     f"{note}; {why}: re-generated one prompt at a time")
 
     def forget_cached(self, prompts: Sequence[Any]) -> None:
         """Drop the task's answers from the request cache: the audit rejected them."""
@@ -299,5 +293,4 @@ def _int(value: Any) -> int:
 
 __all__ = ["Audit", "Auditor", "PlainLM", "AUDIT_STATUSES", "FP32_TOLERANCE", "FP32_TOLERANCE_PER_TOKEN",
            "HALF_TOLERANCE_PER_TOKEN",
-           "MIN_REQUESTS", "SHARE", "describe", "describe_row", "summary_lines", "combine", "tolerance",
-           "sample_documents"]
+           "SHARE", "AuditSample", "DocCost", "choose_sample", "describe", "describe_row", "summary_lines", "tolerance"]

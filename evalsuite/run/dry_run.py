@@ -61,6 +61,8 @@ class TaskPlan:
     tokenizer_fallback: bool = False  # the fast tokenization disagreed with plain encoding
     plan_seconds: float = 0.0  # building the prompts, tokenizing and counting
     host_seconds: float = 0.0  # of est_seconds: the engine's tokenizing and prefix trees, timed on a sample now
+    audit: Any = None  # the self-audit's sample (evalsuite.run.audit.AuditSample) when planned
+    audit_est_seconds: float | None = None  # its estimated time on the plain executor
 
 
 @dataclass
@@ -96,6 +98,9 @@ class ModelPlan:
     def table(self) -> str:
         """The plan as the terminal shows it."""
         header = ["task", "docs", "requests", "lm-eval hf tokens", "engine tokens", "new tokens (gen)", "est. time"]
+        audited = any(t.audit is not None for t in self.tasks)
+        if audited:
+            header.append("audit")
         rows = []
         for t in self.tasks:
             docs = f"{t.docs}" + (f"/{t.docs_total}" if t.docs != t.docs_total else "")
@@ -106,6 +111,8 @@ class ModelPlan:
                 new, est = "-", _duration(t.est_seconds)
             engine = f"{t.engine_tokens:,}" + ("*" if t.kind == "loglikelihood" and not t.engine_planned else "")
             rows.append([t.task, docs, f"{t.requests:,}", f"{t.lm_eval_tokens:,}", engine, new, est])
+            if audited:
+                rows[-1].append(_audit_cell(t))
         total_est = _duration(self.est_seconds)
         if self.est_seconds_max is not None and self.est_seconds_max != self.est_seconds:
             total_est += f" (<= {_duration(self.est_seconds_max)})"
@@ -113,6 +120,10 @@ class ModelPlan:
                      f"{sum(t.lm_eval_tokens for t in self.tasks):,}", f"{sum(t.engine_tokens for t in self.tasks):,}",
                      f"<= {sum(t.new_tokens_max for t in self.tasks):,}" if any(t.new_tokens_max for t in self.tasks) else "-",
                      total_est])
+        if audited:
+            tokens = sum(t.audit.tokens for t in self.tasks if t.audit is not None)
+            seconds = [t.audit_est_seconds for t in self.tasks if t.audit is not None]
+            rows[-1].append(f"{tokens:,} tok" + ("" if None in seconds else f", {_duration(sum(seconds))}"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = [f"dry run: {self.model} ({self.model_id}), {self.dtype} on {self.device}, backend {self.backend}, "
                  f"{'limit ' + str(self.limit) + ' per task (per subject for MMLU)' if self.limit else 'full splits'}; "
@@ -125,6 +136,10 @@ class ModelPlan:
                      "engine = the engine's planner on the prefix trees (shared prefixes once per call, padding "
                      f"included); new tokens: generation budget, documents x {MAX_NEW_TOKENS} (~ expected: reference "
                      "answer lengths + stop)")
+        if audited:
+            lines.append("audit: the self-audit's sample, re-run on the plain executor after each task (tokens, "
+                         "estimated time): within --audit-share of the task's engine tokens, at least one request "
+                         "(docs/exactness.md)")
         if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
             lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
                          "is planned by the engine's own planner, padding included: +1-2 % on HellaSwag and ARC)")
@@ -209,9 +224,10 @@ def plan_cost(
         for task in bar:
             bar.set_postfix_str(task.spec.name)
             start = time.perf_counter()
+            audited = (config.audit_share, config.run_id or "dry-run") if get_backend(backend).audits and config.audit else None
             try:
                 task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed,
-                                       device.split(":")[0], config.generation)
+                                       device.split(":")[0], config.generation, audit=audited)
             except DataFormatError as exc:  # as the run: the task is recorded failed, the others go on (exit 1)
                 model_plan.unavailable[task.spec.name] = str(exc)
                 continue
@@ -222,7 +238,11 @@ def plan_cost(
 
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
-               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched") -> TaskPlan:
+               backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched",
+               prompts: Sequence[Any] | None = None, audit: tuple[float, str] | None = None) -> TaskPlan:
+    """One task's plan. ``prompts``: these documents instead of the task's (the self-audit plans
+    a sharded task's whole population); ``audit``: (share, run id) also chooses the self-audit's
+    sample (:func:`evalsuite.run.audit.choose_sample`) from the per-document costs counted here."""
     from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from evalsuite.backends.engine.planner import count_calls
     from evalsuite.backends.engine.prefix_tree import truncated_inputs
@@ -230,7 +250,9 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     from evalsuite.tasks.piecewise import PiecewiseEncoder
     from evalsuite.store.shards import select
 
-    prompts = select(task.prompts(limit), shard)
+    from evalsuite.run.audit_sample import DocCost, choose_sample
+
+    prompts = select(task.prompts(limit), shard) if prompts is None else list(prompts)
     encoder = PiecewiseEncoder(tokenizer)
     spec = task.spec
     if spec.is_generation:
@@ -243,11 +265,15 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                           sum(lengths), int(statistics.median(lengths)) if lengths else 0,
                           new_tokens_max=MAX_NEW_TOKENS * len(prompts), new_tokens_expected=sum(expected),
                           tokenizer_fallback=encoder.fallback)
+        if audit is not None:  # one forward over prompt + generated tokens per audited prompt
+            result.audit = choose_sample([DocCost(n + g, n, 0) for n, g in zip(lengths, expected)],
+                                         result.engine_tokens + result.new_tokens_expected, audit[0], audit[1], spec.name)
         if speed is not None:
             # the engine decodes as --generation says; lm-eval hf one prompt at a time, as v1 ran
             mode = generation if get_backend(backend).cost_model == "engine" else "exact"
             result.est_seconds = _generation_seconds(speed, lengths, expected, mode, device_type)
             result.est_seconds_max = _generation_seconds(speed, lengths, [MAX_NEW_TOKENS] * len(lengths), mode, device_type)
+        result.audit_est_seconds = _audit_seconds(result, speed)
         return result
 
     requests = [tuple(inst.args) for p in prompts for inst in p.instances]
@@ -276,6 +302,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     # every task: the exact distinct inputs and prefix-tree tokens, fast
     lm_eval_tokens = scored = 0
     doc_lengths: list[int] = []
+    doc_costs: list[Any] = []  # the plain executor's tokens per document, for the self-audit
 
     def inputs_per_call() -> Iterable[list[tuple[int, ...]]]:
         nonlocal lm_eval_tokens, scored
@@ -286,6 +313,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
             while at < len(chunk):
                 n = len(next(docs).instances)
                 doc_lengths.append(max(map(len, inputs[at:at + n])))
+                longest = max(range(n), key=lambda j: len(inputs[at + j]))
+                doc_costs.append(DocCost(sum(map(len, set(inputs[at:at + n]))), len(inputs[at + longest]), longest))
                 at += n
             distinct = {x: len(k) for x, (_, k) in zip(inputs, chunk)}
             lm_eval_tokens += sum(map(len, distinct))
@@ -302,6 +331,8 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
+    if audit is not None:
+        result.audit = choose_sample(doc_costs, result.engine_tokens, audit[0], audit[1], spec.name)
     if speed is not None:
         engine = get_backend(backend).cost_model == "engine"
         result.host_seconds = _host_seconds(tokenizer, requests, next(iter(calls()), []), max_length, engine)
@@ -313,6 +344,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         else:  # lm-eval hf: one pass per distinct input, the output layer at every position
             result.est_seconds = (speed.forward_seconds(lm_eval_tokens, median, len(requests))
                                   + speed.scoring_seconds(lm_eval_tokens) + result.host_seconds)
+    result.audit_est_seconds = _audit_seconds(result, speed)
     return result
 
 
@@ -347,6 +379,14 @@ def _host_seconds(tokenizer: Any, requests: Sequence[tuple[str, str]], first_cal
     return total
 
 
+def _audit_seconds(plan: TaskPlan, speed: SpeedProfile | None) -> float | None:
+    """The self-audit's sample on the plain executor: its tokens at the task's median length, one
+    pass per audited document (the output layer, at the continuations only, is left out)."""
+    if plan.audit is None or speed is None:
+        return None
+    return speed.forward_seconds(plan.audit.tokens, plan.median_doc_tokens, len(plan.audit.picked))
+
+
 def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
     """Greedy generation as the engine runs it, a runner call (``CHUNK_DOCS`` prompts) at a time.
 
@@ -368,6 +408,13 @@ def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int],
             rows, context = gens[begin:begin + slots], max(lengths[begin:begin + slots])
             total += max(rows) * speed.decode_step_s + (sum(rows) - max(rows)) * speed.per_token(context)
     return total
+
+
+def _audit_cell(plan: TaskPlan) -> str:
+    if plan.audit is None:
+        return "-"
+    cell = f"{plan.audit.tokens:,} tok"
+    return cell if plan.audit_est_seconds is None else f"{cell}, {_duration(plan.audit_est_seconds)}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -260,7 +260,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
                 lm = wrap(lm, source, options, backend)
             from evalsuite.run.audit import Auditor
 
-            auditor = Auditor(lm, enabled=config.audit)
+            auditor = Auditor(lm, enabled=config.audit, share=config.audit_share)
     except KeyboardInterrupt as exc:
         finish(RunStatus.INTERRUPTED, _interrupt_text(exc), source)
         raise
@@ -409,8 +409,8 @@ def _evaluate_task(lm: Any, task: LoadedTask, model: str, store: ResultsStore, r
                 and not isinstance(auditor, _KeptAudits)):
             # kept with the answers: a rerun that finds them all needs neither the model nor a new audit
             requests = [inst for p in prompts for inst in p.instances]
-            lm.keep_audit(lm.audit_key(spec.name, prompts[0].request_type, requests, shard_part(shard) if shard else ""),
-                          audited.fields())
+            lm.keep_audit(lm.audit_key(_audit_name(spec.name, auditor.share), prompts[0].request_type, requests,
+                                       shard_part(shard) if shard else ""), audited.fields())
     if abandoned:
         scores[0] = replace(scores[0], engine_note="; ".join(abandoned))
         _say(f"{model} {spec.name}: " + "; ".join(abandoned))
@@ -459,7 +459,7 @@ class _KeptAudits:
 
     def __init__(self, audits: dict[str, dict[str, Any]], enabled: bool, backend: str) -> None:
         self.audits, self.enabled = audits, enabled
-        self.engine = get_backend(backend).cost_model == "engine"  # the audit checks the evalsuite engine only
+        self.engine = get_backend(backend).audits  # the audit checks the evalsuite engine only
 
     def check(self, task: LoadedTask, *_args: Any, **_kwargs: Any) -> Any:
         from evalsuite.run.audit import Audit
@@ -469,6 +469,12 @@ class _KeptAudits:
         fields = {k.removeprefix("audit_"): v for k, v in self.audits[task.spec.name].items()}
         note = "; ".join(x for x in (fields.pop("note", None), "kept with the cached answers it checked") if x)
         return Audit(**fields, note=note)
+
+
+def _audit_name(task: str, share: float) -> str:
+    """A kept audit's task part of the key: with its share, so a run asking for a larger sample
+    (``--audit-share 1``) never reuses a smaller one."""
+    return f"{task} audit-share {share:g}"
 
 
 def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfig,
@@ -489,7 +495,8 @@ def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfi
             return None
         if config.audit:
             part = shard_part(config.shard) if config.shard else ""
-            fields = lm.kept_audit(lm.audit_key(name, prompts[0].request_type, requests, part))
+            fields = lm.kept_audit(lm.audit_key(_audit_name(name, config.audit_share), prompts[0].request_type,
+                                                requests, part))
             if fields is None:
                 return None
             audits[name] = fields

@@ -163,11 +163,29 @@ def _merged_rows(run_id: str, model: str, task: str, score_rows: Any, samples: A
     made = score_records(run_id, model, load_spec(task), ordered["value"].tolist(), groups,
                          n_total=None if head["n_total"] is None or math.isnan(head["n_total"]) else int(head["n_total"]),
                          subjects=subjects)
-    from evalsuite.run.audit import combine
-
     merged = [records.as_row("scores", r) for r in made]
-    merged[0].update(combine(heads.to_dict("records")))  # the shards' audits, summed
+    merged[0].update(combine_audits(heads.to_dict("records")))  # the shards' audits, summed
     return merged
+
+
+def combine_audits(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audit fields of a task merged from its shards' rows (sums, the largest |Δ|, the worst
+    status; :mod:`evalsuite.run.audit`). Nullable columns read back as None, NaN or pandas' NA."""
+    def missing(value: Any) -> bool:
+        try:
+            return value is None or bool(value != value)
+        except TypeError:  # pandas.NA: its comparisons are NA
+            return True
+
+    statuses = [r.get("audit_status") for r in rows if isinstance(r.get("audit_status"), str)]
+    if not statuses:
+        return {}
+    status = next((s for s in ("rerun", "not audited", "not applicable") if s in statuses), "agree")
+    diffs = [float(r["audit_max_abs_diff"]) for r in rows if not missing(r.get("audit_max_abs_diff"))]
+    notes = [r["audit_note"] for r in rows if isinstance(r.get("audit_note"), str)]
+    count = lambda name: sum(0 if missing(r.get(name)) else int(r[name]) for r in rows)  # noqa: E731
+    return {"audit_status": status, "audit_n": count("audit_n"), "audit_agree": count("audit_agree"),
+            "audit_max_abs_diff": max(diffs) if diffs else None, "audit_note": "; ".join(notes) or None}
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -139,6 +139,8 @@ class Generator:
         self.fallback: Any = None
         #: when set, called with each job the moment its generation is finished
         self.on_done: Callable[[Job], None] | None = None
+        #: the token ids each (context, text) was decoded from: the self-audit checks them in one forward
+        self.generated: dict[tuple[str, str], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ requests
     def jobs(self, requests: Sequence[Any]) -> list[Job]:
@@ -192,7 +194,9 @@ class Generator:
                 self.fallback(exc)
                 for job in jobs:
                     job.reset()
-        return [job.text(self.tokenizer) for job in jobs]
+        texts = [job.text(self.tokenizer) for job in jobs]
+        self.generated.update(((req.args[0], text), tuple(job.new)) for req, job, text in zip(requests, jobs, texts))
+        return texts
 
     def run(self, jobs: list[Job]) -> None:
         """Decode the jobs not yet done on this generator's route (out of memory: see the module
