@@ -42,9 +42,6 @@ are in docs/exactness.md, "The self-audit".
 """
 from __future__ import annotations
 
-import hashlib
-import math
-import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ class EvalResult:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def evaluate(
@@ -214,7 +214,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     use_cache, progress = config.use_cache, config.progress
     dtype, dtype_note = resolve_dtype(spec, device, config.dtype)
     run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if config.generation == "exact" else None) if x)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.perf_counter()
     tensor_parallel, data_parallel = _parallelism(spec, backend, dtype, config.tensor_parallel, config.data_parallel)
     part = f"shard{shard[0]}of{shard[1]}" if shard else ""
@@ -225,7 +225,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
     def finish(status: str, error: str | None = None, source: ModelSource | None = None, notes: str | None = None) -> None:
         """Rewrite the run row with how the run ended (on an error path, never masking that error)."""
         done = _run_record(run_id, spec, source, options, backend, loaded, limit, started, tag, shard, run_notes) if source else record
-        final = replace(done, status=status, error=error, finished_at=datetime.now(timezone.utc),
+        final = replace(done, status=status, error=error, finished_at=datetime.now(UTC),
                         wall_time_s=time.perf_counter() - clock,
                         notes="; ".join(x for x in (done.notes, notes) if x) or None)
         if status in FINISHED:
