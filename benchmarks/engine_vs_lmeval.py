@@ -147,7 +147,7 @@ def compare_loglikelihood(
     for _ in range(rounds):  # alternating; the best round of each (the machine is shared)
         for bs, hf in hfs.items():
             with count_tokens(base) as hf_count:
-                out, seconds = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))
+                out, seconds = timed(lambda: hf.loglikelihood(instances, disable_tqdm=True))  # noqa: B023 - timed() calls it at once
             ref = out if bs == min(hfs) else ref
             hf_times[bs] = min(hf_times[bs], seconds)
             hf_tokens[bs] = hf_count["tokens"]
@@ -239,7 +239,7 @@ def compare_generation(engine: EngineLM, hfs: dict[int, Any], loaded: LoadedTask
     hf_tokens: dict[int, int] = {}
     for bs, hf in hfs.items():
         with count_tokens(base) as hf_count:
-            texts[bs], hf_times[bs] = timed(lambda: hf.generate_until(instances, disable_tqdm=True))
+            texts[bs], hf_times[bs] = timed(lambda: hf.generate_until(instances, disable_tqdm=True))  # noqa: B023 - timed() calls it at once
         hf_tokens[bs] = hf_count["tokens"]
         print(f"    hf batch {bs}: {hf_times[bs]:.1f}s", flush=True)
     with count_tokens(base) as eng_count:
@@ -323,7 +323,7 @@ def scaling(engine: EngineLM, data_dir: Path, sizes: list[int], linear_task: str
             _, prompts = select_prompts(task, n, data_dir, 1)
             instances = [inst for p in prompts for inst in p.instances]
             engine.forget()
-            _, seconds = timed(lambda: engine.loglikelihood(instances))
+            _, seconds = timed(lambda: engine.loglikelihood(instances))  # noqa: B023 - timed() calls it at once
             out[key].append({"questions": len(prompts), "seconds": seconds, "seconds_per_question": seconds / len(prompts)})
     return out
 

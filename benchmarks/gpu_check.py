@@ -209,8 +209,8 @@ def run_stages(args: Any, stages: list[str], results: dict, verdicts: list) -> N
                     responses[backend] = out
                 del lm
     if model is not None and "oom-backoff" in stages:
-        guarded(verdicts, "oom back-off", lambda: verdicts.append(
-            check_oom_backoff(args, model, tokenizer, prompts, responses.get("evalsuite"))))
+        guarded(verdicts, "oom back-off", lambda m: verdicts.append(
+            check_oom_backoff(args, m, tokenizer, prompts, responses.get("evalsuite"))), model)
     del model
     gc.collect()
     if args.device == "cuda":
@@ -679,7 +679,7 @@ def report(results: dict) -> str:
              f"{'mean|dLL|':>9} {'same pred':>9}"]
     for backend, tasks in results["backends"].items():
         for task, e in tasks.items():
-            def fmt(key: str, spec: str) -> str:
+            def fmt(key: str, spec: str, e: dict = e) -> str:
                 value = e.get(key)
                 return format(value, spec) if isinstance(value, (int, float)) and not math.isnan(value) else "—"
 

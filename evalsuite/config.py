@@ -222,10 +222,10 @@ class RunConfig:
                     check_fits(spec, self.dtype or "float32", "cpu")
                     check_cpu_run(spec.alias, spec.params, task_names, self.limit)
         batch_size = parse_batch_size(self.batch_size)
-        shard = self.shard
-        if shard is not None:
-            shard = parse_shard(shard) if isinstance(shard, str) else tuple(shard)
-            check_shard(shard)  # type: ignore[arg-type]
+        shard: tuple[int, int] | None = None
+        if self.shard is not None:
+            shard = parse_shard(self.shard) if isinstance(self.shard, str) else (self.shard[0], self.shard[1])
+            check_shard(shard)
             if self.run_id is None:
                 raise EvalsuiteError("--shard needs --run-id: give every shard the same run id so they form one run")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -241,6 +241,12 @@ class RunConfig:
                                  "--no-audit turns the audit off")
         check_device(device, present=gpu)
         return replace(self, models=model_names, tasks=task_names, device=device, batch_size=batch_size, shard=shard)
+
+    @property
+    def shard_pair(self) -> tuple[int, int] | None:
+        """The ``(I, N)`` shard of a validated config (validate() parses "I/N"), or None."""
+        assert self.shard is None or isinstance(self.shard, tuple)
+        return self.shard
 
     def selection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The model names (default ``smollm2``) and the task names, suites expanded."""

@@ -170,14 +170,17 @@ class Auditor:
 
     @property
     def dtype(self) -> str:
+        assert self.engine is not None  # asked only of an audit of the engine
         return str(next(self.engine.model.parameters()).dtype).replace("torch.", "")
 
     def sample(self, task: Any, population: Sequence[Any], run_id: str) -> AuditSample:
         """The task's sample, costed by the dry run's counting with the engine's tokenizer."""
         from evalsuite.run.dry_run import _plan_task
 
-        plan = _plan_task(task, self.engine.tokenizer, self.engine.max_length, None, None, "evalsuite", None,
-                          self.engine.device.type, prompts=population, audit=(self.share, run_id))
+        engine = self.engine
+        assert engine is not None  # a sample is drawn only for an audit of the engine
+        plan = _plan_task(task, engine.tokenizer, engine.max_length, None, None, "evalsuite", None,
+                          engine.device.type, prompts=population, audit=(self.share, run_id))
         return plan.audit
 
     def check(self, task: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], run_id: str,
@@ -249,6 +252,7 @@ class Auditor:
                           cost: str) -> Audit:
         from evalsuite.run.greedy_check import check_greedy
 
+        assert self.engine is not None  # generation is checked only for an audit of the engine
         generator = self.engine.generator
         results = [check_greedy(generator, prompts[i].instances[0], responses[i][0], tolerance(self.dtype, 1))
                    for i in picked]

@@ -123,7 +123,8 @@ class ModelPlan:
         if audited:
             tokens = sum(t.audit.tokens for t in self.tasks if t.audit is not None)
             seconds = [t.audit_est_seconds for t in self.tasks if t.audit is not None]
-            rows[-1].append(f"{tokens:,} tok" + ("" if None in seconds else f", {_duration(sum(seconds))}"))
+            known = [s for s in seconds if s is not None]  # no time without a speed profile
+            rows[-1].append(f"{tokens:,} tok" + ("" if len(known) < len(seconds) else f", {_duration(sum(known))}"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = [f"dry run: {self.model} ({self.model_id}), {self.dtype} on {self.device}, backend {self.backend}, "
                  f"{'limit ' + str(self.limit) + ' per task (per subject for MMLU)' if self.limit else 'full splits'}; "
@@ -200,7 +201,7 @@ def plan_cost(
     # the run would; models are opened (config, tokenizer), their weights are not loaded
     prepared = prepare(RunConfig.build(config, models=models, tasks=tasks, **options), dry_run=True)
     config = prepared.config
-    device, limit, backend, shard = config.device, config.limit, config.backend, config.shard
+    device, limit, backend, shard = config.device, config.limit, config.backend, config.shard_pair
     loaded = prepared.loaded
     unavailable = {name: why for name, (_, why) in prepared.unavailable.items()}
     out = []

@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from evalsuite.backends import BackendOptions, build_backend
 from evalsuite.backends.registry import ask, get_backend
@@ -164,6 +164,7 @@ def evaluate(
     prepared = prepare(config)
     config, specs, store = prepared.config, prepared.specs, prepared.store
     assert store is not None
+    assert isinstance(config.tasks, tuple)  # validate() (in prepare) made it the task names
     task_names = list(config.tasks)
     loaded, unavailable = prepared.loaded, prepared.unavailable
     start = _start_run(store, config, specs, list(loaded))
@@ -191,7 +192,7 @@ def evaluate(
     finally:
         store.release_claim(start.claim)
     return EvalResult(run_id, Path(config.results_dir), [s.alias for s in specs], task_names,
-                      {t: why for t, (_, why) in unavailable.items()}, config.shard)
+                      {t: why for t, (_, why) in unavailable.items()}, config.shard_pair)
 
 
 # -- input checks (the rest are RunConfig.validate) ------------------------------------------
@@ -201,8 +202,9 @@ def _start_run(store: ResultsStore, config: RunConfig, specs: list[ModelSpec], l
     from evalsuite.store.claims import start_run
     from evalsuite.store.run_views import resumable_run_id
 
+    assert isinstance(config.tasks, tuple)  # a validated config: the task names
     task_names = list(config.tasks)
-    return start_run(store, config.run_id, config.resume, config.shard, specs, run_settings(config, loaded), new_run_id,
+    return start_run(store, config.run_id, config.resume, config.shard_pair, specs, run_settings(config, loaded), new_run_id,
                      lambda: resumable_run_id(store, [s.alias for s in specs], task_names, config.limit,
                                               config.backend, config.tag))
 
@@ -210,7 +212,7 @@ def _start_run(store: ResultsStore, config: RunConfig, specs: list[ModelSpec], l
 # -- one model ---------------------------------------------------------------------------------
 def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable: dict[str, tuple[str, str]],
                     store: ResultsStore, run_id: str, config: RunConfig, prepared: ModelSource | None = None) -> None:
-    backend, device, limit, tag, shard = config.backend, config.device, config.limit, config.tag, config.shard
+    backend, device, limit, tag, shard = config.backend, config.device, config.limit, config.tag, config.shard_pair
     use_cache, progress = config.use_cache, config.progress
     dtype, dtype_note = resolve_dtype(spec, device, config.dtype)
     run_notes = "; ".join(x for x in (dtype_note, "generation exact (one prompt at a time)" if config.generation == "exact" else None) if x)
@@ -247,6 +249,7 @@ def _evaluate_model(spec: ModelSpec, loaded: dict[str, LoadedTask], unavailable:
             return build_backend(backend, source, options)
 
         kept = _kept_answers(load, source, options, config, loaded) if use_cache else None
+        auditor: Auditor | _KeptAudits
         if kept is not None:  # every answer and audit is in the request cache: the model is not loaded
             lm, auditor = kept
             _say(f"{spec.alias}: every answer is in the request cache; the model is not loaded")
@@ -489,12 +492,13 @@ def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfi
     lm = wrap(_Deferred(load), source, options, config.backend)
     audits: dict[str, dict[str, Any]] = {}
     for name, task in loaded.items():
-        prompts = select(_task_prompts(task, config.limit), config.shard)
+        prompts = select(_task_prompts(task, config.limit), config.shard_pair)
         requests = [inst for p in prompts for inst in p.instances]
         if not requests or not lm.has_all(prompts[0].request_type, requests):
             return None
         if config.audit:
-            part = shard_part(config.shard) if config.shard else ""
+            shard = config.shard_pair
+            part = shard_part(shard) if shard else ""
             fields = lm.kept_audit(lm.audit_key(_audit_name(name, config.audit_share), prompts[0].request_type,
                                                 requests, part))
             if fields is None:
@@ -579,7 +583,9 @@ def score_samples(run_id: str, model: str, task: LoadedTask, samples: list[Sampl
 
     ordered = sorted(samples, key=lambda s: (s.subtask is not None, s.subtask or "", s.eval_position))
     subjects = {u.subtask: len(u.docs) for u in task.units if u.subtask is not None}
-    return aggregate_records(run_id, model, task.spec, [s.value for s in ordered], [s.subtask for s in ordered],
+    # every sample is made by _sample_record from a SampleScore, whose value is a float (None is only the field default)
+    values = cast(list[float], [s.value for s in ordered])
+    return aggregate_records(run_id, model, task.spec, values, [s.subtask for s in ordered],
                              n_total=task.n_docs, subjects=subjects)
 
 

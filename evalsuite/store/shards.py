@@ -44,6 +44,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _part_match(part: str) -> re.Match[str]:
+    """The stored ``part`` of a shard's rows, as written by :func:`shard_part`."""
+    match = SHARD_PART.search("__" + part)
+    assert match is not None  # only shard_part() writes a non-empty part
+    return match
+
+
 def check_shard(shard: tuple[int, int]) -> None:
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -89,7 +96,7 @@ def merge(store: ResultsStore, run_id: str, model: str, parts: Sequence[RunRecor
     sharded = scores[scores["part"] != ""]
     if sharded.empty:
         return Merged(plain)
-    counts = {int(SHARD_PART.search("__" + p)["count"]) for p in sharded["part"]}
+    counts = {int(_part_match(p)["count"]) for p in sharded["part"]}
     if len(counts) > 1:
         raise EvalsuiteError(
             f"run {run_id} mixes shard counts {sorted(counts)}; rerun every shard with the same N "
@@ -106,7 +113,7 @@ def merge(store: ResultsStore, run_id: str, model: str, parts: Sequence[RunRecor
             raise EvalsuiteError(f"run {run_id} has both unsharded and sharded results for {model} {task}; "
                                  f"use a new --run-id for a sharded rerun")
         plain = plain[~same]  # a machine without the task's data: its shard shows as missing below
-        present = {int(SHARD_PART.search("__" + p)["index"]) for p in task_rows["part"]}
+        present = {int(_part_match(p)["index"]) for p in task_rows["part"]}
         absent = sorted(set(range(count)) - present)
         if absent:
             missing[str(task)] = absent

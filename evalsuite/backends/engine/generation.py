@@ -343,11 +343,11 @@ class Generator:
             for b in reversed(finished):  # fill holes from the back so indices stay valid
                 last = len(active) - 1
                 if pending:
-                    job = pending.pop()
-                    while job is not None and self._prefill(job, state, b):
-                        job = pending.pop() if pending else None
-                    if job is not None:
-                        active[b] = job
+                    queued: Job | None = pending.pop()
+                    while queued is not None and self._prefill(queued, state, b):
+                        queued = pending.pop() if pending else None
+                    if queued is not None:
+                        active[b] = queued
                         continue
                 if b != last:
                     state.move(last, b)
@@ -418,7 +418,7 @@ class SlotState:
         self.windows = tuple(windows)
         self.masks = {None: visible[:, None, None, :]}
         self._moved = {}
-        for window in set(self.windows) - {None}:  # transformers' sliding masks: keys > position - window
+        for window in {w for w in self.windows if w is not None}:  # transformers' sliding masks: keys > position - window
             self.masks[window] = (visible & (keys[None, :] > positions[:, None] - window))[:, None, None, :]
 
     def mask(self, layer: int, device: torch.device | None = None) -> torch.Tensor:
