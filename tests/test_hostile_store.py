@@ -210,7 +210,8 @@ def test_resume_keeps_finished_models_and_finishes_the_rest(tiny_llama_dir, twin
                                          "--resume"))
     assert code == 0, err
     assert "already ok in run R, kept as stored" in err
-    assert len(added_only(before, tree(results))) == 3  # the second model's run row, scores, samples
+    added = added_only(before, tree(results))  # the second model's key claim, run row, scores, samples
+    assert len(added) == 4 and sum(p.startswith("claims/model-keys/") for p in added) == 1, added
     assert [v.status for v in run_views(results, "R")] == ["ok", "ok"]
 
 
