@@ -112,7 +112,7 @@ def tree_of(encoded: Sequence[tuple[list[int], list[int]]], max_length: int) -> 
     """The prefix tree of encoded ``(context, continuation)`` requests after left truncation.
 
     Node for node what :meth:`PrefixTree.insert` of each request in turn builds (same numbering,
-    child order and scores; ``tests/test_dryrun.py`` compares them on real requests), but faster: a request
+    child order and scores; ``tests/test_dry_run.py`` compares them on real requests), but faster: a request
     shares most of its input with the one before it (the four endings of a HellaSwag context),
     so the nodes of the prefix shared with the previous request (up to its first scored
     position) are taken from that request's path and only the rest is walked. A full HellaSwag
