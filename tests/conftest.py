@@ -11,7 +11,9 @@ tests marked ``slow``. A test is slow when it uses ``smollm2_source`` or ``smoll
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,91 @@ def _no_user_task_dir():
     from evalsuite.tasks.catalogue import use_task_dir
 
     use_task_dir(None)
+
+
+# --------------------------------------------------------------------------- helpers shared by test files
+#: Debian's Chromium and its driver (the report tests).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``evalsuite ARGS`` in this process: (exit status, stdout, stderr)."""
+    from evalsuite.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    """The one error line of a refused command (fails the test when there is more, or none)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def chromium_driver(tmp_path: Path):
+    """A headless Chromium (Debian's chromium and chromium-driver) for the HTML tests."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is required for the browser test: install the test extras (pip install selenium)")
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not Path(path).exists():
+            pytest.fail(f"{path} not found: the report test needs headless Chromium; apt-get install {package}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,2400", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def tiny_config(family: str, layers: int = 6):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=False)
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(sliding_window=64, **common)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, layers: int = 6, seed: int = 0):
+    """A tiny random Llama/Mistral/Qwen2 (perturbed so that a wrong layer shows), for DUS and model tests."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, layers))
+    # Random init gives near-identical layers' outputs; perturb so a wrong layer shows.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def word_tokenizer():
+    """A word-level tokenizer over the ids w3..w999 (the DUS tests' tiny models), no training."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 1000)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")

@@ -178,12 +178,12 @@ def test_report_shows_the_check_in_chromium(planted_store, tmp_path):
 
     from evalsuite.run.contamination import read_checks
     from evalsuite.outputs.report import build_report
-    from test_report import _driver
+    from conftest import chromium_driver
 
     out = build_report(runs=[planted_store["run"].run_id], results_dir=planted_store["results"],
                        out=tmp_path / "report.html", published=False)
     checked = set(read_checks(planted_store["results"])["model"])  # the CLI test may have checked the reference
-    driver = _driver(tmp_path)
+    driver = chromium_driver(tmp_path)
     try:
         driver.get(out.resolve().as_uri())
         rows = driver.find_elements(By.CSS_SELECTOR, "#contamination tbody tr")

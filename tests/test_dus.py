@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_config, tiny_model, word_tokenizer
+
 from evalsuite.cli.dus import build
 from evalsuite.models import dus
 from evalsuite.errors import EvalsuiteError
@@ -25,42 +27,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def tiny_config(family: str, layers: int = N):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
-
-    common = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  tie_word_embeddings=False)
-    if family == "llama":
-        return LlamaConfig(**common)
-    if family == "mistral":
-        return MistralConfig(sliding_window=64, **common)
-    if family == "qwen2":
-        return Qwen2Config(**common)
-    raise ValueError(family)
-
-
-def tiny_model(family: str, layers: int = N, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, layers))
-    # Random init gives near-identical layers' outputs; perturb so a wrong layer shows.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model.eval()
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 1000)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture
@@ -223,7 +189,7 @@ def test_build_from_local_folder_round_trips(tmp_path, cache):
 
     base = tiny_model("llama")
     base.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    word_tokenizer().save_pretrained(tmp_path / "base")
     out = tmp_path / "out"
     report = build(str(tmp_path / "base"), 2, out, dtype="float32")
     assert report.layers_after == 8 and report.out_dir == str(out.absolute())
@@ -271,7 +237,7 @@ def test_cli_builds_into_the_cache_not_the_current_folder(tmp_path, cache, monke
 
     base = tmp_path / "tinybase"
     tiny_model("mistral").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
     work = tmp_path / "checkout"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -338,7 +304,7 @@ def _pattern_text(words: int = 4000) -> str:
 
 def test_recovery_lowers_heldout_loss():
     model = dus.upscale(tiny_model("llama"), 2)
-    result = dus.recover(model, tiny_tokenizer(), _pattern_text(1200), steps=10, lr=3e-3, seq_len=32, batch_size=2)
+    result = dus.recover(model, word_tokenizer(), _pattern_text(1200), steps=10, lr=3e-3, seq_len=32, batch_size=2)
     assert (result.train_blocks, result.heldout_blocks) == (34, 3)
     assert result.heldout_loss_after < result.heldout_loss_before - 0.5
     assert not model.training
@@ -347,7 +313,7 @@ def test_recovery_lowers_heldout_loss():
 def test_cli_recovery_is_recorded(tmp_path, cache, capsys):
     base = tmp_path / "base"
     tiny_model("llama").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
     text = tmp_path / "text.txt"
     text.write_text(_pattern_text(1000))
     args = _parser().parse_args(["dus", str(base), "-m", "2", "--out", str(tmp_path / "out"),
@@ -361,7 +327,7 @@ def test_cli_recovery_is_recorded(tmp_path, cache, capsys):
 
 def test_recovery_refuses_too_little_text_and_dry_run():
     with pytest.raises(EvalsuiteError, match="give a longer --recover-text file"):
-        dus.recover(tiny_model("llama"), tiny_tokenizer(), "w5 w6 w7", steps=2)
+        dus.recover(tiny_model("llama"), word_tokenizer(), "w5 w6 w7", steps=2)
     args = _parser().parse_args(["dus", "mistral", "-m", "8", "--dry-run", "--recover-steps", "3"])
     with pytest.raises(EvalsuiteError, match="drop --dry-run"):
         args.func(args)

@@ -306,8 +306,8 @@ def test_dry_run_exits_as_the_run_would(tmp_path, data_dir, tiny_llama_dir):
 
 
 # == issue 24: broken model folders, model lists, the dry run as the run ===========================
-from test_hostile_store import cli as in_process  # noqa: E402 - the CLI in this process (fast)
-from test_hostile_store import one_line_error as only_error_line  # noqa: E402
+from conftest import cli as in_process  # noqa: E402 - the CLI in this process (fast)
+from conftest import one_line_error as only_error_line  # noqa: E402
 
 
 def _truncate_weights(folder: Path) -> str:

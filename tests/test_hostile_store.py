@@ -6,7 +6,6 @@ after: nothing written outside ``--results-dir``, nothing lost, nothing overwrit
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, cli, one_line_error, tree
 from evalsuite.cli import main
 from evalsuite.errors import EvalsuiteError, StoreError
 from evalsuite.store.names import file_part
@@ -34,24 +33,6 @@ def twins(tmp_path_factory, smollm2_tokenizer) -> tuple[Path, Path]:
     return (build_tiny_llama(smollm2_tokenizer, root / "a" / "llama", seed=1),
             build_tiny_llama(smollm2_tokenizer, root / "b" / "llama", seed=2))
 
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (relative path -> sha256)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def run_args(model, data_dir, results, *extra, tasks="arc", limit=LIMIT) -> list[str]:

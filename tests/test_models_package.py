@@ -179,7 +179,7 @@ def test_dus_spec_builds_from_the_base_source_keyed_on_its_content(tmp_path, mon
 
     from evalsuite.models import dus
     from evalsuite.models.source import materialize, resolve_and_materialize
-    from test_dus import tiny_model, tiny_tokenizer
+    from conftest import tiny_model, word_tokenizer
 
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
@@ -187,7 +187,7 @@ def test_dus_spec_builds_from_the_base_source_keyed_on_its_content(tmp_path, mon
     try:
         base = tmp_path / "tinybase"
         tiny_model("llama", layers=4).save_pretrained(base)
-        tiny_tokenizer().save_pretrained(base)
+        word_tokenizer().save_pretrained(base)
         base_source = resolve_and_materialize(str(base))
         source = materialize(resolve_model(f"dus:{base}:1"))
     finally:

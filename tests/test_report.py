@@ -11,18 +11,15 @@ from __future__ import annotations
 import io
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, chromium_driver
 
 TASKS = ["arc", "truthfulqa", "winogrande"]
 LIMIT = 3
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +66,6 @@ def report_path(store_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _driver(tmp_path: Path):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is required for the browser test: install the test extras (pip install selenium)")
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).exists():
-            pytest.fail(f"{path} not found: the report test needs headless Chromium; apt-get install {package}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,2400", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
 
 def _column(driver, index: int) -> list[str]:
     rows = driver.find_elements("css selector", "#leaderboard tbody tr")
@@ -101,7 +81,7 @@ def test_report_renders_sorts_and_filters_in_chromium(report_path, models, tmp_p
     from PIL import Image
     from selenium.webdriver.common.by import By
 
-    driver = _driver(tmp_path)
+    driver = chromium_driver(tmp_path)
     try:
         driver.get(report_path.resolve().as_uri())
         ours = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr.ours")
@@ -156,7 +136,7 @@ def test_report_explains_its_numbers_in_chromium(report_path, store_dir, tmp_pat
     and neither local paths nor microseconds appear."""
     from selenium.webdriver.common.by import By
 
-    driver = _driver(tmp_path)
+    driver = chromium_driver(tmp_path)
     try:
         driver.get(report_path.resolve().as_uri())
         checked = {}
