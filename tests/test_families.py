@@ -195,7 +195,7 @@ def test_a_route_that_raises_mid_run_is_abandoned(family_dirs, prompts, monkeypa
     monkeypatch.undo()  # the fallback probes the next route with today's probe
     reference = wrap_hf_model(model, tokenizer, BackendOptions(max_gen_toks=GEN_TOKENS))
     arc, gsm8k = prompts["arc"][:1], prompts["gsm8k"][:1]
-    _assert_same_lls(run_requests(engine, arc), run_requests(reference, arc), "after fallback")
+    _assert_same_lls(run_requests(engine, arc), run_requests(reference, arc), "after fallback", _lengths(engine, arc))
     assert engine.executor.name == "plain" and "cache" in engine.capabilities.declined
     assert run_requests(engine, gsm8k) == run_requests(reference, gsm8k)
     assert engine.generator.route == "plain"
@@ -204,7 +204,8 @@ def test_a_route_that_raises_mid_run_is_abandoned(family_dirs, prompts, monkeypa
     assert "exact generation raised" in note and "decoded again on the plain route" in note, note
     assert len(engine.fallbacks) == 2  # each route abandoned once, not per call
     later = prompts["arc"][1:]
-    _assert_same_lls(run_requests(engine, later), run_requests(reference, later), "a later call")
+    _assert_same_lls(run_requests(engine, later), run_requests(reference, later), "a later call",
+                     _lengths(engine, later))
     assert len(engine.fallbacks) == 2
 
 
@@ -225,7 +226,7 @@ def test_length_switching_rope_plain_batches_reproduce_batch_size_one(family_dir
     want = reference._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs])
     assert {len(c + x) > LONGROPE_SWITCH for c, x in pairs} == {True, False}
     got = plain_loglikelihoods(model, pairs, max_length=engine.max_length, batch_size=len(pairs))  # the rule decides
-    _assert_same_lls([got], [want], "plain, equal lengths")
-    _assert_same_lls([engine.loglikelihood_pairs([])], [[]], "empty")
+    _assert_same_lls([got], [want], "plain, equal lengths", [len(x) for _, x in pairs])
+    _assert_same_lls([engine.loglikelihood_pairs([])], [[]], "empty", [])
     padded = plain_tally(model, pairs, max_length=engine.max_length, batch_size=len(pairs), equal_lengths=False).results()
     assert max(abs(a - b) for (a, _), (b, _) in zip(padded, want)) > 10 * TOL  # the test can fail

@@ -145,7 +145,7 @@ def format_table(rows: list[LeaderboardRow]) -> str:
 def run_summary(views: list[Any]) -> str:
     """What ``evalsuite results`` and a finished run print, computed once for both: the table,
     each task that has no score and why, each model's self-audit and the store's notes."""
-    from evalsuite.run.audit import summary_lines
+    from evalsuite.analysis.audit_lines import summary_lines
     from evalsuite.store.status import TaskStatus
 
     problems = [f"{v.model} {task}: {score.status}" + (f": {score.error}" if score.error else "")

@@ -155,7 +155,7 @@ def lm_eval_results(view: Any, naming: str = "harness") -> dict[str, Any]:
 
 def _audit_fields(rec: dict[str, Any]) -> dict[str, Any]:
     """A task row's self-audit (:mod:`evalsuite.run.audit`) with JSON-ready values."""
-    from evalsuite.run.audit import describe_row
+    from evalsuite.analysis.audit_lines import describe_row
 
     return {"status": rec["audit_status"], "n": None if is_missing(rec.get("audit_n")) else int(rec["audit_n"]),
             "agree": None if is_missing(rec.get("audit_agree")) else int(rec["audit_agree"]),
@@ -202,7 +202,7 @@ def model_index(view: Any, *, name: str | None = None, allow_limited: bool = Fal
         if v1.config:
             dataset["config"] = v1.config
         dataset.update(split=v1.split, args={"num_few_shot": v1.shots})
-        from evalsuite.run.audit import describe_row
+        from evalsuite.analysis.audit_lines import describe_row
 
         audit = describe_row(rec)  # the card's source name says how the number was checked
         results.append({"task": {"type": "text-generation", "name": "Text Generation"}, "dataset": dataset,

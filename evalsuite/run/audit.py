@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evalsuite.analysis.audit_lines import AUDIT_STATUSES, describe, describe_row, summary_lines
 from evalsuite.run.audit_sample import SHARE, AuditSample, DocCost, choose_sample
 
 #: |Δ ll| allowed per request in float32 ...
@@ -56,13 +57,6 @@ FP32_TOLERANCE = 1e-3
 FP32_TOLERANCE_PER_TOKEN = 3e-5
 #: |Δ ll| allowed per continuation token in half precision (see the module docstring).
 HALF_TOLERANCE_PER_TOKEN = {"bfloat16": 0.1, "float16": 0.025}
-
-#: ``audit_status`` values of a score row. ``agree``: the sample matched; ``rerun``: it did
-#: not, and the stored scores come from the plain executor; ``not audited``: ``--no-audit``;
-#: ``not applicable``: a backend other than the evalsuite engine, or an engine that already
-#: runs the task on the audit's own path (plain executor, one-prompt-at-a-time generation).
-AUDIT_STATUSES = ("agree", "rerun", "not audited", "not applicable")
-
 
 @dataclass(frozen=True)
 class Audit:
@@ -77,36 +71,6 @@ class Audit:
     def fields(self) -> dict[str, Any]:
         return {"audit_status": self.status, "audit_n": self.n, "audit_agree": self.agree,
                 "audit_max_abs_diff": self.max_abs_diff, "audit_note": self.note}
-
-
-def describe(status: Any, n: Any = None, agree: Any = None, max_abs_diff: Any = None) -> str | None:
-    """``audit: 8/8, max |Δ| 2e-05`` (None for rows written before the audit existed)."""
-    if not isinstance(status, str):
-        return None
-    if status in ("not audited", "not applicable"):
-        return f"audit: {status}"
-    text = f"audit: {_int(agree)}/{_int(n)}"
-    text += f", max |Δ| {float(max_abs_diff):.1g}" if not _missing(max_abs_diff) else " same text"
-    if status == "rerun":
-        text += "; re-run on the plain executor"
-    return text
-
-
-def describe_row(row: Any) -> str | None:
-    """:func:`describe` of a score row (a record or a mapping)."""
-    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name, None)
-    return describe(get("audit_status"), get("audit_n"), get("audit_agree"), get("audit_max_abs_diff"))
-
-
-def summary_lines(views: Sequence[Any]) -> list[str]:
-    """One line per model: each task's audit (``evalsuite results`` and ``run`` print them)."""
-    lines = []
-    for view in views:
-        parts = [f"{task} {text[len('audit: '):]}" for task, rec in view.task_scores().items()
-                 if (text := describe_row(rec))]
-        if parts:
-            lines.append(f"{view.model} audit: " + "; ".join(parts))
-    return lines
 
 
 def tolerance(dtype: str, continuation_tokens: int) -> float:
@@ -276,20 +240,6 @@ class Auditor:
 
 def say(message: str) -> None:
     print(f"evalsuite: {message}", file=sys.stderr, flush=True)
-
-
-def _missing(value: Any) -> bool:
-    """None, NaN or pandas' NA (nullable columns read back)."""
-    if value is None:
-        return True
-    try:
-        return bool(value != value)
-    except TypeError:  # pandas.NA: its comparisons are NA
-        return True
-
-
-def _int(value: Any) -> int:
-    return 0 if _missing(value) else int(value)
 
 
 __all__ = ["Audit", "Auditor", "PlainLM", "AUDIT_STATUSES", "FP32_TOLERANCE", "FP32_TOLERANCE_PER_TOKEN",

@@ -304,10 +304,14 @@ class CachedLM(LM):
         return len(self._lookup(keys)) == len(keys)
 
     def audit_key(self, task: str, kind: str, requests: Sequence[Any], part: str = "") -> str:
-        """The key of a task's audit: the model and settings (the prefix), the task, the shard
-        and every request it was drawn from, so it is reused only for exactly these answers."""
+        """The key of a task's audit: the model and settings (the prefix), the task, the shard,
+        every request it was drawn from and the answer the cache holds for each, so it is reused
+        only for exactly these answers: an answer changed in the cache since the audit (corrupted
+        or falsified) makes the kept audit not apply, and the model is loaded and audits again."""
         keys = [request_key(self.key_prefix, kind, req.args) for req in requests]
-        return hashlib.sha256(json.dumps([self.key_prefix, task, part, keys]).encode()).hexdigest()
+        found = self._lookup(set(keys))
+        answers = [found.get(k) for k in keys]
+        return hashlib.sha256(json.dumps([self.key_prefix, task, part, keys, answers]).encode()).hexdigest()
 
     def kept_audit(self, key: str) -> dict[str, Any] | None:
         """The audit fields kept for ``key`` by the run that computed these answers, if any."""

@@ -268,7 +268,7 @@ def no_local_paths(text: str) -> str:
 
 def _audits(comparison: ReportData, entry: Entry) -> list[tuple[str, str, str]]:
     """(task, "audit: 8/8, max |Δ| 2e-05", note) per task row of the entry that carries a self-audit."""
-    from evalsuite.run.audit import describe_row
+    from evalsuite.analysis.audit_lines import describe_row
 
     scores = comparison.scores
     if "audit_status" not in scores.columns:
