@@ -462,13 +462,13 @@ class _KeptAudits:
 
     def __init__(self, audits: dict[str, dict[str, Any]], enabled: bool, backend: str) -> None:
         self.audits, self.enabled = audits, enabled
-        self.engine = get_backend(backend).audits  # the audit checks the evalsuite engine only
+        self.backend_audits = get_backend(backend).audits  # the audit applies to the evalsuite engine only
 
     def check(self, task: LoadedTask, *_args: Any, **_kwargs: Any) -> Any:
         from evalsuite.run.audit import Audit
 
         if not self.enabled:
-            return Audit("not audited" if self.engine else "not applicable")
+            return Audit("not audited" if self.backend_audits else "not applicable")
         fields = {k.removeprefix("audit_"): v for k, v in self.audits[task.spec.name].items()}
         note = "; ".join(x for x in (fields.pop("note", None), "kept with the cached answers it checked") if x)
         return Audit(**fields, note=note)
@@ -484,8 +484,8 @@ def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfi
                   loaded: dict[str, LoadedTask]) -> tuple[Any, _KeptAudits] | None:
     """The request cache over a backend that is not loaded, with the kept audits, when every
     request of every task has a kept answer (and, where the run audits, every task a kept
-    audit of exactly those answers); else None and the model is loaded as usual. (Neither the
-    model nor its memory check, which builds it on the meta device, is touched before that.)"""
+    audit of exactly those answers); else None and the model is loaded as usual. The weights
+    are not loaded before that (the preparation only opened the model's files and sized it)."""
     from evalsuite.run.request_cache import wrap
     from evalsuite.store.shards import select, shard_part
 
