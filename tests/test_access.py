@@ -168,3 +168,45 @@ def test_hub_metadata_sizes_a_model_outside_the_registry():
     assert hub_params(REGISTRY["smollm2"], api=hub, online=True) is None
     with pytest.raises(EvalsuiteError, match="someone/big-70b .* days or more"):
         check_cpu_run(spec.alias, hub_params(spec, api=hub, online=True), expand_tasks("leaderboard"), None, cores=16)
+
+
+# -- a dus:BASE:M model is built from its base: the base is what must be fetchable ---------------
+def test_a_dus_models_gated_base_is_checked_in_one_line():
+    dus = resolve_model("dus:mistral:8")
+    hub = StandInHub(HUB)
+    with pytest.raises(EvalsuiteError) as info:
+        check_access(dus, api=hub, online=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("dus:mistral:8: its base mistral: mistralai/Mistral-7B-v0.1 is gated")
+    assert "https://huggingface.co/mistralai/Mistral-7B-v0.1" in message
+    assert "`hf auth login`" in message and "HF_TOKEN" in message
+    assert hub.calls == [("model_info", "mistralai/Mistral-7B-v0.1"), ("auth_check", "mistralai/Mistral-7B-v0.1")]
+    granted = StandInHub(HUB, granted={"mistralai/Mistral-7B-v0.1"})
+    assert check_access(dus, api=granted, online=True) == "base mistral: gated (auto), access granted"
+    # a Hub id as the base, missing; a base that is not on the Hub asks nothing
+    with pytest.raises(EvalsuiteError, match=r"^dus:someone/gone:4: its base someone/gone: no model someone/gone"):
+        check_access(resolve_model("dus:someone/gone:4"), api=hub, online=True)
+    assert check_access(resolve_model("dus:smollm2:8"), api=StandInHub({}), online=True) is None
+
+
+def test_every_model_and_each_dus_base_is_checked():
+    specs = [REGISTRY["solar"], resolve_model("dus:mixtral:8"), resolve_model("dus:solar:8")]
+    with pytest.raises(EvalsuiteError) as info:
+        check_access_all(specs, api=StandInHub(HUB), online=True)
+    assert str(info.value).splitlines() == [str(info.value)]
+    assert str(info.value).startswith("dus:mixtral:8: its base mixtral: mistralai/Mixtral-8x7B-v0.1 is gated")
+
+
+def test_a_run_stops_before_opening_any_model_when_a_dus_base_is_gated(tmp_path, capsys, data_dir, tiny_llama_dir):
+    """Offline here: ``dus:mistral:8`` (Mistral is gated) is refused by the access check, in one
+    line naming the DUS model, its base and the base's page, with the first model not yet opened."""
+    from evalsuite.cli import main
+
+    code = main(["run", "--models", f"{tiny_llama_dir},dus:mistral:8", "--device", "cpu", "--tasks", "arc",
+                 "--limit", "1", "--results-dir", str(tmp_path), "--data-dir", str(data_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dus:mistral:8: its base mistral: mistralai/Mistral-7B-v0.1 is gated" in err
+    assert "https://huggingface.co/mistralai/Mistral-7B-v0.1" in err and "hf auth login" in err
+    assert not (tmp_path / "runs").exists()

@@ -223,6 +223,90 @@ def test_plan_to_dict_is_json(tiny_llama_dir, data_dir, isolated_cache):
     assert data["models"][0]["tasks"][0]["task"] == "winogrande"
 
 
+# -- the engine's token budget on CUDA: the run's rule on the card's memory less the weights -------
+H100, H200, A100_40GB = 85_000_000_000, 150_754_820_096, 42_505_273_344  # what torch reports
+SOLAR_PARAMS, MIXTRAL_PARAMS = 10_731_524_096, 46_702_792_704
+
+
+def _solar_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                       num_hidden_layers=48, vocab_size=32000)
+
+
+def test_the_cuda_dry_run_budget_follows_the_cards_memory(monkeypatch):
+    """The planned budget is the run's budget_from_free on (card - weights), not the fixed 16,384:
+    SOLAR in bf16 gets more on an H200 than on an H100, and far less on a 40 GB A100."""
+    from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET
+    from evalsuite.backends.engine.memory import ENV_BUDGET, MIN_BUDGET, budget_from_free
+    from evalsuite.run.dry_run import gpu_token_budget
+
+    config, weights = _solar_config(), SOLAR_PARAMS * 2
+    budgets = {}
+    for name, memory in {"H100": H100, "H200": H200, "A100": A100_40GB}.items():
+        budget, note = gpu_token_budget(config, "bfloat16", SOLAR_PARAMS, [memory])
+        assert budget == budget_from_free(memory - weights, config, 2, copies_past=True), name
+        assert "does not load the model" in note and f"token budget {budget}" in note
+        budgets[name] = budget
+    assert budgets["A100"] < DEFAULT_TOKEN_BUDGET["cuda"] < budgets["H100"] < budgets["H200"]
+    # several GPUs, model fits on GPU 0: GPU 0's memory (the run puts it there alone)
+    assert gpu_token_budget(config, "bfloat16", SOLAR_PARAMS, [H100] * 4)[0] == budgets["H100"]
+    # Mixtral over two H100s: spread evenly, each card holding half the weights
+    spread, note = gpu_token_budget(config, "bfloat16", MIXTRAL_PARAMS, [H100, H100])
+    assert spread == budget_from_free(H100 - MIXTRAL_PARAMS * 2 // 2, config, 2, copies_past=True)
+    assert "2 x 79 GiB" in note
+    # float32 weights that leave nothing free: the smallest budget, not a negative one
+    assert gpu_token_budget(config, "float32", SOLAR_PARAMS, [A100_40GB])[0] == MIN_BUDGET
+    monkeypatch.setenv(ENV_BUDGET, "4096")  # the run's override wins here too
+    assert gpu_token_budget(config, "bfloat16", SOLAR_PARAMS, [H200]) == (4096, f"token budget 4096 ({ENV_BUDGET})")
+
+
+def test_a_cuda_dry_run_reads_this_machines_cards(monkeypatch):
+    """plan_cost's helper on a stand-in device reader (no GPU here): SOLAR from the registry on
+    the GPUs torch would list; ``cuda:1`` plans for that card alone."""
+    from types import SimpleNamespace
+
+    from evalsuite.models import devices
+    from evalsuite.models.identity import ModelSource
+    from evalsuite.models.registry import resolve_model
+    from evalsuite.run.dry_run import _cuda_budget, gpu_token_budget
+
+    spec = resolve_model("solar")
+    model = SimpleNamespace(opened=SimpleNamespace(config=_solar_config()), source=ModelSource(spec, spec.source, None, None))
+    monkeypatch.setattr(devices, "torch_gpus", lambda: [devices.GpuInfo("NVIDIA H100", H100),
+                                                        devices.GpuInfo("NVIDIA A100-SXM4-40GB", A100_40GB)])
+    assert _cuda_budget(model, "bfloat16", "cuda") == gpu_token_budget(_solar_config(), "bfloat16", SOLAR_PARAMS, [H100])
+    assert _cuda_budget(model, "bfloat16", "cuda:1") == gpu_token_budget(_solar_config(), "bfloat16", SOLAR_PARAMS,
+                                                                         [A100_40GB])
+    monkeypatch.setattr(devices, "torch_gpus", lambda: [])
+    assert _cuda_budget(model, "bfloat16", "cuda") == (None, None)
+
+
+def test_the_task_plan_counts_passes_with_the_given_budget(tiny_tokenizer, data_dir):
+    """_plan_task plans the engine's forwards with the budget it is given (a CUDA dry run's),
+    exactly as the engine's planner does with that budget; without one, the device's default."""
+    from evalsuite.backends.engine.tokenize import plan_calls
+    from evalsuite.run.dry_run import _plan_task
+
+    task = LoadedTask(load_spec("arc"), data_dir)
+    default = _plan_task(task, tiny_tokenizer, 2048, 8, None, "evalsuite", None, "cuda")
+    small = _plan_task(task, tiny_tokenizer, 2048, 8, None, "evalsuite", None, "cuda", token_budget=1024)
+    assert default.engine_planned and small.engine_planned
+    assert small.forward_passes > default.forward_passes
+    prompts, _ = _requests(task, 8)
+    from evalsuite.backends.engine.tokenize import encode_pairs
+
+    encoded = encode_pairs(tiny_tokenizer, [tuple(i.args) for p in prompts for i in p.instances])
+    assert small.forward_passes == plan_calls([encoded], 2048, "cuda", 1024).forward_passes
+
+
+def test_a_cpu_dry_run_keeps_the_cpu_budget(tiny_llama_dir, data_dir, isolated_cache):
+    plan = evalsuite.plan_cost(models=[str(tiny_llama_dir)], tasks=["arc"], limit=2, data_dir=data_dir, measure=False,
+                               device="cpu")
+    assert plan.models[0].token_budget is None and "engine budget" not in plan.table()
+
+
 def test_durations_carry_the_hour():
     from evalsuite.run.dry_run import _duration
 

@@ -97,6 +97,57 @@ def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
     assert "deleted 3" in capsys.readouterr().out
 
 
+def test_cli_clear_deletes_the_capability_decisions_and_nothing_else(tmp_path, monkeypatch, capsys):
+    """``evalsuite cache clear`` recomputes everything: the engine's stored capability decisions
+    go too (and ``cache info`` lists them). Nothing else is touched: the rest of evalsuite's cache
+    (DUS builds, speed profiles, a stranger's file in the folder), and outside it, the file a
+    link in the folder points to."""
+    from evalsuite.backends.engine import decisions
+    from evalsuite.backends.engine.capabilities import Capabilities
+
+    root = tmp_path / "evalsuite-cache"
+    monkeypatch.setenv("EVALSUITE_CACHE", str(root))
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(root / "requests.sqlite"))
+    CachedLM(Echo(), "p", root / "requests.sqlite", model="sha256:abc").loglikelihood(requests(PAIRS))
+    for key in ("a" * 64, "b" * 64):
+        decisions.store(key, Capabilities("tree", "batched", (None,), ("probed",), "llama"))
+    assert decisions.load("a" * 64) is not None
+    kept = [root / "dus" / "smollm2-m8-0123" / "config.json", root / "speed" / "profile.json",
+            root / "capabilities" / "README.txt"]
+    outside = tmp_path / "outside" / "keep.json"
+    for path in [*kept, outside]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    (root / "capabilities" / ("c" * 64 + ".json")).symlink_to(outside)
+
+    assert main(["cache", "info"]) == 0
+    assert f"capability decisions {root / 'capabilities'}: 2 stored" in capsys.readouterr().out
+    assert main(["cache", "clear", "--model", "sha256:abc"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted 3 cached responses" in out and "deleted 2 capability decisions" in out
+    assert decisions.load("a" * 64) is None and decisions.load("b" * 64) is None
+    assert sorted(p.name for p in (root / "capabilities").iterdir()) == ["README.txt"]  # the link removed
+    assert all(path.read_text() == "{}" for path in [*kept, outside])  # not followed, nothing else touched
+    assert main(["cache", "info"]) == 0
+    assert ": 0 stored" in capsys.readouterr().out
+
+
+def test_cli_clear_unlinks_a_linked_decisions_folder_without_following_it(tmp_path, monkeypatch, capsys):
+    from evalsuite.backends.engine import decisions
+
+    root, elsewhere = tmp_path / "evalsuite-cache", tmp_path / "shared-folder"
+    monkeypatch.setenv("EVALSUITE_CACHE", str(root))
+    monkeypatch.setenv("EVALSUITE_REQUEST_CACHE", str(root / "requests.sqlite"))
+    elsewhere.mkdir()
+    (elsewhere / ("d" * 64 + ".json")).write_text("{}")
+    root.mkdir()
+    (root / "capabilities").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["cache", "clear"]) == 0
+    assert "deleted 0 capability decisions" in capsys.readouterr().out
+    assert not (root / "capabilities").exists() and (elsewhere / ("d" * 64 + ".json")).read_text() == "{}"
+    assert decisions.listing()[1] == 0
+
+
 def test_same_weights_with_another_config_recompute(tiny_tokenizer, data_dir, tmp_path):
     """The reproduction from the issue: same weights, another rms_norm_eps in config.json. The old
     answers must not be served (they were: TruthfulQA 7.83 from cache where the real value is 0.00)."""

@@ -28,7 +28,13 @@ def gated_message(spec: ModelSpec) -> str:
 
 def check_access(spec: ModelSpec, *, api: Any = None, online: bool | None = None) -> str | None:
     """Raise a one-line :class:`EvalsuiteError` when ``spec`` (a Hub model) cannot be fetched;
-    otherwise return how it was found (``None`` for models that are not on the Hub)."""
+    otherwise return how it was found (``None`` for models that are not on the Hub).
+
+    A ``dus:BASE:M`` model is built from its base on first use: its base is checked (resolved
+    as the build resolves it), and a failure names both, so a gated base stops the run before
+    the first evaluation rather than at its download."""
+    if spec.kind == "dus":
+        return _check_dus_base(spec, api, online)
     if spec.kind != "hub":
         return None
     from evalsuite.models.hub import hub_reachable, offline_message
@@ -66,6 +72,23 @@ def check_access(spec: ModelSpec, *, api: Any = None, online: bool | None = None
         raise EvalsuiteError(f"{spec.alias}: could not ask the Hugging Face Hub about {spec.source} ({reason}); "
                              f"retry, or pass a local folder") from None
     return f"gated ({gated}), access granted" if gated else "public"
+
+
+def dus_base(spec: ModelSpec) -> ModelSpec:
+    """The base a ``dus:BASE:M`` model is built from, resolved as :func:`evalsuite.models.source.materialize` does."""
+    from evalsuite.models.dus import parse_spec
+    from evalsuite.models.registry import resolve_model
+
+    return resolve_model(parse_spec(spec.source)[0], trust_remote_code=spec.trust_remote_code)
+
+
+def _check_dus_base(spec: ModelSpec, api: Any, online: bool | None) -> str | None:
+    base = dus_base(spec)
+    try:
+        note = check_access(base, api=api, online=online)
+    except EvalsuiteError as exc:
+        raise EvalsuiteError(f"{spec.alias}: its base {exc}") from None
+    return None if note is None else f"base {base.alias}: {note}"
 
 
 def hub_params(spec: ModelSpec, *, api: Any = None, online: bool | None = None) -> int | None:

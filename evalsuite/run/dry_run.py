@@ -79,6 +79,8 @@ class ModelPlan:
     tasks: list[TaskPlan] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     speed: SpeedProfile | None = None
+    token_budget: int | None = None  # the engine's tokens per forward planned with (None: the device's default)
+    budget_note: str | None = None  # how that budget was set (CUDA)
 
     @property
     def est_seconds(self) -> float | None:
@@ -146,6 +148,8 @@ class ModelPlan:
                          "is planned by the engine's own planner, padding included: +1-2 % on HellaSwag and ARC)")
         lines.append("planned in " + ", ".join(f"{t.task} {t.plan_seconds:.1f} s" for t in self.tasks)
                      + " (prompts, tokenization, counting)")
+        if self.budget_note:
+            lines.append(f"engine budget: {self.budget_note}")
         if self.speed is not None:
             lines.append(f"time: {self.speed.describe()}")
         else:
@@ -214,8 +218,10 @@ def plan_cost(
             from evalsuite.run.speed_profile import measured_speed
 
             speed = measured_speed(source, chosen_dtype, device, again=config.remeasure)
+        budget, budget_note = _cuda_budget(model, chosen_dtype, device) if device.startswith("cuda") else (None, None)
         model_plan = ModelPlan(spec.alias, source.path if spec.kind != "hub" else spec.source, backend, device,
-                               chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed)
+                               chosen_dtype, limit, max_length, unavailable=dict(unavailable), speed=speed,
+                               token_budget=budget, budget_note=budget_note)
         import sys
 
         from tqdm.auto import tqdm
@@ -228,7 +234,7 @@ def plan_cost(
             audited = (config.audit_share, config.run_id or "dry-run") if get_backend(backend).audits and config.audit else None
             try:
                 task_plan = _plan_task(task, tokenizer, max_length, limit, shard, backend, speed,
-                                       device.split(":")[0], config.generation, audit=audited)
+                                       device.split(":")[0], config.generation, audit=audited, token_budget=budget)
             except DataFormatError as exc:  # as the run: the task is recorded failed, the others go on (exit 1)
                 model_plan.unavailable[task.spec.name] = str(exc)
                 continue
@@ -240,10 +246,13 @@ def plan_cost(
 
 def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, shard: tuple[int, int] | None,
                backend: str, speed: SpeedProfile | None, device_type: str = "cpu", generation: str = "batched",
-               prompts: Sequence[Any] | None = None, audit: tuple[float, str] | None = None) -> TaskPlan:
+               prompts: Sequence[Any] | None = None, audit: tuple[float, str] | None = None,
+               token_budget: int | None = None) -> TaskPlan:
     """One task's plan. ``prompts``: these documents instead of the task's (the self-audit plans
     a sharded task's whole population); ``audit``: (share, run id) also chooses the self-audit's
-    sample (:func:`evalsuite.run.audit.choose_sample`) from the per-document costs counted here."""
+    sample (:func:`evalsuite.run.audit.choose_sample`) from the per-document costs counted here;
+    ``token_budget``: the engine's tokens per forward (default: the device type's,
+    :data:`~evalsuite.backends.engine.DEFAULT_TOKEN_BUDGET`; on CUDA :func:`gpu_token_budget`)."""
     from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
     from evalsuite.backends.engine.planner import count_calls
     from evalsuite.backends.engine.prefix_tree import truncated_inputs
@@ -328,7 +337,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                       count.tokens, median, engine_unique_tokens=count.tokens, scored_positions=scored,
                       tokenizer_fallback=encoder.fallback)
     if count.unique <= PLANNER_TOKENS:  # small enough: the engine's own planner, padding and passes exact
-        summary = plan_calls(calls(), max_length, device_type)
+        summary = plan_calls(calls(), max_length, device_type, token_budget)
         result.engine_tokens, result.forward_passes = summary.forwarded_tokens, summary.forward_passes
         result.scored_positions, result.engine_planned = summary.scored_positions, True
         result.engine_unique_tokens = summary.unique_tokens - summary.reused_tokens
@@ -338,8 +347,9 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
         engine = get_backend(backend).cost_model == "engine"
         result.host_seconds = _host_seconds(tokenizer, requests, next(iter(calls()), []), max_length, engine)
         if engine:
+            budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"])
             passes = result.forward_passes or (sum(1 for n in doc_lengths if n > SMALL_ROW)
-                                               + result.engine_tokens // DEFAULT_TOKEN_BUDGET.get(device_type, DEFAULT_TOKEN_BUDGET["cpu"]) + len(doc_lengths) // CHUNK_DOCS + 1)
+                                               + result.engine_tokens // budget + len(doc_lengths) // CHUNK_DOCS + 1)
             result.est_seconds = (speed.forward_seconds(result.engine_tokens, median, passes)
                                   + speed.scoring_seconds(result.scored_positions) + result.host_seconds)
         else:  # lm-eval hf: one pass per distinct input, the output layer at every position
@@ -347,6 +357,54 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                                   + speed.scoring_seconds(lm_eval_tokens) + result.host_seconds)
     result.audit_est_seconds = _audit_seconds(result, speed)
     return result
+
+
+def gpu_token_budget(model_config: Any, dtype: str, params: int, gpu_totals: Sequence[int]) -> tuple[int, str]:
+    """The engine's token budget a CUDA run of this model will get, and how it was set (for the
+    dry run's notes), without loading the model.
+
+    The run computes it once the weights are loaded, from the free memory
+    (:func:`evalsuite.backends.engine.memory.device_budget`); the dry run applies the same rule
+    (:func:`~evalsuite.backends.engine.memory.budget_from_free`, the cache executor's
+    key/value copies counted, as the planner assumes on CUDA) to the memory the weights leave
+    free: ``gpu_totals`` (bytes of each visible GPU) less the weights in ``dtype``, on GPU 0
+    where the model fits there, else spread evenly over every GPU (``device_map="auto"``), the
+    fullest keeping at least its headroom (:func:`evalsuite.models.loading.gpu_max_memory`).
+    ``EVALSUITE_TOKEN_BUDGET`` wins, as in the run."""
+    from evalsuite.backends.engine.memory import ENV_BUDGET, budget_from_free, env_budget
+    from evalsuite.models.loading import gpu_max_memory
+    from evalsuite.models.memory import DTYPE_BYTES, required_bytes, weight_bytes
+
+    forced = env_budget()
+    if forced is not None:
+        return forced, f"token budget {forced} ({ENV_BUDGET})"
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    weights = weight_bytes(params, dtype)
+    totals = list(gpu_totals)
+    if len(totals) <= 1 or required_bytes(params, dtype) <= totals[0]:  # GPU 0 holds it (gpu_device_map)
+        totals, free = totals[:1], max(0, totals[0] - weights)
+    else:
+        kept = gpu_max_memory(totals)
+        free = min(max(total - weights // len(totals), total - kept[i]) for i, total in enumerate(totals))
+    budget = budget_from_free(free, cfg, DTYPE_BYTES.get(dtype, 4), copies_past=True)
+    cards = f"{len(totals)} x {totals[0] / 2**30:.0f} GiB" if len(totals) > 1 else f"{totals[0] / 2**30:.0f} GiB"
+    return budget, (f"token budget {budget} per forward, estimated from the GPU memory ({cards}) less the "
+                    f"weights ({weights / 2**30:.1f} GiB in {dtype}): {free / 2**30:.1f} GiB free; the dry run "
+                    f"does not load the model, the run sizes it from the memory free once the weights are loaded")
+
+
+def _cuda_budget(model: Any, dtype: str, device: str) -> tuple[int | None, str | None]:
+    """:func:`gpu_token_budget` for a prepared model on this machine's GPUs (``cuda:N``: that one)."""
+    from evalsuite.models.devices import torch_gpus
+    from evalsuite.models.memory import param_count
+
+    gpus = [gpu.total_memory for gpu in torch_gpus()]
+    index = device.partition(":")[2]
+    if index.isdigit():
+        gpus = gpus[int(index):int(index) + 1]
+    if not gpus:
+        return None, None
+    return gpu_token_budget(model.opened.config, dtype, param_count(model.source), gpus)
 
 
 #: Requests of the first call whose tokenizing (and prefix tree) is timed for the estimate.

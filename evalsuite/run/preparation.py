@@ -134,7 +134,7 @@ def resolve_models(config: RunConfig, names: list[str] | None = None, *,
     check_device(device)
     from evalsuite.models.access import check_access_all
 
-    check_access_all(spec for spec in specs if spec.kind == "hub")  # every model, before the first evaluation
+    check_access_all(spec for spec in specs if spec.kind in ("hub", "dus"))  # every model (a DUS model's base), before the first evaluation
     if requested_device == "auto" and device == "cpu":  # Hub models outside the registry, sized by the Hub
         from evalsuite.models.access import hub_params
         from evalsuite.models.devices import check_cpu_run

@@ -11,6 +11,7 @@ Ray is optional and imported only here, when a Ray run is asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -63,10 +64,9 @@ def run_on_ray(
                      results_dir=str(Path(config.results_dir).resolve()),
                      data_dir=str(Path(config.data_dir).resolve()) if config.data_dir else None,
                      task_dir=str(Path(config.task_dir).resolve()) if config.task_dir else None)
-    resources = shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
-                                config.data_parallel)
     started_here = _connect(ray, address, num_cpus)
     try:
+        resources = _sized_resources(ray, config)
         task = ray.remote(_run_shard).options(**resources, max_retries=0)
         pending = {task.remote(i, shards, config): i for i in range(shards)}
         failures, bug = _wait_all(ray, pending, shards)
@@ -83,23 +83,113 @@ def run_on_ray(
 
 
 def shard_resources(models: Sequence[str] | str | None, backend: str, device: str,
-                    tensor_parallel: int | None, data_parallel: int = 1) -> dict[str, float]:
+                    tensor_parallel: int | None, data_parallel: int = 1, *,
+                    gpu_memory: int | None = None, dtype: str | None = None) -> dict[str, float]:
     """What one shard reserves on the cluster: a CPU, plus the GPUs its largest model needs.
 
-    vLLM uses ``tensor_parallel x data_parallel`` GPUs (``tensor_parallel`` defaulting to the
-    registry's ``min_gpus_80gb``); the other backends on ``cuda`` spread a model over every GPU
-    Ray gives them, as many as the registry says the largest model needs.
+    The GPUs a model needs follow the single-machine rule
+    (:func:`evalsuite.backends.vllm.default_tensor_parallel`): the fewest (a power of two) whose
+    ``gpu_memory`` (bytes per GPU, the cluster's card) holds its weights and headroom in ``dtype``
+    (default: the registry's, as a run on a GPU loads it), so one H200 holds Mixtral and a 40 GB
+    A100 needs four. Without ``gpu_memory`` (the card could not be learned) the registry's
+    ``min_gpus_80gb`` is used. vLLM uses ``tensor_parallel x data_parallel`` GPUs (an explicit
+    ``tensor_parallel`` wins); the other backends on ``cuda`` spread a model over every GPU Ray
+    gives them.
     """
     from evalsuite.backends.registry import get_backend
+    from evalsuite.backends.vllm import default_tensor_parallel
 
     info = get_backend(backend)
     if not info.gpu_only and not device.startswith("cuda"):
         return {"num_cpus": 1, "num_gpus": 0}
     names = [models] if isinstance(models, str) else list(models or ["smollm2"])
-    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
-    biggest = max(resolve_model(n).min_gpus_80gb for n in names)
+    specs = [resolve_model(n.strip()) for name in names for n in name.split(",") if n.strip()]
+    if gpu_memory:
+        biggest = max(default_tensor_parallel(spec, dtype or spec.dtype, gpu_memory) for spec in specs)
+    else:
+        biggest = max(spec.min_gpus_80gb for spec in specs)
     gpus = (tensor_parallel or biggest) * (data_parallel if info.plans_parallel else 1)
     return {"num_cpus": 1, "num_gpus": gpus}
+
+
+#: Seconds the probe of the cluster's card may wait for a free GPU before the driver's own card
+#: (or the registry) is used instead.
+PROBE_TIMEOUT_S = 60
+
+
+def cluster_gpu_memory(ray: Any, reader: Any = None, timeout: float = PROBE_TIMEOUT_S) -> tuple[int | None, str]:
+    """(bytes of one GPU of the cluster, where that figure came from); ``(None, why)`` when unknown.
+
+    A one-GPU Ray task reads its card (``torch.cuda.get_device_properties``); when that fails
+    or no GPU frees up within ``timeout``, the driver's own card (``reader``, a
+    :data:`~evalsuite.models.devices.DeviceReader`, default torch's) stands in. A cluster
+    without GPUs has no card to measure. A mixed cluster is sized for the card the task landed
+    on, and the description says the cluster is mixed."""
+    from evalsuite.models.devices import torch_gpus
+
+    resources = ray.cluster_resources()
+    kinds = sorted(k.partition(":")[2] for k in resources if k.startswith("accelerator_type:"))
+    mixed = f"; the cluster mixes {', '.join(kinds)} cards" if len(kinds) > 1 else ""
+    why = "the Ray cluster has no GPU"
+    if resources.get("GPU", 0):
+        ref = ray.remote(_gpu_memory).options(num_cpus=0, num_gpus=1, max_retries=0).remote()
+        try:
+            memory, name = ray.get(ref, timeout=timeout)
+            if memory:
+                return int(memory), f"measured by a Ray task on the cluster's {name}{mixed}"
+            why = "the Ray task saw no CUDA device"
+        except Exception as exc:  # GetTimeoutError (every GPU busy), a lost worker, no torch there
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            why = f"the Ray task did not answer ({type(exc).__name__})"
+    driver = list((reader or torch_gpus)())
+    if driver:
+        card = min(driver, key=lambda gpu: gpu.total_memory)
+        return card.total_memory, f"this machine's {card.name} ({why}){mixed}"
+    return None, why
+
+
+def sizing_line(resources: dict[str, float], gpu_memory: int | None, where: str, *, vllm: bool,
+                tensor_parallel: int | None) -> str:
+    """The one line that says what each shard reserves and from what."""
+    gpus = int(resources["num_gpus"])
+    if tensor_parallel:
+        return f"each shard reserves {gpus} GPU(s) (--tensor-parallel {tensor_parallel})"
+    override = "; --tensor-parallel N overrides" if vllm else ""
+    if gpu_memory:
+        return (f"each shard reserves {gpus} GPU(s), sized for {gpu_memory / 2**30:.0f} GiB per GPU "
+                f"({where}){override}")
+    return (f"each shard reserves {gpus} GPU(s) from the registry's 80 GB GPU counts: the cluster's GPU memory "
+            f"could not be learned ({where}){override}")
+
+
+def _sized_resources(ray: Any, config: RunConfig) -> dict[str, float]:
+    """:func:`shard_resources` for ``config`` on the connected cluster, its card learned when the
+    shards use GPUs and no ``--tensor-parallel`` is given; the choice said in one line."""
+    from evalsuite.backends.registry import get_backend
+
+    def sized(gpu_memory: int | None) -> dict[str, float]:
+        return shard_resources(config.models, config.backend, config.device, config.tensor_parallel,
+                               config.data_parallel, gpu_memory=gpu_memory, dtype=config.dtype)
+
+    resources = sized(None)
+    if not resources["num_gpus"]:
+        return resources
+    gpu_memory, where = (None, "") if config.tensor_parallel else cluster_gpu_memory(ray)
+    if gpu_memory:
+        resources = sized(gpu_memory)
+    _say(sizing_line(resources, gpu_memory, where, vllm=get_backend(config.backend).plans_parallel,
+                     tensor_parallel=config.tensor_parallel))
+    return resources
+
+
+def _gpu_memory() -> tuple[int, str]:
+    """Body of the probe task: (total bytes, name) of the GPU Ray gave it; (0, "") without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0, ""
+    return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
 
 
 def _run_shard(index: int, count: int, config: RunConfig) -> str:

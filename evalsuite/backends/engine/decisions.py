@@ -66,8 +66,46 @@ def full_key(model_key: str | None, model: Any, max_length: int, attention: str 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def folder() -> Path:
+    """Where the decisions are kept: ``<cache root>/capabilities``."""
+    return fsutil.cache_dir() / FOLDER
+
+
 def path_of(key: str) -> Path:
-    return fsutil.cache_dir() / FOLDER / f"{key}.json"
+    return folder() / f"{key}.json"
+
+
+def _stored() -> list[Path]:
+    """The stored decisions (``*.json``) and leftover temporary writes in :func:`folder`; a link
+    there counts as the link itself. Nothing else in the folder is evalsuite's."""
+    where = folder()
+    if where.is_symlink() or not where.is_dir():
+        return []
+    return [p for p in where.iterdir() if (p.suffix == ".json" or p.name.startswith(".tmp-"))
+            and (p.is_symlink() or p.is_file())]
+
+
+def listing() -> tuple[Path, int, int]:
+    """(folder, decisions stored, bytes): what ``evalsuite cache info`` shows."""
+    stored = [p for p in _stored() if not p.is_symlink()]
+    return folder(), sum(p.suffix == ".json" for p in stored), sum(p.stat().st_size for p in stored)
+
+
+def clear() -> int:
+    """Delete every stored decision, so each model's next run inspects and probes it again
+    (``evalsuite cache clear``); returns how many decisions were deleted.
+
+    Only evalsuite's own files go: a link in the folder is removed, never followed, and a
+    ``capabilities`` folder that is itself a link is unlinked without touching what it points to."""
+    where = folder()
+    if where.is_symlink():
+        where.unlink()
+        return 0
+    deleted = 0
+    for path in _stored():
+        deleted += path.suffix == ".json" and not path.is_symlink()
+        path.unlink(missing_ok=True)
+    return deleted
 
 
 def load(key: str) -> Capabilities | None:
