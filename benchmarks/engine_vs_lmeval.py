@@ -15,12 +15,13 @@ seconds over sum of engine seconds), and projected to the full splits (each task
 per document times its full document count, summed per backend).
 
 The self-audit (:mod:`evalsuite.run.audit`) runs after each task exactly as ``evalsuite run`` runs
-it (a seeded sample within ``--audit-share`` of the task's engine tokens, at least one request,
+it (a seeded sample within ``--audit-share`` of the task's engine tokens, a plain token priced
+at ``PLAIN_TOKEN_COST`` engine tokens, at least one request,
 re-scored by the plain executor; GSM8K: one forward over prompt + generated tokens per sampled
 prompt) and its time is reported as a share of the engine's time on the task: measured at the
 sampled size (where the one-request floor can dominate) and projected to the full split (the
-share times the plain executor's seconds per token over the engine's seconds per engine token:
-on a full split the sample fills its budget). ``--no-audit-in-time`` is not needed: the engine's
+budget's tokens times the plain executor's seconds per token over the engine's seconds per
+engine token: on a full split the sample fills its budget). ``--no-audit-in-time`` is not needed: the engine's
 seconds never include the audit, and ``engine_seconds_with_audit`` adds it, so both speed-ups
 are reported.
 
@@ -212,16 +213,19 @@ def measure_audit(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt]
 def audit_share(audit: dict[str, Any], engine_seconds: float, docs: int, requests: int, task: str) -> dict[str, Any]:
     """The audit's time over the task's engine time, measured and projected to the full split.
 
-    On a full split the floor (one request) is negligible and the sample fills its budget, the
-    share of the task's engine tokens, so the audit's share of the time is that share times the
-    plain executor's seconds per token over the engine's seconds per engine token (both measured
-    here, tokens counted as the dry run counts them)."""
+    On a full split the floor (one request) is negligible and the sample fills its budget
+    (share x engine tokens / PLAIN_TOKEN_COST plain tokens), so the audit's share of the time is
+    that times the plain executor's seconds per token over the engine's seconds per engine token
+    (both measured here, tokens counted as the dry run counts them). At these sizes the plain
+    rate is the floor's one long input's; ``benchmarks/audit_share.py`` measures it on whole
+    documents and plans the full split's own sample."""
     from evalsuite.run.audit import SHARE
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
 
     plain_per_token = audit["audit_seconds"] / max(1, audit["audit_tokens"])
     engine_per_token = engine_seconds / max(1, audit["audit_engine_tokens"])
     projected_engine = engine_seconds / docs * FULL_DOCS[task]
-    share = SHARE * plain_per_token / engine_per_token
+    share = SHARE / PLAIN_TOKEN_COST * plain_per_token / engine_per_token
     return {**audit, "audit_share": audit["audit_seconds"] / engine_seconds,
             "engine_seconds_with_audit": engine_seconds + audit["audit_seconds"],
             "audit_seconds_projected_full": share * projected_engine, "engine_seconds_projected_full": projected_engine,

@@ -158,9 +158,9 @@ class RunConfig:
               "task's engine tokens, at least one request, re-computed by the model's plain forward; beyond "
               "tolerance the task is scored again the plain way); score rows then say 'not audited'", flag="--no-audit")
     audit_share: float = _option(
-        0.03, "the self-audit's budget: plain-forward tokens as a share of each task's engine tokens, a fraction or "
-              "a percentage (default 0.03 = 3%%; at least one request per task is audited whatever the share; 1 audits "
-              "every request)",
+        0.03, "the self-audit's budget: its plain-forward tokens, each priced at 1.25 engine tokens, as a share of "
+              "each task's engine tokens (so of its time), a fraction or a percentage (default 0.03 = 3%%; at least one "
+              "request per task is audited whatever the share; 1 audits every request)",
         parse=share_arg, metavar="SHARE")
     resume: bool = _option(
         False, "continue the latest interrupted run of the same models/tasks/limit/backend/tag (or --run-id's) under "

@@ -48,15 +48,17 @@ def _samples(result, task: str) -> pd.DataFrame:
 def test_sample_fits_the_budget_seeded_whole_documents_and_a_long_floor() -> None:
     from evalsuite.run.audit import SHARE, DocCost, choose_sample
 
-    assert SHARE == 0.03
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
+
+    assert SHARE == 0.03 and PLAIN_TOKEN_COST == 1.25
     # 1000 documents of 4 requests; document 617 holds the longest input (a long document)
     costs = [DocCost(400 + (i % 7) * 10, 120, i % 4) for i in range(1000)]
     costs[617] = DocCost(2000, 900, 2)
-    engine = 200_000  # the task's engine tokens: the budget is 3 % of them, 6000 plain tokens
+    engine = 200_000  # the task's engine tokens: the budget is 3 % of them at 1.25 per plain token, 4800
     first = choose_sample(costs, engine, SHARE, "run-a", "arc")
     assert first == choose_sample(costs, engine, SHARE, "run-a", "arc")  # reproducible from run id + task
     assert first != choose_sample(costs, engine, SHARE, "run-b", "arc") != choose_sample(costs, engine, SHARE, "run-a", "mmlu")
-    assert first.budget == 6000 and 5000 < first.tokens <= 6000  # within the budget, and using it
+    assert first.budget == 4800 and 4000 < first.tokens <= 4800  # within the budget, and using it
     assert first.tokens == sum(costs[i].tokens for i in first.documents)
     assert 617 in first.documents and first.partial is None  # the floor: the long document, whole
     # a budget too small for any whole document: the floor's longest input alone
@@ -69,6 +71,51 @@ def test_sample_fits_the_budget_seeded_whole_documents_and_a_long_floor() -> Non
     assert len(floors) > 5
     everything = choose_sample(costs, 10_000, 1.0, "run-a", "arc")  # --audit-share 1: every request
     assert everything.documents == tuple(range(1000)) and everything.partial is None
+
+
+def test_padded_tokens_count_what_the_plain_executor_forwards() -> None:
+    from evalsuite.backends.engine.plain import padded_tokens
+
+    assert padded_tokens([(1, 2, 3), (1, 2, 3), (4, 5)]) == 6  # distinct inputs; the short row padded to 3
+    assert padded_tokens([tuple(range(n)) for n in range(1, 11)], batch_size=8) == 8 * 10 + 2 * 2
+    assert padded_tokens([]) == 0
+
+
+def test_the_audit_forwards_exactly_the_tokens_its_budget_counted(tiny_llama_dir, data_dir) -> None:
+    """The budget is honest: the plain executor's forwards during the audit (padding included,
+    a document at a time) add up to the sample's counted tokens, within share / PLAIN_TOKEN_COST
+    of the task's engine tokens."""
+    from evalsuite.run.audit import Auditor
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
+    from evalsuite.tasks import LoadedTask, load_spec
+
+    engine = _engine(tiny_llama_dir, "float32")
+    task = LoadedTask(load_spec("arc"), data_dir)
+    prompts = task.prompts(16)
+    answers = engine.loglikelihood([inst for p in prompts for inst in p.instances])
+    grouped, at = [], 0
+    for p in prompts:
+        grouped.append(answers[at:at + len(p.instances)])
+        at += len(p.instances)
+    auditor = Auditor(engine, share=0.6)
+    sample = auditor.sample(task, prompts, "counted")
+    assert len(sample.documents) >= 2 and sample.budget == int(0.6 * sample.engine_tokens / PLAIN_TOKEN_COST)
+    assert sample.tokens <= sample.budget
+    forwarded = []
+    real = engine.model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        forwarded.append(int(ids.numel()))
+        return real(*args, **kwargs)
+
+    engine.model.forward = counting
+    try:
+        audit = auditor.check(task, prompts, grouped, "counted")
+    finally:
+        del engine.model.forward
+    assert audit.status == "agree" and audit.n == sum(len(prompts[d].instances) for d in sample.documents) + bool(sample.partial)
+    assert sum(forwarded) == sample.tokens
 
 
 def test_tolerances() -> None:

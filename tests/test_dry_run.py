@@ -179,13 +179,14 @@ def test_dry_run_counts_the_real_requests_without_loading_weights(tiny_llama_dir
     assert all(name in table for name in ("arc", "mmlu", "gsm8k", "total", "time: from forwards"))
     # the self-audit's cost: the very sample the run's audit takes (same counting, same seed)
     from evalsuite.run.audit import Auditor
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
 
     auditor = Auditor(engine)
     for name in ("arc", "mmlu", "gsm8k"):
         task, got = LoadedTask(load_spec(name), data_dir), by_task[name]
         assert got.audit == auditor.sample(task, task.prompts(2), "dry-run")
         assert got.audit.tokens > 0 and got.audit_est_seconds > 0
-        assert got.audit.budget == int(0.03 * got.audit.engine_tokens)
+        assert got.audit.budget == int(0.03 * got.audit.engine_tokens / PLAIN_TOKEN_COST)
         assert got.audit.tokens <= got.audit.budget or (not got.audit.documents and got.audit.partial)
     assert "audit" in table.splitlines()[1] and "audit: the self-audit's sample" in table
 

@@ -4,15 +4,17 @@ Why: a list of model families that were tested is not a guarantee; the next fami
 next detail (a window, a soft-cap, a position scheme) that a fast path may miss. So after each
 task the runner hands what the engine answered to :class:`Auditor`, which
 
-* chooses a sample within a cost budget (:func:`choose_sample`): plain-executor tokens within
-  ``--audit-share`` (:data:`SHARE`, 3 %) of the task's engine tokens, both counted by the dry
-  run's own counting; the floor is the document with the task's longest input (whole if it
+* chooses a sample within a cost budget (:func:`choose_sample`): plain-executor tokens (padding
+  included), each priced at :data:`~evalsuite.run.audit_sample.PLAIN_TOKEN_COST` engine tokens,
+  within ``--audit-share`` (:data:`SHARE`, 3 %) of the task's engine tokens, both counted by the
+  dry run's own counting, so the audit stays within that share of the task's time; the floor is the document with the task's longest input (whole if it
   fits, else that request alone), so at least one request is always audited; then whole
   documents in a seeded order (run id and task) while they fit. A pure function of the task's
   documents: a resumed run and every shard audit the same requests as an unsharded run;
 * log-likelihood tasks: re-scores the sample with the plain executor
   (:func:`~evalsuite.backends.engine.plain.plain_loglikelihoods`: the model's own full forward
-  on each input, as lm-eval's ``hf`` model runs it) and compares |Δ ll|, the greedy flags and
+  on each input, as lm-eval's ``hf`` model runs it; a document at a time, so the forwards are
+  the tokens the budget counted) and compares |Δ ll|, the greedy flags and
   the predictions of whole documents. A request agrees when |Δ ll| is within tolerance and (in
   float32) its greedy flag is the same; the audit passes when every sampled request agrees. A
   prediction that differs while every number is within tolerance is a near tie (two choices
@@ -184,7 +186,9 @@ class Auditor:
         chosen = [(i, range(len(prompts[i].instances)) if which is None else which) for i, which in picks]
         requests = [prompts[i].instances[j] for i, which in chosen for j in which]
         fast = [tuple(responses[i][j]) for i, which in chosen for j in which]
-        plain = self.plain.loglikelihood(requests)
+        # a document at a time: its inputs are nearly one length (a shared context), so the
+        # batches carry little padding and few logits, and the work is what the budget counted
+        plain = [answer for i, which in chosen for answer in self.plain.loglikelihood([prompts[i].instances[j] for j in which])]
         lengths = [len(cont) for _, cont in self.plain.pairs(requests)]
         diffs = [abs(float(f[0]) - float(p[0])) for f, p in zip(fast, plain, strict=True)]
         # half precision: a greedy flag may flip at a near tie of the vocabulary's argmax (noise

@@ -12,16 +12,25 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: The share of a task's engine tokens (the dry run's count) the audit may run on the plain
-#: executor by default (``--audit-share``); at least one request per task is audited whatever it is.
+#: The share of a task's engine work (its engine tokens, the dry run's count) the audit may spend
+#: on the plain executor by default (``--audit-share``); at least one request per task is audited
+#: whatever it is.
 SHARE = 0.03
+#: What one token through the plain executor costs, in engine tokens, when the budget is spent.
+#: Counted token for token, a 3 % sample took 3.1-3.4 % of the task's time: the plain forward
+#: of a few long rows runs 3-14 % slower per token than the engine's packed forwards (measured
+#: per task, SmolLM2 fp32 on this CPU, ``benchmarks/audit_share.py``). Pricing a plain token
+#: at 1.25 keeps the audit within the share of the task's *time* with room for a slower
+#: machine; the GPU check measures the ratio on the card.
+PLAIN_TOKEN_COST = 1.25
 
 
 @dataclass(frozen=True)
 class DocCost:
     """What auditing one document costs on the plain executor, in tokens (the dry run counts it)."""
 
-    tokens: int  # the document's distinct model inputs (generation: prompt + expected new tokens)
+    tokens: int  # what the plain executor forwards for the document alone: its distinct inputs, each
+    # batch padded to its longest (generation: prompt + expected new tokens)
     longest: int  # its longest input
     longest_request: int  # that request's position in the document
 
@@ -35,7 +44,7 @@ class AuditSample:
     documents: tuple[int, ...]
     partial: tuple[int, int] | None  # (document, request)
     tokens: int  # the plain executor's tokens for the sample
-    budget: int  # share x engine tokens
+    budget: int  # plain tokens: share x engine tokens / PLAIN_TOKEN_COST
     engine_tokens: int  # the task's engine tokens (the dry run's count)
 
     def requests_of(self, document: int) -> tuple[int, ...] | None:
@@ -59,7 +68,8 @@ def seed_of(run_id: str, task: str) -> int:
 
 
 def choose_sample(costs: Sequence[DocCost], engine_tokens: int, share: float, run_id: str, task: str) -> AuditSample:
-    """The audit's sample of a task, within ``share`` x ``engine_tokens`` plain-executor tokens.
+    """The audit's sample of a task: plain-executor tokens within ``share`` x ``engine_tokens``
+    / :data:`PLAIN_TOKEN_COST` (the plain executor's tokens priced in engine tokens).
 
     The floor: the document with the longest input (windows and truncation show on long inputs;
     a seeded choice among equally long ones), whole if it fits the budget, else that input
@@ -68,7 +78,7 @@ def choose_sample(costs: Sequence[DocCost], engine_tokens: int, share: float, ru
     A pure function of the task's documents: a resumed run and every shard choose the same."""
     if not costs:
         return AuditSample((), None, 0, 0, engine_tokens)
-    budget = int(share * engine_tokens)
+    budget = int(share * engine_tokens / PLAIN_TOKEN_COST)
     if share >= 1:  # everything (the plain path has no prefix sharing: its tokens exceed the engine's)
         return AuditSample(tuple(range(len(costs))), None, sum(c.tokens for c in costs), budget, engine_tokens)
     order = list(range(len(costs)))
@@ -87,4 +97,4 @@ def choose_sample(costs: Sequence[DocCost], engine_tokens: int, share: float, ru
     return AuditSample(tuple(sorted(whole)), partial, spent, budget, engine_tokens)
 
 
-__all__ = ["SHARE", "AuditSample", "DocCost", "choose_sample", "seed_of"]
+__all__ = ["PLAIN_TOKEN_COST", "SHARE", "AuditSample", "DocCost", "choose_sample", "seed_of"]

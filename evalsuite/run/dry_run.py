@@ -126,7 +126,10 @@ class ModelPlan:
             tokens = sum(t.audit.tokens for t in self.tasks if t.audit is not None)
             seconds = [t.audit_est_seconds for t in self.tasks if t.audit is not None]
             known = [s for s in seconds if s is not None]  # no time without a speed profile
-            rows[-1].append(f"{tokens:,} tok" + ("" if len(known) < len(seconds) else f", {_duration(sum(known))}"))
+            cell = f"{tokens:,} tok"
+            if len(known) == len(seconds):
+                cell += f", {_duration(sum(known))}" + _share(sum(known), self.est_seconds)
+            rows[-1].append(cell)
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = [f"dry run: {self.model} ({self.model_id}), {self.dtype} on {self.device}, backend {self.backend}, "
                  f"{'limit ' + str(self.limit) + ' per task (per subject for MMLU)' if self.limit else 'full splits'}; "
@@ -141,7 +144,7 @@ class ModelPlan:
                      "answer lengths + stop)")
         if audited:
             lines.append("audit: the self-audit's sample, re-run on the plain executor after each task (tokens, "
-                         "estimated time): within --audit-share of the task's engine tokens, at least one request "
+                         "estimated time, its share of the task's time): within --audit-share of the task's engine tokens, at least one request "
                          "(docs/exactness.md)")
         if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
             lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
@@ -254,6 +257,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     ``token_budget``: the engine's tokens per forward (default: the device type's,
     :data:`~evalsuite.backends.engine.DEFAULT_TOKEN_BUDGET`; on CUDA :func:`gpu_token_budget`)."""
     from evalsuite.backends.engine import DEFAULT_TOKEN_BUDGET, SMALL_ROW
+    from evalsuite.backends.engine.plain import padded_tokens
     from evalsuite.backends.engine.planner import count_calls
     from evalsuite.backends.engine.prefix_tree import truncated_inputs
     from evalsuite.backends.engine.tokenize import pair_ids, plan_calls, split_pair
@@ -312,7 +316,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
     # every task: the exact distinct inputs and prefix-tree tokens, fast
     lm_eval_tokens = scored = 0
     doc_lengths: list[int] = []
-    doc_costs: list[Any] = []  # the plain executor's tokens per document, for the self-audit
+    doc_costs: list[Any] = []  # the plain executor's tokens per document (padding included), for the self-audit
 
     def inputs_per_call() -> Iterable[list[tuple[int, ...]]]:
         nonlocal lm_eval_tokens, scored
@@ -324,7 +328,7 @@ def _plan_task(task: Any, tokenizer: Any, max_length: int, limit: int | None, sh
                 n = len(next(docs).instances)
                 doc_lengths.append(max(map(len, inputs[at:at + n])))
                 longest = max(range(n), key=lambda j: len(inputs[at + j]))
-                doc_costs.append(DocCost(sum(map(len, set(inputs[at:at + n]))), len(inputs[at + longest]), longest))
+                doc_costs.append(DocCost(padded_tokens(inputs[at:at + n]), len(inputs[at + longest]), longest))
                 at += n
             distinct = {x: len(k) for x, (_, k) in zip(inputs, chunk)}
             lm_eval_tokens += sum(map(len, distinct))
@@ -439,11 +443,16 @@ def _host_seconds(tokenizer: Any, requests: Sequence[tuple[str, str]], first_cal
 
 
 def _audit_seconds(plan: TaskPlan, speed: SpeedProfile | None) -> float | None:
-    """The self-audit's sample on the plain executor: its tokens at the task's median length, one
-    pass per audited document (the output layer, at the continuations only, is left out)."""
+    """The self-audit's sample on the plain executor: its tokens (padding included) at the task's
+    median length, each priced at :data:`~evalsuite.run.audit_sample.PLAIN_TOKEN_COST` engine
+    tokens as the budget prices them, one pass per audited document (the output layer, at the
+    continuations only, is left out)."""
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
+
     if plan.audit is None or speed is None:
         return None
-    return speed.forward_seconds(plan.audit.tokens, plan.median_doc_tokens, len(plan.audit.picked))
+    return speed.forward_seconds(int(plan.audit.tokens * PLAIN_TOKEN_COST), plan.median_doc_tokens,
+                                 len(plan.audit.picked))
 
 
 def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
@@ -473,7 +482,14 @@ def _audit_cell(plan: TaskPlan) -> str:
     if plan.audit is None:
         return "-"
     cell = f"{plan.audit.tokens:,} tok"
-    return cell if plan.audit_est_seconds is None else f"{cell}, {_duration(plan.audit_est_seconds)}"
+    if plan.audit_est_seconds is None:
+        return cell
+    return f"{cell}, {_duration(plan.audit_est_seconds)}{_share(plan.audit_est_seconds, plan.est_seconds)}"
+
+
+def _share(audit_seconds: float, task_seconds: float | None) -> str:
+    """The audit's estimated time as a share of the task's (one decimal: 3.0 % is not 3.1 %)."""
+    return f" ({audit_seconds / task_seconds:.1%})" if task_seconds else ""
 
 
 def _duration(seconds: float | None) -> str:

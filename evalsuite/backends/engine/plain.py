@@ -47,6 +47,19 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
+#: Inputs per forward of the plain executor (lm-eval ``hf``'s batch sizes are the user's; this
+#: path runs rows of nearly one length, so 8 keeps the padding and the logits small).
+PLAIN_BATCH = 8
+
+
+def padded_tokens(inputs: Sequence[Sequence[int]], batch_size: int = PLAIN_BATCH) -> int:
+    """Tokens the plain executor forwards for ``inputs``: the distinct ones, batched as
+    :func:`plain_tally` batches them, each batch padded to its longest input. What the
+    self-audit's budget counts (a sparse sample's rows differ in length; padding is work too)."""
+    distinct = sorted({tuple(x) for x in inputs}, key=lambda x: (-len(x), x))
+    return sum(len(batch[0]) * len(batch) for batch in plain_batches(distinct, batch_size, False))
+
+
 def plain_batches(inputs: list[tuple[int, ...]], batch_size: int, equal_lengths: bool) -> list[list[tuple[int, ...]]]:
     """Inputs sorted longest first in batches of ``batch_size``, never mixing lengths with ``equal_lengths``."""
     size = max(1, int(batch_size))
@@ -61,7 +74,7 @@ def plain_batches(inputs: list[tuple[int, ...]], batch_size: int, equal_lengths:
 
 
 def plain_tally(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, max_length: int,
-                batch_size: int = 8, logits_dtype: torch.dtype | None = None,
+                batch_size: int = PLAIN_BATCH, logits_dtype: torch.dtype | None = None,
                 equal_lengths: bool | None = None) -> Tally:
     """Per-request continuation log-probs and greedy flags from the model's own full forward."""
     tally = Tally(len(requests))
@@ -123,7 +136,7 @@ def _forward_chunk(model: Any, chunk: list[tuple[int, ...]], by_input: dict[tupl
 
 
 def plain_loglikelihoods(model: Any, requests: Sequence[tuple[list[int], list[int]]], *, max_length: int,
-                         batch_size: int = 8, logits_dtype: torch.dtype | None = None,
+                         batch_size: int = PLAIN_BATCH, logits_dtype: torch.dtype | None = None,
                          equal_lengths: bool | None = None) -> list[tuple[float, bool]]:
     """The model's own full forward (``model(input_ids).logits``, its whole causal-LM head
     included) on each distinct input (context+continuation ids, left-truncated to ``max_length``
