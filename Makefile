@@ -6,7 +6,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(wildcard share
 LIMIT    ?= 3
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo dry-run dus-demo lint test test-fast test-system-deps bench bench-process gpu-check clean-results
+.PHONY: setup demo dry-run dus-demo lint test test-fast test-system-deps bench bench-process bench-audit gpu-check clean-results
 
 # CPU torch first: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(BIN)/evalsuite: pyproject.toml
@@ -88,6 +88,12 @@ gpu-check:
 bench-process: setup
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/whole_process.py --model smollm2 --runs arc=16,hellaswag=8,gsm8k=16 \
 		$(DATA_ARG) --out benchmarks/results/whole-process-cpu-smollm2-fp32.json
+
+# The self-audit's share of each task's time on its full split (issue 23: <= 3 %): the engine and
+# the plain executor measured on the same 16 documents per task, the full split's own sample planned.
+bench-audit: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/audit_share.py --model smollm2 --limit 16 --rounds 2 --threads 1 \
+		$(DATA_ARG) --out benchmarks/results/audit-share-cpu-smollm2-fp32.json
 
 clean-results:
 	rm -rf results/runs results/scores results/samples reports/*.html

@@ -232,6 +232,12 @@ def run_stages(args: Any, stages: list[str], results: dict, verdicts: list) -> N
             results["audit"] = audit
             verdicts.append(verdict("audit (SOLAR-shaped)", "pass" if audit["status"] == "agree" else "fail",
                                     audit["text"]))
+            from evalsuite.run.audit import SHARE
+
+            share = audit["default_share_projected_full"]
+            verdicts.append(verdict("audit cost", "pass" if share <= SHARE else "warn",
+                                    f"a plain token costs {audit['plain_over_engine_per_token']:.2f} engine tokens: "
+                                    f"the default audit takes {share:.1%} of a full split's time (budget {SHARE:.0%})"))
     if "families" in stages:
         failed = guarded(verdicts, "family matrix", check_families, args, tokenizer, prompts, results)
         if failed is not None and results.get("families"):
@@ -628,15 +634,25 @@ def run_backend(name: str, lm: Any, prompts: dict, tokens: dict, results: dict) 
         results["backends"][name][task_name] = {"seconds": round(seconds, 3), "tokens_per_s": round(count / seconds)}
         print(f"gpu_check: {name} {task_name}: {seconds:.1f} s, {count / seconds:,.0f} tokens/s", flush=True)
         if name == "evalsuite" and task_name == "arc":  # the self-audit on the device, timed
-            from evalsuite.run.audit import Auditor
+            from evalsuite.run.audit import SHARE, Auditor
+            from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
 
+            auditor = Auditor(lm, share=1.0)  # every document: the plain executor's rate on whole documents
+            counted = auditor.sample(task, task_prompts, "gpu-check")
             clock = time.perf_counter()
-            audit = Auditor(lm, share=1.0).check(task, task_prompts, out[task_name], "gpu-check")
+            audit = auditor.check(task, task_prompts, out[task_name], "gpu-check")
             sync()
-            results["_solar_audit"] = {**audit_entry(audit), "seconds": round(time.perf_counter() - clock, 3),
-                                       "share_of_task": round((time.perf_counter() - clock) / seconds, 4)}
+            audit_s = time.perf_counter() - clock
+            # a plain token's cost in engine tokens on this card, and the default audit's share
+            # of a full split's time it gives (the budget prices a plain token at PLAIN_TOKEN_COST)
+            ratio = (audit_s / max(1, counted.tokens)) / (seconds / max(1, counted.engine_tokens))
+            results["_solar_audit"] = {**audit_entry(audit), "seconds": round(audit_s, 3),
+                                       "share_of_task": round(audit_s / seconds, 4),
+                                       "plain_over_engine_per_token": round(ratio, 3),
+                                       "default_share_projected_full": round(SHARE / PLAIN_TOKEN_COST * ratio, 4)}
             print(f"gpu_check: audit of the engine's ARC answers: {results['_solar_audit']['text']} "
-                  f"({results['_solar_audit']['seconds']:.1f} s)", flush=True)
+                  f"({audit_s:.1f} s; a plain token costs {ratio:.2f} engine tokens here, the default audit "
+                  f"{SHARE / PLAIN_TOKEN_COST * ratio:.1%} of a full split's time)", flush=True)
     return out
 
 

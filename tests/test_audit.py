@@ -238,6 +238,7 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["audit"]["status"] == "agree" and result["audit"]["n"] == 4  # one ARC document, 4 choices
+    assert result["audit"]["plain_over_engine_per_token"] > 0  # the audit's cost on the card: a row of its own
     assert result["engine_executor"] == "cache"
     for backend in ("evalsuite", "lm-eval-hf"):
         assert set(result["backends"][backend]) == {"arc", "mmlu", "gsm8k"}
@@ -246,6 +247,7 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path, data_dir) -> None:
     stages = {v["stage"]: v["status"] for v in result["verdicts"]}  # make gpu-check's verdict table
     assert "gpu_check verdict on cpu" in proc.stdout and not [s for s, v in stages.items() if v == "fail"]
     assert stages["device auto"] == stages["evalsuite run"] == stages["oom back-off"] == "pass"
+    assert stages["audit cost"] in ("pass", "warn")
     if (script.parent.parent / "tests" / "families.py").exists():
         llama = result["families"]["llama"]
         assert llama["within_tolerance"] and llama["audit"]["status"] == "agree" and result["failures"] == []

@@ -302,6 +302,21 @@ def test_the_task_plan_counts_passes_with_the_given_budget(tiny_tokenizer, data_
     assert small.forward_passes == plan_calls([encoded], 2048, "cuda", 1024).forward_passes
 
 
+@pytest.mark.parametrize("name", ["winogrande", "arc"])
+def test_the_dry_runs_audit_estimate_stays_within_the_share(name, tiny_tokenizer, data_dir):
+    """Where the budget, not the one-request floor, sets the sample, the audit's estimated time
+    is within --audit-share of the task's: the estimate prices a plain token as the budget does."""
+    from evalsuite.run.dry_run import _plan_task
+    from evalsuite.run.speed_profile import SpeedProfile
+
+    speed = SpeedProfile("tiny", "float32", "cpu", 1, {}, fixed_s=0.04, per_token_s=1.3e-3, attention_s=3.5e-7,
+                         decode_step_s=0.06, head_s=5e-4, measured_at="now", load_average=None, host="test")
+    task = LoadedTask(load_spec(name), data_dir)
+    plan = _plan_task(task, tiny_tokenizer, 2048, 400, None, "evalsuite", speed, "cpu", audit=(0.03, "run"))
+    assert len(plan.audit.documents) >= 2 and plan.audit.tokens <= plan.audit.budget
+    assert 0 < plan.audit_est_seconds <= 0.03 * plan.est_seconds
+
+
 def test_a_cpu_dry_run_keeps_the_cpu_budget(tiny_llama_dir, data_dir, isolated_cache):
     plan = evalsuite.plan_cost(models=[str(tiny_llama_dir)], tasks=["arc"], limit=2, data_dir=data_dir, measure=False,
                                device="cpu")

@@ -443,16 +443,16 @@ def _host_seconds(tokenizer: Any, requests: Sequence[tuple[str, str]], first_cal
 
 
 def _audit_seconds(plan: TaskPlan, speed: SpeedProfile | None) -> float | None:
-    """The self-audit's sample on the plain executor: its tokens (padding included) at the task's
-    median length, each priced at :data:`~evalsuite.run.audit_sample.PLAIN_TOKEN_COST` engine
-    tokens as the budget prices them, one pass per audited document (the output layer, at the
-    continuations only, is left out)."""
+    """The self-audit's sample on the plain executor, at the price its budget sets: its tokens
+    (padding included), each :data:`~evalsuite.run.audit_sample.PLAIN_TOKEN_COST` engine tokens
+    at the per-token cost of the task's median length. The price is measured to cover what the
+    plain path spends beyond its tokens (its forwards of a document at a time, its output layer
+    at the continuations), so no per-pass cost is added on top (``benchmarks/audit_share.py``)."""
     from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
 
     if plan.audit is None or speed is None:
         return None
-    return speed.forward_seconds(int(plan.audit.tokens * PLAIN_TOKEN_COST), plan.median_doc_tokens,
-                                 len(plan.audit.picked))
+    return speed.forward_seconds(int(plan.audit.tokens * PLAIN_TOKEN_COST), plan.median_doc_tokens)
 
 
 def _generation_seconds(speed: SpeedProfile, prompts: list[int], new: list[int], mode: str, device_type: str) -> float:
