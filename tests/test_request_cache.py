@@ -230,3 +230,19 @@ def test_a_fully_cached_run_loads_no_model(tiny_llama_dir, data_dir, tmp_path, m
     third = evaluate(**common, results_dir=tmp_path / "third")
     assert builds == [1, 1]
     assert "1 computed" in stored(third)[2]
+
+    # the audit's own code changed (another sample rule, other tolerances): its kept verdicts
+    # no longer apply, so the model is loaded to audit again, while every answer is still served
+    import evalsuite.run.request_cache as request_cache
+
+    real_version = request_cache.code_version
+
+    def audit_changed(root=None, entries=request_cache.SCORING_CODE):
+        return real_version(root, entries) + ("-changed" if entries == request_cache.AUDIT_CODE else "")
+
+    monkeypatch.setattr(request_cache, "code_version", audit_changed)
+    changed = evaluate(**common, results_dir=tmp_path / "changed-audit")
+    assert builds == [1, 1, 1]
+    _, scores4, notes4 = stored(changed)
+    assert "0 computed" in notes4 and list(scores4["audit_status"].dropna()) == ["agree", "agree"]
+    assert not scores4["audit_note"].dropna().str.contains("kept with the cached answers").any()

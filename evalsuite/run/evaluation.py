@@ -476,8 +476,11 @@ class _KeptAudits:
 
 def _audit_name(task: str, share: float) -> str:
     """A kept audit's task part of the key: with its share, so a run asking for a larger sample
-    (``--audit-share 1``) never reuses a smaller one."""
-    return f"{task} audit-share {share:g}"
+    (``--audit-share 1``) never reuses a smaller one, and with the audit's own code, so a kept
+    verdict is never one an earlier audit (another sample, other tolerances) gave."""
+    from evalsuite.run.request_cache import AUDIT_CODE, code_version
+
+    return f"{task} audit-share {share:g} audit-code {code_version(entries=AUDIT_CODE)}"
 
 
 def _kept_answers(load: Any, source: ModelSource, options: Any, config: RunConfig,

@@ -75,12 +75,18 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
-def code_version(root: Path | None = None) -> str:
-    """sha256 of the scoring code's source files (the backends package, model loading) under
-    ``root`` (default: this installed package)."""
+#: The code that decides a kept audit's verdict (which requests, what is compared, the
+#: tolerances, the per-document counts): part of a kept audit's key, not of the answers', so a
+#: change to the audit makes the next run audit again, while its answers stay served.
+AUDIT_CODE = ("run/audit.py", "run/audit_sample.py", "run/greedy_check.py", "run/dry_run.py")
+
+
+def code_version(root: Path | None = None, entries: Sequence[str] = SCORING_CODE) -> str:
+    """sha256 of the scoring code's source files (the backends package, model loading; or
+    ``entries``) under ``root`` (default: this installed package)."""
     root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for entry in SCORING_CODE:
+    for entry in entries:
         path = root / entry
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
         for file in files:
