@@ -54,11 +54,6 @@ def plan(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt] | None, 
                       engine.device.type, prompts=population, audit=(share, RUN_ID))
 
 
-def engine_tokens(task_plan: TaskPlan) -> int:
-    """What the sample's budget is a share of (generation: prompts + expected new tokens)."""
-    return task_plan.engine_tokens + (task_plan.new_tokens_expected or 0)
-
-
 def answer(engine: EngineLM, prompts: list[DocPrompt], generation: bool) -> tuple[list[list[Any]], float]:
     """The engine's answers per document, from cold, and the seconds they took."""
     instances = [inst for p in prompts for inst in p.instances]
@@ -89,18 +84,19 @@ def measure(engine: EngineLM, loaded: LoadedTask, prompts: list[DocPrompt], roun
         result = every.check(loaded, prompts, grouped, RUN_ID)
         audit_s = min(audit_s, time.perf_counter() - start)
         status = {"audit_status": result.status, "audit_n": result.n, "audit_agree": result.agree}
-    engine_per_token = engine_s / max(1, engine_tokens(small))
+    # the audit's engine tokens: what its budget is a share of (generation: prompts + expected new tokens)
+    engine_per_token = engine_s / max(1, small.audit.engine_tokens)
     plain_per_token = audit_s / max(1, small.audit.tokens)
-    full_engine_s = engine_tokens(full) * engine_per_token
+    full_engine_s = full.audit.engine_tokens * engine_per_token
     full_audit_s = full.audit.tokens * plain_per_token + planning
     return {
         "docs": len(prompts), "full_docs": full.docs,
-        "engine_tokens": engine_tokens(small), "plain_tokens": small.audit.tokens, **status,
+        "engine_tokens": small.audit.engine_tokens, "plain_tokens": small.audit.tokens, **status,
         "engine_seconds": engine_s, "audit_all_seconds": audit_s,
         "engine_s_per_engine_token": engine_per_token, "plain_s_per_plain_token": plain_per_token,
         "plain_over_engine_per_token": plain_per_token / engine_per_token,
-        "full_engine_tokens": engine_tokens(full), "full_sample_plain_tokens": full.audit.tokens,
-        "full_sample_documents": len(full.audit.picked), "full_sample_token_share": full.audit.tokens / max(1, engine_tokens(full)),
+        "full_engine_tokens": full.audit.engine_tokens, "full_sample_plain_tokens": full.audit.tokens,
+        "full_sample_documents": len(full.audit.picked), "full_sample_token_share": full.audit.tokens / max(1, full.audit.engine_tokens),
         "full_planning_seconds": planning,
         "full_engine_seconds_projected": full_engine_s, "full_audit_seconds_projected": full_audit_s,
         "audit_share_projected_full": full_audit_s / full_engine_s,

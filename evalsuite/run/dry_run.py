@@ -27,6 +27,7 @@ from typing import Any
 from evalsuite.backends.registry import get_backend
 from evalsuite.config import CHUNK_DOCS, RunConfig
 from evalsuite.errors import DataFormatError
+from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
 from evalsuite.run.preparation import default_dtype
 from evalsuite.run.speed_profile import SpeedProfile
 
@@ -144,7 +145,8 @@ class ModelPlan:
                      "answer lengths + stop)")
         if audited:
             lines.append("audit: the self-audit's sample, re-run on the plain executor after each task (tokens, "
-                         "estimated time, its share of the task's time): within --audit-share of the task's engine tokens, at least one request "
+                         "estimated time, its share of the task's time): within --audit-share of the task's engine tokens, a plain "
+                         f"token priced at {PLAIN_TOKEN_COST:g} engine tokens, at least one request "
                          "(docs/exactness.md)")
         if any(t.kind == "loglikelihood" and not t.engine_planned for t in self.tasks):
             lines.append(f"* prefix-tree tokens, without the engine's padding (a task with up to {PLANNER_TOKENS:,} of them "
@@ -448,8 +450,6 @@ def _audit_seconds(plan: TaskPlan, speed: SpeedProfile | None) -> float | None:
     at the per-token cost of the task's median length. The price is measured to cover what the
     plain path spends beyond its tokens (its forwards of a document at a time, its output layer
     at the continuations), so no per-pass cost is added on top (``benchmarks/audit_share.py``)."""
-    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST
-
     if plan.audit is None or speed is None:
         return None
     return speed.forward_seconds(int(plan.audit.tokens * PLAIN_TOKEN_COST), plan.median_doc_tokens)
