@@ -101,14 +101,18 @@ class PlainLM:
         return [self.engine.encode_pair(*req.args) for req in requests]
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        return self.scored(self.pairs(requests))
+
+    def scored(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """:func:`plain_loglikelihoods` of requests already split by :meth:`pairs`."""
         import torch
 
         from evalsuite.backends.engine.plain import plain_loglikelihoods
 
-        if not requests:
+        if not pairs:
             return []
         with torch.inference_mode():
-            return plain_loglikelihoods(self.engine.model, self.pairs(requests), max_length=self.engine.max_length,
+            return plain_loglikelihoods(self.engine.model, pairs, max_length=self.engine.max_length,
                                         logits_dtype=self.engine.logits_dtype)
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
@@ -186,10 +190,14 @@ class Auditor:
         chosen = [(i, range(len(prompts[i].instances)) if which is None else which) for i, which in picks]
         requests = [prompts[i].instances[j] for i, which in chosen for j in which]
         fast = [tuple(responses[i][j]) for i, which in chosen for j in which]
+        pairs = self.plain.pairs(requests)
         # a document at a time: its inputs are nearly one length (a shared context), so the
         # batches carry little padding and few logits, and the work is what the budget counted
-        plain = [answer for i, which in chosen for answer in self.plain.loglikelihood([prompts[i].instances[j] for j in which])]
-        lengths = [len(cont) for _, cont in self.plain.pairs(requests)]
+        plain, at = [], 0
+        for _, which in chosen:
+            plain.extend(self.plain.scored(pairs[at:at + len(which)]))
+            at += len(which)
+        lengths = [len(cont) for _, cont in pairs]
         diffs = [abs(float(f[0]) - float(p[0])) for f, p in zip(fast, plain, strict=True)]
         # half precision: a greedy flag may flip at a near tie of the vocabulary's argmax (noise
         # within tolerance); float32 flags must match
