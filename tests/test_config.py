@@ -150,3 +150,15 @@ def test_an_unknown_option_is_refused_by_name():
 
     with pytest.raises(TypeError, match="limt"):
         evaluate(limt=5)
+
+
+def test_the_audit_share_help_names_the_plain_tokens_price():
+    """config.py sits below run/ and cannot import the price; its help text says it in words."""
+    import dataclasses
+
+    from evalsuite.config import RunConfig
+    from evalsuite.run.audit_sample import PLAIN_TOKEN_COST, SHARE
+
+    field = next(f for f in dataclasses.fields(RunConfig) if f.name == "audit_share")
+    assert field.default == SHARE
+    assert f"priced at {PLAIN_TOKEN_COST:g} engine tokens" in field.metadata["help"]
